@@ -1,0 +1,77 @@
+"""One registry of checks feeds the CLI, the library call and ``pytest.mark.parametrize`` (stable ids).
+
+A check is a plain function ``(ctx: Context) -> CheckResult``; :func:`run_check` turns an exception
+into an ``inconclusive`` result that names it (never a pass), and stamps config, provenance, duration.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, replace
+from typing import Callable
+
+from ..errors import InputError
+from .result import CheckResult, Verdict
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    id: str
+    claim: str
+    func: Callable[..., CheckResult]
+    diagonal_only: bool = True
+    order: int = 0
+
+    def applies_to(self, model) -> str | None:
+        """None when the check applies to ``model``, else the reason it does not."""
+        if self.diagonal_only and not model.diagonal:
+            return f"{self.id} needs a network with diagonal weights (Definition 3.1); {model.family} has full weights"
+        return None
+
+
+REGISTRY: dict[str, CheckSpec] = {}
+
+
+def register(id: str, claim: str, *, diagonal_only: bool = True, order: int = 0):
+    def deco(func):
+        REGISTRY[id] = CheckSpec(id, claim, func, diagonal_only, order)
+        return func
+
+    return deco
+
+
+def check_ids() -> list[str]:
+    return [s.id for s in sorted(REGISTRY.values(), key=lambda s: (s.order, s.id))]
+
+
+def resolve_ids(text: str | None, model) -> list[str]:
+    """'a,b' -> validated ids; None -> every check that applies to the model (the paper suite)."""
+    if text is None:
+        return [i for i in check_ids() if REGISTRY[i].applies_to(model) is None]
+    ids = [t.strip() for t in text.split(",") if t.strip()]
+    if not ids:
+        raise InputError("--checks", "empty list", ", ".join(check_ids()))
+    for i in ids:
+        if i not in REGISTRY:
+            raise InputError("--checks", f"unknown check {i!r}", ", ".join(check_ids()))
+    return ids
+
+
+def run_check(check_id: str, ctx) -> CheckResult:
+    spec = REGISTRY[check_id]
+    start = time.perf_counter()
+    reason = spec.applies_to(ctx.model)
+    if reason is not None:
+        result = CheckResult(check_id, spec.claim, Verdict.INCONCLUSIVE, f"not applicable: {reason}")
+    else:
+        try:
+            result = spec.func(ctx)
+        except InputError:
+            raise
+        except Exception as exc:  # a crash is a result, never a pass
+            tb = traceback.format_exc(limit=3)
+            result = CheckResult(check_id, spec.claim, Verdict.INCONCLUSIVE,
+                                 f"the check raised {type(exc).__name__}: {exc}", evidence={"traceback": tb})
+    return replace(result, claim=result.claim or spec.claim, config=ctx.config.as_dict(),
+                   provenance=ctx.provenance, duration_s=time.perf_counter() - start)

@@ -1,0 +1,89 @@
+"""The state one run of checks shares: the model, the config, provenance, and cached computations
+(Algorithm 1's stages, the alpha-ladder trajectories) so checks that need the same thing compute it once."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy
+import torch
+
+from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig, resolve_device
+from .presets import build_model
+
+INIT_SEED_OFFSET = 1_000_003  # the initialisation theta0 uses seed + this, the data/teacher use seed
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    return {"verifier": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "scipy": scipy.__version__}
+
+
+class Context:
+    """Built once per run; checks read ``model`` and ``config`` and share the cached properties."""
+
+    def __init__(self, config: RunConfig, model=None, argv: list[str] | None = None):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model if model is not None else build_model(
+            config.preset, config.model, config.data, config.loss, config.seed, self.device)
+        self.provenance = {
+            "command": " ".join(argv if argv is not None else sys.argv),
+            "seed": config.seed,
+            "init_seed": config.seed + INIT_SEED_OFFSET,
+            "versions": versions(),
+            "device": str(self.device),
+            "dtype": "float64",
+            "git_sha": git_sha(),
+            "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "tolerances": {"rtol": config.solver.rtol, "atol": config.solver.atol},
+        }
+
+    @property
+    def log_inv_alphas(self) -> tuple[float, ...]:
+        return self.config.log_inv_alphas or DEFAULT_LOG_INV_ALPHAS
+
+    def theta0(self, count: int = 1, offset: int = 0) -> torch.Tensor:
+        """``count`` unit-scale initialisations theta0 = (u0, v0) [count, n_params] from the init seed."""
+        gen = torch.Generator().manual_seed(self.config.seed + INIT_SEED_OFFSET + offset)
+        return torch.stack([self.model.init_params(1.0, gen) for _ in range(count)])
+
+    @functools.cached_property
+    def stages(self):
+        """Algorithm 1 (the alpha -> 0 limit) on this model."""
+        from .limit import algorithm1
+
+        return algorithm1(self.model)
+
+    @functools.cached_property
+    def ladder(self):
+        """Exact gradient flow for every alpha of the ladder, one batched call, to the rescaled horizon."""
+        from .dynamics.flow import solve_flow
+
+        theta0 = self.theta0(1).expand(len(self.log_inv_alphas), -1)
+        return solve_flow(self.model, theta0, self.log_inv_alphas, self.horizon, self.config.solver)
+
+    @functools.cached_property
+    def horizon(self) -> float:
+        """The rescaled horizon: the user's, else 1.25 x the last finite stage time of Algorithm 1."""
+        if self.config.horizon is not None:
+            return self.config.horizon
+        finite = [s.T for s in self.stages.stages if np.isfinite(s.T)]
+        return 1.25 * max(finite) if finite and max(finite) > 0 else 10.0

@@ -1,0 +1,148 @@
+"""Named problems: a model family, a data set and a teacher, fixed by a seed. Every default is here.
+
+``build_model`` is the one boundary where a preset or a user's ``.npz`` becomes a :class:`Model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import data as D
+from .errors import InputError
+from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention, Model
+from .models.attention import attention
+
+FAMILIES = ("diag-linear", "toy-attention", "diag-transformer", "full-attention")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: str
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, seed: int = 0, loss: str = "square", device: str | torch.device = "cpu") -> Model:
+        return _BUILDERS[self.family](self.defaults, D.generator(seed), loss).to_device(device)
+
+
+def _linear(c, gen, loss) -> DiagLinear:
+    X = D.gaussian_design(c["N"], c["p"], gen)
+    beta_star = D.sparse_vector(c["p"], c["r"], c["scale"], gen)
+    y = X @ beta_star
+    if loss == "logistic":
+        y = torch.where(y >= 0, 1.0, -1.0).to(D.F64)
+    return DiagLinear(X, y, loss=loss)
+
+
+def _toy_attention(c, gen, loss) -> DiagAttention:
+    d = c["d"]
+    X = D.gaussian_tokens(c["N"], c["n"], d, gen)
+    qk = D.sparse_vector(d, c["r"], c["scale"], gen)
+    vo = D.sparse_vector(d, c["r"], c["scale"], gen)
+    teacher = DiagAttention(X, X, temperature=d**-0.5)
+    return DiagAttention(X, teacher.predict_beta(torch.cat([qk, vo])), loss=loss, temperature=d**-0.5)
+
+
+def frozen_feedforward(layers: int, d: int, width: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random feedforward weights A [L, d, m], B [L, m, d] with variance 1/fan_in (frozen, Example 3.2)."""
+    A = torch.randn(layers, d, width, generator=gen, dtype=D.F64) / d**0.5
+    B = torch.randn(layers, width, d, generator=gen, dtype=D.F64) / width**0.5
+    return A, B
+
+
+def _transformer(c, gen, loss, X=None, Y=None) -> DiagTransformer:
+    d = c["d"] if X is None else X.shape[-1]
+    if X is None:
+        X = D.gaussian_tokens(c["N"], c["n"], d, gen)
+    A, B = frozen_feedforward(c["layers"], d, c["width"], gen)
+    kw = dict(ff_in=A, ff_out=B, heads=c["heads"], temperature=d**-0.5, activation=c.get("activation", "gelu"))
+    if Y is None:
+        teacher = DiagTransformer(X, X, **kw)
+        Y = teacher.predict_beta(D.sparse_vector(teacher.p, c["r"], c["scale"], gen))
+    return DiagTransformer(X, Y, loss=loss, **kw)
+
+
+def _full_attention(c, gen, loss) -> FullAttention:
+    d, r = c["d"], c["r"]
+    X = D.gaussian_tokens(c["N"], c["n"], d, gen)
+
+    def low_rank():
+        U, _ = torch.linalg.qr(torch.randn(d, r, generator=gen, dtype=D.F64))
+        V, _ = torch.linalg.qr(torch.randn(d, r, generator=gen, dtype=D.F64))
+        lo, hi = c["scale"]
+        s = lo + (hi - lo) * torch.rand(r, generator=gen, dtype=D.F64)
+        return U @ torch.diag(s) @ V.T
+
+    Y = attention(X, low_rank(), low_rank(), d**-0.5)
+    return FullAttention(X, Y, loss=loss, temperature=d**-0.5)
+
+
+_BUILDERS: dict[str, Callable[..., Model]] = {
+    "diag-linear": _linear,
+    "toy-attention": _toy_attention,
+    "diag-transformer": _transformer,
+    "full-attention": _full_attention,
+}
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("diag-linear", "diag-linear",
+               "Diagonal linear network on a correlated Gaussian design, sparse teacher y = X beta*.",
+               dict(N=100, p=10, r=4, scale=(0.5, 2.0))),
+        Preset("toy-attention", "toy-attention",
+               "The paper's toy (Appendix A): one head with diagonal weights, N=1000 sequences of n=10 "
+               "isotropic Gaussian tokens in d=50, teacher head with r=3 nonzero q*k and r=3 nonzero v*o "
+               "entries of size 1-2, softmax temperature 1/sqrt(d), square loss.",
+               dict(N=1000, n=10, d=50, r=3, scale=(1.0, 2.0))),
+        Preset("diag-transformer", "diag-transformer",
+               "Example 3.2: 2 layers x 2 heads with diagonal attention, residuals, frozen random GELU "
+               "feedforward of width 16; tokens n=6 in d=8, N=200, sparse teacher of the same architecture "
+               "with r=3 nonzero entries of size 1-2.",
+               dict(N=200, n=6, d=8, layers=2, heads=2, width=16, r=3, scale=(1.0, 2.0))),
+        Preset("full-attention", "full-attention",
+               "One head with full d x d weights (outside the theory), N=200, n=6, d=8, teacher with rank-2 "
+               "Wq Wk^T and Wv Wo^T (singular values 1-2).",
+               dict(N=200, n=6, d=8, r=2, scale=(1.0, 2.0))),
+    ]
+}
+
+
+def build_model(preset: str | None = None, family: str | None = None, data: str | None = None,
+                loss: str = "square", seed: int = 0, device: str | torch.device = "cpu") -> Model:
+    """Normalise the user's choice (a preset, or a model family with an .npz file) into a Model."""
+    if loss not in ("square", "logistic"):
+        raise InputError("--loss", f"unknown loss {loss!r}", "square, logistic")
+    if preset is not None and (family is not None or data is not None):
+        raise InputError("--preset", "give either --preset or --model with --data, not both")
+    if preset is None and family is None:
+        preset = "toy-attention"
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError("--preset", f"unknown preset {preset!r}", ", ".join(PRESETS))
+        family = PRESETS[preset].family
+    if family not in FAMILIES:
+        raise InputError("--model", f"unknown model {family!r}", ", ".join(FAMILIES))
+    if loss == "logistic" and family != "diag-linear":
+        raise InputError("--loss", f"logistic loss is defined for diag-linear only, not {family}", "square")
+    if preset is not None:
+        return PRESETS[preset].build(seed=seed, loss=loss, device=device)
+    if data is None:
+        raise InputError("--data", "--model needs a data file", "a .npz with X and Y")
+    X, Y = D.load_npz(data, family)
+    if loss == "logistic" and not bool(((Y == 1) | (Y == -1)).all()):
+        raise InputError("--data y", "logistic loss needs labels in {-1, +1}", "-1, +1")
+    d = X.shape[-1]
+    if family == "diag-linear":
+        model: Model = DiagLinear(X, Y, loss=loss)
+    elif family == "toy-attention":
+        model = DiagAttention(X, Y, temperature=d**-0.5)
+    elif family == "full-attention":
+        model = FullAttention(X, Y, temperature=d**-0.5)
+    else:
+        model = _transformer(PRESETS["diag-transformer"].defaults, D.generator(seed), loss, X=X, Y=Y)
+    return model.to_device(device)
