@@ -37,16 +37,24 @@ class ReducedFlow:
     atol: float
 
     @classmethod
+    def from_uv(cls, model: DiagonalModel, u: torch.Tensor, v: torch.Tensor, log_inv_alphas, atol: float) -> "ReducedFlow":
+        """Start from any state (u, v) [B, p] (e.g. a perturbed point of a run); log_inv_alphas only sets
+        the time rescaling tau = t / L. Needs u_i != +-v_i."""
+        L = torch.as_tensor(list(log_inv_alphas), dtype=torch.float64, device=model.device)
+        a0, c0 = (u + v).to(model.device), (u - v).to(model.device)
+        if bool(((a0 == 0) | (c0 == 0)).any()):
+            raise ValueError("u = +-v for some coordinate: the reduced flow needs u_i != +-v_i (Assumption 4.2a)")
+        return cls(model, L, a0.abs().log(), c0.abs().log(), a0.sign(), c0.sign(), atol)
+
+    @classmethod
     def from_init(cls, model: DiagonalModel, theta0: torch.Tensor, log_inv_alphas, atol: float) -> "ReducedFlow":
         """theta0 [B, 2p] unit-scale (u0, v0); the initialisation is alpha * theta0 (needs u0 != +-v0)."""
         dev = model.device
         theta0 = theta0.to(dev, torch.float64)
         L = torch.as_tensor(list(log_inv_alphas), dtype=torch.float64, device=dev)
-        u0, v0 = theta0[:, : model.p], theta0[:, model.p :]
-        a0, c0 = u0 + v0, u0 - v0
-        if bool(((a0 == 0) | (c0 == 0)).any()):
-            raise ValueError("u0 = +-v0 for some coordinate: the reduced flow needs u0_i != +-v0_i (Assumption 4.2a)")
-        return cls(model, L, a0.abs().log() - L[:, None], c0.abs().log() - L[:, None], a0.sign(), c0.sign(), atol)
+        flow = cls.from_uv(model, theta0[:, : model.p], theta0[:, model.p :], log_inv_alphas, atol)
+        # alpha * theta0: log|a(0)| = log|u0 + v0| - L, the only place alpha enters (SPEC 3).
+        return cls(model, L, flow.log_a0 - L[:, None], flow.log_c0 - L[:, None], flow.sign_a, flow.sign_c, atol)
 
     def beta(self, S: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """beta and dbeta/dS at S [k, p] for the samples idx [k]."""
@@ -86,12 +94,27 @@ def hermite(t0, t1, y0, y1, f0, f1, t):
     return h00 * y0 + h10 * h * f0 + h01 * y1 + h11 * h * f1
 
 
-def _crossings(sol_t, sol_y, sol_f, level: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """First time each coordinate of S reaches +level or -level, located on the step's Hermite cubic."""
+CROSSING_MARGIN = 3.0  # detect |S_i| = L - 3, i.e. |beta_i| ~ e^-6 (u0+v0)^2 / 4: still exponential growth
+
+
+def hermite_slope(t0, t1, y0, y1, f0, f1, t):
+    """d/dt of :func:`hermite`."""
+    h = t1 - t0
+    s = (t - t0) / h
+    return ((6 * s**2 - 6 * s) * y0 + (-6 * s**2 + 6 * s) * y1) / h + (3 * s**2 - 4 * s + 1) * f0 + (3 * s**2 - 2 * s) * f1
+
+
+def _crossings(sol_t, sol_y, sol_f, L: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transition time of each coordinate: when b_i = S_i / L reaches +-1 along its linear (exponential
+    growth) path. A coordinate whose limit value is small may saturate just below |b| = 1, so we locate
+    |S_i| = L - CROSSING_MARGIN on the step's Hermite cubic and add the CROSSING_MARGIN / |dS_i/dtau| the
+    linear path needs to reach L. Unlike a fixed threshold on |beta| (SPEC 5), this is unbiased to first
+    order. NaN where a coordinate never gets there."""
     p = sol_y.shape[1]
     out = torch.full((p,), float("nan"), dtype=sol_y.dtype)
     sign = torch.zeros(p, dtype=torch.long)
-    if len(sol_t) < 2:
+    level = L - CROSSING_MARGIN
+    if len(sol_t) < 2 or level <= 0:
         return out, sign
     for s in (1, -1):
         x = s * sol_y - level  # [k, p]; crosses from < 0 to >= 0
@@ -106,7 +129,8 @@ def _crossings(sol_t, sol_y, sol_f, level: float) -> tuple[torch.Tensor, torch.T
                     hi = mid
                 else:
                     lo = mid
-            tc = float(hi)
+            slope = abs(float(hermite_slope(*args, hi)))
+            tc = float(hi) + (CROSSING_MARGIN / slope if slope > 0 else 0.0)
             if math.isnan(out[i]) or tc < out[i]:
                 out[i], sign[i] = tc, s
     return out, sign
@@ -116,7 +140,13 @@ def solve_flow(model: DiagonalModel, theta0: torch.Tensor, log_inv_alphas, horiz
                solver: SolverConfig = SolverConfig(), n_out: int = 241) -> Trajectory:
     """Gradient flow from alpha_b * theta0_b for every sample b to rescaled time ``horizon``, in one
     batched Rodas4 solve. Returns a :class:`Trajectory` sampled at ``n_out`` rescaled times."""
-    flow = ReducedFlow.from_init(model, theta0, log_inv_alphas, solver.atol)
+    return integrate(ReducedFlow.from_init(model, theta0, log_inv_alphas, solver.atol), horizon, solver, n_out)
+
+
+def integrate(flow: ReducedFlow, horizon: float, solver: SolverConfig = SolverConfig(), n_out: int = 241) -> Trajectory:
+    """Integrate a :class:`ReducedFlow` (any batch of starting states) to rescaled time ``horizon``;
+    ``Trajectory.b`` is then S / L, the log-scale change since the start."""
+    model = flow.model
     B, p = flow.log_a0.shape
     dev = model.device
     S0 = torch.zeros(B, p, dtype=torch.float64, device=dev)
