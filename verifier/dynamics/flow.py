@@ -38,12 +38,11 @@ class ReducedFlow:
 
     @classmethod
     def from_uv(cls, model: DiagonalModel, u: torch.Tensor, v: torch.Tensor, log_inv_alphas, atol: float) -> "ReducedFlow":
-        """Start from any state (u, v) [B, p] (e.g. a perturbed point of a run); log_inv_alphas only sets
-        the time rescaling tau = t / L. Needs u_i != +-v_i."""
+        """Start from any state (u, v) [B, p] (a perturbed point of a run, a stage of Algorithm 1);
+        log_inv_alphas only sets the time rescaling tau = t / L. Balanced coordinates (u_i = +-v_i) are
+        allowed here: log 0 = -inf makes that exponential vanish exactly, and u_i = v_i = 0 stays 0."""
         L = torch.as_tensor(list(log_inv_alphas), dtype=torch.float64, device=model.device)
         a0, c0 = (u + v).to(model.device), (u - v).to(model.device)
-        if bool(((a0 == 0) | (c0 == 0)).any()):
-            raise ValueError("u = +-v for some coordinate: the reduced flow needs u_i != +-v_i (Assumption 4.2a)")
         return cls(model, L, a0.abs().log(), c0.abs().log(), a0.sign(), c0.sign(), atol)
 
     @classmethod
@@ -52,7 +51,10 @@ class ReducedFlow:
         dev = model.device
         theta0 = theta0.to(dev, torch.float64)
         L = torch.as_tensor(list(log_inv_alphas), dtype=torch.float64, device=dev)
-        flow = cls.from_uv(model, theta0[:, : model.p], theta0[:, model.p :], log_inv_alphas, atol)
+        u0, v0 = theta0[:, : model.p], theta0[:, model.p :]
+        if bool(((u0 + v0 == 0) | (u0 - v0 == 0)).any()):
+            raise ValueError("u0 = +-v0 for some coordinate: the reduced flow needs u0_i != +-v0_i (Assumption 4.2a)")
+        flow = cls.from_uv(model, u0, v0, log_inv_alphas, atol)
         # alpha * theta0: log|a(0)| = log|u0 + v0| - L, the only place alpha enters (SPEC 3).
         return cls(model, L, flow.log_a0 - L[:, None], flow.log_c0 - L[:, None], flow.sign_a, flow.sign_c, atol)
 
