@@ -89,6 +89,12 @@ class FullAttention(Model):
         vo = t(Wv) @ Wv - t(Wo) @ Wo
         return torch.cat([qk.flatten(-2), vo.flatten(-2)], dim=-1)
 
+    def conserved_scale(self, theta: torch.Tensor) -> torch.Tensor:
+        """|Wq|^T |Wq| + |Wk|^T |Wk| (and for Wv, Wo): the size of the terms that cancel in ``conserved``."""
+        Wq, Wk, Wv, Wo = self.weights(theta.abs())
+        t = lambda W: W.transpose(-1, -2)  # noqa: E731
+        return torch.cat([(t(Wq) @ Wq + t(Wk) @ Wk).flatten(-2), (t(Wv) @ Wv + t(Wo) @ Wo).flatten(-2)], dim=-1)
+
     def init_params(self, alpha: float, generator: torch.Generator) -> torch.Tensor:
         """alpha * theta0, theta0 with i.i.d. N(0, 1/d) entries."""
         theta0 = torch.randn(self.n_params, generator=generator, dtype=torch.float64) / self.d**0.5

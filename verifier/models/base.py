@@ -66,6 +66,10 @@ class Model:
         """The Lemma 4.1 quantities of theta (flattened), constant along gradient flow."""
         raise NotImplementedError
 
+    def conserved_scale(self, theta: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The size rounding errors in :meth:`conserved` are relative to (same shape)."""
+        raise NotImplementedError
+
     def init_params(self, alpha: float, generator: torch.Generator) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
@@ -112,6 +116,10 @@ class DiagonalModel(Model):
         """Lemma 4.1: u_i^2 - v_i^2."""
         u, v = theta[..., : self.p], theta[..., self.p :]
         return u * u - v * v
+
+    def conserved_scale(self, theta: torch.Tensor) -> torch.Tensor:
+        u, v = theta[..., : self.p], theta[..., self.p :]
+        return u * u + v * v
 
     def init_params(self, alpha: float, generator: torch.Generator) -> torch.Tensor:
         """alpha * theta0 with theta0 = (u0, v0) i.i.d. standard Gaussian (u0 != +-v0 almost surely)."""
