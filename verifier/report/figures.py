@@ -1,0 +1,240 @@
+"""Figure specs (plain data, see docs/ARCHITECTURE.md "Figures travel as data") -> inline SVG.
+
+A spec is drawn as well as its data allows and never raises: missing keys take defaults, values that
+are not numbers (None, "nan", "inf" strings from results.json, text) become NaN and leave gaps, series
+of unequal length are cut to the shorter, and on a log axis non-positive values are hidden. Everything
+that was dropped or changed is listed in the returned ``notes`` so the report says so under the figure.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+KINDS = ("line", "scatter", "bar")
+SCALES = ("linear", "log")
+MAX_POINTS = 2000  # a longer series is strided down to this many points (the last one kept)
+MAX_LEGEND = 12  # more series than this: no legend, a note instead
+
+_RC = {
+    "svg.fonttype": "none",  # text stays text (small, selectable), drawn in the page's sans-serif
+    "svg.hashsalt": "verifier",  # deterministic ids
+    "font.family": "sans-serif",
+    "font.size": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 100,
+}
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """One drawn figure: the ``<svg>`` element as text, and what the renderer had to drop or change."""
+
+    id: str
+    title: str
+    caption: str
+    svg: str
+    notes: tuple[str, ...]
+
+
+def _text(value: Any, default: str = "") -> str:
+    return default if value is None else str(value)
+
+
+def _label(value: Any, default: str = "") -> str:
+    """Text from data drawn literally: "$" is a dollar sign, not the start of mathtext."""
+    return _text(value, default).replace("$", r"\$")
+
+
+def as_floats(values: Any) -> np.ndarray:
+    """A list of numbers as float64; anything that is not a finite-or-infinite number becomes NaN."""
+    if isinstance(values, (int, float, str)) or values is None:
+        values = [values]
+    out = []
+    for v in values if isinstance(values, (list, tuple, np.ndarray)) else []:
+        try:
+            f = float(v)  # also parses the strings "nan", "inf", "-inf" written by results.json
+        except (TypeError, ValueError):
+            f = math.nan
+        out.append(f)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _stride(n: int) -> np.ndarray:
+    if n <= MAX_POINTS:
+        return np.arange(n)
+    idx = np.linspace(0, n - 1, MAX_POINTS).round().astype(int)
+    return np.unique(idx)
+
+
+def _mask_log(arr: np.ndarray, axis: str, notes: list[str], label: str) -> np.ndarray:
+    bad = np.isfinite(arr) & (arr <= 0)
+    if bad.any():
+        notes.append(f"{label}: {int(bad.sum())} non-positive {axis} value(s) hidden on the log {axis} axis")
+        arr = np.where(bad, np.nan, arr)
+    return arr
+
+
+def _scale(spec: dict, key: str, notes: list[str]) -> str:
+    scale = _text(spec.get(key), "linear")
+    if scale not in SCALES:
+        notes.append(f"{key} {scale!r} is not one of {', '.join(SCALES)}; drawn linear")
+        return "linear"
+    return scale
+
+
+def _series(spec: dict, xscale: str, yscale: str, notes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """The drawable series: (label, x, y, style) with NaN gaps; unusable series are named in ``notes``."""
+    raw = spec.get("series")
+    if not isinstance(raw, list):
+        notes.append("no 'series' list in the figure spec")
+        return []
+    out = []
+    for k, s in enumerate(raw):
+        if not isinstance(s, dict):
+            notes.append(f"series {k} is not an object; skipped")
+            continue
+        label = _label(s.get("label"), f"series {k}")
+        if "y" not in s:
+            notes.append(f"{label}: no 'y' values; skipped")
+            continue
+        y = as_floats(s.get("y"))
+        x = as_floats(s["x"]) if "x" in s else np.arange(len(y), dtype=np.float64)
+        if len(x) != len(y):
+            notes.append(f"{label}: {len(x)} x values and {len(y)} y values; cut to {min(len(x), len(y))}")
+            n = min(len(x), len(y))
+            x, y = x[:n], y[:n]
+        if xscale == "log":
+            x = _mask_log(x, "x", notes, label)
+        if yscale == "log":
+            y = _mask_log(y, "y", notes, label)
+        idx = _stride(len(y))
+        if len(idx) < len(y):
+            notes.append(f"{label}: {len(y)} points thinned to {len(idx)}")
+        x, y = x[idx], y[idx]
+        if not (np.isfinite(x) & np.isfinite(y)).any():
+            notes.append(f"{label}: no finite points to draw")
+        out.append((label, x, y, _text(s.get("style"), "")))
+    return out
+
+
+def _plot(ax, kind: str, label: str, x: np.ndarray, y: np.ndarray, style: str, notes: list[str]) -> None:
+    if kind == "bar":
+        ax.bar(x, y, label=label, alpha=0.8)
+        return
+    fmt = style or ("o" if kind == "scatter" else "-")
+    try:
+        ax.plot(x, y, fmt, label=label, markersize=3.5, linewidth=1.4)
+    except ValueError:
+        notes.append(f"{label}: style {style!r} is not a matplotlib format string; drawn as a line")
+        ax.plot(x, y, "-", label=label, linewidth=1.4)
+
+
+def _lines(ax, spec: dict, key: str, scale: str, notes: list[str]) -> bool:
+    """vlines/hlines: [{"x" or "y": value, "label": text}]; returns whether any was labelled."""
+    coord = "x" if key == "vlines" else "y"
+    labelled = False
+    items = spec.get(key) or []
+    if not isinstance(items, list):
+        notes.append(f"'{key}' is not a list; ignored")
+        return False
+    for item in items:
+        value = as_floats(item.get(coord) if isinstance(item, dict) else None)[0]
+        if not math.isfinite(value) or (scale == "log" and value <= 0):
+            notes.append(f"{key[0]}-line {item!r} has no drawable {coord}; skipped")
+            continue
+        label = _label(item.get("label")) if isinstance(item, dict) else ""
+        draw = ax.axvline if coord == "x" else ax.axhline
+        draw(value, color="0.45", linestyle=":", linewidth=1.0)
+        if label:
+            labelled = True
+            if coord == "x":
+                ax.annotate(label, (value, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                            textcoords="offset points", va="top", ha="left", fontsize=8, color="0.3")
+            else:
+                ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), xytext=(-2, 2),
+                            textcoords="offset points", ha="right", fontsize=8, color="0.3")
+    return labelled
+
+
+_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def _namespace_ids(svg: str, prefix: str) -> str:
+    """Prefix every id (and its url(#..)/href="#.." references) so figures inlined in one page never clash."""
+    for name in set(_ID.findall(svg)):
+        new = f"{prefix}-{name}"
+        svg = svg.replace(f'id="{name}"', f'id="{new}"').replace(f"url(#{name})", f"url(#{new})")
+        svg = svg.replace(f'href="#{name}"', f'href="#{new}"')
+    return svg
+
+
+def _inline(svg: str, prefix: str, title: str) -> str:
+    """matplotlib's standalone SVG document -> one ``<svg>`` element fit for an HTML page."""
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = _namespace_ids(svg, prefix)
+    # Scale with the page: keep the aspect ratio from viewBox, let CSS set the width.
+    svg = re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1', svg, count=1)
+    from markupsafe import escape
+
+    return svg.replace("<svg", f'<svg role="img" aria-label="{escape(title)}"', 1)
+
+
+def render_figure(spec: Any, prefix: str) -> Rendered:
+    """Draw one figure spec; ``prefix`` makes its SVG ids unique in the page. Never raises on bad data."""
+    notes: list[str] = []
+    if not isinstance(spec, dict):
+        spec = {}
+        notes.append("the figure spec is not an object")
+    title = _text(spec.get("title"), _text(spec.get("id"), "figure"))
+    kind = _text(spec.get("kind"), "line")
+    if kind not in KINDS:
+        notes.append(f"kind {kind!r} is not one of {', '.join(KINDS)}; drawn as lines")
+        kind = "line"
+    xscale, yscale = _scale(spec, "xscale", notes), _scale(spec, "yscale", notes)
+    series = _series(spec, xscale, yscale, notes)
+    with plt.rc_context(_RC):
+        fig, ax = plt.subplots(figsize=(7.0, 3.6))
+        try:
+            for label, x, y, style in series:
+                _plot(ax, kind, label, x, y, style, notes)
+            drawable = any((np.isfinite(x) & np.isfinite(y)).any() for _, x, y, _ in series)
+            # A log axis with nothing positive on it cannot be set up; say so and stay linear.
+            if xscale == "log" and drawable:
+                ax.set_xscale("log")
+            if yscale == "log" and drawable:
+                ax.set_yscale("log")
+            if not drawable:
+                ax.text(0.5, 0.5, "no finite data to draw", transform=ax.transAxes, ha="center", va="center",
+                        color="0.4")
+            _lines(ax, spec, "vlines", xscale, notes)
+            _lines(ax, spec, "hlines", yscale, notes)
+            ax.set_xlabel(_label(spec.get("xlabel")))
+            ax.set_ylabel(_label(spec.get("ylabel")))
+            ax.set_title(_label(title), fontsize=11, loc="left")
+            labels = [s[0] for s in series]
+            if 1 <= len(labels) <= MAX_LEGEND:
+                ax.legend(fontsize=8, frameon=False, loc="best")
+            elif len(labels) > MAX_LEGEND:
+                notes.append(f"{len(labels)} series: legend omitted")
+            fig.tight_layout()
+            buf = io.StringIO()
+            fig.savefig(buf, format="svg")
+        finally:
+            plt.close(fig)
+    svg = _inline(buf.getvalue(), prefix, title)
+    return Rendered(id=_text(spec.get("id"), prefix), title=title, caption=_text(spec.get("caption")),
+                    svg=svg, notes=tuple(notes))

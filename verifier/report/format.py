@@ -1,0 +1,104 @@
+"""Text for people: numbers, lists, the key metric of a check and the threshold it is judged against.
+
+The key metric of a check is, in order: the metric named by ``evidence["key_metric"]``; else the first
+metric that has a threshold (same name, or the name with a ``max_``/``min_`` prefix or a ``_max``/``_min``/
+``_tol`` suffix); else the first metric. A threshold whose name says ``max`` (``min``) is an upper (lower)
+bound and is shown as ``<= t`` (``>= t``); other thresholds are shown as ``threshold t``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..checks.result import CheckResult, Verdict
+
+MEANING = {
+    Verdict.PASS: "The measurements agree with the claim on this problem.",
+    Verdict.FAIL: "The measurements contradict the claim on this problem.",
+    Verdict.INCONCLUSIVE: "The run could not decide the claim (solver failure, crash, or not applicable).",
+}
+MAX_TEXT = 120
+
+
+def fmt(value: Any, limit: int = MAX_TEXT) -> str:
+    """A metric value as short text: 3 significant digits, long lists elided, never longer than ``limit``."""
+    if value is None:
+        text = "-"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, int):
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.3g}" if math.isfinite(value) else str(value)
+    elif isinstance(value, (list, tuple)):
+        items = [fmt(v, limit) for v in value]
+        if len(items) > 6:
+            items = items[:3] + ["..."] + items[-2:] + [f"({len(value)} values)"]
+        text = "[" + ", ".join(items) + "]"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {fmt(v, limit)}" for k, v in value.items()) + "}"
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def fmt_key(value: Any) -> str:
+    """A key metric: a number as :func:`fmt`; a list of numbers as ``first -> last (n)`` (e.g. along a ladder)."""
+    if isinstance(value, (list, tuple)) and len(value) > 2 and not any(isinstance(v, (list, dict)) for v in value):
+        return f"{fmt(value[0])} -> {fmt(value[-1])} ({len(value)})"
+    return fmt(value, 40)
+
+
+def threshold_name(metric: str, thresholds: dict[str, Any]) -> str | None:
+    """The threshold that judges ``metric``, by the naming rule in the module docstring."""
+    for cand in (metric, f"max_{metric}", f"min_{metric}", f"{metric}_max", f"{metric}_min", f"{metric}_tol"):
+        if cand in thresholds:
+            return cand
+    return None
+
+
+def relation(name: str) -> str:
+    low = name.lower()
+    if "max" in low:
+        return "<="
+    if "min" in low:
+        return ">="
+    return "threshold"
+
+
+@dataclass(frozen=True)
+class KeyMetric:
+    name: str
+    value: Any
+    threshold: str | None
+    limit: Any
+
+    def text(self) -> str:
+        """e.g. ``drift = 3.1e-12 (<= 1e-08)``."""
+        out = f"{self.name} = {fmt_key(self.value)}"
+        if self.threshold is not None:
+            out += f" ({relation(self.threshold)} {fmt_key(self.limit)})"
+        return out
+
+
+def key_metric(result: CheckResult) -> KeyMetric | None:
+    metrics, thresholds = result.metrics or {}, result.thresholds or {}
+    named = (result.evidence or {}).get("key_metric")
+    if isinstance(named, str) and named in metrics:
+        name = named
+    else:
+        paired = [m for m in metrics if threshold_name(m, thresholds) is not None]
+        name = paired[0] if paired else next(iter(metrics), None)
+    if name is None:
+        return None
+    tname = threshold_name(name, thresholds)
+    return KeyMetric(name, metrics[name], tname, thresholds.get(tname) if tname else None)
+
+
+def verdict_counts(results) -> dict[str, int]:
+    counts = {v.value: 0 for v in Verdict}
+    for c in results:
+        counts[c.verdict.value] += 1
+    return counts

@@ -1,0 +1,105 @@
+"""results -> one self-contained HTML page (jinja2, autoescape on; figures as inline SVG; no URLs).
+
+Only the SVG drawn by :mod:`.figures` is marked safe; every string from results (claims, messages,
+labels, metric names, command lines) goes through autoescape.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from ..results import RunResults
+from .figures import render_figure
+from .format import MEANING, fmt, key_metric, relation, threshold_name, verdict_counts
+
+MAX_FIGURE_RESULTS = 3  # results of one check id beyond this are listed without their figures
+MAX_EVIDENCE_CHARS = 4000
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("verifier.report", "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def _anchor(check_id: str, seen: set[str]) -> str:
+    base = "check-" + (re.sub(r"[^a-z0-9]+", "-", check_id.lower()).strip("-") or "x")
+    anchor, k = base, 2
+    while anchor in seen:
+        anchor, k = f"{base}-{k}", k + 1
+    seen.add(anchor)
+    return anchor
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts -> ("a.b", text) rows, for provenance and config tables."""
+    if not isinstance(d, dict):
+        return [(prefix or "value", fmt(d, 400))]
+    rows = []
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        rows.extend(_flatten(v, key) if isinstance(v, dict) and v else [(key, fmt(v, 400))])
+    return rows
+
+
+def _metric_rows(metrics: dict, thresholds: dict) -> tuple[list[dict], list[dict]]:
+    rows, used = [], set()
+    for name, value in metrics.items():
+        tname = threshold_name(name, thresholds)
+        if tname is not None:
+            used.add(tname)
+        rows.append({"name": name, "value": fmt(value, 300),
+                     "threshold": f"{relation(tname)} {fmt(thresholds[tname])}" if tname else ""})
+    other = [{"name": k, "value": fmt(v, 300)} for k, v in thresholds.items() if k not in used]
+    return rows, other
+
+
+def _evidence_text(evidence: dict) -> str:
+    rest = {k: v for k, v in evidence.items() if k not in ("figures", "key_metric", "traceback")}
+    if not rest:
+        return ""
+    text = json.dumps(rest, indent=1, default=str)
+    return text if len(text) <= MAX_EVIDENCE_CHARS else text[:MAX_EVIDENCE_CHARS] + f"\n... ({len(text)} characters)"
+
+
+def _section(k: int, c, anchor: str, draw: bool, run_prov: dict) -> dict:
+    ev = c.evidence if isinstance(c.evidence, dict) else {}
+    specs = ev.get("figures") if isinstance(ev.get("figures"), list) else []
+    figures = [render_figure(s, f"f{k}-{j}") for j, s in enumerate(specs)] if draw else []
+    metrics, other = _metric_rows(c.metrics or {}, c.thresholds or {})
+    km = key_metric(c)
+    prov = c.provenance if isinstance(c.provenance, dict) else {}
+    own_prov = {kk: v for kk, v in prov.items() if run_prov.get(kk) != v and kk != "timestamp"}
+    return {
+        "anchor": anchor, "id": c.id, "claim": c.claim, "verdict": c.verdict.value, "message": c.message,
+        "meaning": MEANING[c.verdict], "key": km.text() if km else "-",
+        "figures": [{"title": f.title, "caption": f.caption, "notes": f.notes, "svg": Markup(f.svg)} for f in figures],
+        "figures_omitted": 0 if draw else len(specs),
+        "metrics": metrics, "other_thresholds": other,
+        "traceback": str(ev.get("traceback", "")), "evidence": _evidence_text(ev),
+        "provenance": _flatten(own_prov) if own_prov else [],
+        "duration": fmt(float(c.duration_s)) if isinstance(c.duration_s, (int, float)) else fmt(c.duration_s),
+    }
+
+
+def render_html(results: RunResults) -> str:
+    """The whole report as one HTML string (no external resources)."""
+    run = results.run if isinstance(results.run, dict) else {}
+    prov = run.get("provenance") if isinstance(run.get("provenance"), dict) else {}
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    seen: set[str] = set()
+    drawn: dict[str, int] = {}
+    sections = []
+    for k, c in enumerate(results.checks):
+        drawn[c.id] = drawn.get(c.id, 0) + 1
+        sections.append(_section(k, c, _anchor(c.id, seen), drawn[c.id] <= MAX_FIGURE_RESULTS, prov))
+    title_bits = list(dict.fromkeys(str(v) for v in (run.get("model"), config.get("preset")) if v))
+    return _ENV.get_template("report.html").render(
+        title="Verifier report" + (f": {' / '.join(title_bits)}" if title_bits else ""),
+        verdict=results.verdict.value, counts=verdict_counts(results.checks), sections=sections,
+        provenance=_flatten(prov), config=_flatten(config),
+        command=str(prov.get("command", "")), timestamp=str(prov.get("timestamp", "")),
+        claims=[(s["anchor"], s["id"], s["claim"], s["verdict"], s["key"], s["meaning"], s["message"]) for s in sections],
+    )
