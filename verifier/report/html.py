@@ -100,6 +100,7 @@ def render_html(results: RunResults) -> str:
         title="Verifier report" + (f": {' / '.join(title_bits)}" if title_bits else ""),
         verdict=results.verdict.value, counts=verdict_counts(results.checks), sections=sections,
         provenance=_flatten(prov), config=_flatten(config),
+        notes=[str(n) for n in run.get("notes", [])] if isinstance(run.get("notes"), list) else [],
         command=str(prov.get("command", "")), timestamp=str(prov.get("timestamp", "")),
         claims=[(s["anchor"], s["id"], s["claim"], s["verdict"], s["key"], s["meaning"], s["message"]) for s in sections],
     )

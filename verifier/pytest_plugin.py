@@ -1,0 +1,258 @@
+"""pytest plugin (entry point ``pytest11: verifier``): checks as tests, and one report per session.
+
+* ``--verifier-report PATH`` writes every CheckResult recorded during the session into one HTML report at
+  PATH, and the same results as results.json at PATH with suffix ``.json`` (so a test session can be gated).
+  Results are recorded by :func:`parametrize_with_checks` tests, by the ``verifier_record`` fixture, and by
+  :func:`record`, which property suites call directly.
+* ``--verifier-device auto|cpu|cuda`` (default auto) is the device of :func:`parametrize_with_checks` runs
+  and the value of the ``verifier_device`` fixture.
+* :func:`parametrize_with_checks` turns user problems into pytest params with stable ids
+  ``<problem-name>-<check-id>``, one per applicable check, with expected failures as strict xfails.
+
+Usage::
+
+    from verifier.pytest_plugin import Problem, parametrize_with_checks
+
+    @parametrize_with_checks([Problem("my-model", model=my_model,
+                                      expected_failures={"assumption-4.2": "tied teacher entries"})])
+    def test_theory(problem, check):
+        check(problem)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pytest
+
+from .checks import REGISTRY, CheckResult, Verdict, check_ids, run_check
+from .config import DEVICES, RunConfig
+
+MAX_PASSING_PER_CHECK = 20  # a property suite may record thousands; the report keeps every non-pass
+MAX_OTHER_PER_CHECK = 100
+
+
+class CheckFailed(AssertionError):
+    """A check's verdict was fail or inconclusive."""
+
+
+class _Session:
+    """What one pytest session records; nested in-process sessions (pytester) get their own."""
+
+    def __init__(self, report: Path | None, device: str, args: Iterable[str]):
+        self.report, self.device, self.args = report, device, list(args)
+        self.results: list[CheckResult] = []
+        self.omitted: dict[str, int] = {}
+        self.cache: dict[tuple[str, int], tuple[Problem, Any]] = {}  # keeps the problem alive: id() stays unique
+        self.final = None
+
+    def add(self, result: CheckResult) -> None:
+        same = [r for r in self.results if r.id == result.id and (r.verdict == Verdict.PASS) == (result.verdict == Verdict.PASS)]
+        cap = MAX_PASSING_PER_CHECK if result.verdict == Verdict.PASS else MAX_OTHER_PER_CHECK
+        if len(same) >= cap:
+            key = f"{result.id} ({result.verdict.value})"
+            self.omitted[key] = self.omitted.get(key, 0) + 1
+        else:
+            self.results.append(result)
+
+
+_SESSIONS: list[_Session] = []
+
+
+def _current() -> _Session | None:
+    return _SESSIONS[-1] if _SESSIONS else None
+
+
+def _record(result: CheckResult, test: str) -> CheckResult:
+    if not isinstance(result, CheckResult):
+        raise TypeError(f"record() takes a CheckResult, got {type(result).__name__}")
+    session = _current()
+    if session is not None and session.report is not None:
+        prov = result.provenance if isinstance(result.provenance, dict) else {}
+        session.add(replace(result, provenance={**prov, "test": test}))
+    return result
+
+
+def record(result: CheckResult) -> CheckResult:
+    """Add ``result`` to this pytest session's ``--verifier-report`` (a no-op without one); returns it."""
+    return _record(result, os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0])
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A user's problem: a name (the test id prefix), a model or a config to build one, and the checks
+    expected to fail on it (check id -> reason). ``checks`` restricts the ids (default: every check)."""
+
+    name: str
+    model: Any = None
+    config: RunConfig = field(default_factory=RunConfig)
+    expected_failures: Mapping[str, str] = field(default_factory=dict)
+    checks: tuple[str, ...] | None = None
+
+    def build(self):
+        """The model (built from ``config`` on the CPU when none was given; once per session)."""
+        if self.model is not None:
+            return self.model
+        from .presets import build_model
+
+        c = self.config
+        return _cached(("model", self), lambda: build_model(c.preset, c.model, c.data, c.loss, c.seed, "cpu"))
+
+
+@dataclass(frozen=True)
+class CheckCall:
+    """The ``check`` param: ``check(problem)`` runs one check, records it, and raises CheckFailed unless it passed."""
+
+    check_id: str
+
+    def __call__(self, problem: Problem) -> CheckResult:
+        result = run_check(self.check_id, _context(problem))
+        record(result)
+        if result.verdict != Verdict.PASS:
+            raise CheckFailed(f"{self.check_id} on {problem.name}: {result.verdict.value}: {result.message}")
+        return result
+
+    def __repr__(self) -> str:
+        return self.check_id
+
+
+def _cached(key: tuple[str, Problem], make):
+    """``make()`` once per (kind, problem) and session; outside a pytest session, every time."""
+    session = _current()
+    if session is None:
+        return make()
+    slot = (key[0], id(key[1]))
+    if slot not in session.cache:
+        session.cache[slot] = (key[1], make())
+    return session.cache[slot][1]
+
+
+def _context(problem: Problem):
+    """One Context per problem and session (checks share Algorithm 1 and the flow ladder), on the session device."""
+    from .config import resolve_device
+    from .context import Context
+
+    session = _current()
+    device = session.device if session is not None else problem.config.device
+    argv = ["pytest", *(session.args if session else [])]
+
+    def make():
+        model = problem.build().to_device(resolve_device(device))
+        return Context(replace(problem.config, device=device), model=model, argv=argv)
+
+    return _cached(("context", problem), make)
+
+
+def parametrize_with_checks(problems: Iterable[Problem], checks: Iterable[str] | None = None):
+    """``pytest.mark.parametrize("problem, check", ...)``: one param per (problem, check), id
+    ``<problem-name>-<check-id>``; a check that does not apply to the model is a skip that says why, an
+    expected failure is ``xfail(strict=True, raises=CheckFailed)`` so a crash or an unexpected pass shows."""
+    problems = list(problems)
+    names = [p.name for p in problems]
+    if len(set(names)) != len(names):
+        raise ValueError(f"problem names must be unique (they are test ids): {names}")
+    known = check_ids()
+    wanted = list(checks) if checks is not None else None
+    params = []
+    for problem in problems:
+        ids = list(problem.checks or wanted or known)
+        for cid in [*ids, *problem.expected_failures]:
+            if cid not in REGISTRY:
+                raise ValueError(f"{problem.name}: unknown check {cid!r} (allowed: {', '.join(known)})")
+        model = problem.build()
+        for cid in ids:
+            marks = []
+            reason = REGISTRY[cid].applies_to(model)
+            if reason is not None:
+                marks.append(pytest.mark.skip(reason=f"not applicable: {reason}"))
+            elif cid in problem.expected_failures:
+                marks.append(pytest.mark.xfail(reason=problem.expected_failures[cid], strict=True, raises=CheckFailed))
+            params.append(pytest.param(problem, CheckCall(cid), id=f"{problem.name}-{cid}", marks=marks))
+    return pytest.mark.parametrize("problem, check", params)
+
+
+# ---- hooks and fixtures ------------------------------------------------------------------------------
+
+def pytest_addoption(parser):
+    group = parser.getgroup("verifier", "verifier: numerical checks of the gradual-rank-increase theory")
+    group.addoption("--verifier-report", metavar="PATH", default=None,
+                    help="write every CheckResult recorded in this session to one HTML report at PATH "
+                         "(and results.json at PATH with suffix .json)")
+    group.addoption("--verifier-device", default="auto", choices=DEVICES,
+                    help="device for parametrize_with_checks runs and the verifier_device fixture (default auto)")
+
+
+def pytest_configure(config):
+    from .config import resolve_device
+    from .errors import InputError
+
+    device = config.getoption("--verifier-device", default="auto") or "auto"
+    try:
+        resolve_device(device)
+    except InputError as exc:
+        raise pytest.UsageError(f"--verifier-device: {exc}") from None
+    report = config.getoption("--verifier-report", default=None)
+    session = _Session(Path(report) if report else None, device, config.invocation_params.args)
+    config.stash[_KEY] = session
+    _SESSIONS.append(session)
+
+
+def pytest_unconfigure(config):
+    session = config.stash.get(_KEY, None)
+    if session is not None and session in _SESSIONS:
+        _SESSIONS.remove(session)
+
+
+def _session_results(session: _Session):
+    from .context import git_sha, versions
+    from .results import RunResults
+
+    notes = [f"{n} more results of {k} were recorded and left out of this report" for k, n in session.omitted.items()]
+    prov = {"command": " ".join(["pytest", *session.args]), "device": session.device, "dtype": "float64",
+            "versions": versions(), "git_sha": git_sha()}
+    run = {"model": "pytest session", "provenance": prov, "config": {}, "notes": notes,
+           "checks": sorted({r.id for r in session.results})}
+    return RunResults(run=run, checks=tuple(session.results))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session):
+    state = session.config.stash.get(_KEY, None)
+    if state is None or state.report is None:
+        return
+    from .report import write_report
+    from .results import write_results
+
+    results = state.final = _session_results(state)
+    write_report(results, state.report)
+    write_results(results, state.report.with_suffix(".json"))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    state = config.stash.get(_KEY, None)
+    if state is None or state.report is None:
+        return
+    from .report import summary_table
+
+    terminalreporter.section("verifier")
+    if state.final is not None and state.final.checks:
+        terminalreporter.write_line(summary_table(state.final))
+    terminalreporter.write_line(f"verifier report: {state.report} ({len(state.results)} check results)")
+
+
+@pytest.fixture
+def verifier_record(request):
+    """``verifier_record(result)`` adds a CheckResult to the session report, tagged with this test's id."""
+    return lambda result: _record(result, request.node.nodeid)
+
+
+@pytest.fixture
+def verifier_device(request) -> str:
+    """The ``--verifier-device`` of this session (auto, cpu or cuda)."""
+    return request.config.getoption("--verifier-device")
+
+
+_KEY = pytest.StashKey[_Session]()
