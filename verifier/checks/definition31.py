@@ -1,0 +1,91 @@
+"""Check ``definition-3.1``: the network is a network with diagonal weights in the paper's sense.
+
+Definition 3.1 asks two things, and both are measured:
+
+(a) the network depends on theta = (u, v) only through beta = u * v: the loss of the network as built from
+    its weight matrices equals Lb(u * v), also after the rescaling u -> s u, v -> v / s, at random points;
+    pass when the largest relative mismatch is <= 1e-10.
+(b) h is twice continuously differentiable in beta (GELU, softmax, tanh: yes; ReLU: no). Along random
+    directions delta the Taylor remainder r(eps) = |g(beta + eps delta) - g(beta) - eps H delta| of the
+    gradient is O(eps^2) for a C^2 loss with a locally Lipschitz Hessian, but only O(eps) where the
+    gradient has kinks (a ReLU network crosses one kink per pre-activation that changes sign). We fit the
+    order from eps = 1e-2 and 1e-3 and pass when the smallest order over the probes is >= 1.5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.func import grad, jvp
+
+from .registry import register
+from .result import CheckResult, Verdict
+
+ID = "definition-3.1"
+CLAIM = "Definition 3.1: the loss depends on (u, v) only through beta = u * v, and is C^2 in beta"
+MISMATCH_TOL = 1e-10
+MIN_ORDER = 1.5
+EPSILONS = (1e-2, 1e-3)
+N_PROBES = 4
+PROBE_SCALE = 0.5  # probes beta ~ N(0, 0.5^2): the scale of beta along a training run
+
+
+def taylor_orders(model, betas: torch.Tensor, directions: torch.Tensor) -> tuple[list[float], list[list[float]]]:
+    """Fitted order of the gradient's Taylor remainder per probe, and the remainders for each eps."""
+    g = grad(model.loss_beta)
+    orders, remainders = [], []
+    for beta, delta in zip(betas, directions):
+        g0, h_delta = jvp(g, (beta,), (delta,))
+        r = [float((g(beta + eps * delta) - g0 - eps * h_delta).norm()) for eps in EPSILONS]
+        remainders.append(r)
+        floor = 1e-13 * (1.0 + float(g0.norm()))  # below this the remainder is rounding
+        if r[1] <= floor:
+            orders.append(float("inf"))
+        else:
+            orders.append(math.log(max(r[0], floor) / r[1]) / math.log(EPSILONS[0] / EPSILONS[1]))
+    return orders, remainders
+
+
+@register(ID, CLAIM, order=5)
+def check_definition_31(ctx) -> CheckResult:
+    model = ctx.model
+    gen = torch.Generator().manual_seed(ctx.config.seed + 31)
+    p = model.p
+    u = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
+    v = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
+    s = torch.exp(torch.randn(N_PROBES, 1, generator=gen, dtype=torch.float64)).to(model.device)
+    mismatch = 0.0
+    for k in range(N_PROBES):
+        lb = model.loss_beta(u[k] * v[k])
+        for uu, vv in ((u[k], v[k]), (s[k] * u[k], v[k] / s[k])):
+            lp = model.loss_params(torch.cat([uu, vv]))
+            mismatch = max(mismatch, float((lp - lb).abs() / (lb.abs() + 1e-300)))
+    betas = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE
+    dirs = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    orders, remainders = taylor_orders(model, betas, dirs)
+    order = min(orders)
+    problems = []
+    if not mismatch <= MISMATCH_TOL:
+        problems.append(f"the network's loss differs from Lb(u*v) by {mismatch:.1e} (relative): it does not "
+                        "depend on (u, v) only through u*v")
+    if not order >= MIN_ORDER:
+        problems.append(f"the gradient's Taylor remainder shrinks like eps^{order:.2f}, not eps^2: the loss is not "
+                        "twice continuously differentiable in beta (a ReLU or another kink?)")
+    verdict = Verdict.FAIL if problems else Verdict.PASS
+    message = "; ".join(problems) if problems else (
+        f"the loss is a function of u*v (mismatch {mismatch:.1e}) and C^2 in beta (Taylor order of the gradient "
+        f">= {order:.2f})")
+    return CheckResult(
+        ID, CLAIM, verdict, message,
+        metrics={"max_param_mismatch": mismatch, "taylor_order": order, "taylor_orders": orders},
+        thresholds={"max_param_mismatch": MISMATCH_TOL, "taylor_order": MIN_ORDER},
+        evidence={"figures": [{
+            "id": "taylor-remainder", "title": "Taylor remainder of the gradient", "kind": "line",
+            "xlabel": "eps", "ylabel": "|g(beta + eps d) - g(beta) - eps H d|", "xscale": "log", "yscale": "log",
+            "series": [{"label": f"probe {k}", "x": list(EPSILONS), "y": r, "style": "o-"}
+                       for k, r in enumerate(remainders)],
+            "caption": "Slope 2 on log axes: C^2. Slope 1: kinks (not covered by Definition 3.1).",
+        }]},
+    )
