@@ -136,6 +136,9 @@ def _plot(ax, kind: str, label: str, x: np.ndarray, y: np.ndarray, style: str, n
         ax.bar(x, y, label=label, alpha=0.8)
         return
     fmt = style or ("o" if kind == "scatter" else "-")
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not (finite[1:] & finite[:-1]).any() and not any(m in fmt for m in "o.sx+^v*dDph"):
+        fmt += "o"  # no two neighbouring points: a line alone would draw nothing
     try:
         ax.plot(x, y, fmt, label=label, markersize=3.5, linewidth=1.4)
     except ValueError:

@@ -64,14 +64,17 @@ def _evidence_text(evidence: dict) -> str:
     return text if len(text) <= MAX_EVIDENCE_CHARS else text[:MAX_EVIDENCE_CHARS] + f"\n... ({len(text)} characters)"
 
 
-def _section(k: int, c, anchor: str, draw: bool, run_prov: dict) -> dict:
+def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dict) -> dict:
+    """The view of one check result; provenance and config are shown where they differ from the run's."""
     ev = c.evidence if isinstance(c.evidence, dict) else {}
     specs = ev.get("figures") if isinstance(ev.get("figures"), list) else []
     figures = [render_figure(s, f"f{k}-{j}") for j, s in enumerate(specs)] if draw else []
     metrics, other = _metric_rows(c.metrics or {}, c.thresholds or {})
     km = key_metric(c)
     prov = c.provenance if isinstance(c.provenance, dict) else {}
-    own_prov = {kk: v for kk, v in prov.items() if run_prov.get(kk) != v and kk != "timestamp"}
+    own_prov = {kk: v for kk, v in prov.items() if run_prov.get(kk) != v and kk not in ("timestamp", "test")}
+    config = c.config if isinstance(c.config, dict) else {}
+    own_config = {kk: v for kk, v in config.items() if run_config.get(kk) != v}
     return {
         "anchor": anchor, "id": c.id, "claim": c.claim, "verdict": c.verdict.value, "message": c.message,
         "meaning": MEANING[c.verdict], "key": km.text() if km else "-",
@@ -79,7 +82,8 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict) -> dict:
         "figures_omitted": 0 if draw else len(specs),
         "metrics": metrics, "other_thresholds": other,
         "traceback": str(ev.get("traceback", "")), "evidence": _evidence_text(ev),
-        "provenance": _flatten(own_prov) if own_prov else [],
+        "provenance": _flatten(own_prov) if own_prov else [], "config": _flatten(own_config) if own_config else [],
+        "test": str(prov.get("test", "")),
         "duration": fmt(float(c.duration_s)) if isinstance(c.duration_s, (int, float)) else fmt(c.duration_s),
     }
 
@@ -94,7 +98,7 @@ def render_html(results: RunResults) -> str:
     sections = []
     for k, c in enumerate(results.checks):
         drawn[c.id] = drawn.get(c.id, 0) + 1
-        sections.append(_section(k, c, _anchor(c.id, seen), drawn[c.id] <= MAX_FIGURE_RESULTS, prov))
+        sections.append(_section(k, c, _anchor(c.id, seen), drawn[c.id] <= MAX_FIGURE_RESULTS, prov, config))
     title_bits = list(dict.fromkeys(str(v) for v in (run.get("model"), config.get("preset")) if v))
     return _ENV.get_template("report.html").render(
         title="Verifier report" + (f": {' / '.join(title_bits)}" if title_bits else ""),
