@@ -9,6 +9,8 @@ import subprocess
 from html.parser import HTMLParser
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from verifier.checks.result import CheckResult, Verdict
 from verifier.cli import main
@@ -193,3 +195,24 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert png.exists() and png.stat().st_size > 50_000, proc.stderr[-2000:]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert console == []
+
+
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from(["nan", "inf", "-inf", "1e-300", "x", "$", "<b>", ""]))
+_values = st.one_of(_scalar, st.lists(_scalar, max_size=30))
+_series = st.one_of(_scalar, st.fixed_dictionaries({}, optional={
+    "label": _scalar, "x": _values, "y": _values, "style": st.sampled_from(["-", "--", "o", "x:", "bogus", "", None])}))
+_spec = st.one_of(_scalar, st.fixed_dictionaries({}, optional={
+    "id": _scalar, "title": _scalar, "kind": st.sampled_from(["line", "scatter", "bar", "pie", None]),
+    "xscale": st.sampled_from(["linear", "log", "symlog", None]), "yscale": st.sampled_from(["linear", "log", 3]),
+    "xlabel": _scalar, "ylabel": _scalar, "caption": _scalar, "series": st.one_of(_scalar, st.lists(_series, max_size=4)),
+    "vlines": st.one_of(_scalar, st.lists(st.one_of(_scalar, st.fixed_dictionaries({"x": _scalar, "label": _scalar})),
+                                          max_size=3)),
+    "hlines": st.lists(st.fixed_dictionaries({"y": _scalar}), max_size=2)}))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=_spec)
+def test_any_figure_spec_renders_without_raising(spec):
+    fig = render_figure(spec, "h")
+    assert fig.svg.startswith("<svg") and fig.svg.rstrip().endswith("</svg>")
