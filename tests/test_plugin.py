@@ -112,15 +112,16 @@ def test_session_report_gathers_every_result(fake_checks, pytester):
     html = (pytester.path / "rep" / "report.html").read_text(encoding="utf-8")
     assert html.count("<svg") == 1 and "counterexample found" in html
     data = json.loads((pytester.path / "rep" / "report.json").read_text(encoding="utf-8"))
-    got = [(c["id"], c["verdict"], c["provenance"]["test"]) for c in data["checks"]]
+    got = [(c["id"], c["verdict"], c["provenance"]["test"], c["provenance"]["test_outcome"]) for c in data["checks"]]
     assert got == [
-        ("fake-pass", "pass", "test_inner.py::test_theory[small-fake-pass]"),
-        ("fake-fail", "fail", "test_inner.py::test_theory[small-fake-fail]"),
-        ("fake-fail", "fail", "test_inner.py::test_theory[other-fake-fail]"),
-        ("fake-pass", "pass", "test_inner.py::test_theory[strict-fake-pass]"),
-        ("prop", "pass", "test_inner.py::test_property"),
-        ("prop-2", "fail", "test_inner.py::test_module_level_record"),
+        ("fake-pass", "pass", "test_inner.py::test_theory[small-fake-pass]", "passed"),
+        ("fake-fail", "fail", "test_inner.py::test_theory[small-fake-fail]", "xfailed"),
+        ("fake-fail", "fail", "test_inner.py::test_theory[other-fake-fail]", "failed"),
+        ("fake-pass", "pass", "test_inner.py::test_theory[strict-fake-pass]", "failed"),  # strict XPASS
+        ("prop", "pass", "test_inner.py::test_property", "passed"),
+        ("prop-2", "fail", "test_inner.py::test_module_level_record", "passed"),
     ]
+    assert "test_inner.py::test_theory[small-fake-fail]</code>, which xfailed." in html
     small = [c for c in data["checks"][:2]]
     assert small[0]["metrics"]["context"] == small[1]["metrics"]["context"]  # one Context per problem
     assert small[0]["config"]["device"] == "cpu" and data["run"]["provenance"]["device"] == "cpu"

@@ -2,8 +2,9 @@
 
 * ``--verifier-report PATH`` writes every CheckResult recorded during the session into one HTML report at
   PATH, and the same results as results.json at PATH with suffix ``.json`` (so a test session can be gated).
-  Results are recorded by :func:`parametrize_with_checks` tests, by the ``verifier_record`` fixture, and by
-  :func:`record`, which property suites call directly.
+  Every result of ``verifier.checks.run_check`` is recorded (:func:`parametrize_with_checks` tests and
+  property suites alike); results built otherwise are added with the ``verifier_record`` fixture or
+  :func:`record`.
 * ``--verifier-device auto|cpu|cuda`` (default auto) is the device of :func:`parametrize_with_checks` runs
   and the value of the ``verifier_device`` fixture.
 * :func:`parametrize_with_checks` turns user problems into pytest params with stable ids
@@ -29,10 +30,12 @@ from typing import Any, Iterable, Mapping
 import pytest
 
 from .checks import REGISTRY, CheckResult, Verdict, check_ids, run_check
+from .checks.registry import OBSERVERS
 from .config import DEVICES, RunConfig
 
 MAX_PASSING_PER_CHECK = 20  # a property suite may record thousands; the report keeps every non-pass
 MAX_OTHER_PER_CHECK = 100
+MAX_SUMMARY_ROWS = 12  # more results than this: the terminal summary counts verdicts per check id
 
 
 class CheckFailed(AssertionError):
@@ -47,6 +50,7 @@ class _Session:
         self.results: list[CheckResult] = []
         self.omitted: dict[str, int] = {}
         self.cache: dict[tuple[str, int], tuple[Problem, Any]] = {}  # keeps the problem alive: id() stays unique
+        self.outcomes: dict[str, str] = {}  # test node id -> passed, failed, skipped, xfailed, xpassed
         self.final = None
 
     def add(self, result: CheckResult) -> None:
@@ -109,8 +113,7 @@ class CheckCall:
     check_id: str
 
     def __call__(self, problem: Problem) -> CheckResult:
-        result = run_check(self.check_id, _context(problem))
-        record(result)
+        result = run_check(self.check_id, _context(problem))  # recorded by the run_check observer
         if result.verdict != Verdict.PASS:
             raise CheckFailed(f"{self.check_id} on {problem.name}: {result.verdict.value}: {result.message}")
         return result
@@ -198,12 +201,33 @@ def pytest_configure(config):
     session = _Session(Path(report) if report else None, device, config.invocation_params.args)
     config.stash[_KEY] = session
     _SESSIONS.append(session)
+    if record not in OBSERVERS:  # every run_check result of the session, property suites included
+        OBSERVERS.append(record)
 
 
 def pytest_unconfigure(config):
     session = config.stash.get(_KEY, None)
     if session is not None and session in _SESSIONS:
         _SESSIONS.remove(session)
+    if not _SESSIONS and record in OBSERVERS:
+        OBSERVERS.remove(record)
+
+
+def pytest_runtest_logreport(report):
+    session = _current()
+    if session is None or session.report is None or not (report.when == "call" or report.outcome != "passed"):
+        return
+    outcome = report.outcome
+    if hasattr(report, "wasxfail"):
+        outcome = "xfailed" if report.outcome == "skipped" else "xpassed"
+    session.outcomes[report.nodeid] = outcome
+
+
+def _with_outcome(result: CheckResult, outcomes: dict[str, str]) -> CheckResult:
+    """The test's outcome beside its check's verdict: a fail verdict may be what a test expects (Adam breaks
+    Lemma 4.1)."""
+    outcome = outcomes.get(result.provenance.get("test", ""))
+    return replace(result, provenance={**result.provenance, "test_outcome": outcome}) if outcome else result
 
 
 def _session_results(session: _Session):
@@ -215,7 +239,7 @@ def _session_results(session: _Session):
             "versions": versions(), "git_sha": git_sha()}
     run = {"model": "pytest session", "provenance": prov, "config": {}, "notes": notes,
            "checks": sorted({r.id for r in session.results})}
-    return RunResults(run=run, checks=tuple(session.results))
+    return RunResults(run=run, checks=tuple(_with_outcome(r, session.outcomes) for r in session.results))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -236,10 +260,15 @@ def pytest_terminal_summary(terminalreporter, config):
     if state is None or state.report is None:
         return
     from .report import summary_table
+    from .report.format import verdict_counts
 
     terminalreporter.section("verifier")
-    if state.final is not None and state.final.checks:
+    checks = state.final.checks if state.final is not None else ()
+    if 0 < len(checks) <= MAX_SUMMARY_ROWS:
         terminalreporter.write_line(summary_table(state.final))
+    for check_id in sorted({c.id for c in checks}) if len(checks) > MAX_SUMMARY_ROWS else ():
+        counts = verdict_counts(c for c in checks if c.id == check_id)
+        terminalreporter.write_line(f"{check_id}: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     terminalreporter.write_line(f"verifier report: {state.report} ({len(state.results)} check results)")
 
 

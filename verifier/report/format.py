@@ -1,8 +1,8 @@
 """Text for people: numbers, lists, the key metric of a check and the threshold it is judged against.
 
 The key metric of a check is, in order: the metric named by ``evidence["key_metric"]``; else the first
-metric that has a threshold (same name, or the name with a ``max_``/``min_`` prefix or a ``_max``/``_min``/
-``_tol`` suffix); else the first metric. A threshold whose name says ``max`` (``min``) is an upper (lower)
+metric with a threshold of the same name; else the first metric that has a threshold with a ``max_``/``min_``
+prefix or a ``_max``/``_min``/``_tol`` suffix; else the first metric. A threshold whose name says ``max`` (``min``) is an upper (lower)
 bound and is shown as ``<= t`` (``>= t``); other thresholds are shown as ``threshold t``.
 """
 
@@ -89,8 +89,9 @@ def key_metric(result: CheckResult) -> KeyMetric | None:
     if isinstance(named, str) and named in metrics:
         name = named
     else:
+        exact = [m for m in metrics if m in thresholds]
         paired = [m for m in metrics if threshold_name(m, thresholds) is not None]
-        name = paired[0] if paired else next(iter(metrics), None)
+        name = (exact or paired or [next(iter(metrics), None)])[0]
     if name is None:
         return None
     tname = threshold_name(name, thresholds)

@@ -72,7 +72,8 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dic
     metrics, other = _metric_rows(c.metrics or {}, c.thresholds or {})
     km = key_metric(c)
     prov = c.provenance if isinstance(c.provenance, dict) else {}
-    own_prov = {kk: v for kk, v in prov.items() if run_prov.get(kk) != v and kk not in ("timestamp", "test")}
+    own_prov = {kk: v for kk, v in prov.items()
+                if run_prov.get(kk) != v and kk not in ("timestamp", "test", "test_outcome")}
     config = c.config if isinstance(c.config, dict) else {}
     own_config = {kk: v for kk, v in config.items() if run_config.get(kk) != v}
     return {
@@ -83,7 +84,7 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dic
         "metrics": metrics, "other_thresholds": other,
         "traceback": str(ev.get("traceback", "")), "evidence": _evidence_text(ev),
         "provenance": _flatten(own_prov) if own_prov else [], "config": _flatten(own_config) if own_config else [],
-        "test": str(prov.get("test", "")),
+        "test": str(prov.get("test", "")), "test_outcome": str(prov.get("test_outcome", "")),
         "duration": fmt(float(c.duration_s)) if isinstance(c.duration_s, (int, float)) else fmt(c.duration_s),
     }
 
