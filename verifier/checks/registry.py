@@ -31,6 +31,7 @@ class CheckSpec:
 
 
 REGISTRY: dict[str, CheckSpec] = {}
+OBSERVERS: list[Callable[[CheckResult], None]] = []  # called with every run_check result (pytest --verifier-report)
 
 
 def register(id: str, claim: str, *, diagonal_only: bool = True, order: int = 0):
@@ -73,5 +74,8 @@ def run_check(check_id: str, ctx) -> CheckResult:
             tb = traceback.format_exc(limit=3)
             result = CheckResult(check_id, spec.claim, Verdict.INCONCLUSIVE,
                                  f"the check raised {type(exc).__name__}: {exc}", evidence={"traceback": tb})
-    return replace(result, claim=result.claim or spec.claim, config=ctx.config.as_dict(),
-                   provenance=ctx.provenance, duration_s=time.perf_counter() - start)
+    result = replace(result, claim=result.claim or spec.claim, config=ctx.config.as_dict(),
+                     provenance=ctx.provenance, duration_s=time.perf_counter() - start)
+    for observe in OBSERVERS:
+        observe(result)
+    return result
