@@ -89,6 +89,16 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dic
     }
 
 
+def _summary_rows(sections: list[dict]) -> list[dict]:
+    """One row per result; a claim repeated from the row above is left blank (a test session repeats checks)."""
+    rows, previous = [], None
+    for s in sections:
+        test = s["test"].split("::", 1)[-1] + (f" ({s['test_outcome']})" if s["test_outcome"] else "")
+        rows.append({**s, "claim": "" if s["claim"] == previous else s["claim"], "test": test})
+        previous = s["claim"]
+    return rows
+
+
 def render_html(results: RunResults) -> str:
     """The whole report as one HTML string (no external resources)."""
     run = results.run if isinstance(results.run, dict) else {}
@@ -107,5 +117,5 @@ def render_html(results: RunResults) -> str:
         provenance=_flatten(prov), config=_flatten(config),
         notes=[str(n) for n in run.get("notes", [])] if isinstance(run.get("notes"), list) else [],
         command=str(prov.get("command", "")), timestamp=str(prov.get("timestamp", "")),
-        claims=[(s["anchor"], s["id"], s["claim"], s["verdict"], s["key"], s["meaning"], s["message"]) for s in sections],
+        claims=_summary_rows(sections), has_tests=any(s["test"] for s in sections),
     )
