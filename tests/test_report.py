@@ -216,3 +216,33 @@ _spec = st.one_of(_scalar, st.fixed_dictionaries({}, optional={
 def test_any_figure_spec_renders_without_raising(spec):
     fig = render_figure(spec, "h")
     assert fig.svg.startswith("<svg") and fig.svg.rstrip().endswith("</svg>")
+
+
+_junk = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5)),
+                     lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=4), c, max_size=3)),
+                     max_leaves=8)
+_check_json = st.fixed_dictionaries(
+    {"id": st.text(max_size=6), "verdict": st.sampled_from(["pass", "fail", "inconclusive"])},
+    optional={"claim": _junk, "message": _junk, "thresholds": _junk, "evidence": _junk, "config": _junk,
+              "provenance": _junk, "duration_s": _junk,
+              "metrics": st.dictionaries(st.sampled_from(["err", "max_err", "drift", "margin", "x"]), _junk)})
+_results_json = st.fixed_dictionaries({"schema_version": st.just(1), "checks": st.lists(_check_json, max_size=3),
+                                       "run": st.dictionaries(st.sampled_from(["model", "config", "provenance", "notes"]),
+                                                              _junk)})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(a=_results_json, b=_results_json)
+def test_any_readable_results_file_renders_and_gates(tmp_path, a, b):
+    """read_results validates ids, verdicts and metrics; whatever else a stored file holds must not break
+    the report, the summary or the gate."""
+    from verifier.gate import compare
+    from verifier.results import read_results
+
+    (tmp_path / "a.json").write_text(json.dumps(a), encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps(b), encoding="utf-8")
+    ra, rb = read_results(tmp_path / "a.json"), read_results(tmp_path / "b.json")
+    sections = Page(render_html(ra)).find("section")
+    assert [s["class"] for s in sections] == [f"check {c.verdict.value}" for c in ra.checks]
+    assert summary_table(ra, width=90).splitlines()[-1].startswith("overall: ")
+    assert compare(ra, rb).table().splitlines()[-1].startswith("gate: ")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .checks.result import Verdict
-from .report.format import fmt, threshold_name
+from .report.format import fmt, normalized, threshold_name
 from .results import RunResults
 
 LOWER, HIGHER = "lower", "higher"
@@ -147,26 +147,27 @@ def _compare_check(base, new) -> list[GateRow]:
                             "not gated: baseline did not pass"))
     else:
         rows.append(GateRow(base.id, "verdict", base.verdict.value, new.verdict.value, "same"))
-    for name, value in (base.metrics or {}).items():
+    for name, value in base.metrics.items():
         rule = gate_rule(name)
         if rule is None:
             continue
-        if name not in (new.metrics or {}):
+        if name not in new.metrics:
             rows.append(GateRow(base.id, name, fmt(value), "missing", "worse", "gated metric disappeared"))
             continue
-        tname = threshold_name(name, new.thresholds or {})
+        tname = threshold_name(name, new.thresholds)
         rows += _compare_value(base.id, name, rule, value, new.metrics[name], new.thresholds[tname] if tname else None)
     return rows
 
 
 def _config_notes(base: RunResults, new: RunResults) -> list[str]:
-    bc, nc = base.run.get("config") or {}, new.run.get("config") or {}
+    bc, nc = base.run["config"], new.run["config"]
     return [f"config {k} differs: baseline {fmt(bc.get(k))}, new {fmt(nc.get(k))}"
             for k in COMPARABLE_CONFIG if bc.get(k) != nc.get(k)]
 
 
 def compare(base: RunResults, new: RunResults) -> GateOutcome:
     """Every baseline check against the new run (by id; a repeated id is matched in order of appearance)."""
+    base, new = normalized(base), normalized(new)
     pending: dict[str, list] = {}
     for c in new.checks:
         pending.setdefault(c.id, []).append(c)

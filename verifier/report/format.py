@@ -9,10 +9,11 @@ bound and is shown as ``<= t`` (``>= t``); other thresholds are shown as ``thres
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..checks.result import CheckResult, Verdict
+from ..results import RunResults
 
 MEANING = {
     Verdict.PASS: "The measurements agree with the claim on this problem.",
@@ -84,8 +85,8 @@ class KeyMetric:
 
 
 def key_metric(result: CheckResult) -> KeyMetric | None:
-    metrics, thresholds = result.metrics or {}, result.thresholds or {}
-    named = (result.evidence or {}).get("key_metric")
+    metrics, thresholds = result.metrics, result.thresholds
+    named = result.evidence.get("key_metric")
     if isinstance(named, str) and named in metrics:
         name = named
     else:
@@ -96,6 +97,29 @@ def key_metric(result: CheckResult) -> KeyMetric | None:
         return None
     tname = threshold_name(name, thresholds)
     return KeyMetric(name, metrics[name], tname, thresholds.get(tname) if tname else None)
+
+
+def _as_dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _as_text(x: Any) -> str:
+    return x if isinstance(x, str) else ("" if x is None else str(x))
+
+
+def normalized(results: RunResults) -> RunResults:
+    """Results as the report and the gate expect them: objects where the schema has objects, text where it has
+    text, a number for the duration. results.json only validates ids, verdicts and metrics; a stored file may
+    hold anything else, and a report must still render it."""
+    run = _as_dict(results.run)
+    run = {**run, "config": _as_dict(run.get("config")), "provenance": _as_dict(run.get("provenance"))}
+    checks = tuple(
+        replace(c, id=_as_text(c.id), claim=_as_text(c.claim), message=_as_text(c.message),
+                metrics=_as_dict(c.metrics), thresholds=_as_dict(c.thresholds), evidence=_as_dict(c.evidence),
+                config=_as_dict(c.config), provenance=_as_dict(c.provenance),
+                duration_s=c.duration_s if isinstance(c.duration_s, (int, float)) else math.nan)
+        for c in results.checks)
+    return RunResults(run=run, checks=checks)
 
 
 def verdict_counts(results) -> dict[str, int]:

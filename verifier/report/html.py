@@ -15,7 +15,7 @@ from markupsafe import Markup
 
 from ..results import RunResults
 from .figures import render_figure
-from .format import MEANING, fmt, key_metric, relation, threshold_name, verdict_counts
+from .format import MEANING, fmt, key_metric, normalized, relation, threshold_name, verdict_counts
 
 MAX_FIGURE_RESULTS = 3  # results of one check id beyond this are listed without their figures
 MAX_EVIDENCE_CHARS = 4000
@@ -66,16 +66,15 @@ def _evidence_text(evidence: dict) -> str:
 
 def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dict) -> dict:
     """The view of one check result; provenance and config are shown where they differ from the run's."""
-    ev = c.evidence if isinstance(c.evidence, dict) else {}
+    ev = c.evidence
     specs = ev.get("figures") if isinstance(ev.get("figures"), list) else []
     figures = [render_figure(s, f"f{k}-{j}") for j, s in enumerate(specs)] if draw else []
-    metrics, other = _metric_rows(c.metrics or {}, c.thresholds or {})
+    metrics, other = _metric_rows(c.metrics, c.thresholds)
     km = key_metric(c)
-    prov = c.provenance if isinstance(c.provenance, dict) else {}
+    prov = c.provenance
     own_prov = {kk: v for kk, v in prov.items()
                 if run_prov.get(kk) != v and kk not in ("timestamp", "test", "test_outcome")}
-    config = c.config if isinstance(c.config, dict) else {}
-    own_config = {kk: v for kk, v in config.items() if run_config.get(kk) != v}
+    own_config = {kk: v for kk, v in c.config.items() if run_config.get(kk) != v}
     return {
         "anchor": anchor, "id": c.id, "claim": c.claim, "verdict": c.verdict.value, "message": c.message,
         "meaning": MEANING[c.verdict], "key": km.text() if km else "-",
@@ -85,7 +84,7 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dic
         "traceback": str(ev.get("traceback", "")), "evidence": _evidence_text(ev),
         "provenance": _flatten(own_prov) if own_prov else [], "config": _flatten(own_config) if own_config else [],
         "test": str(prov.get("test", "")), "test_outcome": str(prov.get("test_outcome", "")),
-        "duration": fmt(float(c.duration_s)) if isinstance(c.duration_s, (int, float)) else fmt(c.duration_s),
+        "duration": fmt(float(c.duration_s)),
     }
 
 
@@ -101,9 +100,8 @@ def _summary_rows(sections: list[dict]) -> list[dict]:
 
 def render_html(results: RunResults) -> str:
     """The whole report as one HTML string (no external resources)."""
-    run = results.run if isinstance(results.run, dict) else {}
-    prov = run.get("provenance") if isinstance(run.get("provenance"), dict) else {}
-    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    results = normalized(results)
+    run, prov, config = results.run, results.run["provenance"], results.run["config"]
     seen: set[str] = set()
     drawn: dict[str, int] = {}
     sections = []

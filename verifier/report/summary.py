@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from ..results import RunResults
-from .format import key_metric, verdict_counts
+from .format import key_metric, normalized, verdict_counts
 
 
 def _cut(text: str, width: int) -> str:
@@ -15,6 +15,7 @@ def _cut(text: str, width: int) -> str:
 
 def summary_table(results: RunResults, width: int | None = None) -> str:
     """check | verdict | key metric vs threshold | message; cut to the terminal width (default: detected)."""
+    results = normalized(results)
     width = width or shutil.get_terminal_size((110, 24)).columns
     rows = [("check", "verdict", "key metric vs threshold", "message")]
     for c in results.checks:
