@@ -1,0 +1,177 @@
+"""Shared machinery of the Appendix A protocols (Figures 9 and 10) behind Assumptions 4.3 and 4.4.
+
+* The reference run: exact gradient flow (reduced coordinates, SPEC 3) from alpha * theta0 at the
+  smallest alpha of the run (the paper uses its smallest alpha as "closest to the limit"), to the rescaled
+  horizon; cached per Context so both checks share it.
+* Conventions. A coordinate is *non-negligible* when |beta_i| > ``config.negligible``. A perturbation adds
+  relative Gaussian noise to both weights of every non-negligible coordinate:
+  u_i <- u_i (1 + noise z), v_i <- v_i (1 + noise z'), z, z' ~ N(0, 1) (noise = ``config.noise``).
+  For gradient flow one *epoch* is the time ``optimizer.lr`` (one GD step of size lr covers time lr), so
+  ``config.perturb_epochs`` epochs are the plain time perturb_epochs * lr.
+* All perturbed runs of one check are ONE call to the batched integrator: each sample b gets its own
+  duration D_b by the time rescaling of :class:`ReducedFlow` (L_b = D_b, rescaled horizon 1).
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from ..config import format_alpha
+from ..dynamics.flow import ReducedFlow, integrate, solve_flow
+from ..dynamics.trajectory import Status, Trajectory
+
+# A grid epoch is a plateau when its non-negligible set equals its neighbours' and beta moved by less than
+# this (relative) between the neighbouring grid points.
+PLATEAU_TOL = 1e-3
+# Figure 9/10 pass criterion: the distance left after training on is at most this fraction of the
+# distance the perturbation made.
+RETURN_RATIO = 0.1
+# Restricted Hessians (Assumption 4.3): lambda_min must exceed REL_EIG * max|lambda|. Stationary points are
+# located to a gradient of ~1e-8 of the loss scale (Algorithm 1, STAGE_B tolerances), which moves Hessian
+# eigenvalues by ~1e-8 of the spectrum's scale for smooth models; 1e-6 is 100x above that, so a smaller
+# value cannot be told apart from a flat direction.
+REL_EIG = 1e-6
+N_OUT = 61  # samples of each perturbed run kept for the figures
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference (unperturbed) run at log(1/alpha) = L: its reduced flow and sampled trajectory."""
+
+    L: float
+    flow: ReducedFlow
+    traj: Trajectory
+
+    @property
+    def alpha(self) -> str:
+        return format_alpha(self.L)
+
+    def S(self, j: int) -> torch.Tensor:
+        return self.traj.b[0, j] * self.L
+
+    def state(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, v) [p] at grid index j, from a = a0 e^S, c = c0 e^-S (SPEC 3)."""
+        idx = torch.zeros(1, dtype=torch.long, device=self.flow.L.device)
+        u, v = self.flow.uv(self.S(j)[None].to(self.flow.L.device), idx)
+        return u[0], v[0]
+
+
+_REFERENCES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def reference_run(ctx) -> Reference:
+    """Gradient flow from the smallest alpha of the run to ``ctx.horizon`` (cached on the Context)."""
+    if ctx not in _REFERENCES:
+        L = max(ctx.log_inv_alphas)
+        theta0 = ctx.theta0(1)
+        flow = ReducedFlow.from_init(ctx.model, theta0, [L], ctx.config.solver.atol)
+        traj = solve_flow(ctx.model, theta0, [L], ctx.horizon, ctx.config.solver)
+        _REFERENCES[ctx] = Reference(L, flow, traj)
+    return _REFERENCES[ctx]
+
+
+def restricted_hessian(model, beta: torch.Tensor, support) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the Hessian of Lb at beta restricted to ``support``
+    (Assumption 4.3), on the CPU."""
+    idx = torch.as_tensor(list(support), dtype=torch.long, device=model.device)
+    H = model.hessian_columns(beta.to(model.device)[None], idx)[0][idx]
+    eigs, vecs = torch.linalg.eigh((H + H.T) / 2)
+    return eigs.cpu(), vecs.cpu()
+
+
+def restricted_spectrum(model, beta: torch.Tensor, support) -> torch.Tensor:
+    return restricted_hessian(model, beta, support)[0]
+
+
+def is_strict(eigs: torch.Tensor) -> bool:
+    """lambda_min > REL_EIG * max|lambda| (and > 0)."""
+    return bool(eigs[0] > REL_EIG * eigs.abs().max() and eigs[0] > 0)
+
+
+def non_negligible(beta: torch.Tensor, threshold: float) -> torch.Tensor:
+    return beta.abs() > threshold
+
+
+def plateau_epochs(ref: Reference, threshold: float) -> list[int]:
+    """Interior grid indices j on a plateau with at least one non-negligible coordinate."""
+    beta = ref.traj.beta[0]
+    out = []
+    for j in range(1, beta.shape[0] - 1):
+        if not bool(torch.isfinite(beta[j - 1 : j + 2]).all()):
+            continue
+        sets = [non_negligible(beta[i], threshold) for i in (j - 1, j, j + 1)]
+        if not bool(sets[1].any()) or not (torch.equal(sets[0], sets[1]) and torch.equal(sets[1], sets[2])):
+            continue
+        if float((beta[j + 1] - beta[j - 1]).norm()) <= PLATEAU_TOL * float(beta[j].norm()):
+            out.append(j)
+    return out
+
+
+def onset_events(ref: Reference, threshold: float) -> list[tuple[int, int]]:
+    """(j, i): coordinate i is negligible at grid j - 1 and non-negligible at grid j (Figure 10's epochs)."""
+    big = non_negligible(ref.traj.beta[0], threshold)
+    hits = big[1:] & ~big[:-1]
+    return [(int(j) + 1, int(i)) for j, i in torch.nonzero(hits).tolist()]
+
+
+def perturb(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, noise: float,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative Gaussian noise on both weights of the coordinates in ``mask`` (module docstring)."""
+    z = torch.randn(2, u.shape[-1], generator=gen, dtype=torch.float64).to(u.device)
+    m = mask.to(u.dtype).to(u.device)
+    return u * (1 + noise * z[0] * m), v * (1 + noise * z[1] * m)
+
+
+def run_batch(model, U: torch.Tensor, V: torch.Tensor, durations, solver,
+              n_out: int = N_OUT) -> tuple[ReducedFlow, Trajectory]:
+    """One batched flow from the states (U, V) [B, p], sample b for plain time durations[b] (rescaled
+    horizon 1 with L_b = durations[b]); ``Trajectory.tau`` * durations[b] is the elapsed time."""
+    flow = ReducedFlow.from_uv(model, U, V, [float(d) for d in durations], solver.atol)
+    return flow, integrate(flow, 1.0, solver, n_out)
+
+
+def end_state(flow: ReducedFlow, traj: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, v) [B, p] at the end of every run of :func:`run_batch`."""
+    S = traj.b[:, -1].to(flow.L.device) * flow.L[:, None]
+    return flow.uv(S, torch.arange(len(flow.L), device=flow.L.device))
+
+
+def failed_runs(traj: Trajectory) -> list[str]:
+    return [f"run {b}: {s.message}" for b, s in enumerate(traj.status) if s is not Status.SUCCESS]
+
+
+def rel_distance(beta: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """|beta - ref| / |ref| over the last dimension (broadcast)."""
+    return (beta - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-300)
+
+
+def subsample(x, n: int = 300) -> list[float]:
+    x = [float(v) for v in x]
+    if len(x) <= n:
+        return x
+    step = math.ceil(len(x) / n)
+    return x[::step] + ([x[-1]] if (len(x) - 1) % step else [])
+
+
+def spectra_figure(rows: list[tuple[str, int, torch.Tensor]], title: str, caption: str) -> dict:
+    """Eigenvalues of restricted Hessians: one scatter series per (label, x, eigenvalues)."""
+    positive = all(bool((e > 0).all()) for _, _, e in rows)
+    return {"id": "hessian-spectra", "title": title, "kind": "scatter", "xlabel": "stage k",
+            "ylabel": "eigenvalue of the Hessian of Lb restricted to A_k", "xscale": "linear",
+            "yscale": "log" if positive else "linear",
+            "series": [{"label": lab, "x": [x] * len(e), "y": [float(v) for v in e], "style": "o"}
+                       for lab, x, e in rows],
+            "caption": caption}
+
+
+def distance_figure(fid: str, title: str, series: list[tuple[str, torch.Tensor, torch.Tensor]],
+                    ylabel: str, caption: str) -> dict:
+    """Distance to the unperturbed point/run against elapsed time, one line per perturbed run."""
+    return {"id": fid, "title": title, "kind": "line", "xlabel": "time t since the perturbation",
+            "ylabel": ylabel, "xscale": "linear", "yscale": "log",
+            "series": [{"label": lab, "x": subsample(t), "y": subsample(d), "style": "-"} for lab, t, d in series],
+            "caption": caption}

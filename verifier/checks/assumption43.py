@@ -1,0 +1,238 @@
+"""Check ``assumption-4.3``: the stationary points beta^k of Algorithm 1 are strict local minima (SPEC 5).
+
+Assumption 4.3: on its support A_k (balanced weights keep signs, so near beta^k only the entries in A_k
+move), Lb(beta) >= Lb(beta^k) + c |beta - beta^k|^2. We measure it three ways:
+
+1. Analytic, at every stage: the Hessian of Lb restricted to A_k at beta^k; its smallest eigenvalue must
+   exceed REL_EIG (1e-6) times the spectrum's scale max|lambda| (see ``_perturb.REL_EIG``). Reported:
+   lambda_min, lambda_max, condition number per stage.
+2. Existence: when Algorithm 1's stage B finds no stationary point, the same stage-B flow is run for plain
+   times 10, 100, ..., 10^6 in one batch. Loss falling at every decade while |beta| grows by a steady amount
+   per decade (|beta| ~ log t, the gradient decaying only like 1/t) means no finite minimiser exists: the
+   weights diverge (e.g. logistic loss on separable data), and the check fails saying so.
+3. Dynamic, the paper's Figure 9: on the reference run (smallest alpha) pick ``n_perturb`` random plateau
+   epochs, perturb every non-negligible coordinate (``_perturb`` conventions), train on for
+   ``perturb_epochs`` epochs (flow time perturb_epochs * lr) and measure the relative distance to the
+   unperturbed point. Pass: it falls to RETURN_RATIO of its initial value. Fail: it stalls above that
+   (the distance at the end is more than half of that at mid-time). Otherwise inconclusive (still
+   returning: more epochs needed). The Hessian restricted to the run's own non-negligible set at each
+   epoch is checked like (1): it catches flat valleys the run sits in even when Algorithm 1 (which breaks
+   ties) does not visit them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..limit.incremental import GTOL_REL, time_to_activate
+from . import _perturb as P
+from .registry import register
+from .result import CheckResult, Verdict
+
+ID = "assumption-4.3"
+CLAIM = "Assumption 4.3: the stationary points beta^k are strict local minima of Lb on their supports"
+PROBE_DECADES = (0, 1, 2, 3, 4, 5)  # existence probe: flow times t0 10^d (t0 the local time scale)
+PROBE_EPS = 1e-10  # initial size of the activating coordinate in the probe (Algorithm 1's default)
+NEWTON_TOL = 1e-6  # beta^k is a located stationary point when |H_A^-1 g_A| <= NEWTON_TOL max(1, |beta^k|)
+LOG_GROWTH = 0.25  # diverging: |beta| grows in the last decade by >= this fraction of the first decade's
+
+
+@register(ID, CLAIM, order=30)
+def check(ctx) -> CheckResult:
+    names = ctx.model.coordinate_names()
+    parts, metrics, figures = [], {}, []
+
+    verdict, msg, stage_rows, probes = _stages(ctx, names, metrics)
+    parts.append((verdict, msg))
+    if stage_rows:
+        figures.append(P.spectra_figure(
+            stage_rows, "Hessian spectra on the supports (Assumption 4.3)",
+            f"Eigenvalues of the Hessian of Lb restricted to A_k at beta^k, per stage; pass needs "
+            f"lambda_min > {P.REL_EIG:g} max|lambda|."))
+    if ctx.stages.status == "stage_b_failed":
+        probes.append(_failed_stage_start(ctx, names))
+    if probes:
+        parts.append(_existence(ctx, probes, metrics, figures))
+
+    parts.append(_figure9(ctx, names, metrics, figures))
+    verdict = Verdict.worst([v for v, _ in parts])
+    order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
+    message = " | ".join(m for v, m in sorted(parts, key=lambda p: order[p[0]]))
+    thresholds = {"rel_eig": P.REL_EIG, "return_ratio": P.RETURN_RATIO, "negligible": ctx.config.negligible,
+                  "noise": ctx.config.noise, "perturb_time": _perturb_time(ctx), "log_growth": LOG_GROWTH}
+    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, {"figures": figures})
+
+
+def _perturb_time(ctx) -> float:
+    """perturb_epochs epochs of flow; one epoch = time lr (the time one GD step of size lr covers)."""
+    return ctx.config.perturb_epochs * ctx.config.optimizer.lr
+
+
+def _support_names(names, support) -> str:
+    return "{" + ", ".join(names[i] for i in support) + "}"
+
+
+def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
+    """Part 1: restricted Hessians at every beta^k of Algorithm 1, and the Newton step H_A^-1 g_A that says
+    whether beta^k is a located stationary point. Returns the verdict, message, spectra rows, and the
+    (stage label, start beta, time scale) of stages whose stationary point is not located."""
+    model = ctx.model
+    rows, per_stage, bad, unlocated = [], [], [], []
+    for s in ctx.stages.stages:
+        if not s.support:
+            continue
+        A = list(s.support)
+        eigs, vecs = P.restricted_hessian(model, s.beta, A)
+        lo, hi = float(eigs[0]), float(eigs[-1])
+        cond = hi / lo if lo > 0 else math.inf
+        gA = s.grad[A].to(eigs.dtype)
+        newton = float((vecs @ ((vecs.T @ gA) / eigs)).norm()) if lo > 0 else math.inf
+        located = newton <= NEWTON_TOL * max(1.0, float(s.beta[A].norm()))
+        per_stage.append({"k": s.k, "support": [names[i] for i in A], "lambda_min": lo, "lambda_max": hi,
+                          "condition": cond, "grad_support": float(gA.abs().max()), "newton_step": newton})
+        rows.append((f"k={s.k}", s.k, eigs))
+        if not located and P.is_strict(eigs):
+            flow_speed = float((2 * s.beta[A].abs() * gA).norm())
+            unlocated.append((f"stage {s.k}", s.beta, float(s.beta[A].norm()) / max(flow_speed, 1e-300)))
+        elif not P.is_strict(eigs):
+            bad.append(f"stage {s.k}: smallest eigenvalue {lo:.3g} of the Hessian on A_{s.k} = "
+                       f"{_support_names(names, A)} (largest {hi:.3g}): "
+                       + ("a flat direction" if abs(lo) <= P.REL_EIG * abs(hi) else "a negative curvature")
+                       + ", not a strict minimum")
+    metrics["stages"] = per_stage
+    if per_stage:
+        metrics["lambda_min"] = min(r["lambda_min"] for r in per_stage)
+        metrics["max_condition"] = max(r["condition"] for r in per_stage)
+    if bad:
+        return Verdict.FAIL, "; ".join(bad), rows, unlocated
+    if not per_stage:
+        return Verdict.INCONCLUSIVE, f"Algorithm 1 found no stage with a support ({ctx.stages.message})", rows, unlocated
+    return Verdict.PASS, (f"{len(per_stage)} stages: restricted Hessians positive definite, lambda_min = "
+                          f"{metrics['lambda_min']:.3g}, largest condition number {metrics['max_condition']:.3g}"
+                          + (f"; {len(unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)" if unlocated else "")
+                          ), rows, unlocated
+
+
+def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
+    """The start of the stage B that Algorithm 1 could not finish: the argmin of Delta (SPEC 4 step 1)
+    switched on at PROBE_EPS; its time scale is the growth time log(1/eps) / (2 |G_i|)."""
+    model, last = ctx.model, ctx.stages.stages[-1]
+    scale = max(1.0, float(model.grad_b(torch.zeros(model.p, dtype=torch.float64, device=model.device)).abs().max()))
+    delta = time_to_activate(last.b, last.grad, last.support, GTOL_REL * scale)
+    i = int(torch.argmin(delta))
+    start = last.beta.clone()
+    start[i] = (1.0 if float(last.grad[i]) < 0 else -1.0) * PROBE_EPS
+    return (f"stage {last.k + 1} (activating {names[i]})", start,
+            math.log(1 / PROBE_EPS) / (2 * abs(float(last.grad[i]))))
+
+
+def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
+    """Part 2: the flow on the support from each (label, beta, time scale t0) for plain times t0 10^d,
+    d in PROBE_DECADES, all in one batch: does beta settle (a finite minimiser) or grow like log t?"""
+    model = ctx.model
+    starts, times, labels = [], [], []
+    for label, beta, t0 in probes:
+        for d in PROBE_DECADES:
+            starts.append(beta.to(model.device)), times.append(t0 * 10.0**d), labels.append(label)
+    B = torch.stack(starts)
+    u = B.abs().sqrt()
+    _, traj = P.run_batch(model, u, B.sign() * u, times, ctx.config.solver, n_out=2)
+    failed = P.failed_runs(traj)
+    beta, loss = traj.beta[:, -1], traj.loss[:, -1]
+    gnorm = model.grad_b(beta.to(model.device)).norm(dim=1).cpu()
+    n, out, diverged = len(PROBE_DECADES), [], []
+    for k, (label, _, t0) in enumerate(probes):
+        sl = slice(k * n, (k + 1) * n)
+        norm, lk, t = beta[sl].norm(dim=1), loss[sl], torch.tensor(times[sl])
+        growth = (norm[1:] - norm[:-1]).tolist()
+        out.append({"stage": label, "times": t.tolist(), "loss": lk.tolist(), "beta_norm": norm.tolist(),
+                    "growth_per_decade": growth, "grad_norm_times_t": (gnorm[sl] * t).tolist()})
+        figures.append({"id": f"existence-{k}", "title": f"Flow from {label} over decades of time",
+                        "kind": "line", "xlabel": "time t", "ylabel": "value", "xscale": "log", "yscale": "log",
+                        "series": [{"label": "loss", "x": t.tolist(), "y": lk.tolist(), "style": "o-"},
+                                   {"label": "|beta|", "x": t.tolist(), "y": norm.tolist(), "style": "s-"},
+                                   {"label": "|g| t", "x": t.tolist(), "y": out[-1]["grad_norm_times_t"],
+                                    "style": "^-"}],
+                        "caption": "A finite minimiser makes |beta| settle; |beta| growing by a steady amount "
+                                   "per decade (log t) with falling loss means the weights diverge."})
+        falling = bool((lk[1:] < lk[:-1]).all())
+        if falling and all(g > 0 for g in growth) and growth[-1] >= LOG_GROWTH * growth[0]:
+            diverged.append(
+                f"{label}: no finite minimiser exists (weights diverge): from t = {float(t[0]):.3g} to "
+                f"{float(t[-1]):.3g} the loss falls {float(lk[0]):.3g} -> {float(lk[-1]):.3g} while |beta| "
+                f"grows {float(norm[0]):.3g} -> {float(norm[-1]):.3g}, {growth[-1]:.3g} in the last decade "
+                f"(|beta| ~ log t), and |g| t stays {float(gnorm[sl][-1] * t[-1]):.3g}: the gradient never "
+                f"vanishes at a finite point")
+    metrics["existence"] = out
+    if diverged:
+        return Verdict.FAIL, "; ".join(diverged)
+    if failed:
+        return Verdict.INCONCLUSIVE, f"the existence probe did not finish ({failed[0]})"
+    return Verdict.INCONCLUSIVE, ("; ".join(p[0] for p in probes) + ": no located stationary point "
+                                  f"({ctx.stages.message}), but no log-growth divergence either")
+
+
+def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
+    """Part 3: the dynamic protocol of Figure 9 on the reference run."""
+    cfg, model = ctx.config, ctx.model
+    ref = P.reference_run(ctx)
+    if failed := P.failed_runs(ref.traj):
+        return Verdict.INCONCLUSIVE, f"Figure 9: the reference run at alpha={ref.alpha} did not finish ({failed[0]})"
+    candidates = P.plateau_epochs(ref, cfg.negligible)
+    if not candidates:
+        return Verdict.INCONCLUSIVE, (f"Figure 9: the run at alpha={ref.alpha} has no plateau with a coordinate "
+                                      f"above {cfg.negligible:g} (raise --horizon or lower --negligible)")
+    gen = torch.Generator().manual_seed(cfg.seed + 43)
+    pick = sorted(candidates[int(k)] for k in torch.randperm(len(candidates), generator=gen)[: cfg.n_perturb])
+    U, V, points, masks = [], [], [], []
+    for j in pick:
+        u, v = ref.state(j)
+        mask = P.non_negligible(ref.traj.beta[0, j], cfg.negligible)
+        up, vp = P.perturb(u, v, mask, cfg.noise, gen)
+        U.append(up), V.append(vp), points.append(ref.traj.beta[0, j]), masks.append(mask)
+    T = _perturb_time(ctx)
+    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver)
+    if failed := P.failed_runs(traj):
+        return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({failed[0]})"
+    dist = P.rel_distance(traj.beta, torch.stack(points)[:, None])  # [n, n_out]
+    mid = dist.shape[1] // 2
+    ratio = (dist[:, -1] / dist[:, 0]).tolist()
+    runs, bad, slow, series = [], [], [], []
+    for n, j in enumerate(pick):
+        tau = float(ref.traj.tau[j])
+        support = torch.nonzero(masks[n]).squeeze(1).tolist()
+        eigs = P.restricted_spectrum(model, points[n], support)
+        runs.append({"tau": tau, "support": [names[i] for i in support], "d0": float(dist[n, 0]),
+                     "d_end": float(dist[n, -1]), "return_ratio": ratio[n], "lambda_min": float(eigs[0]),
+                     "lambda_max": float(eigs[-1])})
+        series.append((f"tau={tau:.3g}", traj.tau * T, dist[n]))
+        where = f"epoch tau={tau:.3g} (non-negligible {_support_names(names, support)})"
+        if not P.is_strict(eigs):
+            bad.append(f"{where}: smallest eigenvalue {float(eigs[0]):.3g} of the Hessian on the run's support "
+                       f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in")
+        if ratio[n] > P.RETURN_RATIO:
+            stalled = float(dist[n, -1]) > 0.5 * float(dist[n, mid])
+            (bad if stalled else slow).append(
+                f"{where}: distance {float(dist[n, 0]):.3g} -> {float(dist[n, -1]):.3g} (ratio {ratio[n]:.3g})"
+                + (", stalled: the run does not return" if stalled else ", still returning"))
+    metrics["figure9"] = {"alpha": ref.alpha, "perturb_time": T, "runs": runs}
+    metrics["max_return_ratio"] = max(ratio)
+    figures.append(P.distance_figure(
+        "figure9-return", f"Figure 9: perturbed runs at plateau epochs (alpha={ref.alpha})", series,
+        "|beta(t) - beta_unperturbed| / |beta_unperturbed|",
+        f"Relative noise {cfg.noise:g} on every coordinate above {cfg.negligible:g}, then {cfg.perturb_epochs} "
+        f"epochs (flow time {T:g}); pass needs the distance to fall below {P.RETURN_RATIO:g} of its start."))
+    figures.append({"id": "figure9-epochs", "title": f"Reference run (alpha={ref.alpha}) and the perturbed epochs",
+                    "kind": "line", "xlabel": "tau = t / log(1/alpha)", "ylabel": "loss", "xscale": "linear",
+                    "yscale": "log", "series": [{"label": "loss", "x": P.subsample(ref.traj.tau),
+                                                 "y": P.subsample(ref.traj.loss[0]), "style": "-"}],
+                    "vlines": [{"x": r["tau"], "label": "perturbed"} for r in runs]})
+    if bad:
+        return Verdict.FAIL, "Figure 9: " + "; ".join(bad)
+    if slow:
+        return Verdict.INCONCLUSIVE, ("Figure 9: " + "; ".join(slow) + f" after {cfg.perturb_epochs} epochs "
+                                      "(raise --perturb-epochs)")
+    return Verdict.PASS, (f"Figure 9 at alpha={ref.alpha}: {len(pick)} perturbed plateau runs return, distance "
+                          f"ratio <= {max(ratio):.3g} after {cfg.perturb_epochs} epochs")

@@ -1,0 +1,207 @@
+"""Check ``assumption-4.4``: stage B is robust to noise (SPEC 5), at the limit level and by Figure 10.
+
+Assumption 4.4: the flow from beta^k with the new coordinate i_k switched on at a small size, and any
+small perturbation supported on A_k + {i_k}, converges to the same beta^{k+1}.
+
+1. Limit level: for every stage k >= 1, stage B from beta^{k-1} with beta_{i_k} = sign * eps for each eps
+   in EPS, and once more with eps = EPS[0] and relative noise ``config.noise`` on A_{k-1} + {i_k}
+   (``_perturb`` conventions); every other coordinate stays exactly 0. Each run lasts
+   4 log(1/eps) / (2 |G_{i_k}|) (four times the growth time of balanced weights, beta_i' = -2 |beta_i| g_i)
+   plus 40 / mu_k, mu_k the slowest relaxation rate at beta^k (the smallest eigenvalue of
+   2 |beta_A|^(1/2) H_A |beta_A|^(1/2), and 2 |g_j| for coordinates that leave): all stages in ONE batch.
+   Pass: every endpoint within SPREAD_TOL (relative) of Algorithm 1's beta^k. An endpoint elsewhere with a
+   vanishing support gradient fails; one that has not converged is inconclusive.
+2. Figure 10: on the reference run (smallest alpha), the epochs where a coordinate has just become
+   non-negligible (|beta_i| crosses ``config.negligible``), located to 1/ONSET_RES of a grid interval by
+   one batched re-run of each interval. There every non-negligible coordinate is perturbed; the perturbed
+   and the unperturbed run train on, in ONE batch, for ``perturb_epochs`` epochs (one epoch = flow time lr)
+   or until the reference run's next plateau, whichever is longer. Pass: the endpoints' relative distance
+   is at most RETURN_RATIO of the distance the perturbation made.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _perturb as P
+from .registry import register
+from .result import CheckResult, Verdict
+
+ID = "assumption-4.4"
+CLAIM = "Assumption 4.4: stage B ends at the same beta^{k+1} from any small eps and small perturbations"
+EPS = (1e-4, 1e-8)
+SPREAD_TOL = 1e-4  # endpoints within this relative distance of beta^k; distinct stationary points are O(1) apart
+CONVERGED_GTOL = 1e-6  # a run has converged when max |g_A| <= this * max(1, max |g(0)|)
+ONSET_RES = 400
+
+
+@register(ID, CLAIM, order=40)
+def check(ctx) -> CheckResult:
+    names = ctx.model.coordinate_names()
+    metrics, figures = {}, []
+    parts = [_limit_level(ctx, names, metrics, figures), _figure10(ctx, names, metrics, figures)]
+    order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
+    message = " | ".join(m for v, m in sorted(parts, key=lambda p: order[p[0]]))
+    thresholds = {"spread_tol": SPREAD_TOL, "return_ratio": P.RETURN_RATIO, "eps": list(EPS),
+                  "negligible": ctx.config.negligible, "noise": ctx.config.noise,
+                  "perturb_time": ctx.config.perturb_epochs * ctx.config.optimizer.lr}
+    return CheckResult(ID, CLAIM, Verdict.worst(v for v, _ in parts), message, metrics, thresholds,
+                       {"figures": figures})
+
+
+def _relaxation_rate(model, stage) -> float:
+    """Slowest decay rate of the balanced flow beta' = -2 |beta| g(beta) near beta^k (see module doc)."""
+    A = list(stage.support)
+    rates = [2 * abs(float(stage.grad[j])) for j in stage.left]
+    if A:
+        s = stage.beta[A].abs().sqrt()
+        idx = torch.as_tensor(A, device=model.device)
+        H = model.hessian_columns(stage.beta.to(model.device)[None], idx)[0][idx].cpu()
+        M = 2 * s[:, None] * H * s[None, :]
+        rates.append(float(torch.linalg.eigvalsh((M + M.T) / 2)[0]))
+    return min(rates)
+
+
+def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
+    model, cfg, seq = ctx.model, ctx.config, ctx.stages.stages
+    if len(seq) < 2:
+        return Verdict.INCONCLUSIVE, f"limit level: Algorithm 1 has no stage B to repeat ({ctx.stages.message})"
+    gen = torch.Generator().manual_seed(cfg.seed + 44)
+    starts, durations, owners, bad_rate = [], [], [], []
+    for prev, stage in zip(seq[:-1], seq[1:]):
+        i, G = stage.coordinate, abs(float(prev.grad[stage.coordinate]))
+        mu = _relaxation_rate(model, stage)
+        if not mu > 0:
+            bad_rate.append(f"stage {stage.k}: relaxation rate {mu:.3g} at beta^{stage.k}")
+            continue
+        region = torch.zeros(model.p, dtype=torch.bool)
+        region[list(prev.support) + [i]] = True
+        for n, eps in enumerate((*EPS, EPS[0])):
+            beta = prev.beta.clone()
+            beta[i] = stage.sign * eps
+            u = beta.abs().sqrt()
+            v = beta.sign() * u
+            if n == len(EPS):  # the perturbed copy
+                u, v = P.perturb(u, v, region, cfg.noise, gen)
+            starts.append((u, v))
+            durations.append(4 * math.log(1 / eps) / (2 * G) + 40 / mu)
+            owners.append((stage, "perturbed" if n == len(EPS) else f"eps={eps:g}"))
+    if bad_rate:
+        return Verdict.FAIL, "limit level: beta^k does not attract (" + "; ".join(bad_rate) + ")"
+    U = torch.stack([s[0] for s in starts]).to(model.device)
+    V = torch.stack([s[1] for s in starts]).to(model.device)
+    _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2)
+    if failed := P.failed_runs(traj):
+        return Verdict.INCONCLUSIVE, f"limit level: a stage-B run did not finish ({failed[0]})"
+    end = traj.beta[:, -1]
+    scale = max(1.0, float(seq[0].grad.abs().max()))
+    g_end = model.grad_b(end.to(model.device)).cpu()
+    rows, far, unconverged = [], [], []
+    for b, (stage, label) in enumerate(owners):
+        target = stage.beta
+        dist = float((end[b] - target).norm() / target.norm().clamp_min(1e-300))
+        region = list(set(seq[stage.k - 1].support) | {stage.coordinate})
+        gmax = float(g_end[b, region].abs().max())
+        rows.append({"k": stage.k, "run": label, "distance": dist, "grad_support": gmax})
+        if dist > SPREAD_TOL:
+            where = (f"stage {stage.k} ({label}): endpoint {dist:.3g} from beta^{stage.k} "
+                     f"(|g_A| = {gmax:.3g})")
+            (far if gmax <= CONVERGED_GTOL * scale else unconverged).append(where)
+    spread = {}
+    for r in rows:
+        spread[r["k"]] = max(spread.get(r["k"], 0.0), r["distance"])
+    metrics["limit_level"] = {"runs": rows, "spread_per_stage": spread}
+    metrics["max_spread"] = max(spread.values())
+    ks = sorted(spread)
+    figures.append({"id": "stage-b-spread", "title": "Stage B from several eps and perturbations: spread of "
+                    "the endpoints", "kind": "bar", "xlabel": "stage k", "ylabel": "max |beta_end - beta^k| / |beta^k|",
+                    "xscale": "linear", "yscale": "log",
+                    "series": [{"label": "spread", "x": ks, "y": [max(spread[k], 1e-300) for k in ks]}],
+                    "caption": f"eps in {EPS} and one run with relative noise {cfg.noise:g}; pass needs every "
+                               f"bar below {SPREAD_TOL:g}."})
+    if far:
+        return Verdict.FAIL, "limit level: stage B ends at another stationary point: " + "; ".join(far)
+    if unconverged:
+        return Verdict.INCONCLUSIVE, "limit level: stage B has not converged: " + "; ".join(unconverged)
+    return Verdict.PASS, (f"limit level: {len(spread)} stages x {len(EPS) + 1} runs (eps {', '.join(f'{e:g}' for e in EPS)},"
+                          f" perturbed) end at beta^k, spread <= {metrics['max_spread']:.3g}")
+
+
+def _onsets(ctx, ref) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The states at which each coordinate has just become non-negligible: every grid interval
+    [j - 1, j] with an onset is re-run (one batch) with ONSET_RES outputs; the first output above the
+    threshold is the epoch. Returns events (grid j, coordinate i, tau) and the states U, V [E, p]."""
+    thr = ctx.config.negligible
+    events = P.onset_events(ref, thr)
+    tau = ref.traj.tau
+    if not events:
+        return [], torch.empty(0), torch.empty(0), torch.empty(0)
+    states = [ref.state(j - 1) for j, _ in events]
+    U0, V0 = torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
+    spans = [float(tau[j] - tau[j - 1]) * ref.L for j, _ in events]
+    flow, traj = P.run_batch(ctx.model, U0, V0, spans, ctx.config.solver, n_out=ONSET_RES + 1)
+    out, keep = [], []
+    for e, (j, i) in enumerate(events):
+        above = torch.nonzero(traj.beta[e, :, i].abs() > thr).squeeze(1)
+        if len(above) == 0:
+            continue
+        k = int(above[0])
+        keep.append((e, k))
+        out.append((j, i, float(tau[j - 1]) + float(traj.tau[k]) * spans[e] / ref.L))
+    idx = torch.tensor([e for e, _ in keep], device=flow.L.device)
+    S = torch.stack([traj.b[e, k] for e, k in keep]).to(flow.L.device) * flow.L[idx, None]
+    U, V = flow.uv(S, idx)
+    beta = torch.stack([traj.beta[e, k] for e, k in keep])
+    return out, U, V, beta
+
+
+def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str]:
+    cfg, model = ctx.config, ctx.model
+    ref = P.reference_run(ctx)
+    if failed := P.failed_runs(ref.traj):
+        return Verdict.INCONCLUSIVE, f"Figure 10: the reference run at alpha={ref.alpha} did not finish ({failed[0]})"
+    events, U0, V0, beta0 = _onsets(ctx, ref)
+    if not events:
+        return Verdict.INCONCLUSIVE, (f"Figure 10: no coordinate crosses {cfg.negligible:g} on the run at "
+                                      f"alpha={ref.alpha}")
+    plateaus = P.plateau_epochs(ref, cfg.negligible)
+    tau = ref.traj.tau
+    gen = torch.Generator().manual_seed(cfg.seed + 10)
+    T_epochs = cfg.perturb_epochs * cfg.optimizer.lr
+    U, V, durations = [], [], []
+    for e, (j, i, t_on) in enumerate(events):
+        nxt = [q for q in plateaus if q >= j]
+        t_next = float(tau[nxt[0]] if nxt else tau[-1])
+        D = max(T_epochs, (t_next - t_on) * ref.L)
+        mask = P.non_negligible(beta0[e], cfg.negligible)
+        up, vp = P.perturb(U0[e], V0[e], mask, cfg.noise, gen)
+        U += [U0[e], up]
+        V += [V0[e], vp]
+        durations += [D, D]
+    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), durations, cfg.solver)
+    if failed := P.failed_runs(traj):
+        return Verdict.INCONCLUSIVE, f"Figure 10: a run did not finish ({failed[0]})"
+    clean, pert = traj.beta[0::2], traj.beta[1::2]
+    dist = P.rel_distance(pert, clean)  # [E, n_out]
+    ratio = (dist[:, -1] / dist[:, 0]).tolist()
+    runs, bad, series = [], [], []
+    for e, (j, i, t_on) in enumerate(events):
+        runs.append({"tau": t_on, "coordinate": names[i], "beta_i": float(beta0[e, i]), "duration": durations[2 * e],
+                     "d0": float(dist[e, 0]), "d_end": float(dist[e, -1]), "return_ratio": ratio[e]})
+        series.append((f"{names[i]} at tau={t_on:.3g}", traj.tau * durations[2 * e], dist[e]))
+        if ratio[e] > P.RETURN_RATIO:
+            bad.append(f"onset of {names[i]} at tau={t_on:.4g}: endpoints {float(dist[e, -1]):.3g} apart after "
+                       f"time {durations[2 * e]:.3g} (perturbation {float(dist[e, 0]):.3g}, ratio {ratio[e]:.3g})")
+    metrics["figure10"] = {"alpha": ref.alpha, "runs": runs}
+    metrics["max_endpoint_ratio"] = max(ratio)
+    figures.append(P.distance_figure(
+        "figure10-endpoints", f"Figure 10: perturbed vs unperturbed runs at onsets (alpha={ref.alpha})", series,
+        "|beta_perturbed(t) - beta_unperturbed(t)| / |beta_unperturbed(t)|",
+        f"Relative noise {cfg.noise:g} on every coordinate above {cfg.negligible:g} right after a coordinate "
+        f"crossed it; pass needs the endpoint distance below {P.RETURN_RATIO:g} of its start."))
+    if bad:
+        return Verdict.FAIL, "Figure 10: " + "; ".join(bad)
+    return Verdict.PASS, (f"Figure 10 at alpha={ref.alpha}: {len(events)} onset epochs, perturbed and "
+                          f"unperturbed endpoints agree, ratio <= {max(ratio):.3g}")
