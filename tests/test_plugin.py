@@ -140,3 +140,17 @@ def test_verifier_device_cuda_without_cuda_is_a_usage_error(pytester):
     out = pytester.runpytest("--verifier-device", "cuda")
     assert out.ret == pytest.ExitCode.USAGE_ERROR
     out.stderr.fnmatch_lines(["*--verifier-device*cuda requested but torch.cuda.is_available() is False*"])
+
+
+def test_many_results_are_capped_and_the_report_says_so(tmp_path):
+    from verifier.pytest_plugin import MAX_PASSING_PER_CHECK, _Session, _session_results
+    from verifier.report import render_html
+
+    session = _Session(tmp_path / "r.html", "cpu", [])
+    for k in range(MAX_PASSING_PER_CHECK + 5):
+        session.add(CheckResult("prop", "", Verdict.PASS, f"example {k}"))
+    session.add(CheckResult("prop", "", Verdict.FAIL, "counterexample"))
+    assert [r.message for r in session.results][-2:] == [f"example {MAX_PASSING_PER_CHECK - 1}", "counterexample"]
+    assert len(session.results) == MAX_PASSING_PER_CHECK + 1 and session.omitted == {"prop (pass)": 5}
+    assert "5 more results of prop (pass) were recorded and left out of this report" in render_html(
+        _session_results(session))

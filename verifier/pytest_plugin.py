@@ -33,7 +33,9 @@ from .checks import REGISTRY, CheckResult, Verdict, check_ids, run_check
 from .checks.registry import OBSERVERS
 from .config import DEVICES, RunConfig
 
-MAX_PASSING_PER_CHECK = 20  # a property suite may record thousands; the report keeps every non-pass
+# A property suite may record thousands of results: per check id the report keeps the first 20 passes and the
+# first 100 fails/inconclusives, and says how many it left out.
+MAX_PASSING_PER_CHECK = 20
 MAX_OTHER_PER_CHECK = 100
 MAX_SUMMARY_ROWS = 12  # more results than this: the terminal summary counts verdicts per check id
 
@@ -54,8 +56,9 @@ class _Session:
         self.final = None
 
     def add(self, result: CheckResult) -> None:
-        same = [r for r in self.results if r.id == result.id and (r.verdict == Verdict.PASS) == (result.verdict == Verdict.PASS)]
-        cap = MAX_PASSING_PER_CHECK if result.verdict == Verdict.PASS else MAX_OTHER_PER_CHECK
+        passed = result.verdict == Verdict.PASS
+        same = [r for r in self.results if r.id == result.id and (r.verdict == Verdict.PASS) == passed]
+        cap = MAX_PASSING_PER_CHECK if passed else MAX_OTHER_PER_CHECK
         if len(same) >= cap:
             key = f"{result.id} ({result.verdict.value})"
             self.omitted[key] = self.omitted.get(key, 0) + 1
