@@ -140,6 +140,11 @@ def test_key_metric_rules():
                         evidence={"key_metric": "b"})
     assert key_metric(named).text() == "b = 1 -> 4 (4)"
     assert key_metric(CheckResult("c", "", Verdict.PASS, "")) is None
+    metrics = {"stages": [{"k": 1}], "max_spread": 2e-10, "terminal_error": 0.5}
+    both = CheckResult("c", "", Verdict.PASS, "", metrics=metrics, thresholds={"spread_tol": 1e-4, "terminal_error": 1})
+    assert key_metric(both).text() == "terminal_error = 0.5 (threshold 1)"  # exact name first; "min" is no token
+    tol = CheckResult("c", "", Verdict.PASS, "", metrics=metrics, thresholds={"spread_tol": 1e-4})
+    assert key_metric(tol).text() == "max_spread = 2e-10 (<= 0.0001)"  # max_ stripped, _tol added
     assert fmt(list(range(10))) == "[0, 1, 2, ..., 8, 9, (10 values)]"
     assert fmt(float("nan")) == "nan" and fmt(None) == "-" and fmt(True) == "true"
 
@@ -246,3 +251,10 @@ def test_any_readable_results_file_renders_and_gates(tmp_path, a, b):
     assert [s["class"] for s in sections] == [f"check {c.verdict.value}" for c in ra.checks]
     assert summary_table(ra, width=90).splitlines()[-1].startswith("overall: ")
     assert compare(ra, rb).table().splitlines()[-1].startswith("gate: ")
+
+
+def test_narrow_log_axis_gets_readable_ticks_and_repeated_line_labels_are_written_once():
+    fig = render_figure({"yscale": "log", "series": [{"label": "eig", "x": [1, 2, 3], "y": [0.9, 1.0, 1.3]}],
+                         "vlines": [{"x": 1.5, "label": "perturbed"}, {"x": 2.5, "label": "perturbed"}]}, "n")
+    assert ">1.1<" in fig.svg and ">1.2<" in fig.svg  # evenly placed ticks under one decade
+    assert fig.svg.count(">perturbed<") == 1

@@ -52,8 +52,12 @@ GATED_METRICS: tuple[GateRule, ...] = (
     GateRule("*residual*", LOWER, rtol=0.5, atol=1e-12),
     GateRule("*distance*", LOWER, rtol=0.5, atol=1e-12),  # Assumptions 4.3/4.4 return distances
     GateRule("*spread*", LOWER, rtol=0.5, atol=1e-12),  # Assumption 4.4 spread of stage-B endpoints
+    GateRule("*_ratio", LOWER, rtol=0.5, atol=1e-12),  # Assumptions 4.3/4.4 return and endpoint distance ratios
+    GateRule("*mismatch*", LOWER, rtol=0.5, atol=1e-12),  # Definition 3.1 loss(u, v) vs loss(u * v)
+    GateRule("*condition*", LOWER, rtol=0.5, atol=0.0),  # Assumption 4.3 condition numbers
     GateRule("*margin*", HIGHER, rtol=0.5, atol=1e-12),  # Assumption 4.2 margins
-    GateRule("*min_eig*", HIGHER, rtol=0.5, atol=1e-12),  # Assumption 4.3 smallest Hessian eigenvalue
+    GateRule("*lambda_min*", HIGHER, rtol=0.5, atol=1e-12),  # Assumption 4.3 smallest Hessian eigenvalue
+    GateRule("*min_eig*", HIGHER, rtol=0.5, atol=1e-12),
 )
 
 # What a baseline and a new run must share for their metrics to be comparable (differences are noted).

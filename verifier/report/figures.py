@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import LogFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
 KINDS = ("line", "scatter", "bar")
 SCALES = ("linear", "log")
@@ -54,9 +55,12 @@ def _text(value: Any, default: str = "") -> str:
     return default if value is None else str(value)
 
 
-def _label(value: Any, default: str = "") -> str:
-    """Text from data drawn literally: "$" is a dollar sign, not the start of mathtext."""
-    return _text(value, default).replace("$", r"\$")
+def _label(value: Any, default: str = "", width: int = 0) -> str:
+    """Text from data drawn literally ("$" is a dollar sign, not mathtext), wrapped to ``width`` characters."""
+    text = _text(value, default)
+    if width and len(text) > width:
+        text = "\n".join(textwrap.wrap(text, width))
+    return text.replace("$", r"\$")
 
 
 def as_floats(values: Any) -> np.ndarray:
@@ -146,31 +150,32 @@ def _plot(ax, kind: str, label: str, x: np.ndarray, y: np.ndarray, style: str, n
         ax.plot(x, y, "-", label=label, linewidth=1.4)
 
 
-def _lines(ax, spec: dict, key: str, scale: str, notes: list[str]) -> bool:
-    """vlines/hlines: [{"x" or "y": value, "label": text}]; returns whether any was labelled."""
+def _lines(ax, spec: dict, key: str, scale: str, notes: list[str]) -> None:
+    """vlines/hlines: [{"x" or "y": value, "label": text}]. A label repeated along the list is written once;
+    successive labels are staggered over three rows so close lines stay readable."""
     coord = "x" if key == "vlines" else "y"
-    labelled = False
     items = spec.get(key) or []
     if not isinstance(items, list):
         notes.append(f"'{key}' is not a list; ignored")
-        return False
+        return
+    written: set[str] = set()
     for item in items:
         value = as_floats(item.get(coord) if isinstance(item, dict) else None)[0]
         if not math.isfinite(value) or (scale == "log" and value <= 0):
             notes.append(f"{key[0]}-line {item!r} has no drawable {coord}; skipped")
             continue
         label = _label(item.get("label")) if isinstance(item, dict) else ""
-        draw = ax.axvline if coord == "x" else ax.axhline
-        draw(value, color="0.45", linestyle=":", linewidth=1.0)
-        if label:
-            labelled = True
-            if coord == "x":
-                ax.annotate(label, (value, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
-                            textcoords="offset points", va="top", ha="left", fontsize=8, color="0.3")
-            else:
-                ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), xytext=(-2, 2),
-                            textcoords="offset points", ha="right", fontsize=8, color="0.3")
-    return labelled
+        (ax.axvline if coord == "x" else ax.axhline)(value, color="0.45", linestyle=":", linewidth=1.0)
+        if not label or label in written:
+            continue
+        row = len(written) % 3
+        written.add(label)
+        if coord == "x":
+            ax.annotate(label, (value, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3 - 11 * row),
+                        textcoords="offset points", va="top", ha="left", fontsize=8, color="0.3")
+        else:
+            ax.annotate(label, (1.0, value), xycoords=("axes fraction", "data"), xytext=(-2, 2 + 11 * row),
+                        textcoords="offset points", ha="right", fontsize=8, color="0.3")
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
@@ -211,6 +216,22 @@ def _inline(svg: str, prefix: str, title: str) -> str:
     return svg.replace("<svg", f'<svg role="img" aria-label="{escape(title)}"', 1)
 
 
+def _log_axis(ax, which: str, scale: str) -> None:
+    """Log scale with plain-text ticks; under one decade, five evenly placed ticks (a log locator gives one or two)."""
+    if scale != "log":
+        return
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    (ax.set_xscale if which == "x" else ax.set_yscale)("log")
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    if hi < 10 * lo:
+        axis.set_major_locator(MaxNLocator(5))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_major_formatter(_LogTicks())
+        axis.set_minor_formatter(_LogTicks(minor_thresholds=(2, 0.4)))
+
+
 def render_figure(spec: Any, prefix: str) -> Rendered:
     """Draw one figure spec; ``prefix`` makes its SVG ids unique in the page. Never raises on bad data."""
     notes: list[str] = []
@@ -230,20 +251,17 @@ def render_figure(spec: Any, prefix: str) -> Rendered:
             for label, x, y, style in series:
                 _plot(ax, kind, label, x, y, style, notes)
             drawable = any((np.isfinite(x) & np.isfinite(y)).any() for _, x, y, _ in series)
-            # A log axis with nothing positive on it cannot be set up; say so and stay linear.
-            for scale, axis, set_scale in ((xscale, ax.xaxis, ax.set_xscale), (yscale, ax.yaxis, ax.set_yscale)):
-                if scale == "log" and drawable:
-                    set_scale("log")
-                    axis.set_major_formatter(_LogTicks())
-                    axis.set_minor_formatter(_LogTicks(minor_thresholds=(2, 0.4)))
-            if not drawable:
-                ax.text(0.5, 0.5, "no finite data to draw", transform=ax.transAxes, ha="center", va="center",
-                        color="0.4")
             _lines(ax, spec, "vlines", xscale, notes)
             _lines(ax, spec, "hlines", yscale, notes)
-            ax.set_xlabel(_label(spec.get("xlabel")))
-            ax.set_ylabel(_label(spec.get("ylabel")))
-            ax.set_title(_label(title), fontsize=11, loc="left")
+            if drawable:  # a log axis with nothing positive on it cannot be set up: it stays linear
+                _log_axis(ax, "x", xscale)
+                _log_axis(ax, "y", yscale)
+            else:
+                ax.text(0.5, 0.5, "no finite data to draw", transform=ax.transAxes, ha="center", va="center",
+                        color="0.4")
+            ax.set_xlabel(_label(spec.get("xlabel"), width=100))
+            ax.set_ylabel(_label(spec.get("ylabel"), width=40))
+            ax.set_title(_label(title, width=80), fontsize=11, loc="left")
             labels = [s[0] for s in series]
             if 1 <= len(labels) <= MAX_LEGEND:
                 ax.legend(fontsize=8, frameon=False, loc="best")

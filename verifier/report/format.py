@@ -1,9 +1,11 @@
 """Text for people: numbers, lists, the key metric of a check and the threshold it is judged against.
 
-The key metric of a check is, in order: the metric named by ``evidence["key_metric"]``; else the first
-metric with a threshold of the same name; else the first metric that has a threshold with a ``max_``/``min_``
-prefix or a ``_max``/``_min``/``_tol`` suffix; else the first metric. A threshold whose name says ``max`` (``min``) is an upper (lower)
-bound and is shown as ``<= t`` (``>= t``); other thresholds are shown as ``threshold t``.
+The key metric of a check is, in order: the metric named by ``evidence["key_metric"]``; else, among the
+numeric metrics (numbers or flat lists of numbers), the first with a threshold of the same name, then the first
+with a threshold named by the rule of :func:`threshold_name` (the name with a ``max_``/``min_`` prefix or a
+``_max``/``_min``/``_tol`` suffix, or without its own ``max_``/``min_`` prefix), then the first; else the
+first metric. A ``max`` (``min``) token in the threshold's name, else in the metric's, makes it an upper (lower)
+bound, shown as ``<= t`` (``>= t``); other thresholds are shown as ``threshold t``.
 """
 
 from __future__ import annotations
@@ -54,19 +56,33 @@ def fmt_key(value: Any) -> str:
 
 def threshold_name(metric: str, thresholds: dict[str, Any]) -> str | None:
     """The threshold that judges ``metric``, by the naming rule in the module docstring."""
-    for cand in (metric, f"max_{metric}", f"min_{metric}", f"{metric}_max", f"{metric}_min", f"{metric}_tol"):
+    base = metric[4:] if metric[:4] in ("max_", "min_") else metric
+    for cand in (metric, f"max_{metric}", f"min_{metric}", f"{metric}_max", f"{metric}_min", f"{metric}_tol",
+                 base, f"{base}_tol"):
         if cand in thresholds:
             return cand
     return None
 
 
-def relation(name: str) -> str:
-    low = name.lower()
-    if "max" in low:
-        return "<="
-    if "min" in low:
-        return ">="
+def relation(metric: str, threshold: str) -> str:
+    """"<=" for an upper bound, ">=" for a lower one (from a max/min token in the threshold's name, else in
+    the metric's), else "threshold"."""
+    for name in (threshold, metric):
+        tokens = name.lower().split("_")
+        if "max" in tokens or "maximum" in tokens:
+            return "<="
+        if "min" in tokens or "minimum" in tokens:
+            return ">="
     return "threshold"
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or value in ("nan", "inf", "-inf")
+
+
+def _numeric(value: Any) -> bool:
+    """A number, or a flat list of numbers (one per alpha): what a key metric should be."""
+    return bool(value) and all(map(_number, value)) if isinstance(value, list) else _number(value)
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,7 @@ class KeyMetric:
         """e.g. ``drift = 3.1e-12 (<= 1e-08)``."""
         out = f"{self.name} = {fmt_key(self.value)}"
         if self.threshold is not None:
-            out += f" ({relation(self.threshold)} {fmt_key(self.limit)})"
+            out += f" ({relation(self.name, self.threshold)} {fmt_key(self.limit)})"
         return out
 
 
@@ -90,9 +106,10 @@ def key_metric(result: CheckResult) -> KeyMetric | None:
     if isinstance(named, str) and named in metrics:
         name = named
     else:
-        exact = [m for m in metrics if m in thresholds]
-        paired = [m for m in metrics if threshold_name(m, thresholds) is not None]
-        name = (exact or paired or [next(iter(metrics), None)])[0]
+        numeric = [m for m in metrics if _numeric(metrics[m])]
+        exact = [m for m in numeric if m in thresholds]
+        paired = [m for m in numeric if threshold_name(m, thresholds) is not None]
+        name = (exact or paired or numeric or [next(iter(metrics), None)])[0]
     if name is None:
         return None
     tname = threshold_name(name, thresholds)

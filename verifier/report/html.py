@@ -51,7 +51,7 @@ def _metric_rows(metrics: dict, thresholds: dict) -> tuple[list[dict], list[dict
         if tname is not None:
             used.add(tname)
         rows.append({"name": name, "value": fmt(value, 300),
-                     "threshold": f"{relation(tname)} {fmt(thresholds[tname])}" if tname else ""})
+                     "threshold": f"{relation(name, tname)} {fmt(thresholds[tname])}" if tname else ""})
     other = [{"name": k, "value": fmt(v, 300)} for k, v in thresholds.items() if k not in used]
     return rows, other
 
