@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator, NullFormatter  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: the user's backend and global figure state are left alone
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator, NullFormatter
+from markupsafe import escape
 
 KINDS = ("line", "scatter", "bar")
 SCALES = ("linear", "log")
@@ -211,8 +210,6 @@ def _inline(svg: str, prefix: str, title: str) -> str:
     svg = _namespace_ids(svg, prefix)
     # Scale with the page: keep the aspect ratio from viewBox, let CSS set the width.
     svg = re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"', r'<svg\1', svg, count=1)
-    from markupsafe import escape
-
     return svg.replace("<svg", f'<svg role="img" aria-label="{escape(title)}"', 1)
 
 
@@ -245,33 +242,31 @@ def render_figure(spec: Any, prefix: str) -> Rendered:
         kind = "line"
     xscale, yscale = _scale(spec, "xscale", notes), _scale(spec, "yscale", notes)
     series = _series(spec, xscale, yscale, notes)
-    with plt.rc_context(_RC):
-        fig, ax = plt.subplots(figsize=(7.0, 3.6))
-        try:
-            for label, x, y, style in series:
-                _plot(ax, kind, label, x, y, style, notes)
-            drawable = any((np.isfinite(x) & np.isfinite(y)).any() for _, x, y, _ in series)
-            _lines(ax, spec, "vlines", xscale, notes)
-            _lines(ax, spec, "hlines", yscale, notes)
-            if drawable:  # a log axis with nothing positive on it cannot be set up: it stays linear
-                _log_axis(ax, "x", xscale)
-                _log_axis(ax, "y", yscale)
-            else:
-                ax.text(0.5, 0.5, "no finite data to draw", transform=ax.transAxes, ha="center", va="center",
-                        color="0.4")
-            ax.set_xlabel(_label(spec.get("xlabel"), width=100))
-            ax.set_ylabel(_label(spec.get("ylabel"), width=40))
-            ax.set_title(_label(title, width=80), fontsize=11, loc="left")
-            labels = [s[0] for s in series]
-            if 1 <= len(labels) <= MAX_LEGEND:
-                ax.legend(fontsize=8, frameon=False, loc="best")
-            elif len(labels) > MAX_LEGEND:
-                notes.append(f"{len(labels)} series: legend omitted")
-            fig.tight_layout()
-            buf = io.StringIO()
-            fig.savefig(buf, format="svg")
-        finally:
-            plt.close(fig)
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(7.0, 3.6))
+        ax = fig.subplots()
+        for label, x, y, style in series:
+            _plot(ax, kind, label, x, y, style, notes)
+        drawable = any((np.isfinite(x) & np.isfinite(y)).any() for _, x, y, _ in series)
+        _lines(ax, spec, "vlines", xscale, notes)
+        _lines(ax, spec, "hlines", yscale, notes)
+        if drawable:  # a log axis with nothing positive on it cannot be set up: it stays linear
+            _log_axis(ax, "x", xscale)
+            _log_axis(ax, "y", yscale)
+        else:
+            ax.text(0.5, 0.5, "no finite data to draw", transform=ax.transAxes, ha="center", va="center",
+                    color="0.4")
+        ax.set_xlabel(_label(spec.get("xlabel"), width=100))
+        ax.set_ylabel(_label(spec.get("ylabel"), width=40))
+        ax.set_title(_label(title, width=80), fontsize=11, loc="left")
+        labels = [s[0] for s in series]
+        if 1 <= len(labels) <= MAX_LEGEND:
+            ax.legend(fontsize=8, frameon=False, loc="best")
+        elif len(labels) > MAX_LEGEND:
+            notes.append(f"{len(labels)} series: legend omitted")
+        fig.tight_layout()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg")
     svg = _inline(buf.getvalue(), prefix, title)
     return Rendered(id=_text(spec.get("id"), prefix), title=title, caption=_text(spec.get("caption")),
                     svg=svg, notes=tuple(notes))
