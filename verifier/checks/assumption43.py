@@ -26,7 +26,6 @@ import math
 
 import torch
 
-from ..limit.incremental import GTOL_REL, time_to_activate
 from . import _perturb as P
 from .registry import register
 from .result import CheckResult, Verdict
@@ -118,10 +117,8 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
 def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
     """The start of the stage B that Algorithm 1 could not finish: the argmin of Delta (SPEC 4 step 1)
     switched on at PROBE_EPS; its time scale is the growth time log(1/eps) / (2 |G_i|)."""
-    model, last = ctx.model, ctx.stages.stages[-1]
-    scale = max(1.0, float(model.grad_b(torch.zeros(model.p, dtype=torch.float64, device=model.device)).abs().max()))
-    delta = time_to_activate(last.b, last.grad, last.support, GTOL_REL * scale)
-    i = int(torch.argmin(delta))
+    last = ctx.stages.stages[-1]
+    i = int(torch.argmin(ctx.stages.delta(last.k)))
     start = last.beta.clone()
     start[i] = (1.0 if float(last.grad[i]) < 0 else -1.0) * PROBE_EPS
     return (f"stage {last.k + 1} (activating {names[i]})", start,
