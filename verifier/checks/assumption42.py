@@ -1,0 +1,161 @@
+"""Check ``assumption-4.2``: non-degeneracy of stage A (SPEC 5), from Algorithm 1 and from simulation.
+
+(a) u0_i != +-v0_i: margin min_i min(|u0_i + v0_i|, |u0_i - v0_i|) of the run's theta0 must exceed
+    INIT_MARGIN_TOL. A margin m delays coordinate i's activation by about log(1/m) / (|G_i| log(1/alpha))
+    (SPEC 3: log|a(0)| = log m - log(1/alpha)); at m = 1e-8 that is 18 / (|G_i| L), as large as the whole
+    transition-time error of the ladder, so a smaller margin is reported as a failure.
+(b) At every stage a unique argmin of Delta_k: margin (second smallest - smallest) / smallest must be at
+    least MARGIN_TOL. Transition times converge only at rate O(1/log(1/alpha)) (SPEC 5); at the default
+    ladder's smallest alpha (L = 589) the measured errors are a few 1e-3 relative, so two activations
+    whose Delta differ by less than 1% cannot be told apart from a tie: they fail, naming both.
+(c) A coordinate that left the support at stage k has G_i = g_i(beta^k) pointing b_i inward
+    (b_i = +1 needs G_i > 0, b_i = -1 needs G_i < 0), by more than Algorithm 1's zero threshold.
+Simulation: along ctx.ladder the first activations (b_i crossing +-1, ``Trajectory.crossing_tau``) must,
+at the smallest alpha, come in Algorithm 1's order with its signs, one coordinate per transition, each gap
+between consecutive activations at least SEPARATION_FRACTION of the gap Algorithm 1 predicts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import format_alpha
+from .registry import register
+from .result import CheckResult, Verdict
+
+ID = "assumption-4.2"
+CLAIM = ("Assumption 4.2 (non-degeneracy): u0 != +-v0; at every stage a unique coordinate activates next; "
+         "a coordinate that left the support has its gradient pointing inward")
+INIT_MARGIN_TOL = 1e-8
+MARGIN_TOL = 1e-2
+SEPARATION_FRACTION = 0.5
+
+
+def init_margin(theta0: torch.Tensor, p: int) -> tuple[float, int]:
+    """(a): min_i min(|u0_i + v0_i|, |u0_i - v0_i|) and the coordinate attaining it."""
+    u0, v0 = theta0[:p], theta0[p:]
+    m = torch.minimum((u0 + v0).abs(), (u0 - v0).abs())
+    return float(m.min()), int(m.argmin())
+
+
+def stage_margins(seq) -> list[dict]:
+    """(b): per stage k >= 1, the chosen coordinate, the runner-up, both Deltas and the margin."""
+    out = []
+    for s in seq.stages[1:]:
+        delta = seq.delta(s.k - 1)
+        order = torch.argsort(delta)
+        runner = int(order[1]) if len(delta) > 1 and math.isfinite(float(delta[order[1]])) else None
+        out.append({"k": s.k, "coordinate": s.coordinate, "runner_up": runner,
+                    "delta": float(delta[s.coordinate]),
+                    "delta_runner_up": None if runner is None else float(delta[runner]), "margin": s.margin})
+    return out
+
+
+def leave_signs(seq) -> list[dict]:
+    """(c): for every coordinate that left at stage k, b_i G_i (must be > gtol)."""
+    return [{"k": s.k, "coordinate": i, "b": float(s.b[i]), "G": float(s.grad[i]),
+             "inward": float(s.b[i] * s.grad[i])} for s in seq.stages for i in s.left]
+
+
+def separation(traj, sample: int, predicted: list[tuple[float, int, int]], horizon: float, name) -> list[str]:
+    """What keeps the simulated first activations of ``sample`` from matching ``predicted`` one by one:
+    order, signs, missing or extra coordinates, gaps below SEPARATION_FRACTION of the predicted ones."""
+    seen = [c for c in traj.first_crossings(sample) if c[0] <= horizon]
+    issues = []
+    got = [(i, s) for _, i, s in seen]
+    want = [(i, s) for _, i, s in predicted]
+    if got != want:
+        fmt = lambda xs: ", ".join(f"{name(i)}{'+' if s > 0 else '-'}" for i, s in xs) or "none"  # noqa: E731
+        issues.append(f"activation order {fmt(got)} differs from Algorithm 1's {fmt(want)}")
+        return issues
+    for j in range(1, len(seen)):
+        gap, want_gap = seen[j][0] - seen[j - 1][0], predicted[j][0] - predicted[j - 1][0]
+        if gap < SEPARATION_FRACTION * want_gap or want_gap <= MARGIN_TOL * predicted[j][0]:
+            issues.append(f"{name(seen[j - 1][1])} and {name(seen[j][1])} activate {gap:.3g} apart "
+                          f"(Algorithm 1: {want_gap:.3g})")
+    return issues
+
+
+@register(ID, CLAIM, order=20)
+def check_assumption_42(ctx) -> CheckResult:
+    model, seq = ctx.model, ctx.stages
+    name = seq.name
+    fails: list[str] = []
+    undecided: list[str] = []
+
+    m0, i0 = init_margin(ctx.theta0(1)[0], model.p)
+    if not m0 > INIT_MARGIN_TOL:
+        fails.append(f"(a) |u0 +- v0| = {m0:.3g} at {name(i0)} (threshold {INIT_MARGIN_TOL:g})")
+    margins = stage_margins(seq)
+    for r in margins:
+        if r["margin"] is None or not r["margin"] >= MARGIN_TOL:
+            other = "no other candidate" if r["runner_up"] is None else (
+                f"{name(r['runner_up'])} (Delta {r['delta_runner_up']:.6g})")
+            fails.append(f"(b) stage {r['k']}: tie between {name(r['coordinate'])} (Delta {r['delta']:.6g}) and "
+                         f"{other}, margin {r['margin']:.3g} < {MARGIN_TOL:g}")
+    leaves = leave_signs(seq)
+    for r in leaves:
+        if not r["inward"] > seq.gtol:
+            fails.append(f"(c) stage {r['k']}: {name(r['coordinate'])} left with b = {r['b']:+.0f} but "
+                         f"G = {r['G']:.3g} does not point inward")
+    if seq.status != "complete":
+        undecided.append(f"Algorithm 1 stopped early ({seq.status}: {seq.message})")
+
+    traj = ctx.ladder
+    Ls = [float(L) for L in traj.log_inv_alpha]
+    smallest = max(range(len(Ls)), key=lambda j: Ls[j])
+    predicted = seq.first_activations()
+    sim = {format_alpha(Ls[j]): separation(traj, j, predicted, ctx.horizon, name) for j in range(len(Ls))}
+    if traj.status[smallest].value != "success":
+        undecided.append(f"the flow at alpha={format_alpha(Ls[smallest])} did not finish: "
+                         f"{traj.status[smallest].message}")
+    else:
+        fails += [f"simulation at alpha={format_alpha(Ls[smallest])}: {t}" for t in sim[format_alpha(Ls[smallest])]]
+
+    finite_margins = [r["margin"] for r in margins if r["margin"] is not None and math.isfinite(r["margin"])]
+    metrics = {
+        "init_margin": m0,
+        "min_stage_margin": min(finite_margins) if finite_margins else (math.inf if margins else None),
+        "stage_margins": margins,
+        "leave_inward": leaves,
+        "alphas": [format_alpha(L) for L in Ls],
+        "simulation_issues": sim,
+        "stages": len(seq.stages) - 1,
+    }
+    thresholds = {"init_margin": INIT_MARGIN_TOL, "min_stage_margin": MARGIN_TOL, "leave_inward": seq.gtol,
+                  "separation_fraction": SEPARATION_FRACTION}
+    evidence = {"figures": figures(seq, traj, predicted, Ls), "key_metric": "min_stage_margin"}
+    if fails:
+        verdict, message = Verdict.FAIL, "; ".join(fails)
+    elif undecided:
+        verdict, message = Verdict.INCONCLUSIVE, "; ".join(undecided)
+    else:
+        verdict = Verdict.PASS
+        message = (f"{len(margins)} stages, each with a unique next coordinate (smallest margin "
+                   f"{metrics['min_stage_margin']:.3g} >= {MARGIN_TOL:g}); init margin {m0:.3g}; "
+                   f"{len(leaves)} leave(s) with inward gradient; at alpha={format_alpha(Ls[smallest])} the "
+                   "simulated activations come one at a time in Algorithm 1's order")
+    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, evidence)
+
+
+def figures(seq, traj, predicted, Ls) -> list[dict]:
+    margins = [s.margin for s in seq.stages[1:]]
+    bars = {"id": "argmin-margins", "title": "Argmin margin of Delta_k per stage (Assumption 4.2b)",
+            "kind": "bar", "xlabel": "stage k", "ylabel": "(second - smallest) / smallest", "yscale": "log",
+            "series": [{"label": "margin", "x": list(range(1, len(margins) + 1)),
+                        "y": [m if m is not None and math.isfinite(m) else float("nan") for m in margins]}],
+            "hlines": [{"y": MARGIN_TOL, "label": "tie threshold"}],
+            "caption": "Infinite margins (a single candidate) are not drawn."}
+    x = [1.0 / L for L in Ls]
+    series = [{"label": f"{seq.name(i)} (T={T:.4g})", "x": x,
+               "y": [float(traj.crossing_tau[j, i]) for j in range(len(Ls))], "style": "o-"}
+              for T, i, _ in predicted[:12]]
+    times = {"id": "activation-times", "title": "Simulated activation times against 1/log(1/alpha)",
+             "kind": "line", "xlabel": "1 / log(1/alpha)", "ylabel": "tau at which |b_i| reaches 1",
+             "xscale": "linear", "yscale": "linear", "series": series,
+             "hlines": [{"y": T, "label": f"T_{k + 1}"} for k, (T, _, _) in enumerate(predicted[:12])],
+             "caption": "As alpha -> 0 (left) each activation time should reach Algorithm 1's T_k (lines), "
+                        "one coordinate per stage."}
+    return [bars, times]

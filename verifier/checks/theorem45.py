@@ -1,0 +1,210 @@
+"""Check ``theorem-4.5``: gradient flow from alpha * theta0 tracks Algorithm 1 as alpha -> 0 (SPEC 5).
+
+Along the alpha ladder (ctx.ladder: one batched exact flow to ctx.horizon) and for each alpha we measure
+* ``beta_error``: sup of |beta_alpha(tau) - beta^k|_inf over the plateau windows [T_k + d_k, T_{k+1} - d_k],
+  d_k = WINDOW_MARGIN x (T_{k+1} - T_k) (the last window ends at the horizon);
+* ``b_error``: sup over [0, horizon] of |b_alpha(tau) - b(tau)|_inf, b the piecewise-linear limit;
+* ``transition_time_error``: max over stages of |tau_k(alpha) - T_k| for every coordinate's first activation,
+  tau_k(alpha) from ``Trajectory.crossing_tau`` (b_i reaching +-1, first-order unbiased, flow.py). A
+  predicted activation the run misses, or one the run makes that Algorithm 1 does not, counts as
+  |horizon - T| (a lower bound of its error);
+* ``nfev``: gradient evaluations of the run.
+Each error series is fitted as C (1/log(1/alpha))^rate; the theorem gives rate 1 for b and the transition
+times (SPEC 5) and faster for beta on windows. Verdict per series: pass when it is at most its tolerance at
+the smallest alpha and does not grow along the ladder; fail when it stalls above the tolerance (rate <
+RATE_MIN or no decrease from the largest to the smallest alpha); inconclusive when it shrinks but is still
+above the tolerance (the ladder should go further) or a run did not reach the horizon.
+Tolerances: transitions within TRANSITION_FRACTION of the shortest stage (so every stage is resolved and
+its window is non-empty); b within B_TOL (b lives in [-1, 1]); beta within BETA_TOL x max(1, max|beta^k|).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..config import format_alpha
+from .registry import register
+from .result import CheckResult, Verdict
+
+ID = "theorem-4.5"
+CLAIM = ("Theorem 4.5: as alpha -> 0, beta on each plateau tends to Algorithm 1's beta^k, b to its "
+         "piecewise-linear b, and transitions happen at its times T_k")
+WINDOW_MARGIN = 0.1
+TRANSITION_FRACTION = 0.25
+B_TOL = 0.05
+BETA_TOL = 1e-2
+RATE_MIN = 0.5
+
+
+def windows(seq, horizon: float) -> list[tuple[int, float, float]]:
+    """(k, start, end) of each plateau window [T_k + d_k, T_{k+1} - d_k]; the last ends at the horizon."""
+    T = [s.T for s in seq.stages] + [horizon]
+    out = []
+    for k in range(len(seq.stages)):
+        if T[k] >= horizon:
+            break
+        d = WINDOW_MARGIN * (min(T[k + 1], horizon) - T[k])
+        out.append((k, T[k] + d, min(T[k + 1], horizon) - (d if T[k + 1] < horizon else 0.0)))
+    return out
+
+
+def measure(seq, traj, horizon: float) -> dict:
+    """Errors of every run of ``traj`` against the stages ``seq`` (see the module docstring)."""
+    tau = traj.tau
+    inside = tau <= horizon * (1 + 1e-12)
+    b_limit = seq.b_at(tau)
+    predicted = seq.first_activations()
+    win = windows(seq, horizon)
+    out = {"beta_error": [], "b_error": [], "transition_time_error": [], "per_stage_error": [],
+           "windows_measured": 0}
+    for j in range(traj.beta.shape[0]):
+        berr = 0.0
+        measured = 0
+        for k, lo, hi in win:
+            rows = (tau >= lo) & (tau <= hi) & inside
+            if bool(rows.any()):
+                measured += 1
+                berr = max(berr, float((traj.beta[j, rows] - seq.stages[k].beta).abs().max()))
+        out["beta_error"].append(berr)
+        out["windows_measured"] = measured
+        out["b_error"].append(float((traj.b[j, inside] - b_limit[inside]).abs().max()))
+        crossing, sign = traj.crossing_tau[j], traj.crossing_sign[j]
+        per_stage = []
+        for T, i, s in predicted:
+            tc = float(crossing[i])
+            ok = math.isfinite(tc) and tc <= horizon and int(sign[i]) == s
+            per_stage.append(abs(tc - T) if ok else abs(horizon - T))
+        known = {i for _, i, _ in predicted}
+        extra = [abs(horizon - float(crossing[i])) for i in range(len(crossing))
+                 if i not in known and math.isfinite(float(crossing[i])) and float(crossing[i]) <= horizon]
+        out["per_stage_error"].append(per_stage)
+        out["transition_time_error"].append(max(per_stage + extra, default=0.0))
+    return out
+
+
+def fit_rate(L: list[float], err: list[float]) -> float | None:
+    """Least-squares slope r of log err = log C - r log L over the finite positive errors (None if < 2)."""
+    pts = [(math.log(l), math.log(e)) for l, e in zip(L, err) if e > 0 and math.isfinite(e)]
+    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.array(pts).T
+    return float(-np.polyfit(x, y, 1)[0])
+
+
+def judge(L: list[float], err: list[float], tol: float) -> tuple[Verdict, float | None]:
+    """pass: smallest-alpha error <= tol and not above the largest-alpha one; fail: it stalls above tol;
+    inconclusive: shrinking (rate >= RATE_MIN) but still above tol."""
+    rate = fit_rate(L, err)
+    order = np.argsort(L)
+    first, last = err[order[0]], err[order[-1]]
+    if last <= tol and last <= max(first, tol):
+        return Verdict.PASS, rate
+    shrinking = last < first and rate is not None and rate >= RATE_MIN
+    return (Verdict.INCONCLUSIVE if shrinking else Verdict.FAIL), rate
+
+
+def evaluate(seq, traj, horizon: float) -> tuple[Verdict, str, dict, dict]:
+    """Measure and judge; returns (verdict, message, metrics, thresholds)."""
+    L = [float(x) for x in traj.log_inv_alpha]
+    m = measure(seq, traj, horizon)
+    T = [s.T for s in seq.stages]
+    gaps = [b - a for a, b in zip(T, T[1:])]
+    tols = {
+        "transition_time_error": TRANSITION_FRACTION * min(gaps) if gaps else math.inf,
+        "b_error": B_TOL,
+        "beta_error": BETA_TOL * max(1.0, max(float(s.beta.abs().max()) for s in seq.stages)),
+    }
+    verdicts, rates, notes = [], {}, []
+    for key, tol in tols.items():
+        v, rates[key] = judge(L, m[key], tol)
+        verdicts.append(v)
+        if v is not Verdict.PASS:
+            trend = ", ".join(f"{e:.3g}" for _, e in sorted(zip(L, m[key])))
+            what = "stalls" if v is Verdict.FAIL else "shrinks but is still"
+            notes.append(f"{key} {what} above {tol:.3g} (largest to smallest alpha: {trend})")
+    failed = [f"alpha={format_alpha(l)}: {s.message}" for l, s in zip(L, traj.status) if s.value != "success"]
+    if failed:
+        verdicts.append(Verdict.INCONCLUSIVE)
+        notes.insert(0, "the flow did not reach the horizon at " + "; ".join(failed))
+    if seq.status != "complete":
+        verdicts.append(Verdict.INCONCLUSIVE)
+        notes.insert(0, f"Algorithm 1 stopped early ({seq.status}: {seq.message})")
+    verdict = Verdict.worst(verdicts)
+    metrics = {"alphas": [format_alpha(l) for l in L], "log_inv_alphas": L,
+               "transition_time_error": m["transition_time_error"], "beta_error": m["beta_error"],
+               "b_error": m["b_error"], "nfev": [int(x) for x in traj.nfev], "njev": [int(x) for x in traj.njev],
+               "rate": rates, "per_stage_transition_error": m["per_stage_error"],
+               "stage_times": T[1:], "windows_measured": m["windows_measured"], "horizon": horizon}
+    j = int(np.argmax(L))
+    metrics.update({"max_transition_time_error": m["transition_time_error"][j],
+                    "max_b_error": m["b_error"][j], "max_beta_error": m["beta_error"][j]})
+    thresholds = {f"max_{k}": v for k, v in tols.items()} | {"rate_min": RATE_MIN, "window_margin": WINDOW_MARGIN}
+    if verdict is Verdict.PASS:
+        message = (f"at alpha={format_alpha(L[j])}: transition-time error {m['transition_time_error'][j]:.3g}, "
+                   f"b error {m['b_error'][j]:.3g}, beta error {m['beta_error'][j]:.3g} on "
+                   f"{m['windows_measured']} plateau windows; fitted rates "
+                   + ", ".join(f"{k} {r:.2f}" for k, r in rates.items() if r is not None))
+    else:
+        message = "; ".join(notes)
+    return verdict, message, metrics, thresholds
+
+
+def error_table(metrics: dict) -> str:
+    """The errors by alpha as a plain-text table."""
+    rows = [f"{'alpha':>10} {'transition':>11} {'b':>10} {'beta':>10} {'nfev':>6}"]
+    for a, t, b, be, n in zip(metrics["alphas"], metrics["transition_time_error"], metrics["b_error"],
+                              metrics["beta_error"], metrics["nfev"]):
+        rows.append(f"{a:>10} {t:>11.4g} {b:>10.4g} {be:>10.4g} {n:>6}")
+    return "\n".join(rows)
+
+
+@register(ID, CLAIM, order=50)
+def check_theorem_45(ctx) -> CheckResult:
+    seq, traj = ctx.stages, ctx.ladder
+    verdict, message, metrics, thresholds = evaluate(seq, traj, ctx.horizon)
+    evidence = {"figures": figures(seq, traj, metrics), "table": error_table(metrics),
+                "key_metric": "max_transition_time_error"}
+    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, evidence)
+
+
+def figures(seq, traj, metrics: dict) -> list[dict]:
+    L = metrics["log_inv_alphas"]
+    T = metrics["stage_times"]
+    vlines = [{"x": t, "label": f"T_{k + 1}"} for k, t in enumerate(T)]
+    tau = traj.tau.tolist()
+    pick = sorted(range(len(L)), key=lambda j: L[j])
+    pick = sorted({pick[0], pick[len(pick) // 2], pick[-1]})
+    loss = {"id": "loss-vs-tau", "title": "Loss against rescaled time (paper Fig. 2a)", "kind": "line",
+            "xlabel": "tau = t / log(1/alpha)", "ylabel": "loss", "xscale": "linear", "yscale": "log",
+            "series": [{"label": f"alpha={metrics['alphas'][j]}", "x": tau, "y": traj.loss[j].tolist(), "style": "-"}
+                       for j in pick], "vlines": vlines,
+            "caption": "Plateaus separated by fast drops at Algorithm 1's times T_k (vertical lines)."}
+    j = pick[-1]
+    coords = sorted({i for s in seq.stages for i in s.support} | {s.coordinate for s in seq.stages[1:]})[:12]
+    limit = torch.stack([seq.stages[int(k)].beta for k in seq.stage_at(traj.tau)])
+    series = []
+    for i in coords:
+        series.append({"label": seq.name(i), "x": tau, "y": traj.beta[j, :, i].tolist(), "style": "-"})
+        series.append({"label": f"{seq.name(i)} limit", "x": tau, "y": limit[:, i].tolist(), "style": "k:"})
+    betas = {"id": "beta-vs-tau", "title": f"Entries of beta at alpha={metrics['alphas'][j]} with Algorithm 1 "
+             "(paper Fig. 2b)", "kind": "line", "xlabel": "tau = t / log(1/alpha)", "ylabel": "beta_i",
+             "xscale": "linear", "yscale": "linear", "series": series, "vlines": vlines,
+             "caption": "Solid: the flow; dotted: the piecewise-constant beta^k of Algorithm 1."}
+    x = [float(l) for l in L]
+    err_series = []
+    for key, style in (("transition_time_error", "o-"), ("b_error", "s-"), ("beta_error", "^-")):
+        err_series.append({"label": key, "x": x, "y": metrics[key], "style": style})
+        rate = metrics["rate"].get(key)
+        if rate is not None:
+            jj = int(np.argmax(x))
+            C = metrics[key][jj] * x[jj] ** rate
+            err_series.append({"label": f"fit ~ L^-{rate:.2f}", "x": x, "y": [C * l ** -rate for l in x], "style": "k--"})
+    errors = {"id": "errors-vs-alpha", "title": "Theorem 4.5 errors against log(1/alpha)", "kind": "line",
+              "xlabel": "log(1/alpha)", "ylabel": "error", "xscale": "log", "yscale": "log",
+              "series": err_series, "caption": "Dashed: least-squares fits C (1/log(1/alpha))^rate; the theorem "
+                                              "gives rate 1 for b and transition times."}
+    return [loss, betas, errors]
+
