@@ -103,16 +103,19 @@ def check_assumption_42(ctx) -> CheckResult:
     if seq.status != "complete":
         undecided.append(f"Algorithm 1 stopped early ({seq.status}: {seq.message})")
 
-    traj = ctx.ladder
-    Ls = [float(L) for L in traj.log_inv_alpha]
+    Ls = [float(L) for L in ctx.log_inv_alphas]
     smallest = max(range(len(Ls)), key=lambda j: Ls[j])
     predicted = seq.first_activations()
-    sim = {format_alpha(Ls[j]): separation(traj, j, predicted, ctx.horizon, name) for j in range(len(Ls))}
-    if traj.status[smallest].value != "success":
-        undecided.append(f"the flow at alpha={format_alpha(Ls[smallest])} did not finish: "
-                         f"{traj.status[smallest].message}")
-    else:
-        fails += [f"simulation at alpha={format_alpha(Ls[smallest])}: {t}" for t in sim[format_alpha(Ls[smallest])]]
+    traj, sim = None, {}
+    if m0 > 0:  # the reduced flow needs u0 != +-v0 (SPEC 3); without it there is nothing to simulate
+        traj = ctx.ladder
+        sim = {format_alpha(Ls[j]): separation(traj, j, predicted, ctx.horizon, name) for j in range(len(Ls))}
+        if traj.status[smallest].value != "success":
+            undecided.append(f"the flow at alpha={format_alpha(Ls[smallest])} did not finish: "
+                             f"{traj.status[smallest].message}")
+        else:
+            fails += [f"simulation at alpha={format_alpha(Ls[smallest])}: {t}"
+                      for t in sim[format_alpha(Ls[smallest])]]
 
     finite_margins = [r["margin"] for r in margins if r["margin"] is not None and math.isfinite(r["margin"])]
     metrics = {
@@ -141,6 +144,7 @@ def check_assumption_42(ctx) -> CheckResult:
 
 
 def figures(seq, traj, predicted, Ls) -> list[dict]:
+    """The argmin margins per stage and, when simulated, the activation times along the ladder."""
     margins = [s.margin for s in seq.stages[1:]]
     bars = {"id": "argmin-margins", "title": "Argmin margin of Delta_k per stage (Assumption 4.2b)",
             "kind": "bar", "xlabel": "stage k", "ylabel": "(second - smallest) / smallest", "yscale": "log",
@@ -148,6 +152,8 @@ def figures(seq, traj, predicted, Ls) -> list[dict]:
                         "y": [m if m is not None and math.isfinite(m) else float("nan") for m in margins]}],
             "hlines": [{"y": MARGIN_TOL, "label": "tie threshold"}],
             "caption": "Infinite margins (a single candidate) are not drawn."}
+    if traj is None:
+        return [bars]
     x = [1.0 / L for L in Ls]
     series = [{"label": f"{seq.name(i)} (T={T:.4g})", "x": x,
                "y": [float(traj.crossing_tau[j, i]) for j in range(len(Ls))], "style": "o-"}
