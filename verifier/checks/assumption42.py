@@ -98,8 +98,13 @@ def check_assumption_42(ctx) -> CheckResult:
     leaves = leave_signs(seq)
     for r in leaves:
         if not r["inward"] > seq.gtol:
+            why = ""
+            if seq.stages[r["k"]].loss <= seq.gtol:
+                why = (f" (the loss there is {seq.stages[r['k']].loss:.2g}: at a zero-loss minimum every gradient "
+                       "vanishes, so a coordinate leaving at the last stage decays only algebraically, the "
+                       "corner case 4.2c excludes)")
             fails.append(f"(c) stage {r['k']}: {name(r['coordinate'])} left with b = {r['b']:+.0f} but "
-                         f"G = {r['G']:.3g} does not point inward")
+                         f"G = {r['G']:.3g} does not point inward{why}")
     if seq.status != "complete":
         undecided.append(f"Algorithm 1 stopped early ({seq.status}: {seq.message})")
 
