@@ -1,0 +1,70 @@
+"""Theorem 4.5 on a diagonal linear network with a leave and a re-entry: the errors shrink like
+1/log(1/alpha) and the check passes; a wrong limit stalls and fails; a failed solve is inconclusive."""
+
+import dataclasses
+import math
+
+import pytest
+from test_algorithm1 import BETA_LEAVE, leave_reenter_model
+
+from verifier.checks import Verdict, run_check
+from verifier.checks.theorem45 import error_table, evaluate, fit_rate, judge
+from verifier.config import RunConfig, parse_alphas
+from verifier.context import Context
+from verifier.dynamics.trajectory import Status
+from verifier.limit import algorithm1
+from verifier.models import DiagLinear
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    c = Context(RunConfig(preset=None, model="diag-linear", log_inv_alphas=parse_alphas("1e-8,1e-16,1e-32")),
+                model=leave_reenter_model())
+    assert all(s.value == "success" for s in c.ladder.status)
+    return c
+
+
+def test_passes_and_errors_shrink_like_one_over_log_inv_alpha(ctx):
+    r = run_check("theorem-4.5", ctx)
+    assert r.verdict is Verdict.PASS, r.message
+    m = r.metrics
+    assert m["alphas"] == ["1e-08", "1e-16", "1e-32"]
+    for key in ("transition_time_error", "b_error", "beta_error"):
+        assert m[key][0] > m[key][1] > m[key][2], key
+    # SPEC 5: b and transition times converge at rate 1 in 1/log(1/alpha); beta on windows faster
+    assert 0.8 < m["rate"]["transition_time_error"] < 1.2 and 0.8 < m["rate"]["b_error"] < 1.2
+    assert m["rate"]["beta_error"] > 2
+    assert len(m["nfev"]) == 3 and min(m["nfev"]) > 0
+    assert m["windows_measured"] == 5
+    assert [f["id"] for f in r.evidence["figures"]] == ["loss-vs-tau", "beta-vs-tau", "errors-vs-alpha"]
+    assert len(error_table(m).splitlines()) == 4
+
+
+def test_a_wrong_limit_stalls_and_fails(ctx):
+    """The stages of a teacher 20% larger: every time is off by a fixed amount, whatever alpha."""
+    other = leave_reenter_model()
+    wrong = algorithm1(DiagLinear(other.X, 1.2 * other.Y))
+    assert [s.coordinate for s in wrong.stages] == [s.coordinate for s in ctx.stages.stages]
+    verdict, message, metrics, _ = evaluate(wrong, ctx.ladder, ctx.horizon)
+    assert verdict is Verdict.FAIL
+    assert "transition_time_error stalls" in message and "beta_error stalls" in message
+    # on the last plateau the flow sits at beta*, the wrong limit at 1.2 beta*
+    assert metrics["beta_error"][-1] >= 0.2 * max(abs(x) for x in BETA_LEAVE) * (1 - 1e-3)
+
+
+def test_solver_failure_is_inconclusive(ctx):
+    traj = dataclasses.replace(ctx.ladder, status=(Status.SUCCESS, Status.STEP_TOO_SMALL, Status.SUCCESS))
+    verdict, message, _, _ = evaluate(ctx.stages, traj, ctx.horizon)
+    assert verdict is Verdict.INCONCLUSIVE and "alpha=1e-16" in message
+
+
+def test_fit_rate_and_judge_on_exact_series():
+    L = [10.0, 20.0, 40.0, 80.0]
+    assert fit_rate(L, [3 / x for x in L]) == pytest.approx(1.0)
+    assert fit_rate(L, [2 / x**2 for x in L]) == pytest.approx(2.0)
+    assert fit_rate(L, [0.0, math.inf, 1.0, 0.5]) == pytest.approx(1.0)
+    assert judge(L, [0.4, 0.2, 0.1, 0.05], tol=0.06)[0] is Verdict.PASS
+    assert judge(L, [0.4, 0.2, 0.1, 0.05], tol=0.01)[0] is Verdict.INCONCLUSIVE
+    assert judge(L, [0.1, 0.1, 0.1, 0.1], tol=0.01)[0] is Verdict.FAIL
+    assert judge(L, [0.1, 0.2, 0.3, 0.4], tol=0.01)[0] is Verdict.FAIL
+    assert judge(L, [1e-8, 2e-8, 1e-8, 1e-8], tol=1e-3)[0] is Verdict.PASS  # at the floor, below tolerance
