@@ -51,7 +51,9 @@ def test_flat_valley_stage_b_depends_on_the_perturbation():
     # ... a perturbed one lands elsewhere in the valley, at a genuine stationary point (gradient ~ 0).
     assert rows[(2, "perturbed")]["distance"] > 1e-3
     assert rows[(2, "perturbed")]["grad_support"] < 1e-6
-    assert "stage B ends at another stationary point: stage 2 (perturbed)" in res.message
+    assert rows[(1, "perturbed")]["distance"] > 1e-3
+    assert "stage B ends at another stationary point: stage 1 (perturbed): endpoint" in res.message
+    assert "stage 2 (perturbed): endpoint" in res.message
     # On the run itself both duplicates switch on together and the perturbed endpoint stays displaced.
     assert "Figure 10: onset of beta[" in res.message
     assert res.metrics["max_endpoint_ratio"] > 0.1

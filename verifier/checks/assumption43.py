@@ -61,7 +61,8 @@ def check(ctx) -> CheckResult:
     message = " | ".join(m for v, m in sorted(parts, key=lambda p: order[p[0]]))
     thresholds = {"rel_eig": P.REL_EIG, "return_ratio": P.RETURN_RATIO, "negligible": ctx.config.negligible,
                   "noise": ctx.config.noise, "perturb_time": _perturb_time(ctx), "log_growth": LOG_GROWTH}
-    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, {"figures": figures})
+    evidence = {"figures": figures, "key_metric": "min_rel_eig" if "min_rel_eig" in metrics else "max_return_ratio"}
+    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, evidence)
 
 
 def _perturb_time(ctx) -> float:
@@ -104,6 +105,7 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
     if per_stage:
         metrics["lambda_min"] = min(r["lambda_min"] for r in per_stage)
         metrics["max_condition"] = max(r["condition"] for r in per_stage)
+        metrics["min_rel_eig"] = min(r["lambda_min"] / max(abs(r["lambda_max"]), 1e-300) for r in per_stage)
     if bad:
         return Verdict.FAIL, "; ".join(bad), rows, unlocated
     if not per_stage:

@@ -48,7 +48,7 @@ def check(ctx) -> CheckResult:
                   "negligible": ctx.config.negligible, "noise": ctx.config.noise,
                   "perturb_time": ctx.config.perturb_epochs * ctx.config.optimizer.lr}
     return CheckResult(ID, CLAIM, Verdict.worst(v for v, _ in parts), message, metrics, thresholds,
-                       {"figures": figures})
+                       {"figures": figures, "key_metric": "max_spread" if "max_spread" in metrics else "max_endpoint_ratio"})
 
 
 def _relaxation_rate(model, stage) -> float:
