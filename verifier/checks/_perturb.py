@@ -24,6 +24,7 @@ import torch
 from ..config import SolverConfig, format_alpha
 from ..dynamics.flow import ReducedFlow, integrate, solve_flow
 from ..dynamics.trajectory import Status, Trajectory
+from .result import Verdict
 
 # A grid epoch is a plateau when its non-negligible set equals its neighbours' and beta moved by less than
 # this (relative) between the neighbouring grid points.
@@ -42,6 +43,17 @@ N_OUT = 61  # samples of each perturbed run kept for the figures
 # tolerance 1e-4 (converging runs do not accumulate error), so a relative error of ~1e-6 in beta
 # (atol on S, SPEC 3) is 100x below every threshold while needing far fewer steps than 1e-8.
 PROTOCOL_TOL = 1e-6
+
+
+def perturb_time(config) -> float:
+    """``perturb_epochs`` epochs of flow: one epoch is the time lr (what one GD step of size lr covers)."""
+    return config.perturb_epochs * config.optimizer.lr
+
+
+def combine(parts: list[tuple[Verdict, str]]) -> tuple[Verdict, str]:
+    """The worst verdict of the parts, and their messages, failures first."""
+    order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
+    return Verdict.worst(v for v, _ in parts), " | ".join(m for _, m in sorted(parts, key=lambda p: order[p[0]]))
 
 
 def protocol_solver(solver: SolverConfig) -> SolverConfig:

@@ -56,18 +56,11 @@ def check(ctx) -> CheckResult:
         parts.append(_existence(ctx, probes, metrics, figures))
 
     parts.append(_figure9(ctx, names, metrics, figures))
-    verdict = Verdict.worst([v for v, _ in parts])
-    order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
-    message = " | ".join(m for v, m in sorted(parts, key=lambda p: order[p[0]]))
+    verdict, message = P.combine(parts)
     thresholds = {"rel_eig": P.REL_EIG, "return_ratio": P.RETURN_RATIO, "negligible": ctx.config.negligible,
-                  "noise": ctx.config.noise, "perturb_time": _perturb_time(ctx), "log_growth": LOG_GROWTH}
+                  "noise": ctx.config.noise, "perturb_time": P.perturb_time(ctx.config), "log_growth": LOG_GROWTH}
     evidence = {"figures": figures, "key_metric": "min_rel_eig" if "min_rel_eig" in metrics else "max_return_ratio"}
     return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, evidence)
-
-
-def _perturb_time(ctx) -> float:
-    """perturb_epochs epochs of flow; one epoch = time lr (the time one GD step of size lr covers)."""
-    return ctx.config.perturb_epochs * ctx.config.optimizer.lr
 
 
 def _support_names(names, support) -> str:
@@ -191,7 +184,7 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         mask = P.non_negligible(ref.traj.beta[0, j], cfg.negligible)
         up, vp = P.perturb(u, v, mask, cfg.noise, gen)
         U.append(up), V.append(vp), points.append(ref.traj.beta[0, j]), masks.append(mask)
-    T = _perturb_time(ctx)
+    T = P.perturb_time(cfg)
     _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver)
     if failed := P.failed_runs(traj):
         return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({failed[0]})"

@@ -43,12 +43,11 @@ def check(ctx) -> CheckResult:
     names = ctx.model.coordinate_names()
     metrics, figures = {}, []
     parts = [_limit_level(ctx, names, metrics, figures), _figure10(ctx, names, metrics, figures)]
-    order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
-    message = " | ".join(m for v, m in sorted(parts, key=lambda p: order[p[0]]))
+    verdict, message = P.combine(parts)
     thresholds = {"spread_tol": SPREAD_TOL, "return_ratio": P.RETURN_RATIO, "eps": list(EPS),
                   "negligible": ctx.config.negligible, "noise": ctx.config.noise,
-                  "perturb_time": ctx.config.perturb_epochs * ctx.config.optimizer.lr}
-    return CheckResult(ID, CLAIM, Verdict.worst(v for v, _ in parts), message, metrics, thresholds,
+                  "perturb_time": P.perturb_time(ctx.config)}
+    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds,
                        {"figures": figures, "key_metric": "max_spread" if "max_spread" in metrics else "max_endpoint_ratio"})
 
 
@@ -176,7 +175,7 @@ def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     plateaus = P.plateau_epochs(ref, cfg.negligible)
     tau = ref.traj.tau
     gen = torch.Generator().manual_seed(cfg.seed + 10)
-    T_epochs = cfg.perturb_epochs * cfg.optimizer.lr
+    T_epochs = P.perturb_time(cfg)
     U, V, durations = [], [], []
     for e, (j, i, t_on) in enumerate(events):
         nxt = [q for q in plateaus if q >= j]
