@@ -24,6 +24,20 @@ def diag_attention(X: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor, temperat
     return (torch.softmax(scores, dim=-1) @ X) * vo
 
 
+_BLOCK = 1 << 18  # entries of the largest intermediate per block (2 MB): cache-sized, no page faults
+
+
+def _blocks(batch: int, N: int, per_pair: int):
+    """Tile (beta batch) x (sequences) so that the largest intermediate, ``per_pair`` entries per
+    (beta, sequence) pair, stays near _BLOCK: yields (beta slice, sequence slice)."""
+    m = max(1, _BLOCK // per_pair)  # (beta, sequence) pairs per tile
+    nb = max(1, min(batch, m // N))
+    ns = N if nb > 1 else max(1, min(N, m))
+    for b0 in range(0, batch, nb):
+        for s0 in range(0, N, ns):
+            yield slice(b0, b0 + nb), slice(s0, s0 + ns)
+
+
 @dataclass(frozen=True, eq=False)
 class DiagAttention(DiagonalModel):
     """The paper's toy (Section 5, Appendix A): Wq = diag(q), Wk = diag(k), Wv = diag(vv), Wo = diag(o).
@@ -53,6 +67,90 @@ class DiagAttention(DiagonalModel):
         Wq, Wv = torch.diag(u[:d]), torch.diag(u[d:])
         Wk, Wo = torch.diag(v[:d]), torch.diag(v[d:])
         return attention(self.X, Wq @ Wk.T, Wv @ Wo.T, self.temperature)
+
+    # -- hand-derived derivatives of Lb (square loss), batched over beta -----------------------------
+    # Per sequence, with c = temperature, A = softmax_r(c sum_j X_tj qk_j X_rj), P = A X, R = P vo - Y,
+    # D_trj = X_rj - P_tj (tokens centred at the attention mean of query t) and Q_trj = X_tj D_trj:
+    #   dP_te/dqk_l = c X_tl Cov_t(l, e),  Cov_t(l, e) = sum_r A_tr D_trl D_tre,
+    #   d Cov_t(j, e)/dqk_l = c X_tl kappa_t(j, l, e),  kappa_t = sum_r A_tr D_trj D_trl D_tre,
+    # the attention-weighted covariance and third central moment of the tokens. For Lb = (1/2N) sum R^2
+    # (sums over the N sequences too), with W = vo R, z_tr = sum_e D_tre W_te, V = vo P + R:
+    #   g_qk_j = (c/N) sum_{t,r} Q_trj A_tr z_tr,      g_vo_e = (1/N) sum_t R_te P_te,
+    #   H[qk_j, qk_l] = (c^2/N) sum_{t,r,r'} Q_trj K_trr' Q_tr'l,
+    #       K_trr' = A_tr M_trr' A_tr' + [r = r'] A_tr z_tr,  M_trr' = sum_e D_tre vo_e^2 D_tr'e
+    #       (Gauss-Newton part, then the residual contracted with the third moment),
+    #   H[qk_j, vo_f] = (c/N) sum_{t,r} Q_trj A_tr X_rf V_tf,   H[vo_e, vo_f] = [e = f] (1/N) sum_t P_te^2
+    # (the mixed block uses sum_r A_tr D_trj = 0 to replace D_trf by X_rf). The gradient avoids the
+    # [n, n, d] tensor Q: sum_r Q_trj A_tr z_tr = X_tj [(A o z) X - P o rowsum(A o z)]_tj.
+    # Other losses fall back to torch.func (the base class).
+
+    def _head(self, X: torch.Tensor, Y: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor):
+        """A [b, m, n, n], P [b, m, n, d], R and Az = A o z for qk, vo [b, d] on X, Y [m, n, d]."""
+        A = torch.softmax(self.temperature * (X * qk[:, None, None, :]) @ X.transpose(-1, -2), dim=-1)
+        P = A @ X
+        R = P * vo[:, None, None, :] - Y
+        W = R * vo[:, None, None, :]
+        return A, P, R, A * (W @ X.transpose(-1, -2) - (P * W).sum(-1, keepdim=True))
+
+    def grad_b(self, beta: torch.Tensor) -> torch.Tensor:
+        """g(beta) by the closed form above: O(N n^2 d) per beta, no autograd."""
+        if self.loss != "square":
+            return super().grad_b(beta)
+        flat = beta.reshape(-1, self.p)
+        N, n, d = self.X.shape
+        out = torch.zeros_like(flat)
+        for bs, ss in _blocks(flat.shape[0], N, n * max(n, d)):
+            X = self.X[ss]
+            A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], flat[bs, d:])
+            out[bs, :d] += self.temperature * (X * (Az @ X - P * Az.sum(-1, keepdim=True))).sum((1, 2))
+            out[bs, d:] += (R * P).sum((1, 2))
+        return (out / N).reshape(beta.shape)
+
+    def hessian_columns(self, beta: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """H(beta)[:, columns], [..., p, K], by the closed form above: O(N n^2 d (n + K)) per beta,
+        the K-dependent part as matrix products over the N n^2 (sequence, query, key) triples."""
+        if self.loss != "square":
+            return super().hessian_columns(beta, columns)
+        flat = beta.reshape(-1, self.p)
+        N, n, d = self.X.shape
+        c = self.temperature
+        columns = torch.as_tensor(columns, device=beta.device).reshape(-1)
+        q_pos, v_pos = (columns < d).nonzero().squeeze(1), (columns >= d).nonzero().squeeze(1)
+        lq, fv = columns[q_pos], columns[v_pos] - d  # qk columns l, vo columns f
+        hq = flat.new_zeros(flat.shape[0], self.p, len(lq))  # H[:, qk_l]
+        hv = flat.new_zeros(flat.shape[0], self.p, len(fv))  # H[:, vo_f]
+        for bs, ss in _blocks(flat.shape[0], N, n * n * (d + len(columns))):
+            X, vo = self.X[ss], flat[bs, d:]
+            A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], vo)
+            vo2 = vo[:, None, None, :] ** 2
+            V = vo[:, None, None, :] * P + R
+            Q = X[:, :, None, :] * (X[:, None, :, :] - P[..., None, :])  # [b, m, t, r, d]
+            rows = Q.flatten(1, 3)  # (sequence, query, key) triples as one contraction axis
+            # right_tre = A_tr X_re V_te, the mixed block's right factor, over the vo columns e needed: the
+            # requested f, or all e when many qk columns are asked too (then H[vo, qk_l] is one matrix
+            # product with it rather than a batch of small ones; the crossover is near d / 5 columns)
+            wide = 5 * len(lq) >= d
+            E = slice(None) if wide else fv
+            right = (A[..., None] * X[:, None, :, E] * V[:, :, :, None, E]).flatten(1, 3)
+            if len(lq):
+                XT = X.transpose(-1, -2)
+                h = (P * vo2) @ XT  # sum_e P_te vo_e^2 X_re, [b, m, t, r]
+                M = (((X * vo2) @ XT)[:, :, None] - h[..., :, None] - h[..., None, :]
+                     + (P * P * vo2).sum(-1)[..., None, None])
+                K = A[..., :, None] * M * A[..., None, :] + torch.diag_embed(Az)
+                Ql = Q[..., lq]
+                hq[bs, :d] += c * c * rows.transpose(1, 2) @ (K @ Ql).flatten(1, 3)
+                if wide:
+                    hq[bs, d:] += c * right.transpose(1, 2) @ Ql.flatten(1, 3)
+                else:
+                    vq = ((Ql * A[..., None]).transpose(-1, -2) @ X[:, None]) * V[:, :, :, None, :]  # [b,m,t,l,e]
+                    hq[bs, d:] += c * vq.sum((1, 2)).transpose(1, 2)
+            if len(fv):
+                hv[bs, :d] += c * rows.transpose(1, 2) @ (right[..., fv] if wide else right)
+                hv[bs, d + fv, torch.arange(len(fv))] += (P * P).sum((1, 2))[:, fv]
+        out = flat.new_empty(flat.shape[0], self.p, len(columns))
+        out[..., q_pos], out[..., v_pos] = hq, hv
+        return (out / N).reshape(*beta.shape[:-1], self.p, len(columns))
 
 
 @dataclass(frozen=True, eq=False)
