@@ -7,9 +7,9 @@ small perturbation supported on A_k + {i_k}, converges to the same beta^{k+1}.
    eps = EPS[0] and relative noise ``config.noise`` on A_{k-1} + {i_k} (``_perturb`` conventions) and once
    unperturbed with eps = EPS[1]; Algorithm 1's own beta^k (its eps = 1e-10) is the third eps. Every other
    coordinate stays exactly 0. Each run lasts 2 log(1/eps) / (2 |G_{i_k}|) (twice the growth time of
-   balanced weights, beta_i' = -2 |beta_i| g_i) plus 20 / mu_k (transients e^-20 ~ 2e-9), mu_k the slowest
-   relaxation rate at beta^k (the smallest eigenvalue of 2 |beta_A|^(1/2) H_A |beta_A|^(1/2), and 2 |g_j|
-   for coordinates that leave): all stages in ONE batch.
+   balanced weights, beta_i' = -2 |beta_i| g_i) plus the time to settle at beta^k (``_settle_time``:
+   transients e^-20 for exponential modes, an algebraic bound for a coordinate leaving with zero
+   gradient): all stages in ONE batch.
    Pass: every endpoint within SPREAD_TOL (relative) of Algorithm 1's beta^k. An endpoint elsewhere with a
    vanishing support gradient fails; one that has not converged is inconclusive.
 2. Figure 10: on the reference run (smallest alpha), the epochs where a coordinate has just become
@@ -51,21 +51,36 @@ def check(ctx) -> CheckResult:
                        {"figures": figures, "key_metric": "max_spread" if "max_spread" in metrics else "max_endpoint_ratio"})
 
 
-def _relaxation_rate(model, stage) -> float:
-    """Slowest decay rate of the balanced flow beta' = -2 |beta| g(beta) near beta^k (see module doc),
-    over the modes that decay at all: rates below REL_EIG of the fastest are flat directions, along which
-    the endpoint is left to the spread test (and Assumption 4.3 fails). NaN when no mode decays."""
-    A = list(stage.support)
-    rates = [2 * abs(float(stage.grad[j])) for j in stage.left]
+def _settle_time(model, stage, gtol: float) -> float:
+    """How long the balanced flow beta' = -2 |beta| g(beta) needs to settle at beta^k to within SPREAD_TOL.
+
+    Support modes decay at the rates mu = eigenvalues of 2 |beta_A|^(1/2) H_A |beta_A|^(1/2) (rates below
+    REL_EIG of the fastest are flat directions, left to the spread test; Assumption 4.3 fails there):
+    20 / mu_min. A leaving coordinate j decays at rate 2 |g_j(beta^k)|: 20 / (2 |g_j|); if g_j(beta^k) = 0
+    (|g_j| <= gtol, e.g. when the loss reaches 0; Assumption 4.2c is then degenerate) the decay is only
+    algebraic, beta_j ~ 1 / (2 H_jj t), and reaching SPREAD_TOL |beta^k| / 10 takes
+    10 / (2 H_jj SPREAD_TOL |beta^k|). NaN when nothing decays."""
+    A, times = list(stage.support), []
+    cols = A + list(stage.left)
+    idx = torch.as_tensor(cols, device=model.device)
+    H = model.hessian_columns(stage.beta.to(model.device)[None], idx)[0][idx].cpu()
     if A:
         s = stage.beta[A].abs().sqrt()
-        idx = torch.as_tensor(A, device=model.device)
-        H = model.hessian_columns(stage.beta.to(model.device)[None], idx)[0][idx].cpu()
-        M = 2 * s[:, None] * H * s[None, :]
-        rates += torch.linalg.eigvalsh((M + M.T) / 2).tolist()
-    top = max(rates, default=0.0)
-    decaying = [r for r in rates if r > P.REL_EIG * top]
-    return min(decaying) if decaying else math.nan
+        HA = H[: len(A), : len(A)]
+        rates = torch.linalg.eigvalsh(2 * s[:, None] * (HA + HA.T) / 2 * s[None, :])
+        decaying = rates[rates > P.REL_EIG * rates.abs().max()]
+        if len(decaying) == 0:
+            return math.nan
+        times.append(20 / float(decaying[0]))
+    for n, j in enumerate(stage.left, start=len(A)):
+        g, Hjj = abs(float(stage.grad[j])), float(H[n, n])
+        if g > gtol:
+            times.append(20 / (2 * g))
+        elif Hjj > 0:
+            times.append(10 / (2 * Hjj * SPREAD_TOL * float(stage.beta.norm())))
+        else:
+            return math.nan
+    return max(times)
 
 
 def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
@@ -77,9 +92,9 @@ def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     for prev, stage in zip(seq[:-1], seq[1:]):
         new = sorted((set(stage.support) - set(prev.support)) | {stage.coordinate})
         G = min(abs(float(prev.grad[j])) for j in new)
-        mu = _relaxation_rate(model, stage)
-        if not (mu > 0 and G > 0):
-            bad_rate.append(f"stage {stage.k}: relaxation rate {mu:.3g} at beta^{stage.k}, |G| = {G:.3g}")
+        settle = _settle_time(model, stage, ctx.stages.gtol)
+        if not (settle > 0 and G > 0):
+            bad_rate.append(f"stage {stage.k}: nothing decays towards beta^{stage.k} (|G| = {G:.3g})")
             continue
         region = torch.zeros(model.p, dtype=torch.bool)
         region[list(prev.support) + new] = True
@@ -92,10 +107,10 @@ def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
             if n == 0:  # the perturbed run
                 u, v = P.perturb(u, v, region, cfg.noise, gen)
             starts.append((u, v))
-            durations.append(2 * math.log(1 / eps) / (2 * G) + 20 / mu)
+            durations.append(2 * math.log(1 / eps) / (2 * G) + settle)
             owners.append((stage, region, f"eps={eps:g}" + (", perturbed" if n == 0 else "")))
     if bad_rate:
-        return Verdict.FAIL, "limit level: no mode of the flow decays at beta^k (" + "; ".join(bad_rate) + ")"
+        return Verdict.FAIL, "limit level: " + "; ".join(bad_rate)
     U = torch.stack([s[0] for s in starts]).to(model.device)
     V = torch.stack([s[1] for s in starts]).to(model.device)
     _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2)
