@@ -37,6 +37,7 @@ def test_passes_and_errors_shrink_like_one_over_log_inv_alpha(ctx):
     assert len(m["nfev"]) == 3 and min(m["nfev"]) > 0
     assert m["windows_measured"] == 5
     assert [f["id"] for f in r.evidence["figures"]] == ["loss-vs-tau", "beta-vs-tau", "errors-vs-alpha"]
+    assert len(m["per_stage_transition_error"][0]) == 4  # the re-entry of beta[1] included
     assert len(error_table(m).splitlines()) == 4
 
 

@@ -4,8 +4,9 @@ Along the alpha ladder (ctx.ladder: one batched exact flow to ctx.horizon) and f
 * ``beta_error``: sup of |beta_alpha(tau) - beta^k|_inf over the plateau windows [T_k + d_k, T_{k+1} - d_k],
   d_k = WINDOW_MARGIN x (T_{k+1} - T_k) (the last window ends at the horizon);
 * ``b_error``: sup over [0, horizon] of |b_alpha(tau) - b(tau)|_inf, b the piecewise-linear limit;
-* ``transition_time_error``: max over stages of |tau_k(alpha) - T_k| for every coordinate's first activation,
-  tau_k(alpha) from ``Trajectory.crossing_tau`` (b_i reaching +-1, first-order unbiased, flow.py). A
+* ``transition_time_error``: max over stages of |tau_k(alpha) - T_k|, tau_k(alpha) from
+  ``Trajectory.crossing_tau`` for a coordinate's first activation (b_i reaching +-1, first-order unbiased,
+  flow.py) and, for a re-entry, from the sampled b by the same rule (:func:`reentry_time`). A
   predicted activation the run misses, or one the run makes that Algorithm 1 does not, counts as
   |horizon - T| (a lower bound of its error);
 * ``nfev``: gradient evaluations of the run.
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import format_alpha
+from ..dynamics.flow import CROSSING_MARGIN
 from .registry import register
 from .result import CheckResult, Verdict
 
@@ -51,12 +53,37 @@ def windows(seq, horizon: float) -> list[tuple[int, float, float]]:
     return out
 
 
+def reentry_time(tau: torch.Tensor, b: torch.Tensor, sign: int, after: float, L: float) -> float:
+    """When a coordinate that left at ``after`` re-enters: the first later tau where sign * b reaches
+    1 - CROSSING_MARGIN / L on the sampled grid (linear interpolation), plus the CROSSING_MARGIN / (L slope)
+    its linear path needs to reach 1 (the same unbiased rule as ``flow._crossings``). NaN if never."""
+    level = 1.0 - CROSSING_MARGIN / L
+    x = sign * b
+    hit = ((x[1:] >= level) & (x[:-1] < level) & (tau[1:] > after)).nonzero()
+    if not len(hit):
+        return math.nan
+    k = int(hit[0])
+    slope = float((x[k + 1] - x[k]) / (tau[k + 1] - tau[k]))
+    return float(tau[k]) + (level - float(x[k])) / slope + CROSSING_MARGIN / (L * slope)
+
+
+def transitions(seq) -> list[tuple[float, int, int, float | None]]:
+    """Every activation of Algorithm 1: (T_k, i_k, sign, None) for a first one, (..., T_leave) for a
+    re-entry of a coordinate that left at stage time T_leave."""
+    left_at: dict[int, float] = {}
+    out = []
+    for s in seq.stages[1:]:
+        out.append((s.T, s.coordinate, s.sign, left_at.get(s.coordinate)))
+        left_at.update({i: s.T for i in s.left})
+    return out
+
+
 def measure(seq, traj, horizon: float) -> dict:
     """Errors of every run of ``traj`` against the stages ``seq`` (see the module docstring)."""
     tau = traj.tau
     inside = tau <= horizon * (1 + 1e-12)
     b_limit = seq.b_at(tau)
-    predicted = seq.first_activations()
+    events = transitions(seq)
     win = windows(seq, horizon)
     out = {"beta_error": [], "b_error": [], "transition_time_error": [], "per_stage_error": [],
            "windows_measured": 0}
@@ -73,11 +100,14 @@ def measure(seq, traj, horizon: float) -> dict:
         out["b_error"].append(float((traj.b[j, inside] - b_limit[inside]).abs().max()))
         crossing, sign = traj.crossing_tau[j], traj.crossing_sign[j]
         per_stage = []
-        for T, i, s in predicted:
-            tc = float(crossing[i])
-            ok = math.isfinite(tc) and tc <= horizon and int(sign[i]) == s
+        for T, i, s, after in events:
+            if after is None:
+                tc = float(crossing[i]) if int(sign[i]) == s else math.nan
+            else:
+                tc = reentry_time(tau, traj.b[j, :, i], s, after, float(traj.log_inv_alpha[j]))
+            ok = math.isfinite(tc) and tc <= horizon
             per_stage.append(abs(tc - T) if ok else abs(horizon - T))
-        known = {i for _, i, _ in predicted}
+        known = {i for _, i, _, _ in events}
         extra = [abs(horizon - float(crossing[i])) for i in range(len(crossing))
                  if i not in known and math.isfinite(float(crossing[i])) and float(crossing[i]) <= horizon]
         out["per_stage_error"].append(per_stage)

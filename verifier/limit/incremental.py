@@ -126,15 +126,16 @@ class StageSequence:
         return out
 
     def table(self) -> str:
-        """One line per stage: time, the coordinate that activated, support size, loss, margin, leavers."""
-        head = f"{'k':>3} {'T_k':>10} {'activated':>12} {'sign':>4} {'|A_k|':>5} {'loss':>11} {'margin':>9}  left"
-        lines = [head, "-" * len(head)]
+        """One line per stage: time, the coordinate that activated, loss, margin, leavers, support."""
+        head = f"{'k':>3} {'T_k':>10} {'activated':>12} {'loss':>11} {'margin':>9} {'left':>12}  support"
+        lines = [head, "-" * (len(head) + 20)]
         for s in self.stages:
             margin = "-" if s.margin is None else ("inf" if math.isinf(s.margin) else f"{s.margin:.3g}")
-            sign = "" if s.coordinate is None else ("+" if s.sign > 0 else "-")
-            left = ", ".join(self.name(i) for i in s.left) or "-"
-            lines.append(f"{s.k:>3} {s.T:>10.5g} {self.name(s.coordinate):>12} {sign:>4} {len(s.support):>5} "
-                         f"{s.loss:>11.4e} {margin:>9}  {left}")
+            new = "-" if s.coordinate is None else f"{'+' if s.sign > 0 else '-'}{self.name(s.coordinate)}"
+            left = ",".join(self.name(i) for i in s.left) or "-"
+            support = " ".join(f"{'+' if s.beta[i] > 0 else '-'}{self.name(i)}" for i in s.support[:8])
+            support += f" (+{len(s.support) - 8} more)" if len(s.support) > 8 else ""
+            lines.append(f"{s.k:>3} {s.T:>10.5g} {new:>12} {s.loss:>11.4e} {margin:>9} {left:>12}  {support or '-'}")
         lines.append(f"status: {self.status} ({self.message})")
         return "\n".join(lines)
 
