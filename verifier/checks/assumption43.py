@@ -6,10 +6,13 @@ move), Lb(beta) >= Lb(beta^k) + c |beta - beta^k|^2. We measure it three ways:
 1. Analytic, at every stage: the Hessian of Lb restricted to A_k at beta^k; its smallest eigenvalue must
    exceed REL_EIG (1e-6) times the spectrum's scale max|lambda| (see ``_perturb.REL_EIG``). Reported:
    lambda_min, lambda_max, condition number per stage.
-2. Existence: when Algorithm 1's stage B finds no stationary point, the same stage-B flow is run for plain
-   times 10, 100, ..., 10^6 in one batch. Loss falling at every decade while |beta| grows by a steady amount
-   per decade (|beta| ~ log t, the gradient decaying only like 1/t) means no finite minimiser exists: the
-   weights diverge (e.g. logistic loss on separable data), and the check fails saying so.
+2. Existence: beta^k must be a *located* stationary point, |H_A^-1 g_A| <= NEWTON_TOL max(1, |beta^k|). A
+   stage that is not (or a stage B that Algorithm 1 could not finish) is probed: the flow on the support
+   from there runs for plain times t0 10^d, d = 0..5 (t0 = |beta| / |beta'| the local time scale, or the
+   growth time of the new coordinate), all in one batch. Loss falling at every decade while |beta| grows
+   by a steady amount per decade (|beta| ~ log t; the gradient only decays like 1/t) means no finite
+   minimiser exists: the weights diverge (e.g. logistic loss on separable data, where the tiny gradient
+   and Hessian can pass for a stationary point), and the check fails saying so.
 3. Dynamic, the paper's Figure 9: on the reference run (smallest alpha) pick ``n_perturb`` random plateau
    epochs, perturb every non-negligible coordinate (``_perturb`` conventions), train on for
    ``perturb_epochs`` epochs (flow time perturb_epochs * lr) and measure the relative distance to the
