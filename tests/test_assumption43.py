@@ -3,6 +3,7 @@ and flags the known counterexamples: a flat valley (duplicated columns) and logi
 data (no finite minimiser)."""
 
 import functools
+import json
 import re
 
 import numpy as np
@@ -109,8 +110,6 @@ def test_logistic_on_separable_data_has_no_finite_minimiser(tmp_path):
     rc = main(["run", "--model", "diag-linear", "--data", str(tmp_path / "separable.npz"), "--loss", "logistic",
                "--checks", "assumption-4.3", "--out", str(out), "--no-progress"])
     assert rc == 1
-    import json
-
     res = json.loads((out / "results.json").read_text())["checks"][0]
     assert res["verdict"] == "fail"
     assert "no finite minimiser exists (weights diverge)" in res["message"]
@@ -130,8 +129,6 @@ def test_full_attention_is_not_applicable():
 @pytest.mark.slow
 def test_toy_attention_passes(tmp_path):
     """The paper reports Assumptions 4.3 and 4.4 hold on its toy (Appendix A); several minutes on 2 cores."""
-    import json
-
     rc = main(["run", "--preset", "toy-attention", "--checks", "assumption-4.3,assumption-4.4",
                "--out", str(tmp_path), "--no-progress"])
     checks = {c["id"]: c for c in json.loads((tmp_path / "results.json").read_text())["checks"]}
