@@ -76,7 +76,7 @@ class StageSequence:
     """The stages of Algorithm 1 in time order; ``status`` says why it stopped: ``complete`` (no
     coordinate can activate: T_{K+1} = inf), ``max_stages`` or ``stage_b_failed``; ``message`` says more.
     A tie (Assumption 4.2b) or a coordinate that left with its gradient pointing outward (4.2c) shows as
-    a Delta of 0 and a ``margin`` of nan; the stages go on so a check can name them."""
+    a Delta of 0 and a ``margin`` of 0; the stages go on so a check can name them."""
 
     stages: tuple[Stage, ...]
     status: str
@@ -149,12 +149,13 @@ def time_to_activate(b: torch.Tensor, G: torch.Tensor, support, gtol: float) -> 
 
 
 def argmin_margin(delta: torch.Tensor) -> float:
-    """(second smallest - smallest) / smallest Delta; inf with one finite candidate, nan if smallest is 0."""
+    """(second smallest - smallest) / smallest Delta; inf with one finite candidate. A smallest Delta of 0
+    (the coordinate activates at the same instant as the previous one: a tie) gives 0."""
     finite = torch.sort(delta[torch.isfinite(delta)]).values
     if len(finite) < 2:
         return math.inf
     lo, second = float(finite[0]), float(finite[1])
-    return (second - lo) / lo if lo > 0 else math.nan
+    return (second - lo) / lo if lo > 0 else 0.0
 
 
 def algorithm1(model: DiagonalModel, eps: float = 1e-6, max_stages: int | None = None,
