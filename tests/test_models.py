@@ -154,12 +154,23 @@ def test_attention_tiling_does_not_change_the_result(monkeypatch):
 
 @pytest.mark.parametrize("batch,N,per_pair", [(1, 1000, 500), (7, 1000, 500), (7, 10, 100), (3, 5, 10**9)])
 def test_blocks_cover_every_pair_once_and_bound_the_tile(batch, N, per_pair):
+    budget = 1 << 12
     seen = np.zeros((batch, N), dtype=int)
-    for bs, ss in attention_module._blocks(batch, N, per_pair):
+    for bs, ss in attention_module._blocks(batch, N, per_pair, budget):
         seen[bs, ss] += 1
         pairs = (min(bs.stop, batch) - bs.start) * (min(ss.stop, N) - ss.start)
-        assert pairs * per_pair <= max(attention_module._BLOCK, per_pair)
+        assert pairs * per_pair <= max(budget, per_pair)
     assert (seen == 1).all()
+
+
+def test_attention_batched_loss_matches_the_per_beta_loss(monkeypatch):
+    model = _small_attention(seed=3, N=37)
+    beta = torch.randn(2, 3, model.p, generator=torch.Generator().manual_seed(9), dtype=F64)
+    expected = torch.stack([model.loss_beta(b) for b in beta.reshape(-1, model.p)]).reshape(2, 3)
+    assert _rel(model.loss_b(beta), expected) < 1e-14
+    assert model.loss_b(beta[0, 0]).shape == ()
+    monkeypatch.setattr(attention_module, "_BLOCK", 400)
+    assert _rel(model.loss_b(beta), expected) < 1e-14
 
 
 def test_attention_at_paper_size_matches_torch_func():

@@ -24,13 +24,14 @@ def diag_attention(X: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor, temperat
     return (torch.softmax(scores, dim=-1) @ X) * vo
 
 
-_BLOCK = 1 << 18  # entries of the largest intermediate per block (2 MB): cache-sized, no page faults
+_BLOCK = 1 << 18  # entries of the largest intermediate per tile on a CPU (2 MB): cache-sized, no page faults
+_BLOCK_ACCEL = 1 << 24  # on an accelerator: large tiles, few kernel launches
 
 
-def _blocks(batch: int, N: int, per_pair: int):
-    """Tile (beta batch) x (sequences) so that the largest intermediate, ``per_pair`` entries per
-    (beta, sequence) pair, stays near _BLOCK: yields (beta slice, sequence slice)."""
-    m = max(1, _BLOCK // per_pair)  # (beta, sequence) pairs per tile
+def _blocks(batch: int, N: int, per_pair: int, budget: int):
+    """Tile (beta batch) x (N sequences) so that the largest intermediate, ``per_pair`` entries per
+    (beta, sequence) pair, stays near ``budget`` entries: yields (beta slice, sequence slice)."""
+    m = max(1, budget // per_pair)  # (beta, sequence) pairs per tile
     nb = max(1, min(batch, m // N))
     ns = N if nb > 1 else max(1, min(N, m))
     for b0 in range(0, batch, nb):
@@ -84,13 +85,32 @@ class DiagAttention(DiagonalModel):
     # [n, n, d] tensor Q: sum_r Q_trj A_tr z_tr = X_tj [(A o z) X - P o rowsum(A o z)]_tj.
     # Other losses fall back to torch.func (the base class).
 
-    def _head(self, X: torch.Tensor, Y: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor):
-        """A [b, m, n, n], P [b, m, n, d], R and Az = A o z for qk, vo [b, d] on X, Y [m, n, d]."""
+    def _forward(self, X: torch.Tensor, Y: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor):
+        """A [b, m, n, n], P [b, m, n, d] and R for qk, vo [b, d] on sequences X, Y [m, n, d]."""
         A = torch.softmax(self.temperature * (X * qk[:, None, None, :]) @ X.transpose(-1, -2), dim=-1)
         P = A @ X
-        R = P * vo[:, None, None, :] - Y
+        return A, P, P * vo[:, None, None, :] - Y
+
+    def _head(self, X: torch.Tensor, Y: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor):
+        """:meth:`_forward` and Az = A o z [b, m, n, n]."""
+        A, P, R = self._forward(X, Y, qk, vo)
         W = R * vo[:, None, None, :]
         return A, P, R, A * (W @ X.transpose(-1, -2) - (P * W).sum(-1, keepdim=True))
+
+    def _tiles(self, batch: int, per_pair: int):
+        """:func:`_blocks` with a tile size for the device: cache-sized on a CPU, large on an accelerator."""
+        return _blocks(batch, self.X.shape[0], per_pair, _BLOCK if self.X.device.type == "cpu" else _BLOCK_ACCEL)
+
+    def loss_b(self, beta: torch.Tensor) -> torch.Tensor:
+        """Lb(beta) batched over leading dimensions, in tiles (no [batch, N, n, d] tensor at once)."""
+        if self.loss != "square":
+            return super().loss_b(beta)
+        flat = beta.reshape(-1, self.p)
+        N, n, d = self.X.shape
+        out = flat.new_zeros(flat.shape[0])
+        for bs, ss in self._tiles(flat.shape[0], n * max(n, d)):
+            out[bs] += self._forward(self.X[ss], self.Y[ss], flat[bs, :d], flat[bs, d:])[2].pow(2).sum((1, 2, 3))
+        return (0.5 * out / N).reshape(beta.shape[:-1])
 
     def grad_b(self, beta: torch.Tensor) -> torch.Tensor:
         """g(beta) by the closed form above: O(N n^2 d) per beta, no autograd."""
@@ -99,7 +119,7 @@ class DiagAttention(DiagonalModel):
         flat = beta.reshape(-1, self.p)
         N, n, d = self.X.shape
         out = torch.zeros_like(flat)
-        for bs, ss in _blocks(flat.shape[0], N, n * max(n, d)):
+        for bs, ss in self._tiles(flat.shape[0], n * max(n, d)):
             X = self.X[ss]
             A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], flat[bs, d:])
             out[bs, :d] += self.temperature * (X * (Az @ X - P * Az.sum(-1, keepdim=True))).sum((1, 2))
@@ -119,7 +139,7 @@ class DiagAttention(DiagonalModel):
         lq, fv = columns[q_pos], columns[v_pos] - d  # qk columns l, vo columns f
         hq = flat.new_zeros(flat.shape[0], self.p, len(lq))  # H[:, qk_l]
         hv = flat.new_zeros(flat.shape[0], self.p, len(fv))  # H[:, vo_f]
-        for bs, ss in _blocks(flat.shape[0], N, n * n * (d + len(columns))):
+        for bs, ss in self._tiles(flat.shape[0], n * n * (d + len(columns))):
             X, vo = self.X[ss], flat[bs, d:]
             A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], vo)
             vo2 = vo[:, None, None, :] ** 2
