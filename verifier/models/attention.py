@@ -167,7 +167,7 @@ class DiagAttention(DiagonalModel):
                     hq[bs, d:] += c * vq.sum((1, 2)).transpose(1, 2)
             if len(fv):
                 hv[bs, :d] += c * rows.transpose(1, 2) @ (right[..., fv] if wide else right)
-                hv[bs, d + fv, torch.arange(len(fv))] += (P * P).sum((1, 2))[:, fv]
+                hv[bs, d + fv, torch.arange(len(fv), device=fv.device)] += (P * P).sum((1, 2))[:, fv]
         out = flat.new_empty(flat.shape[0], self.p, len(columns))
         out[..., q_pos], out[..., v_pos] = hq, hv
         return (out / N).reshape(*beta.shape[:-1], self.p, len(columns))
