@@ -69,15 +69,24 @@ class ReducedFlow:
         return -self.L[idx, None] * self.model.grad_b(beta)
 
     def jac(self, S: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """-L H(beta) diag(dbeta/dS), with the Hessian columns chosen per sample: samples that keep the
+        same columns share one batched call, so a small alpha never pays for a large alpha's columns."""
         beta, dbeta = self.beta(S, idx)
         L = self.L[idx]
-        keep = (dbeta * (L * L)[:, None] > 1e-5 * self.atol).any(0)
-        cols = torch.nonzero(keep).squeeze(1)
+        keep = (dbeta * (L * L)[:, None] > 1e-5 * self.atol).cpu()
         k, p = S.shape
         J = torch.zeros(k, p, p, dtype=S.dtype, device=S.device)
-        if len(cols):
-            H = self.model.hessian_columns(beta, cols)  # [k, p, K]
-            J[:, :, cols] = -L[:, None, None] * H * dbeta[:, None, cols]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row in range(k):
+            groups.setdefault(tuple(torch.nonzero(keep[row]).squeeze(1).tolist()), []).append(row)
+        for cols, rows in groups.items():
+            if not cols:
+                continue
+            r = torch.tensor(rows, device=S.device)
+            c = torch.tensor(cols, device=S.device)
+            H = self.model.hessian_columns(beta[r], c)  # [len(r), p, len(c)]
+            J[r[:, None, None], torch.arange(p, device=S.device)[None, :, None], c[None, None, :]] = (
+                -L[r, None, None] * H * dbeta[r][:, None, c])
         return J
 
     def uv(self, S: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
