@@ -138,3 +138,10 @@ def test_same_seed_same_verdict_and_metrics(tmp_path):
         runs.append(json.loads((out / "results.json").read_text())["checks"][0])
     assert runs[0]["verdict"] == runs[1]["verdict"]
     assert runs[0]["metrics"] == runs[1]["metrics"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_a_gpu_is_bad_input(tmp_path, capsys):
+    assert main(["run", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    assert "--device: cuda requested" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
