@@ -141,6 +141,22 @@ def onset_events(ref: Reference, threshold: float) -> list[tuple[int, int]]:
     return [(int(j) + 1, int(i)) for j, i in torch.nonzero(hits).tolist()]
 
 
+def sample_reference(ctx, figure: str, events_of, empty: str, seed_offset: int):
+    """The reference run and up to ``n_perturb`` of its events ``events_of(ref)``, drawn reproducibly, with
+    the generator (which goes on to draw the noise). Returns ``((ref, chosen, gen), None)``, or
+    ``(None, (INCONCLUSIVE, reason))`` when the run failed or has no event; ``empty`` may use {alpha}."""
+    ref = reference_run(ctx)
+    if failed := failed_runs(ref.traj):
+        return None, (Verdict.INCONCLUSIVE, f"{figure}: the reference run at alpha={ref.alpha} did not finish "
+                                            f"({failed[0]})")
+    events = events_of(ref)
+    if not events:
+        return None, (Verdict.INCONCLUSIVE, f"{figure}: " + empty.format(alpha=ref.alpha))
+    gen = torch.Generator().manual_seed(ctx.config.seed + seed_offset)
+    chosen = sorted(events[int(k)] for k in torch.randperm(len(events), generator=gen)[: ctx.config.n_perturb])
+    return (ref, chosen, gen), None
+
+
 def perturb(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, noise: float,
             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Relative Gaussian noise on both weights of the coordinates in ``mask`` (module docstring)."""

@@ -172,15 +172,13 @@ def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
 def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     """Part 3: the dynamic protocol of Figure 9 on the reference run."""
     cfg, model = ctx.config, ctx.model
-    ref = P.reference_run(ctx)
-    if failed := P.failed_runs(ref.traj):
-        return Verdict.INCONCLUSIVE, f"Figure 9: the reference run at alpha={ref.alpha} did not finish ({failed[0]})"
-    candidates = P.plateau_epochs(ref, cfg.negligible)
-    if not candidates:
-        return Verdict.INCONCLUSIVE, (f"Figure 9: the run at alpha={ref.alpha} has no plateau with a coordinate "
-                                      f"above {cfg.negligible:g} (raise --horizon or lower --negligible)")
-    gen = torch.Generator().manual_seed(cfg.seed + 43)
-    pick = sorted(candidates[int(k)] for k in torch.randperm(len(candidates), generator=gen)[: cfg.n_perturb])
+    sample, reason = P.sample_reference(
+        ctx, "Figure 9", lambda ref: P.plateau_epochs(ref, cfg.negligible),
+        f"the run at alpha={{alpha}} has no plateau with a coordinate above {cfg.negligible:g} "
+        "(raise --horizon or lower --negligible)", seed_offset=43)
+    if reason:
+        return reason
+    ref, pick, gen = sample
     U, V, points, masks = [], [], [], []
     for j in pick:
         u, v = ref.state(j)

@@ -181,15 +181,12 @@ def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     lasts until a plateau grid point of the reference at least ``perturb_epochs`` epochs later, and its
     endpoint is compared with the reference there (solver error ~1e-6, far below the thresholds)."""
     cfg, model = ctx.config, ctx.model
-    ref = P.reference_run(ctx)
-    if failed := P.failed_runs(ref.traj):
-        return Verdict.INCONCLUSIVE, f"Figure 10: the reference run at alpha={ref.alpha} did not finish ({failed[0]})"
-    events = P.onset_events(ref, cfg.negligible)
-    if not events:
-        return Verdict.INCONCLUSIVE, (f"Figure 10: no coordinate crosses {cfg.negligible:g} on the run at "
-                                      f"alpha={ref.alpha}")
-    gen = torch.Generator().manual_seed(cfg.seed + 10)
-    chosen = sorted(events[int(k)] for k in torch.randperm(len(events), generator=gen)[: cfg.n_perturb])
+    sample, reason = P.sample_reference(
+        ctx, "Figure 10", lambda ref: P.onset_events(ref, cfg.negligible),
+        f"no coordinate crosses {cfg.negligible:g} on the run at alpha={{alpha}}", seed_offset=10)
+    if reason:
+        return reason
+    ref, chosen, gen = sample
     onsets, U0, V0, beta0 = _onsets(ctx, ref, chosen)
     plateaus, tau, T_epochs = P.plateau_epochs(ref, cfg.negligible), ref.traj.tau, P.perturb_time(cfg)
     U, V, durations, kept = [], [], [], []
