@@ -44,17 +44,22 @@ def _directional_fd(f, x, direction, h=1e-5):
     return (f(x + h * direction) - f(x - h * direction)) / (2 * h)
 
 
+def _assert_gradient_matches_fd(loss, grad, x, gen):
+    """<grad(x), v> against the central difference of ``loss`` along three random unit directions."""
+    g = grad(x)
+    for _ in range(3):
+        v = torch.randn(x.shape[0], generator=gen, dtype=F64)
+        v /= v.norm()
+        fd = float(_directional_fd(loss, x, v))
+        assert abs(fd - float(g @ v)) <= 1e-7 * (1.0 + float(g.norm()))
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_grad_params_matches_finite_differences(name):
     model = MODELS[name]
     gen = torch.Generator().manual_seed(1)
     theta = 0.7 * torch.randn(model.n_params, generator=gen, dtype=F64)
-    g = model.grad_params(theta)
-    for _ in range(3):
-        v = torch.randn(model.n_params, generator=gen, dtype=F64)
-        v /= v.norm()
-        fd = float(_directional_fd(model.loss_params, theta, v))
-        assert abs(fd - float(g @ v)) <= 1e-7 * (1.0 + float(g.norm()))
+    _assert_gradient_matches_fd(model.loss_params, model.grad_params, theta, gen)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODELS if MODELS[n].diagonal))
@@ -62,12 +67,7 @@ def test_grad_b_matches_finite_differences(name):
     model = MODELS[name]
     gen = torch.Generator().manual_seed(2)
     beta = 0.8 * torch.randn(model.p, generator=gen, dtype=F64)
-    g = model.grad_b(beta)
-    for _ in range(3):
-        v = torch.randn(model.p, generator=gen, dtype=F64)
-        v /= v.norm()
-        fd = float(_directional_fd(model.loss_beta, beta, v))
-        assert abs(fd - float(g @ v)) <= 1e-7 * (1.0 + float(g.norm()))
+    _assert_gradient_matches_fd(model.loss_beta, model.grad_b, beta, gen)
 
 
 @pytest.mark.parametrize("name", sorted(n for n in MODELS if MODELS[n].diagonal))
