@@ -4,6 +4,7 @@ activations do not come in Algorithm 1's order."""
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,7 +59,10 @@ def test_passes_with_a_leave_and_a_reentry(leave_ctx):
 def test_tie_fails_naming_the_stage_and_both_coordinates():
     r = run_check("assumption-4.2", context(tie_model()))
     assert r.verdict is Verdict.FAIL
-    assert "(b) stage 1: tie between beta[0]" in r.message and "beta[1]" in r.message
+    # Which of the two tied coordinates argmin picks first is not fixed (it differs between CPU and CUDA
+    # builds): the message must name the stage and both, in either order.
+    assert re.search(r"\(b\) stage 1: tie between beta\[[01]\]", r.message), r.message
+    assert "beta[0]" in r.message and "beta[1]" in r.message
     assert r.metrics["stage_margins"][0]["margin"] < 1e-12
 
 
