@@ -1,7 +1,7 @@
 """The exact flow on the paper's toy (``toy-attention``: N=1000, n=10, d=50, p=100).
 
 Issue 3 demands that gradient evaluations to a fixed rescaled horizon at alpha = 1e-128 are at most twice
-those at alpha = 1e-8 (SPEC 3: an implicit method with the exact Jacobian crosses a plateau in a few steps,
+those at alpha = 1e-8 (THEORY.md §3: an implicit method with the exact Jacobian crosses a plateau in a few steps,
 however long it is). The two alphas run side by side in one benchmark; nfev, njev and seconds of each go
 to ``benchmark.extra_info``.
 """

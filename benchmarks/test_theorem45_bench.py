@@ -2,7 +2,7 @@
 
 Run: ``pytest benchmarks/test_theorem45_bench.py --benchmark-enable``. Each alpha of the default ladder
 (1e-4 .. 1e-256) is solved alone to the check's horizon; ``extra_info`` records the gradient (nfev) and
-Hessian (njev) evaluations per alpha. The reduced flow's cost should not grow with log(1/alpha) (SPEC 3).
+Hessian (njev) evaluations per alpha. The reduced flow's cost should not grow with log(1/alpha) (THEORY.md §3).
 """
 
 import pytest

@@ -1,4 +1,4 @@
-"""Algorithm 1 against exact answers (SPEC 4): the orthogonal-design closed form, and for correlated linear
+"""Algorithm 1 against exact answers (THEORY.md §4): the orthogonal-design closed form, and for correlated linear
 designs stage B against sign-constrained least squares (scipy nnls after sign flips), including a design
 where a coordinate leaves the support and re-enters with the opposite sign."""
 

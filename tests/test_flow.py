@@ -1,5 +1,5 @@
-"""The exact gradient flow in reduced coordinates (SPEC 3): against scipy on the full (u, v) flow, the
-orthogonal-design closed form (SPEC 4), work flat in log(1/alpha), rejection of non-finite trial steps,
+"""The exact gradient flow in reduced coordinates (THEORY.md §3): against scipy on the full (u, v) flow, the
+orthogonal-design closed form (THEORY.md §4), work flat in log(1/alpha), rejection of non-finite trial steps,
 and a status per sample."""
 
 import math
@@ -40,7 +40,7 @@ THETA0 = torch.tensor([0.9, -0.4, 1.3, 0.2, 0.7, -0.6], dtype=F64)  # (u0, v0), 
 
 
 def _orthogonal(cls=DiagLinear):
-    """X^T X / N = I and y = X beta*: g(beta) = beta - beta*, every coordinate on its own (SPEC 4)."""
+    """X^T X / N = I and y = X beta*: g(beta) = beta - beta*, every coordinate on its own (THEORY.md §4)."""
     X = D.orthogonal_design(12, 3, D.generator(3))
     return cls(X, X @ BETA_STAR)
 
@@ -103,7 +103,7 @@ def test_orthogonal_design_matches_the_separated_solution(alpha):
 
 
 def test_orthogonal_transitions_approach_one_over_beta_star():
-    """Coordinate i becomes active at tau = 1/|beta*_i| in the limit (SPEC 4), with sign(beta*_i).
+    """Coordinate i becomes active at tau = 1/|beta*_i| in the limit (THEORY.md §4), with sign(beta*_i).
     Before it, |beta_i| ~ w^2 e^{2|S|}/4 (w = u0+v0 if beta*_i > 0, else u0-v0) slows S by int beta_i;
     detection at |S| = L - m plus a linear extrapolation (flow.CROSSING_MARGIN = m) leaves a delay of
     about beta_c (m + 1/2) / (beta*_i^2 L), beta_c = w^2 e^{-2m}/4: first order in 1/L. We allow twice that."""
@@ -126,7 +126,7 @@ def test_orthogonal_transitions_approach_one_over_beta_star():
 
 
 def test_work_does_not_grow_with_log_inv_alpha():
-    """An implicit method with the exact Jacobian crosses plateaus in a few steps (SPEC 3): gradient
+    """An implicit method with the exact Jacobian crosses plateaus in a few steps (THEORY.md §3): gradient
     evaluations to a fixed rescaled horizon stay flat from alpha = 1e-8 to exp(-10^4)."""
     Ls = [math.log(1e8), math.log(1e128), 1e4]
     tr = solve_flow(_linear(), _linear().init_params(1.0, torch.Generator().manual_seed(0))[None].expand(3, -1),

@@ -1,4 +1,4 @@
-"""Models (SPEC 1, Definition 3.1): autograd gradients against finite differences for every family, the
+"""Models (THEORY.md §1, Definition 3.1): autograd gradients against finite differences for every family, the
 beta form against the (u, v) network, the logistic loss, and the hand-derived DiagAttention gradient and
 Hessian columns against torch.func."""
 

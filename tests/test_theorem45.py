@@ -31,7 +31,7 @@ def test_passes_and_errors_shrink_like_one_over_log_inv_alpha(ctx):
     assert m["alphas"] == ["1e-08", "1e-16", "1e-32"]
     for key in ("transition_time_error", "b_error", "beta_error"):
         assert m[key][0] > m[key][1] > m[key][2], key
-    # SPEC 5: b and transition times converge at rate 1 in 1/log(1/alpha); beta on windows faster
+    # THEORY.md §5: b and transition times converge at rate 1 in 1/log(1/alpha); beta on windows faster
     assert 0.8 < m["rate"]["transition_time_error"] < 1.2 and 0.8 < m["rate"]["b_error"] < 1.2
     assert m["rate"]["beta_error"] > 2
     assert len(m["nfev"]) == 3 and min(m["nfev"]) > 0

@@ -17,7 +17,7 @@ DEFAULT_LOG_INV_ALPHAS = tuple(math.log(10.0) * e for e in (4, 8, 16, 32, 64, 12
 
 @dataclass(frozen=True)
 class SolverConfig:
-    """Error control of the exact gradient flow (reduced coordinates, SPEC 3).
+    """Error control of the exact gradient flow (reduced coordinates, THEORY.md §3).
 
     The local error of S = -int g is held below atol + rtol * |S| per coordinate (RMS norm); an error in
     S of e is a relative error of 2e in beta, so atol is the relative accuracy of active weights.

@@ -25,7 +25,7 @@ def gaussian_design(N: int, p: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def orthogonal_design(N: int, p: int, gen: torch.Generator) -> torch.Tensor:
-    """X [N, p] with X^T X / N = I exactly (SPEC 4's closed-form case)."""
+    """X [N, p] with X^T X / N = I exactly (THEORY.md §4's closed-form case)."""
     Q, _ = torch.linalg.qr(torch.randn(N, p, generator=gen, dtype=F64))
     return Q * N**0.5
 

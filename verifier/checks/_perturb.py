@@ -1,6 +1,6 @@
 """Shared machinery of the Appendix A protocols (Figures 9 and 10) behind Assumptions 4.3 and 4.4.
 
-* The reference run: exact gradient flow (reduced coordinates, SPEC 3) from alpha * theta0 at the
+* The reference run: exact gradient flow (reduced coordinates, THEORY.md §3) from alpha * theta0 at the
   smallest alpha of the run (the paper uses its smallest alpha as "closest to the limit"), to the rescaled
   horizon; cached per Context so both checks share it.
 * Conventions. A coordinate is *non-negligible* when |beta_i| > ``config.negligible``. A perturbation adds
@@ -41,7 +41,7 @@ N_OUT = 61  # samples of each perturbed run kept for the figures
 # Every flow of these protocols is integrated at the run's tolerances or PROTOCOL_TOL, whichever is looser:
 # the smallest distances judged are RETURN_RATIO * noise ~ 1e-2 (Figures 9, 10) and the stage-B spread
 # tolerance 1e-4 (converging runs do not accumulate error), so a relative error of ~1e-6 in beta
-# (atol on S, SPEC 3) is 100x below every threshold while needing far fewer steps than 1e-8.
+# (atol on S, THEORY.md §3) is 100x below every threshold while needing far fewer steps than 1e-8.
 PROTOCOL_TOL = 1e-6
 
 
@@ -76,7 +76,7 @@ class Reference:
         return self.traj.b[0, j] * self.L
 
     def state(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(u, v) [p] at grid index j, from a = a0 e^S, c = c0 e^-S (SPEC 3)."""
+        """(u, v) [p] at grid index j, from a = a0 e^S, c = c0 e^-S (THEORY.md §3)."""
         idx = torch.zeros(1, dtype=torch.long, device=self.flow.L.device)
         u, v = self.flow.uv(self.S(j)[None].to(self.flow.L.device), idx)
         return u[0], v[0]

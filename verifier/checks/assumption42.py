@@ -1,11 +1,11 @@
-"""Check ``assumption-4.2``: non-degeneracy of stage A (SPEC 5), from Algorithm 1 and from simulation.
+"""Check ``assumption-4.2``: non-degeneracy of stage A (THEORY.md §5), from Algorithm 1 and from simulation.
 
 (a) u0_i != +-v0_i: margin min_i min(|u0_i + v0_i|, |u0_i - v0_i|) of the run's theta0 must exceed
     INIT_MARGIN_TOL. A margin m delays coordinate i's activation by about log(1/m) / (|G_i| log(1/alpha))
-    (SPEC 3: log|a(0)| = log m - log(1/alpha)); at m = 1e-8 that is 18 / (|G_i| L), as large as the whole
+    (THEORY.md §3: log|a(0)| = log m - log(1/alpha)); at m = 1e-8 that is 18 / (|G_i| L), as large as the whole
     transition-time error of the ladder, so a smaller margin is reported as a failure.
 (b) At every stage a unique argmin of Delta_k: margin (second smallest - smallest) / smallest must be at
-    least MARGIN_TOL. Transition times converge only at rate O(1/log(1/alpha)) (SPEC 5); at the default
+    least MARGIN_TOL. Transition times converge only at rate O(1/log(1/alpha)) (THEORY.md §5); at the default
     ladder's smallest alpha (L = 589) the measured errors are a few 1e-3 relative, so two activations
     whose Delta differ by less than 1% cannot be told apart from a tie: they fail, naming both.
 (c) A coordinate that left the support at stage k has G_i = g_i(beta^k) pointing b_i inward
@@ -112,7 +112,7 @@ def check_assumption_42(ctx) -> CheckResult:
     smallest = max(range(len(Ls)), key=lambda j: Ls[j])
     predicted = seq.first_activations()
     traj, sim = None, {}
-    if m0 > 0:  # the reduced flow needs u0 != +-v0 (SPEC 3); without it there is nothing to simulate
+    if m0 > 0:  # the reduced flow needs u0 != +-v0 (THEORY.md §3); without it there is nothing to simulate
         traj = ctx.ladder
         sim = {format_alpha(Ls[j]): separation(traj, j, predicted, ctx.horizon, name) for j in range(len(Ls))}
         if traj.status[smallest].value != "success":

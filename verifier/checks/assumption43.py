@@ -1,4 +1,4 @@
-"""Check ``assumption-4.3``: the stationary points beta^k of Algorithm 1 are strict local minima (SPEC 5).
+"""Check ``assumption-4.3``: the stationary points beta^k of Algorithm 1 are strict local minima (THEORY.md §5).
 
 Assumption 4.3: on its support A_k (balanced weights keep signs, so near beta^k only the entries in A_k
 move), Lb(beta) >= Lb(beta^k) + c |beta - beta^k|^2. We measure it three ways:
@@ -113,7 +113,7 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
 
 
 def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
-    """The start of the stage B that Algorithm 1 could not finish: the argmin of Delta (SPEC 4 step 1)
+    """The start of the stage B that Algorithm 1 could not finish: the argmin of Delta (THEORY.md §4 step 1)
     switched on at PROBE_EPS; its time scale is the growth time log(1/eps) / (2 |G_i|)."""
     last = ctx.stages.stages[-1]
     i = int(torch.argmin(ctx.stages.delta(last.k)))

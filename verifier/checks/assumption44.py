@@ -1,4 +1,4 @@
-"""Check ``assumption-4.4``: stage B is robust to noise (SPEC 5), at the limit level and by Figure 10.
+"""Check ``assumption-4.4``: stage B is robust to noise (THEORY.md §5), at the limit level and by Figure 10.
 
 Assumption 4.4: the flow from beta^k with the new coordinate i_k switched on at a small size, and any
 small perturbation supported on A_k + {i_k}, converges to the same beta^{k+1}.

@@ -1,4 +1,4 @@
-"""Check ``lemma-4.1``: the conservation law of Lemma 4.1 (SPEC 2), measured on the network as built.
+"""Check ``lemma-4.1``: the conservation law of Lemma 4.1 (THEORY.md §2), measured on the network as built.
 
 * flow: d/dt (u_i^2 - v_i^2) = 0 (full weights: Wq^T Wq - Wk^T Wk and Wv^T Wv - Wo^T Wo). We integrate the
   gradient flow of the *parameters* theta (not the reduced coordinates, where the law holds by

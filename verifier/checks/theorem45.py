@@ -1,4 +1,4 @@
-"""Check ``theorem-4.5``: gradient flow from alpha * theta0 tracks Algorithm 1 as alpha -> 0 (SPEC 5).
+"""Check ``theorem-4.5``: gradient flow from alpha * theta0 tracks Algorithm 1 as alpha -> 0 (THEORY.md §5).
 
 Along the alpha ladder (ctx.ladder: one batched exact flow to ctx.horizon) and for each alpha we measure
 * ``beta_error``: sup of |beta_alpha(tau) - beta^k|_inf over the plateau windows [T_k + d_k, T_{k+1} - d_k],
@@ -11,7 +11,7 @@ Along the alpha ladder (ctx.ladder: one batched exact flow to ctx.horizon) and f
   |horizon - T| (a lower bound of its error);
 * ``nfev``: gradient evaluations of the run.
 Each error series is fitted as C (1/log(1/alpha))^rate; the theorem gives rate 1 for b and the transition
-times (SPEC 5) and faster for beta on windows. Verdict per series: pass when it is at most its tolerance at
+times (THEORY.md §5) and faster for beta on windows. Verdict per series: pass when it is at most its tolerance at
 the smallest alpha and does not grow along the ladder; fail when it stalls above the tolerance (rate <
 RATE_MIN or no decrease from the largest to the smallest alpha); inconclusive when it shrinks but is still
 above the tolerance (the ladder should go further) or a run did not reach the horizon.

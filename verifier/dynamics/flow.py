@@ -1,4 +1,4 @@
-"""Exact gradient flow of a diagonal network in reduced coordinates (SPEC 3).
+"""Exact gradient flow of a diagonal network in reduced coordinates (THEORY.md §3).
 
 With a = u + v, c = u - v and S(t) = -int_0^t g(beta):
     beta = (a0^2 e^{2S} - c0^2 e^{-2S}) / 4,   dS/dt = -g(beta),   a c = u^2 - v^2 constant (Lemma 4.1).
@@ -55,7 +55,7 @@ class ReducedFlow:
         if bool(((u0 + v0 == 0) | (u0 - v0 == 0)).any()):
             raise ValueError("u0 = +-v0 for some coordinate: the reduced flow needs u0_i != +-v0_i (Assumption 4.2a)")
         flow = cls.from_uv(model, u0, v0, log_inv_alphas, atol)
-        # alpha * theta0: log|a(0)| = log|u0 + v0| - L, the only place alpha enters (SPEC 3).
+        # alpha * theta0: log|a(0)| = log|u0 + v0| - L, the only place alpha enters (THEORY.md §3).
         return cls(model, L, flow.log_a0 - L[:, None], flow.log_c0 - L[:, None], flow.sign_a, flow.sign_c, atol)
 
     def beta(self, S: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +119,7 @@ def _crossings(sol_t, sol_y, sol_f, L: float) -> tuple[torch.Tensor, torch.Tenso
     """Transition time of each coordinate: when b_i = S_i / L reaches +-1 along its linear (exponential
     growth) path. A coordinate whose limit value is small may saturate just below |b| = 1, so we locate
     |S_i| = L - CROSSING_MARGIN on the step's Hermite cubic and add the CROSSING_MARGIN / |dS_i/dtau| the
-    linear path needs to reach L. Unlike a fixed threshold on |beta| (SPEC 5), this is unbiased to first
+    linear path needs to reach L. Unlike a fixed threshold on |beta| (THEORY.md §5), this is unbiased to first
     order. NaN where a coordinate never gets there."""
     p = sol_y.shape[1]
     out = torch.full((p,), float("nan"), dtype=sol_y.dtype)

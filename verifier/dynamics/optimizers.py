@@ -5,7 +5,7 @@ accumulate what Lemma 4.1 predicts for a *plain gradient step* theta <- theta - 
 
     C(theta_new) = C(theta) + eta^2 C(grad)          (exact; C is ``Model.conserved``)
 
-because the O(eta) terms cancel (for diagonal weights this is (u^2 - v^2)(1 - eta^2 g^2), SPEC 2). The
+because the O(eta) terms cancel (for diagonal weights this is (u^2 - v^2)(1 - eta^2 g^2), THEORY.md §2). The
 identity uses the gradient actually drawn (full batch or minibatch), so it holds for GD and SGD and fails
 for Adam, momentum and weight decay, whose updates are not gradient steps.
 """
@@ -91,7 +91,7 @@ def train(model: Model, theta_init: torch.Tensor, opt: OptimizerConfig, seed: in
 def as_trajectory(model, run: DiscreteRun, theta0: torch.Tensor, log_inv_alpha: float, lr: float,
                   method: str) -> Trajectory:
     """View a discrete run of a diagonal model (every sample started at the same alpha) in the flow's
-    terms: tau = step * lr / L, beta = u * v and b = log|a / a(0)| / L with a = u + v (SPEC 3), so the
+    terms: tau = step * lr / L, beta = u * v and b = log|a / a(0)| / L with a = u + v (THEORY.md §3), so the
     checks read both alike. ``theta0`` [B, 2p] is the unit-scale initialisation."""
     p, B = model.p, run.theta.shape[0]
     L = float(log_inv_alpha)

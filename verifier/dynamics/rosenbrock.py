@@ -1,6 +1,6 @@
 """A batched, device-agnostic Rodas4 integrator for stiff autonomous ODEs y' = f(y).
 
-Why our own: the reduced gradient flow is stiff on plateaus (SPEC 3), so an implicit method with the
+Why our own: the reduced gradient flow is stiff on plateaus (THEORY.md §3), so an implicit method with the
 exact Jacobian is needed for a cost that does not grow with log(1/alpha); scipy's Radau/BDF handle one
 trajectory on the CPU and raise on non-finite Newton iterates, and the torch ODE libraries
 (torchdiffeq, torchode) ship explicit methods only. Rodas4 (Hairer & Wanner, Solving ODEs II, IV.7) is

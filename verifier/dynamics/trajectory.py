@@ -32,7 +32,7 @@ class Trajectory:
     """A batch of B runs sampled on a shared grid of rescaled times tau = t / log(1/alpha).
 
     beta [B, T, p]; b [B, T, p] are the log-scale weights b = S / log(1/alpha) with
-    S = log|a(t) / a(0)|, a = u + v (SPEC 3); loss [B, T]. ``crossing_tau`` [B, p] is the first rescaled
+    S = log|a(t) / a(0)|, a = u + v (THEORY.md §3); loss [B, T]. ``crossing_tau`` [B, p] is the first rescaled
     time at which |b_i| reaches 1 (NaN if never), ``crossing_sign`` its sign. ``nfev``/``njev`` count
     gradient and Jacobian (Hessian) evaluations per sample.
     """

@@ -1,4 +1,4 @@
-"""The alpha -> 0 limit of gradient flow from small initialisation: Algorithm 1 (SPEC 4)."""
+"""The alpha -> 0 limit of gradient flow from small initialisation: Algorithm 1 (THEORY.md §4)."""
 
 from .incremental import Stage, StageSequence, algorithm1, argmin_margin, time_to_activate
 

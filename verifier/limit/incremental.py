@@ -1,4 +1,4 @@
-"""Algorithm 1 (SPEC 4): the alpha -> 0 limit of gradient flow, as greedy incremental learning.
+"""Algorithm 1 (THEORY.md §4): the alpha -> 0 limit of gradient flow, as greedy incremental learning.
 
 State at stage k: a stationary point beta^k of Lb restricted to its support A_k, log-scale weights b^k
 in [-1, 1]^p and a rescaled time T_k. From G = g(beta^k):
@@ -141,7 +141,7 @@ class StageSequence:
 
 
 def time_to_activate(b: torch.Tensor, G: torch.Tensor, support, gtol: float) -> torch.Tensor:
-    """Delta_k(i) of stage A (SPEC 4, step 1); inf on the support and where |G_i| <= gtol."""
+    """Delta_k(i) of stage A (THEORY.md §4, step 1); inf on the support and where |G_i| <= gtol."""
     delta = torch.where(G < 0, (1 - b) / (-G), (1 + b) / G)
     delta = torch.where(G.abs() > gtol, delta, torch.full_like(delta, math.inf))
     delta[list(support)] = math.inf
@@ -160,7 +160,7 @@ def argmin_margin(delta: torch.Tensor) -> float:
 
 def algorithm1(model: DiagonalModel, eps: float = 1e-6, max_stages: int | None = None,
                newton: bool = True, max_flow_time: float = 1e7) -> StageSequence:
-    """Run Algorithm 1 on ``model`` (SPEC 4). ``eps``: size of the new coordinate at the start of stage B;
+    """Run Algorithm 1 on ``model`` (THEORY.md §4). ``eps``: size of the new coordinate at the start of stage B;
     ``max_stages`` defaults to 2p + 2 (every coordinate can enter, leave and re-enter once)."""
     p = model.p
     dev = model.device

@@ -1,4 +1,4 @@
-"""Attention heads (SPEC 1): the paper's toy head with diagonal weights, and a head with full weights.
+"""Attention heads (THEORY.md §1): the paper's toy head with diagonal weights, and a head with full weights.
 
 attn(X) = softmax_rowwise(temperature * X Wq Wk^T X^T) X Wv Wo^T  for tokens X in R^{n x d}.
 """

@@ -1,4 +1,4 @@
-"""Diagonal linear network (SPEC 1): h(x; beta) = <x, beta>, beta = u * v."""
+"""Diagonal linear network (THEORY.md §1): h(x; beta) = <x, beta>, beta = u * v."""
 
 from __future__ import annotations
 
