@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default reports/<timestamp>, mirrored to reports/latest)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    sv = sub.add_parser("survey", help="draw N problems of a preset, run the checks on each: rates with intervals, "
+                                       "metric histograms, closest passes, every failure with its command")
+    sv.add_argument("--preset", default="toy-attention", help="the family to draw from (default toy-attention)")
+    sv.add_argument("--n", type=int, default=64, help="number of draws (default 64)")
+    sv.add_argument("--checks", help="comma-separated check ids (default: every check that applies)")
+    sv.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
+    sv.add_argument("--seed", type=int, default=0, help="survey seed S; draw i uses a seed derived from S and i")
+    sv.add_argument("--batch", type=int, help="draws per batched flow solve (default: 1 on a CPU, 16 on a GPU)")
+    sv.add_argument("--out", help="output folder (default reports/surveys/<timestamp>)")
+    sv.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     sub.add_parser("presets", help="list presets and their defaults")
     sub.add_parser("checks", help="list check ids and the claims they test")
 
@@ -105,6 +116,36 @@ def _run(args, argv) -> int:
     print(f"wrote {paths[0]} and {paths[1]}" + (f" (also {latest}/)" if latest else ""))
     verdict = results.verdict
     return {Verdict.PASS: EXIT_OK, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}[verdict]
+
+
+def _survey(args, argv) -> int:
+    """Exit codes as ``run``, over every draw: 0 all passed, 1 some check failed on some draw, 3 none failed
+    but some was inconclusive; 130 when interrupted (the draws that finished are written)."""
+    import signal
+
+    from .survey import SurveyConfig, run_survey
+    from .survey.output import check_out, write_survey
+    from .survey.report import survey_table
+
+    checks = None if args.checks is None else tuple(c.strip() for c in args.checks.split(",") if c.strip())
+    config = SurveyConfig(preset=args.preset, n=args.n, checks=checks, device=args.device, seed=args.seed,
+                          batch=args.batch)
+    out = check_out(args.out)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
+    try:
+        results = run_survey(config, progress=not args.no_progress, argv=["verifier", *argv])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not results.draws:
+        print("verifier: interrupted before any draw finished; nothing written", file=sys.stderr)
+        return 130
+    paths = write_survey(results, out)
+    print(survey_table(results))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    if results.survey.get("interrupted"):
+        return 130
+    verdicts = {o.verdict for d in results.draws for o in d.outcomes.values()}
+    return EXIT_FAIL if "fail" in verdicts else EXIT_INCONCLUSIVE if "inconclusive" in verdicts else EXIT_OK
 
 
 def _presets() -> int:
@@ -178,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "run":
             return _run(args, argv)
+        if args.command == "survey":
+            return _survey(args, argv)
         if args.command == "presets":
             return _presets()
         if args.command == "checks":

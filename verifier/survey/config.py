@@ -1,0 +1,84 @@
+"""What a survey draws and checks: :class:`SurveyConfig`, validated once in ``__post_init__``.
+
+Draw i of a survey with seed S is the preset's problem (teacher, data and initialisation) at the seed
+``draw_seed(S, i)``, so any single draw re-runs alone with ``verifier run --preset NAME --seed draw_seed(S, i)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass
+
+from ..config import DEVICES, RunConfig
+from ..errors import InputError
+
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+DRAW_SEED_BITS = 32  # derived seeds lie in [0, 2^32): inside every seed range, short to type, exact in JSON
+MAX_DRAWS = 100_000
+AUTO = "auto"
+
+
+def draw_seed(seed: int, index: int) -> int:
+    """The seed of draw ``index`` of a survey seeded with ``seed``: the first 4 bytes (big-endian) of
+    SHA-256 of the text ``verifier-survey:{seed}:{index}``. A hash rather than ``seed + index`` so that
+    surveys with nearby seeds share no draws; independent of numpy, torch and the platform."""
+    digest = hashlib.sha256(f"verifier-survey:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[: DRAW_SEED_BITS // 8], "big")
+
+
+def _integer(value, field: str, lo: int, hi: int, text: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InputError(field, f"{value!r} is not {text}", text)
+
+
+@dataclass(frozen=True)
+class SurveyConfig:
+    """``n`` draws of ``preset`` checked with ``checks`` (None: every check that applies to the family).
+
+    ``batch``: draws whose flows share one batched solve (``ladder`` of every draw in one Rodas4 call);
+    None chooses: 1 on a CPU (batching does not pay there, docs/SURVEYS.md), 16 on an accelerator.
+    """
+
+    preset: str = "toy-attention"
+    n: int = 64
+    checks: tuple[str, ...] | None = None
+    device: str = AUTO
+    seed: int = 0
+    batch: int | None = None
+
+    def __post_init__(self):
+        from ..checks import check_ids
+        from ..presets import PRESETS
+
+        if self.preset not in PRESETS:
+            raise InputError("--preset", f"unknown preset {self.preset!r}", ", ".join(PRESETS))
+        _integer(self.n, "--n", 1, MAX_DRAWS, f"an integer in [1, {MAX_DRAWS}]")
+        _integer(self.seed, "--seed", SEED_MIN, SEED_MAX, "an integer in [-2**63, 2**63 - 1]")
+        if self.batch is not None:
+            _integer(self.batch, "--batch", 1, 1024, "an integer in [1, 1024]")
+        if self.device not in DEVICES:
+            raise InputError("--device", f"unknown device {self.device!r}", ", ".join(DEVICES))
+        if self.checks is not None:
+            if not self.checks:
+                raise InputError("--checks", "empty list", ", ".join(check_ids()))
+            for c in self.checks:
+                if c not in check_ids():
+                    raise InputError("--checks", f"unknown check {c!r}", ", ".join(check_ids()))
+
+    def draw_seed(self, index: int) -> int:
+        return draw_seed(self.seed, index)
+
+    def run_config(self, index: int) -> RunConfig:
+        """The configuration ``verifier run`` builds from :meth:`command` for draw ``index``."""
+        return RunConfig(preset=self.preset, seed=self.draw_seed(index), device=self.device)
+
+    def command(self, index: int) -> str:
+        """The command that re-runs draw ``index`` alone (every check; results add ``--checks ID``)."""
+        argv = ["verifier", "run", "--preset", self.preset, "--seed", str(self.draw_seed(index))]
+        argv += ["--device", self.device] if self.device != AUTO else []
+        return shlex.join(argv)
+
+    def as_dict(self) -> dict:
+        return {"preset": self.preset, "n": self.n, "checks": None if self.checks is None else list(self.checks),
+                "device": self.device, "seed": self.seed, "batch": self.batch}

@@ -1,0 +1,119 @@
+"""Run a survey: draw the problems, run the checks on each (the same code path as ``verifier run``, so a
+listed draw re-run alone gives the same verdict), and collect a :class:`SurveyResults`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shlex
+import sys
+import time
+
+from tqdm import tqdm
+
+from ..checks import REGISTRY, CheckResult, resolve_ids
+from ..config import resolve_device
+from ..context import Context, git_sha, versions
+from ..errors import InputError
+from ..report.format import key_metric, relation
+from ..runner import run_checks
+from .config import SurveyConfig
+from .results import Draw, Outcome, SurveyResults
+from .stacked import prefill_ladders
+
+SEED_RULE = ("draw i uses seed int.from_bytes(sha256(f'verifier-survey:{S}:{i}')[:4], 'big'), "
+             "S the survey seed (verifier.survey.config.draw_seed)")
+ACCELERATOR_BATCH = 16  # draws per batched flow solve on an accelerator (on a CPU batching does not pay)
+
+
+def outcome(result: CheckResult) -> Outcome:
+    """A check result reduced to its verdict, message and key metric (value, threshold, direction)."""
+    km = key_metric(result)
+    value = threshold = better = None
+    if km is not None:
+        value = km.value if isinstance(km.value, (int, float)) and not isinstance(km.value, bool) else None
+        threshold = km.limit if isinstance(km.limit, (int, float)) and not isinstance(km.limit, bool) else None
+        rel = relation(km.name, km.threshold) if km.threshold else "threshold"
+        better = {"<=": "lower", ">=": "higher"}.get(rel)
+    return Outcome(result.verdict.value, result.message, km.name if km else None,
+                   None if value is None else float(value), None if threshold is None else float(threshold),
+                   better, result.duration_s)
+
+
+def batch_size(config: SurveyConfig) -> int:
+    if config.batch is not None:
+        return config.batch
+    return 1 if resolve_device(config.device).type == "cpu" else ACCELERATOR_BATCH
+
+
+def check_ids_for(config: SurveyConfig, ctx: Context) -> list[str]:
+    """The survey's checks (default: every check that applies to the family); a named check that does not
+    apply is bad input, refused before any draw runs."""
+    ids = resolve_ids(None if config.checks is None else ",".join(config.checks), ctx.model)
+    for i in ids:
+        reason = REGISTRY[i].applies_to(ctx.model)
+        if reason is not None:
+            raise InputError("--checks", f"{i} does not apply to preset {config.preset}: {reason}",
+                             ", ".join(j for j in resolve_ids(None, ctx.model)))
+    return ids
+
+
+def run_survey(config: SurveyConfig, progress: bool = True, argv: list[str] | None = None) -> SurveyResults:
+    """Draw ``config.n`` problems and run the checks on each; flows of ``batch_size`` draws at a time share
+    one batched solve (:func:`~verifier.survey.stacked.prefill_ladders`). Interrupted (KeyboardInterrupt),
+    it returns the draws that finished, with ``survey["interrupted"]`` saying so."""
+    start, started = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
+    device = resolve_device(config.device)
+    size = batch_size(config)
+
+    def context(i: int) -> Context:
+        return Context(config.run_config(i), argv=shlex.split(config.command(i)))
+
+    first = context(0)
+    ids = check_ids_for(config, first)
+    draws: list[Draw] = []
+    failed = {"fail": 0, "inconclusive": 0}
+    bar = tqdm(total=config.n, desc=f"survey {config.preset}", unit="draw", file=sys.stderr,
+               disable=not progress, leave=False)
+    interrupted = None
+    try:
+        for g0 in range(0, config.n, size):
+            group = [first if i == 0 else context(i) for i in range(g0, min(g0 + size, config.n))]
+            if len(group) > 1:
+                prefill_ladders(group, ids)
+            for k, ctx in enumerate(group):
+                i = g0 + k
+                t0 = time.perf_counter()
+                results = run_checks(ctx, ids, progress=False)
+                outcomes = {c.id: outcome(c) for c in results.checks}
+                draws.append(Draw(i, config.draw_seed(i), config.command(i), outcomes, time.perf_counter() - t0))
+                for o in outcomes.values():
+                    if o.verdict in failed:
+                        failed[o.verdict] += 1
+                bar.update(1)
+                bar.set_postfix_str(f"{failed['fail']} fail, {failed['inconclusive']} inconclusive")
+    except KeyboardInterrupt:  # keep what finished: a long survey can be stopped and still reported
+        interrupted = (f"interrupted after {len(draws)} of {config.n} draws: the rates are over the "
+                       f"{len(draws)} draws that finished")
+    bar.close()
+    survey = {
+        "config": config.as_dict(), "batch_used": size, "seed_rule": SEED_RULE,
+        "command": shlex.join(argv) if argv is not None else shlex.join(sys.argv),
+        "device": str(device), "dtype": "float64", "versions": versions(), "git_sha": git_sha(),
+        "machine": _machine(device), "started": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - start, 1), "checks": ids,
+    } | ({"interrupted": interrupted} if interrupted else {})
+    return SurveyResults(survey=survey, claims={i: REGISTRY[i].claim for i in ids}, draws=tuple(draws))
+
+
+def _machine(device) -> str:
+    """e.g. '2 CPU cores (x86_64, Linux)' or 'NVIDIA H200 (cuda), 16 CPU cores (...)'."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()})"
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (cuda), {cpu}"
+    return cpu
+

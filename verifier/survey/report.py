@@ -1,0 +1,110 @@
+"""A survey's report: one self-contained HTML page (the run report's style and figure renderer) and the
+terminal table. Per check: verdict rates with Wilson intervals, the key metric's histogram against its
+threshold, the closest passes and every failure with its reproducing command."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import jinja2
+from markupsafe import Markup
+
+from ..report.figures import render_figure
+from ..report.format import fmt
+from .results import VERDICTS, CheckSummary, SurveyResults
+from .stats import INTERVAL
+
+_ENV = jinja2.Environment(
+    loader=jinja2.ChoiceLoader([jinja2.PackageLoader("verifier.survey", "templates"),
+                                jinja2.PackageLoader("verifier.report", "templates")]),
+    autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+STYLES = {"pass": "-", "fail": "--", "inconclusive": ":"}
+
+
+def histogram_figure(s: CheckSummary) -> dict:
+    """The key metric's histogram per verdict as outlines (a staircase over the bin edges, drawable on a
+    log axis), with the threshold as a vertical line."""
+    h = s.histogram
+    series = []
+    for verdict in VERDICTS:
+        counts = h.counts.get(verdict)
+        if not counts or not any(counts):
+            continue
+        x, y = [h.edges[0]], [0]
+        for j, c in enumerate(counts):
+            x += [h.edges[j], h.edges[j + 1]]
+            y += [c, c]
+        x.append(h.edges[-1]), y.append(0)
+        series.append({"label": f"{verdict} ({sum(counts)})", "x": x, "y": y, "style": STYLES[verdict]})
+    missing = sum(h.not_finite.values())
+    relation = {"lower": "<=", "higher": ">="}.get(s.better or "", "threshold")
+    return {"id": f"hist-{s.id}", "title": f"{s.id}: {s.metric} over the draws", "kind": "line",
+            "xlabel": str(s.metric), "ylabel": "draws", "xscale": "log" if h.log else "linear", "yscale": "linear",
+            "series": series,
+            "vlines": [] if s.threshold is None else [{"x": s.threshold, "label": f"pass needs {relation} {s.threshold:g}"}],
+            "caption": f"Histogram of the key metric per verdict ({len(h.edges) - 1 if h.edges else 0} bins"
+                       + (", evenly spaced in log10" if h.log else "") + ")"
+                       + (f"; {missing} draw(s) without a finite value are not drawn" if missing else "") + "."}
+
+
+def _values(results: SurveyResults, check: str) -> list[float]:
+    return [o.value for d in results.draws if (o := d.outcomes.get(check)) is not None
+            and o.value is not None and math.isfinite(o.value)]
+
+
+def _spread(values: list[float]) -> str:
+    """median [min, max]."""
+    if not values:
+        return "-"
+    return f"{fmt(statistics.median(values))} [{fmt(min(values))}, {fmt(max(values))}]"
+
+
+def render_survey_html(results: SurveyResults) -> str:
+    sv = results.survey
+    config = sv.get("config", {})
+    sections = []
+    for k, cid in enumerate(results.check_ids):
+        s = results.summary(cid)
+        fig = render_figure(histogram_figure(s), f"h{k}")
+        sections.append({
+            "id": cid, "anchor": f"check-{k}", "claim": s.claim, "metric": s.metric or "-",
+            "threshold": "-" if s.threshold is None else f"{ {'lower': '<=', 'higher': '>='}.get(s.better or '', '') } {fmt(s.threshold)}".strip(),
+            "rates": {v: s.rates[v].text() for v in VERDICTS}, "spread": _spread(_values(results, cid)),
+            "figure": {"svg": Markup(fig.svg), "caption": fig.caption, "notes": fig.notes},
+            "closest": [_row(x) for x in s.closest_passes], "failures": [_row(x) for x in s.failures],
+            "inconclusive": [_row(x) for x in s.inconclusive],
+        })
+    interrupted = sv.get("interrupted")
+    return _ENV.get_template("survey.html").render(
+        title=f"Survey: {config.get('preset', '?')}, {len(results.draws)} draws", sections=sections,
+        interval=INTERVAL, command=str(sv.get("command", "")), machine=str(sv.get("machine", "")),
+        seed_rule=str(sv.get("seed_rule", "")), interrupted=interrupted,
+        meta=[(k, fmt(v, 400)) for k, v in sv.items() if k not in ("config", "command", "seed_rule")]
+        + [(f"config.{k}", fmt(v, 400)) for k, v in config.items()])
+
+
+def _row(x) -> dict:
+    return {"index": x.index, "seed": x.seed, "value": fmt(x.outcome.value),
+            "headroom": "-" if x.outcome.headroom is None else f"{fmt(x.outcome.headroom)}x",
+            "message": x.outcome.message, "command": x.command}
+
+
+def survey_table(results: SurveyResults, failures_shown: int = 10) -> str:
+    """The terminal summary: per check the rates with intervals and the key metric's median [min, max];
+    then the commands of the first failures."""
+    rows = [("check", "pass", "fail", "inconclusive", "key metric: median [min, max]")]
+    for cid in results.check_ids:
+        s = results.summary(cid)
+        rows.append((cid, *(s.rates[v].text() for v in VERDICTS),
+                     f"{s.metric} = {_spread(_values(results, cid))}"))
+    widths = [max(len(r[j]) for r in rows) for j in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"rates over {len(results.draws)} draws with the {INTERVAL}")
+    fails = [x for cid in results.check_ids for x in results.summary(cid).failures]
+    for x in fails[:failures_shown]:
+        lines.append(f"FAIL draw {x.index}: {x.command}")
+    if len(fails) > failures_shown:
+        lines.append(f"... {len(fails) - failures_shown} more failures in the report")
+    return "\n".join(lines)

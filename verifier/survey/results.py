@@ -1,0 +1,193 @@
+"""A survey's record: per draw and check the verdict and the key metric; per check the summary
+(rates with intervals, a histogram of the key metric, the closest passes and every failure).
+
+{"schema": "verifier-survey", "schema_version": 1, "survey": {...}, "summary": [...], "draws": [...]}
+The summary is derived from the draws (recomputed when a file is read back). Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .stats import INTERVAL, Histogram, Rate, histogram, wilson
+
+SCHEMA = "verifier-survey"
+SCHEMA_VERSION = 1
+VERDICTS = ("pass", "fail", "inconclusive")
+CLOSEST = 5  # closest passes listed per check
+
+
+class SurveyFormatError(ValueError):
+    """A survey results file that cannot be read or does not follow the schema."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One check on one draw: its verdict and message, and its key metric with the threshold it is judged
+    against and which side is better (``"lower"`` or ``"higher"``; None when the check declares none)."""
+
+    verdict: str
+    message: str
+    metric: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+    better: str | None = None
+    duration_s: float = 0.0
+
+    @property
+    def headroom(self) -> float | None:
+        """How far the key metric is from its threshold, as a ratio >= 1 on the good side: threshold / value
+        for ``lower``, value / threshold for ``higher`` (inf for a zero value below a threshold). None when
+        there is no threshold, direction or positive number to compare."""
+        v, t = self.value, self.threshold
+        if v is None or t is None or self.better not in ("lower", "higher") or not (t > 0 and math.isfinite(v)):
+            return None
+        if self.better == "lower":
+            return math.inf if v == 0 else (t / v if v > 0 else None)
+        return v / t if v > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "message": self.message, "metric": self.metric, "value": _num(self.value),
+                "threshold": _num(self.threshold), "better": self.better, "duration_s": round(self.duration_s, 3)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Outcome":
+        return cls(verdict=d["verdict"], message=str(d.get("message", "")), metric=d.get("metric"),
+                   value=_float(d.get("value")), threshold=_float(d.get("threshold")), better=d.get("better"),
+                   duration_s=float(d.get("duration_s") or 0.0))
+
+
+@dataclass(frozen=True)
+class Draw:
+    """Draw ``index``: its seed, the command that re-runs it alone, and an :class:`Outcome` per check."""
+
+    index: int
+    seed: int
+    command: str
+    outcomes: dict[str, Outcome]
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "seed": self.seed, "command": self.command, "duration_s": round(self.duration_s, 3),
+                "checks": {k: o.to_dict() for k, o in self.outcomes.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Draw":
+        return cls(index=int(d["index"]), seed=int(d["seed"]), command=str(d["command"]),
+                   outcomes={k: Outcome.from_dict(o) for k, o in d["checks"].items()},
+                   duration_s=float(d.get("duration_s") or 0.0))
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A draw listed under a check (a close pass or a failure): what to show and how to reproduce it."""
+
+    index: int
+    seed: int
+    outcome: Outcome
+    command: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "seed": self.seed, "command": self.command, "value": _num(self.outcome.value),
+                "headroom": _num(self.outcome.headroom), "message": self.outcome.message}
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    id: str
+    claim: str
+    metric: str | None
+    threshold: float | None
+    better: str | None
+    rates: dict[str, Rate]
+    histogram: Histogram
+    closest_passes: tuple[Listed, ...]
+    failures: tuple[Listed, ...]
+    inconclusive: tuple[Listed, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "claim": self.claim, "key_metric": self.metric, "threshold": _num(self.threshold),
+                "better": self.better, "interval": INTERVAL, "rates": {k: r.to_dict() for k, r in self.rates.items()},
+                "histogram": self.histogram.to_dict(),
+                "closest_passes": [x.to_dict() for x in self.closest_passes],
+                "failures": [x.to_dict() for x in self.failures],
+                "inconclusive": [x.to_dict() for x in self.inconclusive]}
+
+
+@dataclass(frozen=True)
+class SurveyResults:
+    """``survey``: the configuration, the rule that derives seeds, provenance (machine, versions, command,
+    timings); ``claims``: check id -> the claim it tests; ``draws`` in index order."""
+
+    survey: dict[str, Any]
+    claims: dict[str, str]
+    draws: tuple[Draw, ...] = field(default_factory=tuple)
+
+    @property
+    def check_ids(self) -> list[str]:
+        return list(self.claims)
+
+    def summary(self, check: str) -> CheckSummary:
+        rows = [(d, d.outcomes[check]) for d in self.draws if check in d.outcomes]
+        n = len(rows)
+        rates = {v: wilson(sum(1 for _, o in rows if o.verdict == v), n) for v in VERDICTS}
+        declared = next((o for _, o in rows if o.metric is not None), Outcome("pass", ""))
+        hist = histogram([(o.verdict, o.value) for _, o in rows], declared.threshold)
+
+        def listed(d: Draw, o: Outcome) -> Listed:
+            return Listed(d.index, d.seed, o, _with_check(d.command, check))
+
+        passes = [(d, o) for d, o in rows if o.verdict == "pass" and o.headroom is not None]
+        passes.sort(key=lambda r: (r[1].headroom, r[0].index))
+        return CheckSummary(
+            id=check, claim=self.claims[check], metric=declared.metric, threshold=declared.threshold,
+            better=declared.better, rates=rates, histogram=hist,
+            closest_passes=tuple(listed(d, o) for d, o in passes[:CLOSEST]),
+            failures=tuple(listed(d, o) for d, o in rows if o.verdict == "fail"),
+            inconclusive=tuple(listed(d, o) for d, o in rows if o.verdict == "inconclusive"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "survey": self.survey, "claims": self.claims,
+                "summary": [self.summary(c).to_dict() for c in self.check_ids],
+                "draws": [d.to_dict() for d in self.draws]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+
+def _with_check(command: str, check: str) -> str:
+    """A draw's command (which names no checks) narrowed to one check: re-running only what is listed is
+    faster, and check ids need no shell quoting."""
+    return f"{command} --checks {check}"
+
+
+def _num(x: float | None) -> float | str | None:
+    """JSON has no inf/nan: they travel as the strings "inf", "-inf", "nan" (as in results.json)."""
+    if x is None or math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def _float(x: Any) -> float | None:
+    return None if x is None else float(x)
+
+
+def read_survey(path: str | Path) -> SurveyResults:
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SurveyFormatError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SurveyFormatError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("schema") != SCHEMA or raw.get("schema_version") != SCHEMA_VERSION:
+        raise SurveyFormatError(f"{path}: not a survey results file (schema {SCHEMA!r}, version {SCHEMA_VERSION})")
+    try:
+        draws = tuple(Draw.from_dict(d) for d in raw["draws"])
+        return SurveyResults(survey=dict(raw["survey"]), claims=dict(raw["claims"]), draws=draws)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SurveyFormatError(f"{path}: malformed survey ({type(exc).__name__}: {exc})") from None
