@@ -10,11 +10,11 @@ import time
 
 from tqdm import tqdm
 
-from ..checks import REGISTRY, CheckResult, resolve_ids
+from ..checks import REGISTRY, resolve_ids
 from ..config import resolve_device
 from ..context import Context, git_sha, versions
 from ..errors import InputError
-from ..report.format import key_metric, relation
+from ..results import CheckResult, Metric
 from ..runner import run_checks
 from .config import SurveyConfig
 from .results import Draw, Outcome, SurveyResults
@@ -26,17 +26,21 @@ ACCELERATOR_BATCH = 16  # draws per batched flow solve on an accelerator (on a C
 
 
 def outcome(result: CheckResult) -> Outcome:
-    """A check result reduced to its verdict, message and key metric (value, threshold, direction)."""
-    km = key_metric(result)
-    value = threshold = better = None
-    if km is not None:
-        value = km.value if isinstance(km.value, (int, float)) and not isinstance(km.value, bool) else None
-        threshold = km.limit if isinstance(km.limit, (int, float)) and not isinstance(km.limit, bool) else None
-        rel = relation(km.name, km.threshold) if km.threshold else "threshold"
-        better = {"<=": "lower", ">=": "higher"}.get(rel)
-    return Outcome(result.verdict.value, result.message, km.name if km else None,
-                   None if value is None else float(value), None if threshold is None else float(threshold),
-                   better, result.duration_s)
+    """A check result reduced to its verdict, message and declared key metric (value, threshold, direction;
+    a key metric that is not one number, e.g. a list along the ladder, keeps its name only)."""
+    name = result.key_metric
+    return metric_outcome(result.verdict.value, result.message, name, result.metrics.get(name) if name else None,
+                          result.duration_s)
+
+
+def metric_outcome(verdict: str, message: str, name: str | None, metric: Metric | None,
+                   duration_s: float = 0.0) -> Outcome:
+    def number(x) -> float | None:
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+    if metric is None:
+        return Outcome(verdict, message, name, duration_s=duration_s)
+    return Outcome(verdict, message, name, number(metric.value), number(metric.threshold), metric.better, duration_s)
 
 
 def batch_size(config: SurveyConfig) -> int:

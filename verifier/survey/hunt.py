@@ -34,7 +34,7 @@ from ..checks import assumption42, assumption43, run_check
 from ..config import RunConfig
 from ..context import Context
 from ..models import DiagAttention
-from .engine import outcome
+from .engine import metric_outcome, outcome
 from .results import Outcome
 
 HUNTED = ("assumption-4.2", "assumption-4.3", "assumption-4.4")
@@ -95,20 +95,14 @@ def measure(check: str, ctx: Context) -> Outcome:
     """The check's key metric on ``ctx`` (module docstring), as an :class:`Outcome` (verdict: the metric's side)."""
     if check == "assumption-4.2":
         margins = [r["margin"] for r in assumption42.stage_margins(ctx.stages) if r["margin"] is not None]
-        value, threshold, better = min(margins, default=math.inf), assumption42.MARGIN_TOL, "higher"
-        ok = value >= threshold
-    elif check == "assumption-4.3":
+        value, threshold = float(min(margins, default=math.inf)), assumption42.MARGIN_TOL
+        return Outcome("pass" if value >= threshold else "fail", "", "min_stage_margin", value, threshold, "higher")
+    if check == "assumption-4.3":
         metrics: dict = {}
-        verdict = assumption43._stages(ctx, ctx.model.coordinate_names(), metrics)[0]
-        value, threshold, better = metrics.get("min_rel_eig", math.inf), assumption43.P.REL_EIG, "higher"
-        ok = verdict.value != "fail"
-    else:
-        return outcome(run_check(check, ctx))
-    return Outcome("pass" if ok else "fail", "", _key(check), float(value), threshold, better)
-
-
-def _key(check: str) -> str:
-    return {"assumption-4.2": "min_stage_margin", "assumption-4.3": "min_rel_eig"}[check]
+        verdict, message = assumption43._stages(ctx, ctx.model.coordinate_names(), metrics)[:2]
+        return metric_outcome("fail" if verdict.value == "fail" else "pass", message, "min_rel_eig",
+                              metrics.get("min_rel_eig"))
+    return outcome(run_check(check, ctx))
 
 
 def score(o: Outcome) -> float:

@@ -10,6 +10,7 @@ import statistics
 import jinja2
 from markupsafe import Markup
 
+from ..figures import Figure, Mark, Series
 from ..report.figures import render_figure
 from ..report.format import fmt
 from .results import VERDICTS, CheckSummary, SurveyResults
@@ -22,7 +23,7 @@ _ENV = jinja2.Environment(
 STYLES = {"pass": "-", "fail": "--", "inconclusive": ":"}
 
 
-def histogram_figure(s: CheckSummary) -> dict:
+def histogram_figure(s: CheckSummary) -> Figure:
     """The key metric's histogram per verdict as outlines (a staircase over the bin edges, drawable on a
     log axis), with the threshold as a vertical line."""
     h = s.histogram
@@ -35,17 +36,19 @@ def histogram_figure(s: CheckSummary) -> dict:
         for j, c in enumerate(counts):
             x += [h.edges[j], h.edges[j + 1]]
             y += [c, c]
-        x.append(h.edges[-1]), y.append(0)
-        series.append({"label": f"{verdict} ({sum(counts)})", "x": x, "y": y, "style": STYLES[verdict]})
+        series.append(Series(f"{verdict} ({sum(counts)})", x + [h.edges[-1]], y + [0], STYLES[verdict]))
     missing = sum(h.not_finite.values())
-    relation = {"lower": "<=", "higher": ">="}.get(s.better or "", "threshold")
-    return {"id": f"hist-{s.id}", "title": f"{s.id}: {s.metric} over the draws", "kind": "line",
-            "xlabel": str(s.metric), "ylabel": "draws", "xscale": "log" if h.log else "linear", "yscale": "linear",
-            "series": series,
-            "vlines": [] if s.threshold is None else [{"x": s.threshold, "label": f"pass needs {relation} {s.threshold:g}"}],
-            "caption": f"Histogram of the key metric per verdict ({len(h.edges) - 1 if h.edges else 0} bins"
-                       + (", evenly spaced in log10" if h.log else "") + ")"
-                       + (f"; {missing} draw(s) without a finite value are not drawn" if missing else "") + "."}
+    marks = () if s.threshold is None else (Mark(s.threshold, f"pass needs {_relation(s.better)} {s.threshold:g}"),)
+    return Figure(
+        id=f"hist-{s.id}", title=f"{s.id}: {s.metric} over the draws", kind="line", xlabel=str(s.metric),
+        ylabel="draws", series=tuple(series), xscale="log" if h.log else "linear", vlines=marks,
+        caption=f"Histogram of the key metric per verdict ({max(len(h.edges) - 1, 0)} bins"
+                + (", evenly spaced in log10" if h.log else "") + ")"
+                + (f"; {missing} draw(s) without a finite value are not drawn" if missing else "") + ".")
+
+
+def _relation(better: str | None) -> str:
+    return {"lower": "<=", "higher": ">="}.get(better or "", "")
 
 
 def _values(results: SurveyResults, check: str) -> list[float]:
@@ -66,10 +69,10 @@ def render_survey_html(results: SurveyResults) -> str:
     sections = []
     for k, cid in enumerate(results.check_ids):
         s = results.summary(cid)
-        fig = render_figure(histogram_figure(s), f"h{k}")
+        fig = render_figure(histogram_figure(s).to_dict(), f"h{k}")
         sections.append({
             "id": cid, "anchor": f"check-{k}", "claim": s.claim, "metric": s.metric or "-",
-            "threshold": "-" if s.threshold is None else f"{ {'lower': '<=', 'higher': '>='}.get(s.better or '', '') } {fmt(s.threshold)}".strip(),
+            "threshold": "-" if s.threshold is None else f"{_relation(s.better)} {fmt(s.threshold)}".strip(),
             "rates": {v: s.rates[v].text() for v in VERDICTS}, "spread": _spread(_values(results, cid)),
             "figure": {"svg": Markup(fig.svg), "caption": fig.caption, "notes": fig.notes},
             "closest": [_row(x) for x in s.closest_passes], "failures": [_row(x) for x in s.failures],
