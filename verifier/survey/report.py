@@ -44,7 +44,9 @@ def histogram_figure(s: CheckSummary) -> Figure:
         ylabel="draws", series=tuple(series), xscale="log" if h.log else "linear", vlines=marks,
         caption=f"Histogram of the key metric per verdict ({max(len(h.edges) - 1, 0)} bins"
                 + (", evenly spaced in log10" if h.log else "") + ")"
-                + (f"; {missing} draw(s) without a finite value are not drawn" if missing else "") + ".")
+                + (f"; {missing} draw(s) without a finite value are not drawn" if missing else "")
+                + ". A failure on the passing side of the threshold failed through another part of the check "
+                  "(its message says which).")
 
 
 def _relation(better: str | None) -> str:
@@ -52,15 +54,18 @@ def _relation(better: str | None) -> str:
 
 
 def _values(results: SurveyResults, check: str) -> list[float]:
-    return [o.value for d in results.draws if (o := d.outcomes.get(check)) is not None
-            and o.value is not None and math.isfinite(o.value)]
+    return [o.value for d in results.draws if (o := d.outcomes.get(check)) is not None and o.value is not None]
 
 
 def _spread(values: list[float]) -> str:
-    """median [min, max]."""
-    if not values:
-        return "-"
-    return f"{fmt(statistics.median(values))} [{fmt(min(values))}, {fmt(max(values))}]"
+    """median [min, max] of the finite values, and how many are not finite (e.g. an infinite Taylor order
+    where the gradient is exactly linear)."""
+    finite = [v for v in values if math.isfinite(v)]
+    other = sorted({str(v) for v in values if not math.isfinite(v)})
+    text = f"{fmt(statistics.median(finite))} [{fmt(min(finite))}, {fmt(max(finite))}]" if finite else ""
+    if other:
+        text += ("; " if text else "") + f"{', '.join(other)} in {len(values) - len(finite)} draw(s)"
+    return text or "-"
 
 
 def render_survey_html(results: SurveyResults) -> str:
