@@ -96,7 +96,7 @@ def taylor_orders_table() -> None:
                 for s in range(10)]
         orders = [o for r in runs for o in r.metrics["taylor_orders"]]
         passed = sum(r.verdict.value == "pass" for r in runs)
-        print(f"{name:>22}: {passed}/10 seeds pass; probe orders min {min(orders):.3g}, max {max(orders):.3g}; "
+        print(f"{name:>22}: {passed}/10 seeds pass; probe orders min {min(orders):.4g}, max {max(orders):.4g}; "
               f"probes with order in [1.5, 2.5]: {sum(1.5 <= o <= 2.5 for o in orders)}/{len(orders)}")
 
 
