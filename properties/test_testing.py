@@ -4,6 +4,7 @@ orthogonality, alphas that parse back to their log(1/alpha), and sizes given as 
 import math
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -86,9 +87,24 @@ def test_alpha_texts_parse_back(text):
         assert L == pytest.approx(-math.log(float(text)), rel=1e-15)
 
 
-def test_alpha_bounds_are_validated():
-    with pytest.raises(InvalidArgument, match="0 < min_value"):
-        draw_once(T.log_inv_alphas(0.0, 1.0))
+@pytest.mark.parametrize("strategy,says", [
+    (lambda: T.log_inv_alphas(0.0, 1.0), "0 < min_value"),
+    (lambda: T.teachers(3, 4), "0 <= r <= p"),
+    (lambda: T.teachers(3, 1, scale=(2.0, 1.0)), "0 < lo <= hi"),
+    (lambda: T.inits(2, margin=0.0), "margin > 0"),
+    (lambda: T.linear_problems(loss="hinge"), "loss in"),
+])
+def test_bad_arguments_are_refused(strategy, says):
+    with pytest.raises(InvalidArgument, match=says):
+        draw_once(strategy())
+
+
+def test_the_usage_example_runs():
+    """The example in verifier.testing's docstring is a working property test."""
+    code = T.__doc__.split("Example::")[1].split("Importing this module")[0]
+    namespace: dict = {}
+    exec(textwrap.dedent(code), namespace)
+    namespace["test_stages_are_stationary"]()
 
 
 @given(st.data(), st.integers(2, 5), st.booleans(), st.sampled_from(["square", "logistic"]))

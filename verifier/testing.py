@@ -42,6 +42,7 @@ from hypothesis.errors import InvalidArgument
 
 from . import data as D
 from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention
+from .models.base import LOSSES
 from .presets import frozen_feedforward
 
 __all__ = [
@@ -90,6 +91,8 @@ def teachers(draw, p, r=None, scale: tuple[float, float] = (0.5, 2.0)) -> torch.
     r = _draw(draw, st.integers(1, p) if r is None else r)
     if not 0 <= r <= p:
         raise InvalidArgument(f"teachers needs 0 <= r <= p, got r={r}, p={p}")
+    if not 0 < scale[0] <= scale[1] < math.inf:
+        raise InvalidArgument(f"teachers needs scale = (lo, hi) with 0 < lo <= hi < inf, got {scale}")
     return D.sparse_vector(p, r, scale, D.generator(draw(seeds())))
 
 
@@ -138,6 +141,8 @@ def linear_problems(draw, p=st.integers(2, 6), N=None, r=None, orthogonal: bool 
     """A diagonal linear network (h(x; beta) = <x, beta>) on a Gaussian or orthogonal design (drawn when
     ``orthogonal`` is None) with a sparse teacher: y = X beta*, or labels sign(X beta*) in {-1, +1} for
     ``loss="logistic"`` (separable data: Assumption 4.3 fails there). N defaults to p + 2 ... 4p + 8."""
+    if loss not in LOSSES:
+        raise InvalidArgument(f"linear_problems needs loss in {LOSSES}, got {loss!r}")
     p = _draw(draw, p)
     N = _draw(draw, st.integers(p + 2, 4 * p + 8) if N is None else N)
     ortho = draw(st.booleans()) if orthogonal is None else orthogonal
