@@ -4,6 +4,7 @@ flat-cost        work of the exact flow (Rodas4) and of an explicit method (scip
 threshold-bias   delay of a fixed threshold on |beta_i| against the crossing rule of flow.py
 taylor-orders    fitted Taylor order of the gradient (definition-3.1) for smooth and ReLU networks
 discrete-law     Lemma 4.1's discrete law under GD, SGD, momentum, weight decay and Adam (lemma-4.1)
+short-ladder     theorem-4.5 on a one-stage problem the thorough property run found, on a short and a long ladder
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from scipy.integrate import solve_ivp
 
 from verifier import data as D
 from verifier.checks import run_check
-from verifier.config import OptimizerConfig, RunConfig, SolverConfig
+from verifier.config import OptimizerConfig, RunConfig, SolverConfig, parse_alphas
 from verifier.context import Context
 from verifier.dynamics.flow import ReducedFlow, solve_flow
 from verifier.limit import algorithm1
@@ -113,8 +114,24 @@ def discrete_law() -> None:
               f"(threshold {r.thresholds['max_law_error']:.3g})")
 
 
+def short_ladder() -> None:
+    """The problem of the failing example of properties/test_limit_properties.py under the thorough profile
+    (X rounded to 4 decimals, the one-entry teacher beta*_0 = 0.5844): one stage, horizon 1.25 T_1."""
+    X = torch.tensor([[-2.3104, -0.3733, -1.0608, 0.9995], [-0.884, -1.2755, -0.6232, -0.8664],
+                      [0.2387, 0.7335, -1.3219, 1.3148], [-1.4875, -0.7136, 0.52, -0.9529],
+                      [0.6749, 1.0469, 0.1543, -0.7499], [-0.7234, 0.0864, -1.7464, 1.041]], dtype=F64)
+    model = DiagLinear(X, X @ torch.tensor([0.5844, 0.0, 0.0, 0.0], dtype=F64))
+    for alphas in ("1e-8,1e-16,1e-32", "1e-8,1e-16,1e-32,1e-64,1e-128,1e-256"):
+        ctx = Context(RunConfig(preset=None, model="diag-linear", log_inv_alphas=parse_alphas(alphas)), model=model,
+                      argv=["measure"])
+        r = run_check("theorem-4.5", ctx)
+        print(f"alphas {alphas}: {r.verdict.value}; stage times {[round(s.T, 4) for s in ctx.stages.stages]}, "
+              f"horizon {ctx.horizon:.4g}; beta_error {', '.join(f'{e:.3g}' for e in r.metrics['beta_error'])}; "
+              f"fitted rate {r.metrics['rate']['beta_error']:.3g}")
+
+
 SECTIONS = {"flat-cost": flat_cost, "threshold-bias": threshold_bias, "taylor-orders": taylor_orders_table,
-            "discrete-law": discrete_law}
+            "discrete-law": discrete_law, "short-ladder": short_ladder}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SECTIONS):
