@@ -95,7 +95,7 @@ def taylor_orders_table() -> None:
     for name, model in models.items():
         runs = [run_check("definition-3.1", Context(RunConfig(seed=s), model=model, argv=["measure"]))
                 for s in range(10)]
-        orders = [o for r in runs for o in r.metrics["taylor_orders"]]
+        orders = [o for r in runs for o in r.values["taylor_orders"]]
         passed = sum(r.verdict.value == "pass" for r in runs)
         print(f"{name:>22}: {passed}/10 seeds pass; probe orders min {min(orders):.4g}, max {max(orders):.4g}; "
               f"probes with order in [1.5, 2.5]: {sum(1.5 <= o <= 2.5 for o in orders)}/{len(orders)}")
@@ -110,8 +110,8 @@ def discrete_law() -> None:
         cfg = RunConfig(preset="diag-linear", log_inv_alphas=(math.log(100.0),),
                         optimizer=OptimizerConfig(lr=0.01, steps=500, **kw))
         r = run_check("lemma-4.1", Context(cfg, model=model, argv=["measure"]))
-        print(f"{label:>24}: {r.verdict.value:>4}  law error {r.metrics['max_law_error']:.3g} "
-              f"(threshold {r.thresholds['max_law_error']:.3g})")
+        law = r.metrics["max_law_error"]
+        print(f"{label:>24}: {r.verdict.value:>4}  law error {law.value:.3g} (threshold {law.threshold:.3g})")
 
 
 def short_ladder() -> None:
@@ -126,8 +126,8 @@ def short_ladder() -> None:
                       argv=["measure"])
         r = run_check("theorem-4.5", ctx)
         print(f"alphas {alphas}: {r.verdict.value}; stage times {[round(s.T, 4) for s in ctx.stages.stages]}, "
-              f"horizon {ctx.horizon:.4g}; beta_error {', '.join(f'{e:.3g}' for e in r.metrics['beta_error'])}; "
-              f"fitted rate {r.metrics['rate']['beta_error']:.3g}")
+              f"horizon {ctx.horizon:.4g}; beta_error {', '.join(f'{e:.3g}' for e in r.values['beta_error'])}; "
+              f"fitted rate {r.values['rate']['beta_error']:.3g}")
 
 
 SECTIONS = {"flat-cost": flat_cost, "threshold-bias": threshold_bias, "taylor-orders": taylor_orders_table,
