@@ -68,3 +68,13 @@ def test_fit_rate_and_judge_on_exact_series():
     assert judge(L, [0.1, 0.1, 0.1, 0.1], tol=0.01)[0] is Verdict.FAIL
     assert judge(L, [0.1, 0.2, 0.3, 0.4], tol=0.01)[0] is Verdict.FAIL
     assert judge(L, [1e-8, 2e-8, 1e-8, 1e-8], tol=1e-3)[0] is Verdict.PASS  # at the floor, below tolerance
+
+
+def test_a_short_ladder_that_is_still_converging_is_inconclusive_not_a_stall():
+    """The beta error of a one-stage problem on alpha = 1e-8, 1e-16, 1e-32 (docs/THEORY.md §5.6, measured by
+    `python docs/measure_theory.py short-ladder`): slow at first (global rate 0.48), fast at the end (0.83):
+    extend the ladder, not a failure. An error that stays put is a stall and fails."""
+    L = [math.log(10.0) * e for e in (8, 16, 32)]
+    assert judge(L, [0.552, 0.506, 0.285], 0.01)[0] is Verdict.INCONCLUSIVE
+    assert judge(L, [0.975, 0.984, 0.984], 0.01)[0] is Verdict.FAIL
+    assert judge(L, [0.3, 0.2, 0.005], 0.01)[0] is Verdict.PASS
