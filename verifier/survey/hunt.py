@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from hypothesis import given, settings as Settings, strategies as st, target
 
-from .. import data as D
+from .. import testing as T
 from ..checks import assumption42, assumption43, run_check
 from ..config import RunConfig
 from ..context import Context
@@ -121,28 +121,32 @@ def _collinear(x: torch.Tensor, j: int, k: int, w: float) -> torch.Tensor:
 
 @st.composite
 def problems(draw, family: str, sizes: dict) -> Problem:
-    """A problem of ``family`` (diag-linear or toy-attention) with sizes in the ranges ``sizes`` (see SIZES):
-    the preset's kind of teacher (sparse, entries of size 0.5-2 or 1-2), Gaussian data with features j, k made
-    collinear by the weight w in [0, MAX_COLLINEARITY], and an initialisation seed."""
+    """A problem of ``family`` (diag-linear or toy-attention) with sizes in the ranges ``sizes`` (see SIZES),
+    from the ``verifier.testing`` strategies: the preset's kind of teacher (sparse, entries of size 0.5-2 or
+    1-2), Gaussian data whose features j, k are made collinear by the weight w in [0, MAX_COLLINEARITY], and
+    an initialisation seed."""
     def size(name):
         lo, hi = sizes[name]
         return draw(st.integers(lo, hi), label=name)
 
-    gen = D.generator(draw(st.integers(0, 2**31 - 1), label="data seed"))
-    feats = size("p") if family == "diag-linear" else size("d")
-    j, k = draw(st.lists(st.integers(0, feats - 1), min_size=2, max_size=2, unique=True), label="collinear pair")
-    w = draw(st.floats(0.0, MAX_COLLINEARITY), label="collinearity")
-    if family == "diag-linear":
-        X = _collinear(D.gaussian_design(size("N"), feats, gen), j, k, w)
-        Y = X @ D.sparse_vector(feats, draw(st.integers(1, feats), label="r"), (0.5, 2.0), gen)
-    elif family == "toy-attention":
-        X = _collinear(D.gaussian_tokens(size("N"), size("n"), feats, gen), j, k, w)
-        teacher = torch.cat([D.sparse_vector(feats, draw(st.integers(0, feats), label="r_qk"), (1.0, 2.0), gen),
-                             D.sparse_vector(feats, draw(st.integers(1, feats), label="r_vo"), (1.0, 2.0), gen)])
-        Y = DiagAttention(X, X, temperature=feats**-0.5).predict_beta(teacher)
-    else:
+    if family not in ("diag-linear", "toy-attention"):
         raise ValueError(f"hunts draw diag-linear or toy-attention problems, not {family!r}")
-    return Problem(family, X.numpy(), Y.numpy(), draw(st.integers(0, 2**31 - 1), label="init seed"))
+    if family == "diag-linear":
+        p = size("p")
+        X = draw(T.gaussian_designs(size("N"), p))
+        teacher = draw(T.teachers(p, scale=(0.5, 2.0)))
+    else:
+        p = size("d")
+        X = draw(T.tokens(size("N"), size("n"), p))
+        teacher = torch.cat([draw(T.teachers(p, st.integers(0, p), (1.0, 2.0))),
+                             draw(T.teachers(p, st.integers(1, p), (1.0, 2.0)))])
+    j, k = draw(st.lists(st.integers(0, p - 1), min_size=2, max_size=2, unique=True), label="collinear pair")
+    X = _collinear(X, j, k, draw(st.floats(0.0, MAX_COLLINEARITY), label="collinearity"))
+    if family == "diag-linear":
+        Y = X @ teacher
+    else:
+        Y = DiagAttention(X, X, temperature=p**-0.5).predict_beta(teacher)
+    return Problem(family, X.numpy(), Y.numpy(), draw(T.seeds(), label="init seed"))
 
 
 class _Violation(Exception):
