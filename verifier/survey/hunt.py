@@ -86,9 +86,9 @@ class Counterexample:
 
     def report(self) -> str:
         o = self.outcome
-        return (f"{self.check} violated: {o.metric} = {o.value:.6g} (threshold {o.threshold:g}, {o.better} is "
-                f"better) on {self.problem.family} with X{list(self.problem.X.shape)}.\n"
-                f"Reproduce: {self.command}")
+        return (f"{self.check} fails on {self.problem.family} with X{list(self.problem.X.shape)}: {o.message}\n"
+                f"Key metric {o.metric} = {o.value:.6g} (threshold {o.threshold:g}, {o.better} is better; a value on "
+                f"the passing side means another part of the check failed).\nReproduce: {self.command}")
 
 
 def measure(check: str, ctx: Context) -> Outcome:
@@ -96,7 +96,10 @@ def measure(check: str, ctx: Context) -> Outcome:
     if check == "assumption-4.2":
         margins = [r["margin"] for r in assumption42.stage_margins(ctx.stages) if r["margin"] is not None]
         value, threshold = float(min(margins, default=math.inf)), assumption42.MARGIN_TOL
-        return Outcome("pass" if value >= threshold else "fail", "", "min_stage_margin", value, threshold, "higher")
+        ok = value >= threshold
+        return Outcome("pass" if ok else "fail", f"smallest argmin margin of Algorithm 1's stages {value:.3g}"
+                       + (f" >= {threshold:g}" if ok else f" < {threshold:g} (a near tie)"), "min_stage_margin",
+                       value, threshold, "higher")
     if check == "assumption-4.3":
         metrics: dict = {}
         verdict, message = assumption43._stages(ctx, ctx.model.coordinate_names(), metrics)[:2]
