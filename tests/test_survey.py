@@ -222,3 +222,13 @@ def test_sixteen_draw_survey_of_diag_linear_and_every_failure_reproduces(tmp_pat
     listed = [(c, x) for c in res.check_ids for x in res.summary(c).failures]
     for k, (check, x) in enumerate(listed):
         assert _rerun_verdict(x.command, tmp_path / f"rerun{k}")["verdict"] == "fail", x.command
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_one_draw_of_every_preset_through_the_cli(preset, tmp_path):
+    out = tmp_path / "s"
+    code = main(["survey", "--preset", preset, "--n", "1", "--checks", "lemma-4.1", "--out", str(out), "--no-progress"])
+    res = read_survey(out / "results.json")
+    assert code == 0 and [d.outcomes["lemma-4.1"].verdict for d in res.draws] == ["pass"]
+    assert res.summary("lemma-4.1").metric is not None
