@@ -1,0 +1,120 @@
+"""Judgement of stored rank measurements (RankHistory) against the paper's Section 5 claims (THEORY.md §6).
+
+Thresholds, and why:
+
+- ``SIZE_FLOOR`` = 0.1: a record is judged only once the change has reached a tenth of the largest Frobenius
+  norm it reaches in the run. Smaller changes are dominated by the first optimizer steps (Adam's first
+  update is -lr * sign(gradient), a full-rank matrix of tiny norm) and their rank says nothing about what
+  is learned.
+- ``RANK_FRACTION_MAX`` = 0.2: an unstructured (isotropic Gaussian) n x m matrix has stable rank
+  nm / (sqrt(n) + sqrt(m))^2 >= min(n, m) / 4 (Marchenko-Pastur), so a change whose stable rank stays below a
+  fifth of the largest rank it could have, r = min(d1, d2, 2k), is more concentrated than any random one;
+  likewise a step of the rank by more than r / 5 between two records adds more directions at once than the
+  first record of a random change would. Matrices with r < 5 cannot tell rank one from noise by this
+  measure and are not judged.
+- ``RANK_RATIO_MAX`` = 0.5: "well below the initial weights": the change's stable rank is at most half that of
+  the product at initialisation (a product of two random k-column factors has stable rank about 0.4 k; an
+  unstructured change of both factors, (dA) B^T + A (dB)^T, has more).
+- Matched training loss: losses are smoothed by a trailing mean over ``LOSS_WINDOW`` = 1/20 of the records;
+  the loss levels compared are the start minus ``MATCH_LEVELS`` = 1/4, 1/2, 3/4, 1 times the decrease that
+  every run achieved, so every run reaches every level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .tracker import RankHistory
+
+SIZE_FLOOR = 0.1
+RANK_FRACTION_MAX = 0.2
+RANK_RATIO_MAX = 0.5
+MIN_JUDGED_RANK = 5
+LOSS_WINDOW = 1 / 20
+MATCH_LEVELS = (0.25, 0.5, 0.75, 1.0)
+
+
+def judged(history: RankHistory) -> np.ndarray:
+    """[T, P] the records whose change is large enough to have a meaningful rank (see ``SIZE_FLOOR``)."""
+    norm = np.sqrt(np.sum(history.delta_spectra**2, axis=-1))
+    top = norm.max(axis=0, keepdims=True)
+    return (norm > 0) & (norm >= SIZE_FLOOR * top)
+
+
+def _judged_matrices(history: RankHistory) -> np.ndarray:
+    return np.asarray(history.max_rank) >= MIN_JUDGED_RANK
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """Per matrix: the largest stable rank of its change over the judged records, that over the initial
+    product's stable rank, and over the largest possible rank r."""
+
+    stable_rank: np.ndarray  # [P]
+    ratio_to_initial: np.ndarray  # [P]
+    fraction_of_max: np.ndarray  # [P]
+
+
+def low_rank(history: RankHistory) -> LowRank:
+    sr = np.where(judged(history), history.stable_rank(), np.nan)
+    peak = np.full(sr.shape[1], np.nan)
+    any_judged = ~np.all(np.isnan(sr), axis=0)
+    peak[any_judged] = np.nanmax(sr[:, any_judged], axis=0)
+    peak = np.where(_judged_matrices(history), peak, np.nan)
+    return LowRank(peak, peak / history.initial_stable_rank(), peak / np.asarray(history.max_rank))
+
+
+def rank_steps(history: RankHistory) -> np.ndarray:
+    """[P] the largest increase of the change's stable rank between consecutive judged records, the first
+    judged record counted as an increase from 0, as a fraction of the largest possible rank r."""
+    sr = history.stable_rank()
+    mask = judged(history)
+    out = np.full(sr.shape[1], np.nan)
+    for i in np.flatnonzero(_judged_matrices(history) & mask.any(axis=0)):
+        x = sr[mask[:, i], i]
+        out[i] = np.max(np.diff(x, prepend=0.0)) / history.max_rank[i]
+    return out
+
+
+def smoothed_loss(history: RankHistory) -> np.ndarray:
+    """Trailing mean of the recorded losses over ``LOSS_WINDOW`` of the records (NaN-aware)."""
+    loss = history.losses
+    w = max(1, int(round(LOSS_WINDOW * len(loss))))
+    out = np.full(len(loss), np.nan)
+    for t in range(len(loss)):
+        window = loss[max(0, t - w + 1) : t + 1]
+        if np.isfinite(window).any():
+            out[t] = np.nanmean(window)
+    return out
+
+
+@dataclass(frozen=True)
+class MatchedRanks:
+    """Mean stable rank of the change over all matrices, per run (rows, in the order given) at each matched
+    loss level (columns); ``levels`` the loss values. Empty when no level is reached by every run."""
+
+    levels: np.ndarray  # [J]
+    mean_stable_rank: np.ndarray  # [runs, J]
+    steps: np.ndarray  # [runs, J] the step at which each run first reaches each level
+
+
+def matched_ranks(histories: list[RankHistory]) -> MatchedRanks:
+    smooth = [smoothed_loss(h) for h in histories]
+    finite = [s[np.isfinite(s)] for s in smooth]
+    if any(len(f) == 0 for f in finite):
+        return MatchedRanks(np.empty(0), np.empty((len(histories), 0)), np.empty((len(histories), 0)))
+    start = min(f[0] for f in finite)
+    floor = max(f.min() for f in finite)
+    if not floor < start:
+        return MatchedRanks(np.empty(0), np.empty((len(histories), 0)), np.empty((len(histories), 0)))
+    levels = np.array([start - q * (start - floor) for q in MATCH_LEVELS])
+    ranks = np.empty((len(histories), len(levels)))
+    steps = np.empty_like(ranks)
+    for r, (h, s) in enumerate(zip(histories, smooth)):
+        sr = np.nanmean(h.stable_rank(), axis=1)
+        for j, level in enumerate(levels):
+            t = int(np.argmax(np.nan_to_num(s, nan=np.inf) <= level))
+            ranks[r, j], steps[r, j] = sr[t], h.steps[t]
+    return MatchedRanks(levels, ranks, steps)
