@@ -33,6 +33,9 @@ TRACK_PRESETS = {
                     "the default, about a minute per init scale on a 2-core CPU",
                     dict(patch=2, dim=64, depth=4, heads=4, mlp_dim=128), epochs=20, batch_size=128,
                     lr={"adam": 1e-3, "sgd": 0.1}),
+        TrackPreset("vit-digits-tiny", "ViT 2 layers x 2 heads, width 16; 2 epochs (a smoke test in seconds)",
+                    dict(patch=2, dim=16, depth=2, heads=2, mlp_dim=32), epochs=2, batch_size=128,
+                    lr={"adam": 3e-3, "sgd": 0.1}, init_scales=(1.0, 0.1)),
         TrackPreset("vit-digits-wide", "ViT 6 layers x 8 heads, width 256 (head dim 32), 2x2 patches; 100 epochs, "
                     "init scales down to 0.03 (for a GPU)",
                     dict(patch=2, dim=256, depth=6, heads=8, mlp_dim=512), epochs=100, batch_size=128,

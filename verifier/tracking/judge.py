@@ -17,7 +17,9 @@ Thresholds, and why:
   unstructured change of both factors, (dA) B^T + A (dB)^T, has more).
 - Matched training loss: losses are smoothed by a trailing mean over ``LOSS_WINDOW`` = 1/20 of the records;
   the loss levels compared are the start minus ``MATCH_LEVELS`` = 1/4, 1/2, 3/4, 1 times the decrease that
-  every run achieved, so every run reaches every level.
+  every run achieved, so every run reaches every level; that common decrease must be at least
+  ``MIN_LOSS_DECREASE`` = 10% of the starting loss, else the runs are not compared (levels within the
+  minibatch noise of the start would compare noise).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ RANK_RATIO_MAX = 0.5
 MIN_JUDGED_RANK = 5
 LOSS_WINDOW = 1 / 20
 MATCH_LEVELS = (0.25, 0.5, 0.75, 1.0)
+MIN_LOSS_DECREASE = 0.1
 
 
 def judged(history: RankHistory) -> np.ndarray:
@@ -43,39 +46,34 @@ def judged(history: RankHistory) -> np.ndarray:
     return (norm > 0) & (norm >= SIZE_FLOOR * top)
 
 
-def _judged_matrices(history: RankHistory) -> np.ndarray:
-    return np.asarray(history.max_rank) >= MIN_JUDGED_RANK
-
-
 @dataclass(frozen=True)
-class LowRank:
-    """Per matrix: the largest stable rank of its change over the judged records, that over the initial
-    product's stable rank, and over the largest possible rank r."""
+class RankSummary:
+    """Per tracked matrix (P of them): what the two checks judge.
 
-    stable_rank: np.ndarray  # [P]
-    ratio_to_initial: np.ndarray  # [P]
-    fraction_of_max: np.ndarray  # [P]
+    ``final``: stable rank of the change at the last record (the learned perturbation, the paper's Figure 5);
+    ``initial``: stable rank of the product at the first record; ``largest_step``: the largest increase of the
+    change's stable rank between consecutive judged records, the first judged record counted as an
+    increase from 0 (how many directions appeared at once); ``max_rank``: r = min(d1, d2, 2k). Matrices
+    with r < ``MIN_JUDGED_RANK`` are NaN throughout (too small to tell rank one from noise).
+    """
 
-
-def low_rank(history: RankHistory) -> LowRank:
-    sr = np.where(judged(history), history.stable_rank(), np.nan)
-    peak = np.full(sr.shape[1], np.nan)
-    any_judged = ~np.all(np.isnan(sr), axis=0)
-    peak[any_judged] = np.nanmax(sr[:, any_judged], axis=0)
-    peak = np.where(_judged_matrices(history), peak, np.nan)
-    return LowRank(peak, peak / history.initial_stable_rank(), peak / np.asarray(history.max_rank))
+    final: np.ndarray
+    initial: np.ndarray
+    largest_step: np.ndarray
+    max_rank: np.ndarray
 
 
-def rank_steps(history: RankHistory) -> np.ndarray:
-    """[P] the largest increase of the change's stable rank between consecutive judged records, the first
-    judged record counted as an increase from 0, as a fraction of the largest possible rank r."""
+def summarize(history: RankHistory) -> RankSummary:
     sr = history.stable_rank()
     mask = judged(history)
-    out = np.full(sr.shape[1], np.nan)
-    for i in np.flatnonzero(_judged_matrices(history) & mask.any(axis=0)):
-        x = sr[mask[:, i], i]
-        out[i] = np.max(np.diff(x, prepend=0.0)) / history.max_rank[i]
-    return out
+    max_rank = np.asarray(history.max_rank, dtype=np.float64)
+    keep = max_rank >= MIN_JUDGED_RANK
+    step = np.full(sr.shape[1], np.nan)
+    for i in np.flatnonzero(keep & mask.any(axis=0)):
+        step[i] = np.max(np.diff(sr[mask[:, i], i], prepend=0.0))
+    final = np.where(keep & mask[-1], sr[-1], np.nan)
+    return RankSummary(final, np.where(keep, history.initial_stable_rank(), np.nan), step,
+                       np.where(keep, max_rank, np.nan))
 
 
 def smoothed_loss(history: RankHistory) -> np.ndarray:
@@ -107,14 +105,15 @@ def matched_ranks(histories: list[RankHistory]) -> MatchedRanks:
         return MatchedRanks(np.empty(0), np.empty((len(histories), 0)), np.empty((len(histories), 0)))
     start = min(f[0] for f in finite)
     floor = max(f.min() for f in finite)
-    if not floor < start:
+    if not start - floor >= MIN_LOSS_DECREASE * abs(start):
         return MatchedRanks(np.empty(0), np.empty((len(histories), 0)), np.empty((len(histories), 0)))
     levels = np.array([start - q * (start - floor) for q in MATCH_LEVELS])
     ranks = np.empty((len(histories), len(levels)))
     steps = np.empty_like(ranks)
     for r, (h, s) in enumerate(zip(histories, smooth)):
-        sr = np.nanmean(h.stable_rank(), axis=1)
+        sr = h.stable_rank()
         for j, level in enumerate(levels):
             t = int(np.argmax(np.nan_to_num(s, nan=np.inf) <= level))
-            ranks[r, j], steps[r, j] = sr[t], h.steps[t]
+            finite = sr[t][np.isfinite(sr[t])]
+            ranks[r, j], steps[r, j] = (finite.mean() if finite.size else np.nan), h.steps[t]
     return MatchedRanks(levels, ranks, steps)

@@ -232,6 +232,13 @@ class RankTracker:
                 row += h
         return out
 
+    def results(self, init_scale: float = 1.0) -> list:
+        """``low-rank-perturbation`` and ``gradual-rank-increase`` on what was recorded (ordinary CheckResults).
+        To compare runs at several init scales: ``verifier.tracking.rank_checks({scale: history, ...})``."""
+        from .checks import rank_checks
+
+        return rank_checks({init_scale: self.history()})
+
     def history(self) -> RankHistory:
         """Everything recorded so far, moved to the host in one transfer per shape."""
         if not self._steps:
