@@ -164,3 +164,14 @@ def test_track_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, fiel
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and field in err[0] and "allowed" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_verifier_track_on_cuda(tmp_path):
+    out = tmp_path / "run"
+    main(["track", "--preset", "vit-digits-tiny", "--epochs", "1", "--device", "cuda", "--out", str(out),
+          "--no-progress"])
+    data = json.loads((out / "results.json").read_text())
+    assert data["run"]["provenance"]["device"].startswith("cuda")
+    assert all(run["records"] == 13 for run in data["run"]["training"].values())

@@ -129,8 +129,7 @@ class RankHistory:
     """What a tracker measured, on the host. P tracked matrices (one per product and head), T records.
 
     ``delta_spectra[t, i]`` are the singular values of matrix i's change at record t (descending, zero
-    padded to the largest rank r), ``initial_spectra[i]`` those of the matrix at the first record,
-    ``final_spectra[i]`` at the last. ``max_rank[i]`` = min(d1, d2, 2k), the largest rank the change
+    padded to the largest rank r), ``initial_spectra[i]`` those of the matrix at the first record. ``max_rank[i]`` = min(d1, d2, 2k), the largest rank the change
     (dA) B^T + A0 (dB)^T can have. ``losses`` are the losses passed to ``record`` (NaN where none was).
     """
 
@@ -141,7 +140,6 @@ class RankHistory:
     losses: np.ndarray  # [T]
     delta_spectra: np.ndarray  # [T, P, r]
     initial_spectra: np.ndarray  # [P, r]
-    final_spectra: np.ndarray  # [P, r]
 
     @property
     def labels(self) -> list[str]:
@@ -243,12 +241,7 @@ class RankTracker:
         """Everything recorded so far, moved to the host in one transfer per shape."""
         if not self._steps:
             raise RuntimeError("RankTracker.history(): record() was never called")
-        with torch.no_grad():
-            factors = self._factors()
-            final = self._svdvals([a @ b.transpose(1, 2) for a, b in factors])
-        spectra = self._host(self._spectra)
-        initial, final = self._host([self._initial, final])
-        max_rank = [min(a.shape[1], b.shape[1], 2 * a.shape[2]) for a, b in factors]
+        max_rank = [min(a.shape[1], b.shape[1], 2 * a.shape[2]) for a, b in self._reference]
         losses = np.array([np.nan if torch.is_tensor(v) else v for v in self._losses], dtype=np.float64)
         on_device = [i for i, v in enumerate(self._losses) if torch.is_tensor(v)]
         if on_device:
@@ -257,5 +250,5 @@ class RankTracker:
             names=tuple(t.name for t in self._tracked for _ in range(t.heads)),
             heads=tuple(h for t in self._tracked for h in range(t.heads)),
             max_rank=tuple(max_rank[i] for i, t in enumerate(self._tracked) for _ in range(t.heads)),
-            steps=np.array(self._steps), losses=losses, delta_spectra=spectra,
-            initial_spectra=initial, final_spectra=final)
+            steps=np.array(self._steps), losses=losses, delta_spectra=self._host(self._spectra),
+            initial_spectra=self._host([self._initial])[0])
