@@ -1,25 +1,33 @@
-"""Judgement of stored rank measurements (RankHistory) against the paper's Section 5 claims (THEORY.md §6).
+"""Measurements the two tracking checks judge, from stored RankHistory only (THEORY.md §6).
 
-Thresholds, and why:
+Thresholds, and why (measured values: README "Track your own training run" and the closing notes):
 
 - ``SIZE_FLOOR`` = 0.1: a record is judged only once the change has reached a tenth of the largest Frobenius
   norm it reaches in the run. Smaller changes are dominated by the first optimizer steps (Adam's first
   update is -lr * sign(gradient), a full-rank matrix of tiny norm) and their rank says nothing about what
   is learned.
-- ``RANK_FRACTION_MAX`` = 0.2: an unstructured (isotropic Gaussian) n x m matrix has stable rank
-  nm / (sqrt(n) + sqrt(m))^2 >= min(n, m) / 4 (Marchenko-Pastur), so a change whose stable rank stays below a
-  fifth of the largest rank it could have, r = min(d1, d2, 2k), is more concentrated than any random one;
-  likewise a step of the rank by more than r / 5 between two records adds more directions at once than the
-  first record of a random change would. Matrices with r < 5 cannot tell rank one from noise by this
-  measure and are not judged.
-- ``RANK_RATIO_MAX`` = 0.5: "well below the initial weights": the change's stable rank is at most half that of
-  the product at initialisation (a product of two random k-column factors has stable rank about 0.4 k; an
-  unstructured change of both factors, (dA) B^T + A (dB)^T, has more).
+- ``RANK_RATIO_MAX`` = 0.5, "well below the initial weights": the change's stable rank is at most half that
+  of the product at initialisation, for the median matrix (the typical head, as the paper's figures show
+  typical heads). Reference: a product of two random k-column factors has stable rank about 0.4 k, and an
+  unstructured change of both factors, (dA) B^T + A (dB)^T, has 1.2 to 1.6 times that (measured for
+  d x k = 64 x 16, 32 x 32, 16 x 16, 32 x 8), so 0.5 asks for a change at least twice as concentrated as
+  the initial product and about three times as concentrated as noise.
+- ``RANK_FRACTION_MAX`` = 0.2, "below a fraction of its dimension", for every matrix: an isotropic Gaussian
+  n x m matrix has stable rank nm / (sqrt(n) + sqrt(m))^2 >= min(n, m) / 4 (Marchenko-Pastur), so a change
+  whose stable rank stays below a fifth of the largest rank it could have, r = min(d1, d2, 2k), is more
+  concentrated than an isotropic random one. This bound also judges products whose initial value is zero
+  or says nothing (e.g. a fixed identity factor). Matrices with r < ``MIN_JUDGED_RANK`` = 5 cannot tell
+  rank one from noise by this measure (1 > r / 5) and are not judged.
+- Steps (gradual-rank-increase): the same two bounds applied to the largest increase of the stable rank
+  between consecutive judged records (the first judged record counts from 0): no record adds more than
+  half the initial product's stable rank (median matrix) or a fifth of r (every matrix) at once. A random
+  full-rank change has all its rank at its first judged record and fails both.
 - Matched training loss: losses are smoothed by a trailing mean over ``LOSS_WINDOW`` = 1/20 of the records;
   the loss levels compared are the start minus ``MATCH_LEVELS`` = 1/4, 1/2, 3/4, 1 times the decrease that
   every run achieved, so every run reaches every level; that common decrease must be at least
   ``MIN_LOSS_DECREASE`` = 10% of the starting loss, else the runs are not compared (levels within the
-  minibatch noise of the start would compare noise).
+  minibatch noise of the start would compare noise). The bound is 1: the smaller init's mean stable rank
+  is at most the larger's at every level (no tolerance: the claim is an ordering).
 """
 
 from __future__ import annotations
