@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
     track.add_argument("--epochs", type=int, help="training epochs per init scale (default: the preset's)")
     track.add_argument("--lr", type=float, help="step size (default: the preset's for the optimizer)")
-    track.add_argument("--every", type=int, default=1, help="record every N optimizer steps (default 1)")
+    track.add_argument("--every", type=int, help="record every N optimizer steps (default: the preset's; 1 on CPU)")
     track.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
     track.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and the batches")
     track.add_argument("--out", help="output folder (default reports/<timestamp>, mirrored to reports/latest)")

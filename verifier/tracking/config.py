@@ -24,6 +24,7 @@ class TrackPreset:
     batch_size: int
     lr: dict[str, float]  # per optimizer
     init_scales: tuple[float, ...] = (1.0, 0.3, 0.1)
+    every: int = 1  # record every N optimizer steps
 
 
 TRACK_PRESETS = {
@@ -39,7 +40,7 @@ TRACK_PRESETS = {
         TrackPreset("vit-digits-wide", "ViT 6 layers x 8 heads, width 256 (head dim 32), 2x2 patches; 100 epochs, "
                     "init scales down to 0.03 (for a GPU)",
                     dict(patch=2, dim=256, depth=6, heads=8, mlp_dim=512), epochs=100, batch_size=128,
-                    lr={"adam": 3e-4, "sgd": 0.05}, init_scales=(1.0, 0.3, 0.1, 0.03)),
+                    lr={"adam": 3e-4, "sgd": 0.05}, init_scales=(1.0, 0.3, 0.1, 0.03), every=5),
     )
 }
 
@@ -67,7 +68,7 @@ class TrackConfig:
     lr: float | None = None
     device: str = "auto"
     seed: int = 0
-    every: int = 1
+    every: int | None = None
 
     def __post_init__(self):
         if self.preset not in TRACK_PRESETS:
@@ -89,7 +90,7 @@ class TrackConfig:
             raise InputError("--device", f"unknown device {self.device!r}", ", ".join(DEVICES))
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise InputError("--seed", f"{self.seed!r} must be a non-negative integer", "an integer >= 0")
-        if not (isinstance(self.every, int) and self.every >= 1):
+        if self.every is not None and not (isinstance(self.every, int) and self.every >= 1):
             raise InputError("--every", f"{self.every!r} must be an integer >= 1", "an integer >= 1")
 
     @property
@@ -108,8 +109,12 @@ class TrackConfig:
     def step_size(self) -> float:
         return self.lr if self.lr is not None else self.spec.lr[self.optimizer]
 
+    @property
+    def record_every(self) -> int:
+        return self.every if self.every is not None else self.spec.every
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(init_scales=list(self.scales), epochs=self.n_epochs, lr=self.step_size,
+        d.update(init_scales=list(self.scales), epochs=self.n_epochs, lr=self.step_size, every=self.record_every,
                  vit=dict(self.spec.vit), batch_size=self.spec.batch_size)
         return d

@@ -70,7 +70,7 @@ def train(config: TrackConfig, scale: float, data: Digits, device: torch.device,
     params = model.parameters()
     opt = (torch.optim.Adam(params, lr=config.step_size) if config.optimizer == "adam"
            else torch.optim.SGD(params, lr=config.step_size))
-    tracker = RankTracker(model, every=config.every)
+    tracker = RankTracker(model, every=config.record_every)
     tracker.record(0)
     order = torch.Generator().manual_seed(config.seed + 1)
     n, bs = len(data.train_y), config.spec.batch_size
