@@ -64,6 +64,7 @@ def test_mha_slicing_matches_explicit_per_head_matrices():
     assert h.names == ("attention.qk",) * 3 + ("attention.vo",) * 3
     assert h.heads == (0, 1, 2, 0, 1, 2)
     assert h.max_rank == (8,) * 6  # min(d1, d2, 2k): a change of both k-column factors has rank <= 2k
+    assert h.product_rank == (4,) * 6
     np.testing.assert_allclose(h.initial_spectra[:, :12], _svdvals(qk0 + vo0), rtol=1e-4, atol=1e-6)
     changes = [a - b for a, b in zip(qk1 + vo1, qk0 + vo0)]
     np.testing.assert_allclose(h.delta_spectra[1, :, :12], _svdvals(changes), rtol=1e-4, atol=1e-6)

@@ -69,12 +69,11 @@ def stable_rank_over_training(history: RankHistory, scale: str) -> dict:
 def change_vs_initial(history: RankHistory, scale: str) -> dict:
     series = []
     for i in shown_matrices(history):
-        r = history.max_rank[i]
-        idx = list(range(1, r + 1))
-        series += [{"label": f"change {history.labels[i]}", "x": idx, "y": history.delta_spectra[-1, i, :r].tolist(),
-                    "style": "o-"},
-                   {"label": f"initial {history.labels[i]}", "x": idx, "y": history.initial_spectra[i, :r].tolist(),
-                    "style": "--"}]
+        r, k = history.max_rank[i], history.product_rank[i]  # beyond k the initial product is rounding noise
+        series += [{"label": f"change {history.labels[i]}", "x": list(range(1, r + 1)),
+                    "y": history.delta_spectra[-1, i, :r].tolist(), "style": "o-"},
+                   {"label": f"initial {history.labels[i]}", "x": list(range(1, k + 1)),
+                    "y": history.initial_spectra[i, :k].tolist(), "style": "--"}]
     return {
         "id": f"change-vs-initial-scale-{scale}",
         "title": f"Spectrum of the final change vs the initial product (init scale {scale})",

@@ -136,6 +136,7 @@ class RankHistory:
     names: tuple[str, ...]  # product name per matrix, e.g. "blocks.0.attn.qk"
     heads: tuple[int, ...]
     max_rank: tuple[int, ...]
+    product_rank: tuple[int, ...]  # min(d1, d2, k): the largest rank of the product itself
     steps: np.ndarray  # [T]
     losses: np.ndarray  # [T]
     delta_spectra: np.ndarray  # [T, P, r]
@@ -242,6 +243,7 @@ class RankTracker:
         if not self._steps:
             raise RuntimeError("RankTracker.history(): record() was never called")
         max_rank = [min(a.shape[1], b.shape[1], 2 * a.shape[2]) for a, b in self._reference]
+        product_rank = [min(a.shape[1], b.shape[1], a.shape[2]) for a, b in self._reference]
         losses = np.array([np.nan if torch.is_tensor(v) else v for v in self._losses], dtype=np.float64)
         on_device = [i for i, v in enumerate(self._losses) if torch.is_tensor(v)]
         if on_device:
@@ -250,5 +252,6 @@ class RankTracker:
             names=tuple(t.name for t in self._tracked for _ in range(t.heads)),
             heads=tuple(h for t in self._tracked for h in range(t.heads)),
             max_rank=tuple(max_rank[i] for i, t in enumerate(self._tracked) for _ in range(t.heads)),
+            product_rank=tuple(product_rank[i] for i, t in enumerate(self._tracked) for _ in range(t.heads)),
             steps=np.array(self._steps), losses=losses, delta_spectra=self._host(self._spectra),
             initial_spectra=self._host([self._initial])[0])
