@@ -205,12 +205,13 @@ def test_tracker_on_cuda_matches_cpu():
     cpu.record(1)
     import warnings
 
+    loss = torch.tensor(1.0, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:
         with warnings.catch_warnings(record=True) as syncs:
             warnings.simplefilter("always")
-            gpu.record(1, loss=torch.tensor(1.0, device="cuda"))
+            gpu.record(1, loss=loss)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     # at most what svdvals itself does, once per shape group (qk and vo here): never once per product or head
