@@ -175,3 +175,16 @@ def test_verifier_track_on_cuda(tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["run"]["provenance"]["device"].startswith("cuda")
     assert all(run["records"] == 13 for run in data["run"]["training"].values())
+
+
+def test_smoothed_loss_is_a_trailing_mean_ignoring_missing_losses():
+    from verifier.tracking.judge import smoothed_loss
+
+    history = _train(_rank_one(), steps=39, loss=lambda t: float(t)).history()  # 40 records: window of 2
+    expected = np.r_[0.0, (np.arange(1, 40) + np.arange(0, 39)) / 2]
+    np.testing.assert_allclose(smoothed_loss(history), expected)
+    m, _ = _factors()
+    tracker = RankTracker(m, {"ab": ("A", "B")})
+    for t in range(3):
+        tracker.record(t)
+    assert np.isnan(smoothed_loss(tracker.history())).all()

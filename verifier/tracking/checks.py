@@ -112,7 +112,8 @@ def gradual_rank_increase(runs: Mapping[float, RankHistory]) -> CheckResult:
             ratio = float(np.max(ranks[1:] / ranks[:-1]))  # smaller scale over the next larger one
             criteria.append(("max_rank_ratio_smaller_init", ratio, 1.0))
             metrics.update(max_rank_ratio_smaller_init=ratio, matched_losses=matched.levels,
-                           **{f"matched_stable_rank_scale_{_scale(s)}": r for s, r in zip(summaries, ranks)})
+                           **{f"matched_stable_rank_scale_{_scale(s)}": r for s, r in zip(summaries, ranks)},
+                           **{f"matched_steps_scale_{_scale(s)}": t for s, t in zip(summaries, matched.steps)})
         else:
             criteria.append(("max_rank_ratio_smaller_init", float("nan"), 1.0))
             notes.append("no training loss level is reached by every run (losses not recorded, or a run "

@@ -85,15 +85,15 @@ def summarize(history: RankHistory) -> RankSummary:
 
 
 def smoothed_loss(history: RankHistory) -> np.ndarray:
-    """Trailing mean of the recorded losses over ``LOSS_WINDOW`` of the records (NaN-aware)."""
+    """Trailing mean of the recorded losses over ``LOSS_WINDOW`` of the records, ignoring NaN (no loss given)."""
     loss = history.losses
     w = max(1, int(round(LOSS_WINDOW * len(loss))))
-    out = np.full(len(loss), np.nan)
-    for t in range(len(loss)):
-        window = loss[max(0, t - w + 1) : t + 1]
-        if np.isfinite(window).any():
-            out[t] = np.nanmean(window)
-    return out
+    valid = np.isfinite(loss)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(valid, loss, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(valid)])
+    lo = np.maximum(0, np.arange(len(loss)) - w + 1)
+    n = counts[1:] - counts[lo]
+    return np.where(n > 0, (sums[1:] - sums[lo]) / np.maximum(n, 1), np.nan)
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,13 @@ class MatchedRanks:
 def matched_ranks(histories: list[RankHistory]) -> MatchedRanks:
     smooth = [smoothed_loss(h) for h in histories]
     finite = [s[np.isfinite(s)] for s in smooth]
+    unmatched = MatchedRanks(np.empty(0), np.empty((len(histories), 0)), np.empty((len(histories), 0)))
     if any(len(f) == 0 for f in finite):
-        return MatchedRanks(np.empty(0), np.empty((len(histories), 0)), np.empty((len(histories), 0)))
+        return unmatched
     start = min(f[0] for f in finite)
     floor = max(f.min() for f in finite)
     if not start - floor >= MIN_LOSS_DECREASE * abs(start):
-        return MatchedRanks(np.empty(0), np.empty((len(histories), 0)), np.empty((len(histories), 0)))
+        return unmatched
     levels = np.array([start - q * (start - floor) for q in MATCH_LEVELS])
     ranks = np.empty((len(histories), len(levels)))
     steps = np.empty_like(ranks)
@@ -122,6 +123,6 @@ def matched_ranks(histories: list[RankHistory]) -> MatchedRanks:
         sr = h.stable_rank()
         for j, level in enumerate(levels):
             t = int(np.argmax(np.nan_to_num(s, nan=np.inf) <= level))
-            finite = sr[t][np.isfinite(sr[t])]
-            ranks[r, j], steps[r, j] = (finite.mean() if finite.size else np.nan), h.steps[t]
+            measured = sr[t][np.isfinite(sr[t])]
+            ranks[r, j], steps[r, j] = (measured.mean() if measured.size else np.nan), h.steps[t]
     return MatchedRanks(levels, ranks, steps)
