@@ -43,7 +43,7 @@ def _check(model, seed, **opt):
 def test_gradient_flow_conserves(model, seed):
     result = _check(model, seed, name="flow")
     assert result.verdict is Verdict.PASS, result.message
-    assert result.metrics["max_drift"] <= result.thresholds["max_drift"]
+    assert result.values["max_drift"] <= result.metrics["max_drift"].threshold
 
 
 @given(any_model, seeds, st.sampled_from(["gd", "sgd"]), st.floats(1e-3, 5e-2))
@@ -56,4 +56,4 @@ def test_gradient_steps_follow_the_exact_discrete_law(model, seed, name, lr):
 def test_adam_breaks_the_law(model, seed):
     result = _check(model, seed, name="adam", lr=1e-2, steps=40)
     assert result.verdict is Verdict.FAIL, result.message
-    assert result.metrics["max_law_error"] > 1e3 * result.thresholds["max_law_error"]
+    assert result.values["max_law_error"] > 1e3 * result.metrics["max_law_error"].threshold

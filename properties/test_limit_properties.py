@@ -64,5 +64,5 @@ def test_theorem_45_holds_where_the_margin_is_comfortable(model):
     assert run_check("assumption-4.2", ctx).verdict is not Verdict.FAIL
     r = run_check("theorem-4.5", ctx)
     assert r.verdict is not Verdict.FAIL, r.message
-    errors = r.metrics["transition_time_error"]
-    assert errors[-1] <= errors[0] or errors[-1] <= r.thresholds["max_transition_time_error"]
+    errors = r.values["transition_time_error"]
+    assert errors[-1] <= errors[0] or errors[-1] <= r.metrics["transition_time_error_at_smallest_alpha"].threshold

@@ -27,7 +27,7 @@ def ctx():
 def test_passes_and_errors_shrink_like_one_over_log_inv_alpha(ctx):
     r = run_check("theorem-4.5", ctx)
     assert r.verdict is Verdict.PASS, r.message
-    m = r.metrics
+    m = r.values
     assert m["alphas"] == ["1e-08", "1e-16", "1e-32"]
     for key in ("transition_time_error", "b_error", "beta_error"):
         assert m[key][0] > m[key][1] > m[key][2], key
@@ -36,7 +36,7 @@ def test_passes_and_errors_shrink_like_one_over_log_inv_alpha(ctx):
     assert m["rate"]["beta_error"] > 2
     assert len(m["nfev"]) == 3 and min(m["nfev"]) > 0
     assert m["windows_measured"] == 5
-    assert [f["id"] for f in r.evidence["figures"]] == ["loss-vs-tau", "beta-vs-tau", "errors-vs-alpha"]
+    assert [f.id for f in r.evidence["figures"]] == ["loss-vs-tau", "beta-vs-tau", "errors-vs-alpha"]
     assert len(m["per_stage_transition_error"][0]) == 4  # the re-entry of beta[1] included
     assert len(error_table(m).splitlines()) == 4
 
