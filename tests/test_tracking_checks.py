@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from verifier.checks import Verdict
+from verifier.results import Verdict
 from verifier.cli import main
 from verifier.tracking import GRADUAL, LOW_RANK, RankTracker, rank_checks
 
@@ -58,10 +58,11 @@ def test_rank_one_change_passes_both_checks():
     low, gradual = results[LOW_RANK], results[GRADUAL]
     assert low.verdict == Verdict.PASS, low.message
     assert gradual.verdict == Verdict.PASS, gradual.message
-    history_ratio = low.metrics["median_rank_ratio"]
-    assert low.metrics["max_rank_fraction"] == pytest.approx(1 / D, rel=1e-3)  # stable rank exactly 1
+    history_ratio = low.values["median_rank_ratio"]
+    assert low.metrics["median_rank_ratio"].threshold == 0.5 and low.metrics["median_rank_ratio"].better == "lower"
+    assert low.values["max_rank_fraction"] == pytest.approx(1 / D, rel=1e-3)  # stable rank exactly 1
     assert 0.1 < history_ratio < 0.3  # 1 / stable rank of A0 B0^T
-    assert gradual.metrics["max_step_fraction"] == pytest.approx(1 / D, rel=1e-3)
+    assert gradual.values["max_step_fraction"] == pytest.approx(1 / D, rel=1e-3)
     assert "one init scale" in gradual.message
 
 
@@ -69,8 +70,8 @@ def test_random_full_rank_change_fails_both_checks():
     results = _by_id(_train(_random_full_rank).results())
     low, gradual = results[LOW_RANK], results[GRADUAL]
     assert low.verdict == Verdict.FAIL and gradual.verdict == Verdict.FAIL
-    assert low.metrics["median_rank_ratio"] > 1.0  # more spread than the initial product
-    assert gradual.metrics["median_step_ratio"] > 1.0  # all of it at the first judged record
+    assert low.values["median_rank_ratio"] > 1.0  # more spread than the initial product
+    assert gradual.values["median_step_ratio"] > 1.0  # all of it at the first judged record
 
 
 def test_isotropic_change_fails_the_fraction_of_dimension():
@@ -90,7 +91,7 @@ def test_isotropic_change_fails_the_fraction_of_dimension():
             tracker.record(t)
     low = _by_id(tracker.results())[LOW_RANK]
     assert low.verdict == Verdict.FAIL
-    assert low.metrics["max_rank_fraction"] > 0.2
+    assert low.values["max_rank_fraction"] > 0.2
 
 
 def test_smaller_init_with_lower_rank_at_matched_loss_passes_and_reverse_fails():
@@ -99,10 +100,10 @@ def test_smaller_init_with_lower_rank_at_matched_loss_passes_and_reverse_fails()
     assert 1.2 < rank_two <= 2.0
     ok = _by_id(rank_checks({1.0: two, 0.1: one}))[GRADUAL]
     assert ok.verdict == Verdict.PASS, ok.message
-    assert ok.metrics["max_rank_ratio_smaller_init"] == pytest.approx(1 / rank_two, rel=1e-4)
+    assert ok.values["max_rank_ratio_smaller_init"] == pytest.approx(1 / rank_two, rel=1e-4)
     bad = _by_id(rank_checks({1.0: one, 0.1: two}))[GRADUAL]
     assert bad.verdict == Verdict.FAIL
-    assert bad.metrics["max_rank_ratio_smaller_init"] == pytest.approx(rank_two, rel=1e-4)
+    assert bad.values["max_rank_ratio_smaller_init"] == pytest.approx(rank_two, rel=1e-4)
 
 
 def test_no_common_loss_decrease_is_inconclusive_not_pass():

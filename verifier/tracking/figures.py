@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from ..figures import Figure, Series
 from .tracker import RankHistory
 
 TOP_VALUES = 8  # singular values drawn in Figure 3
@@ -29,25 +30,22 @@ def shown_matrices(history: RankHistory) -> list[int]:
     return firsts[:2]
 
 
-def spectrum_over_training(history: RankHistory, scale: str) -> list[dict]:
+def spectrum_over_training(history: RankHistory, scale: str) -> list[Figure]:
     keep = _thin(len(history.steps))
-    steps = history.steps[keep].tolist()
+    steps = history.steps[keep]
     figures = []
     for i in shown_matrices(history):
         s = history.delta_spectra[keep, i, :TOP_VALUES]
-        figures.append({
-            "id": f"change-spectrum-{history.labels[i]}-scale-{scale}",
-            "title": f"Singular values of the change of {history.labels[i]} (init scale {scale})",
-            "kind": "line", "xlabel": "step", "ylabel": "singular value", "xscale": "linear", "yscale": "linear",
-            "series": [{"label": f"sigma_{j + 1}", "x": steps, "y": s[:, j].tolist(), "style": "-"}
-                       for j in range(s.shape[1])],
-            "caption": "Figure 3 analogue: incremental learning shows as singular values that leave zero one after "
-                       "another.",
-        })
+        figures.append(Figure(
+            f"change-spectrum-{history.labels[i]}-scale-{scale}",
+            f"Singular values of the change of {history.labels[i]} (init scale {scale})", "line", "step",
+            "singular value", tuple(Series(f"sigma_{j + 1}", steps, s[:, j], "-") for j in range(s.shape[1])),
+            caption="Figure 3 analogue: incremental learning shows as singular values that leave zero one after "
+                    "another."))
     return figures
 
 
-def stable_rank_over_training(history: RankHistory, scale: str) -> dict:
+def stable_rank_over_training(history: RankHistory, scale: str) -> Figure:
     keep = _thin(len(history.steps))
     sr = history.stable_rank()[keep]
     names = list(dict.fromkeys(history.names))
@@ -57,28 +55,21 @@ def stable_rank_over_training(history: RankHistory, scale: str) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # the first record has no rank (zero change)
             mean = np.nanmean(sr[:, cols], axis=1)
-        series.append({"label": name, "x": history.steps[keep].tolist(), "y": mean.tolist(), "style": "-"})
-    return {
-        "id": f"stable-rank-scale-{scale}", "title": f"Stable rank of the change per layer (init scale {scale})",
-        "kind": "line", "xlabel": "step", "ylabel": "stable rank (mean over heads)", "xscale": "linear",
-        "yscale": "linear", "series": series,
-        "caption": "Figure 4 analogue: ||Delta||_F^2 / ||Delta||_2^2 of each product's change, averaged over heads.",
-    }
+        series.append(Series(name, history.steps[keep], mean, "-"))
+    return Figure(f"stable-rank-scale-{scale}", f"Stable rank of the change per layer (init scale {scale})", "line",
+                  "step", "stable rank (mean over heads)", tuple(series),
+                  caption="Figure 4 analogue: ||Delta||_F^2 / ||Delta||_2^2 of each product's change, averaged over "
+                          "heads (the first record, a zero change, has none).")
 
 
-def change_vs_initial(history: RankHistory, scale: str) -> dict:
+def change_vs_initial(history: RankHistory, scale: str) -> Figure:
     series = []
     for i in shown_matrices(history):
         r, k = history.max_rank[i], history.product_rank[i]  # beyond k the initial product is rounding noise
-        series += [{"label": f"change {history.labels[i]}", "x": list(range(1, r + 1)),
-                    "y": history.delta_spectra[-1, i, :r].tolist(), "style": "o-"},
-                   {"label": f"initial {history.labels[i]}", "x": list(range(1, k + 1)),
-                    "y": history.initial_spectra[i, :k].tolist(), "style": "--"}]
-    return {
-        "id": f"change-vs-initial-scale-{scale}",
-        "title": f"Spectrum of the final change vs the initial product (init scale {scale})",
-        "kind": "line", "xlabel": "index", "ylabel": "singular value", "xscale": "linear", "yscale": "log",
-        "series": series,
-        "caption": "Figure 5 analogue: a low-rank change has a few large singular values and then drops far below "
-                   "the initial product's spectrum.",
-    }
+        series += [Series(f"change {history.labels[i]}", range(1, r + 1), history.delta_spectra[-1, i, :r], "o-"),
+                   Series(f"initial {history.labels[i]}", range(1, k + 1), history.initial_spectra[i, :k], "--")]
+    return Figure(f"change-vs-initial-scale-{scale}",
+                  f"Spectrum of the final change vs the initial product (init scale {scale})", "line", "index",
+                  "singular value", tuple(series), yscale="log",
+                  caption="Figure 5 analogue: a low-rank change has a few large singular values and then drops far "
+                          "below the initial product's spectrum (drawn up to its rank k).")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from .. import seeds
 from .config import TrackConfig
 from .tracker import RankHistory, RankTracker
 from .vit import ViT
@@ -38,7 +39,7 @@ def load_digits(seed: int, device: torch.device) -> Digits:
     raw = sk_digits()
     x = torch.tensor(raw.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
     y = torch.tensor(raw.target, dtype=torch.long)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + seeds.TRACK_SPLIT))
     n_test = int(TEST_FRACTION * len(y))
     test, train = perm[:n_test], perm[n_test:]
     return Digits(*(t.to(device) for t in (x[train], y[train], x[test], y[test])))
@@ -60,7 +61,7 @@ class TrainedRun:
 def build_vit(config: TrackConfig, scale: float, device: torch.device) -> ViT:
     """The preset's ViT with the seed's initial weights, every layer but the patch embedding times ``scale``."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed + seeds.TRACK_INIT)
         vit = ViT(image_size=8, channels=1, classes=10, **config.spec.vit)
     return vit.scale_init(scale).to(device)
 
@@ -72,7 +73,7 @@ def train(config: TrackConfig, scale: float, data: Digits, device: torch.device,
            else torch.optim.SGD(params, lr=config.step_size))
     tracker = RankTracker(model, every=config.record_every)
     tracker.record(0)
-    order = torch.Generator().manual_seed(config.seed + 1)
+    order = torch.Generator().manual_seed(config.seed + seeds.TRACK_BATCHES)
     n, bs = len(data.train_y), config.spec.batch_size
     step, train_s, record_s, epoch_loss = 0, 0.0, 0.0, float("nan")
     bar = tqdm(range(config.n_epochs), desc=f"init scale {scale:g}", unit="epoch", file=sys.stderr,
