@@ -111,7 +111,8 @@ def test_no_common_loss_decrease_is_inconclusive_not_pass():
     falling = _train(_rank_one()).history()
     result = _by_id(rank_checks({1.0: falling, 0.1: flat}))[GRADUAL]
     assert result.verdict == Verdict.INCONCLUSIVE
-    assert "no training loss level" in result.message
+    assert "reaches no common training loss level" in result.message
+    assert result.values["matched_loss"] == {"0.1 vs 1": "no common loss decrease"}
 
 
 def test_tiny_products_are_not_judged():

@@ -22,9 +22,9 @@ Thresholds, and why (measured values: README "Track your own training run" and t
   between consecutive judged records (the first judged record counts from 0): no record adds more than
   half the initial product's stable rank (median matrix) or a fifth of r (every matrix) at once. A random
   full-rank change has all its rank at its first judged record and fails both.
-- Matched training loss: losses are smoothed by a trailing mean over ``LOSS_WINDOW`` = 1/20 of the records;
-  the loss levels compared are the start minus ``MATCH_LEVELS`` = 1/4, 1/2, 3/4, 1 times the decrease that
-  every run achieved, so every run reaches every level; that common decrease must be at least
+- Matched training loss (two runs at a time, consecutive init scales): losses are smoothed by a trailing
+  mean over ``LOSS_WINDOW`` = 1/20 of the records; the loss levels compared are the start minus
+  ``MATCH_LEVELS`` = 1/4, 1/2, 3/4, 1 times the decrease that both runs achieved, so both reach every level; that common decrease must be at least
   ``MIN_LOSS_DECREASE`` = 10% of the starting loss, else the runs are not compared (levels within the
   minibatch noise of the start would compare noise). The bound is 1: the smaller init's mean stable rank
   is at most the larger's at every level (no tolerance: the claim is an ordering).
