@@ -9,7 +9,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_algorithm1 import leave_reenter_model
 
 from verifier import data as D
 from verifier.checks import Verdict, run_check
@@ -33,8 +32,8 @@ def tie_model() -> DiagLinear:
 
 
 @pytest.fixture(scope="module")
-def leave_ctx():
-    ctx = context(leave_reenter_model())
+def leave_ctx(leave_reenter_model):
+    ctx = context(leave_reenter_model)
     assert all(s.value == "success" for s in ctx.ladder.status)
     return ctx
 

@@ -2,62 +2,22 @@
 and flags the known counterexamples: a flat valley (duplicated columns) and logistic loss on separable
 data (no finite minimiser)."""
 
-import functools
 import json
 import re
 
 import numpy as np
 import pytest
-import torch
 
-from verifier import data as D
 from verifier.checks import Verdict, run_check
 from verifier.cli import main
 from verifier.config import RunConfig
 from verifier.context import Context
-from verifier.limit import Stage, StageSequence
-from verifier.models import DiagLinear
 from verifier.presets import build_model
 
 
-@functools.lru_cache(maxsize=1)
-def generic_context() -> Context:
-    """N = 40 Gaussian samples, p = 5, teacher (1.5, -1, 0, 0.7, 0): a correlated design. Cached: the
-    4.4 tests reuse its Algorithm 1 stages and reference run."""
-    gen = D.generator(0)
-    X = D.gaussian_design(40, 5, gen)
-    return Context(RunConfig(preset=None, model="diag-linear"),
-                   model=DiagLinear(X, X @ torch.tensor([1.5, -1.0, 0.0, 0.7, 0.0], dtype=torch.float64)),
-                   argv=["test"])
-
-
-def valley_context() -> Context:
-    """Columns 0 and 1 identical: Lb depends on beta_0 + beta_1 only, a flat valley. The stages are
-    stationary points built by hand (Algorithm 1 breaks the tie and never puts both in the support):
-    least squares on [x0, x2] with the x0 coefficient split evenly between the duplicates."""
-    gen = D.generator(1)
-    x = D.gaussian_design(30, 2, gen)
-    X = torch.stack([x[:, 0], x[:, 0], x[:, 1]], dim=1)
-    model = DiagLinear(X, x @ torch.tensor([2.0, -0.8], dtype=torch.float64))
-    s1 = float(x[:, 0] @ model.Y / (x[:, 0] @ x[:, 0]))
-    s2 = torch.linalg.lstsq(x, model.Y[:, None]).solution[:, 0]
-    betas = [torch.zeros(3, dtype=torch.float64), torch.tensor([s1 / 2, s1 / 2, 0.0], dtype=torch.float64),
-             torch.tensor([s2[0] / 2, s2[0] / 2, s2[1]], dtype=torch.float64)]
-    supports, coords = [(), (0, 1), (0, 1, 2)], [None, 0, 2]
-    stages = []
-    for k, beta in enumerate(betas):
-        g = model.grad_b(beta)
-        sign = 0 if coords[k] is None else (1 if float(beta[coords[k]]) > 0 else -1)
-        stages.append(Stage(k, float(k), coords[k], sign, torch.sign(beta), beta, g, supports[k],
-                            float(model.loss_b(beta)), None, ()))
-    ctx = Context(RunConfig(preset=None, model="diag-linear", horizon=3.0), model=model, argv=["test"])
-    ctx.__dict__["stages"] = StageSequence(tuple(stages), "complete", "hand-built valley stages", gtol=1e-8)
-    return ctx
-
-
 @pytest.fixture(scope="module")
-def generic():
-    ctx = generic_context()
+def generic(generic_linear_context):
+    ctx = generic_linear_context
     return ctx, run_check("assumption-4.3", ctx)
 
 
@@ -86,8 +46,8 @@ def test_generic_linear_runs_return_to_the_plateau(generic):
     assert {"hessian-spectra", "figure9-return", "figure9-epochs"} <= ids
 
 
-def test_flat_valley_fails_naming_the_eigenvalue():
-    ctx = valley_context()
+def test_flat_valley_fails_naming_the_eigenvalue(valley_context):
+    ctx = valley_context
     res = run_check("assumption-4.3", ctx)
     assert res.verdict is Verdict.FAIL
     lam = [r["lambda_min"] for r in res.values["stages"]]

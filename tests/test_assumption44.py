@@ -3,7 +3,6 @@ from any eps and perturbation) and flags a flat valley, where the endpoint depen
 
 import pytest
 
-from test_assumption43 import generic_context, valley_context
 from verifier.checks import Verdict, run_check
 from verifier.config import RunConfig
 from verifier.context import Context
@@ -11,8 +10,8 @@ from verifier.presets import build_model
 
 
 @pytest.fixture(scope="module")
-def generic():
-    ctx = generic_context()
+def generic(generic_linear_context):
+    ctx = generic_linear_context
     return ctx, run_check("assumption-4.4", ctx)
 
 
@@ -41,8 +40,8 @@ def test_generic_linear_onsets_agree_at_the_endpoints(generic):
     assert {"stage-b-spread", "figure10-endpoints"} <= ids
 
 
-def test_flat_valley_stage_b_depends_on_the_perturbation():
-    ctx = valley_context()
+def test_flat_valley_stage_b_depends_on_the_perturbation(valley_context):
+    ctx = valley_context
     res = run_check("assumption-4.4", ctx)
     assert res.verdict is Verdict.FAIL
     rows = {(r["k"], r["run"]): r for r in res.values["limit_level"]["runs"]}

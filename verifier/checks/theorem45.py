@@ -12,9 +12,10 @@ Along the alpha ladder (ctx.ladder: one batched exact flow to ctx.horizon) and f
 * ``nfev``: gradient evaluations of the run.
 Each error series is fitted as C (1/log(1/alpha))^rate; the theorem gives rate 1 for b and the transition
 times (THEORY.md §5) and faster for beta on windows. Verdict per series: pass when it is at most its tolerance at
-the smallest alpha and does not grow along the ladder; fail when it stalls above the tolerance (rate <
-RATE_MIN or no decrease from the largest to the smallest alpha); inconclusive when it shrinks but is still
-above the tolerance (the ladder should go further) or a run did not reach the horizon.
+the smallest alpha and does not grow along the ladder; fail when it stalls above the tolerance (no decrease
+from the largest to the smallest alpha, or a rate below RATE_MIN both over the ladder and between its two
+smallest alphas); inconclusive when it shrinks but is still above the tolerance (the ladder should go
+further) or a run did not reach the horizon.
 Tolerances: transitions within TRANSITION_FRACTION of the shortest stage (so every stage is resolved and
 its window is non-empty); b within B_TOL (b lives in [-1, 1]); beta within BETA_TOL x max(1, max|beta^k|).
 """
@@ -127,13 +128,16 @@ def fit_rate(L: list[float], err: list[float]) -> float | None:
 
 def judge(L: list[float], err: list[float], tol: float) -> tuple[Verdict, float | None]:
     """pass: smallest-alpha error <= tol and not above the largest-alpha one; fail: it stalls above tol;
-    inconclusive: shrinking (rate >= RATE_MIN) but still above tol."""
+    inconclusive: still above tol but shrinking, at rate >= RATE_MIN over the whole ladder or between its two
+    smallest alphas (the beta error converges like e^{-c L} only once L is large, so a short ladder can show a
+    slow start and a fast end: THEORY.md §5.6)."""
     rate = fit_rate(L, err)
     order = np.argsort(L)
     first, last = err[order[0]], err[order[-1]]
     if last <= tol and last <= max(first, tol):
         return Verdict.PASS, rate
-    shrinking = last < first and rate is not None and rate >= RATE_MIN
+    tail = fit_rate([L[j] for j in order[-2:]], [err[j] for j in order[-2:]])
+    shrinking = last < first and max(r for r in (rate, tail, -math.inf) if r is not None) >= RATE_MIN
     return (Verdict.INCONCLUSIVE if shrinking else Verdict.FAIL), rate
 
 
