@@ -16,7 +16,7 @@ not in the check registry (``verifier run``): they judge training runs, not a ``
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -65,31 +65,33 @@ def _summaries(runs: Mapping[float, RankHistory]) -> dict[float, RankSummary] | 
     return summaries
 
 
-def low_rank_perturbation(runs: Mapping[float, RankHistory]) -> CheckResult:
-    """Judge the final change of every run (keys: init scales). See the module docstring."""
-    summaries = _summaries(runs)
-    if isinstance(summaries, str):
-        return CheckResult(LOW_RANK, CLAIMS[LOW_RANK], Verdict.INCONCLUSIVE, summaries, settings=SETTINGS)
-    ratio = {_scale(s): _nan_stat(np.median, m.final / m.initial) for s, m in summaries.items()}
-    fraction = {_scale(s): _nan_stat(np.max, m.final / m.max_rank) for s, m in summaries.items()}
-    final = {_scale(s): _nan_stat(np.median, m.final) for s, m in summaries.items()}
+def _bounded(summaries: dict[float, RankSummary], of: Callable[[RankSummary], np.ndarray], ratio_name: str,
+             fraction_name: str) -> tuple[dict[str, Metric], list[tuple[Verdict, str]]]:
+    """The two bounds on a per-matrix stable rank ``of(summary)``, worst over runs: its median over matrices
+    relative to the initial product's (<= RANK_RATIO_MAX) and its max over matrices relative to r
+    (<= RANK_FRACTION_MAX)."""
+    ratio = {_scale(s): _nan_stat(np.median, of(m) / m.initial) for s, m in summaries.items()}
+    fraction = {_scale(s): _nan_stat(np.max, of(m) / m.max_rank) for s, m in summaries.items()}
     worst_ratio, worst_fraction = max(ratio.values()), max(fraction.values())
+    metrics = {ratio_name: Metric.at_most(worst_ratio, RANK_RATIO_MAX),
+               fraction_name: Metric.at_most(worst_fraction, RANK_FRACTION_MAX),
+               f"{ratio_name}_per_scale": Metric.info(ratio), f"{fraction_name}_per_scale": Metric.info(fraction)}
+    return metrics, [_at_most(ratio_name, worst_ratio, RANK_RATIO_MAX),
+                     _at_most(fraction_name, worst_fraction, RANK_FRACTION_MAX)]
+
+
+def low_rank_perturbation(summaries: dict[float, RankSummary], runs: Mapping[float, RankHistory]) -> CheckResult:
+    """Judge the final change of every run. See the module docstring."""
+    metrics, parts = _bounded(summaries, lambda m: m.final, "median_rank_ratio", "max_rank_fraction")
+    final = {_scale(s): _nan_stat(np.median, m.final) for s, m in summaries.items()}
     initial = _nan_stat(np.median, np.concatenate([m.initial for m in summaries.values()]))
-    verdict, message = combine([
-        _at_most("median_rank_ratio", worst_ratio, RANK_RATIO_MAX),
-        _at_most("max_rank_fraction", worst_fraction, RANK_FRACTION_MAX),
-        (Verdict.PASS, "median stable rank of the final change " + ", ".join(
-            f"scale {s}: {v:.2f}" for s, v in final.items()) + f" (initial products: {initial:.2f})"),
-    ])
+    metrics.update(median_final_stable_rank_per_scale=Metric.info(final),
+                   median_initial_stable_rank=Metric.info(initial))
+    verdict, message = combine([*parts, (Verdict.PASS, "median stable rank of the final change " + ", ".join(
+        f"scale {s}: {v:.2f}" for s, v in final.items()) + f" (initial products: {initial:.2f})")])
     return CheckResult(
-        LOW_RANK, CLAIMS[LOW_RANK], verdict, message,
-        metrics={"median_rank_ratio": Metric.at_most(worst_ratio, RANK_RATIO_MAX),
-                 "max_rank_fraction": Metric.at_most(worst_fraction, RANK_FRACTION_MAX),
-                 "median_rank_ratio_per_scale": Metric.info(ratio),
-                 "max_rank_fraction_per_scale": Metric.info(fraction),
-                 "median_final_stable_rank_per_scale": Metric.info(final),
-                 "median_initial_stable_rank": Metric.info(initial)},
-        key_metric="median_rank_ratio", settings=SETTINGS,
+        LOW_RANK, CLAIMS[LOW_RANK], verdict, message, metrics=metrics, key_metric="median_rank_ratio",
+        settings=SETTINGS,
         evidence={"figures": [change_vs_initial(runs[s], _scale(s)) for s in summaries]},
     )
 
@@ -119,21 +121,13 @@ def _across_scales(runs: Mapping[float, RankHistory], scales: list[float], metri
     return _at_most("max_rank_ratio_smaller_init", worst, SMALLER_INIT_MAX)
 
 
-def gradual_rank_increase(runs: Mapping[float, RankHistory]) -> CheckResult:
+def gradual_rank_increase(summaries: dict[float, RankSummary], runs: Mapping[float, RankHistory]) -> CheckResult:
     """Judge how each run's change acquired its rank, and compare runs at matched loss."""
-    summaries = _summaries(runs)
-    if isinstance(summaries, str):
-        return CheckResult(GRADUAL, CLAIMS[GRADUAL], Verdict.INCONCLUSIVE, summaries, settings=SETTINGS)
-    step_ratio = {_scale(s): _nan_stat(np.median, m.largest_step / m.initial) for s, m in summaries.items()}
-    step_fraction = {_scale(s): _nan_stat(np.max, m.largest_step / m.max_rank) for s, m in summaries.items()}
+    metrics, parts = _bounded(summaries, lambda m: m.largest_step, "median_step_ratio", "max_step_fraction")
     largest = {_scale(s): _nan_stat(np.max, m.largest_step) for s, m in summaries.items()}
-    metrics = {"median_step_ratio": Metric.at_most(max(step_ratio.values()), RANK_RATIO_MAX),
-               "max_step_fraction": Metric.at_most(max(step_fraction.values()), RANK_FRACTION_MAX),
-               "largest_step_per_scale": Metric.info(largest)}
+    metrics["largest_step_per_scale"] = Metric.info(largest)
     verdict, message = combine([
-        _at_most("median_step_ratio", max(step_ratio.values()), RANK_RATIO_MAX),
-        _at_most("max_step_fraction", max(step_fraction.values()), RANK_FRACTION_MAX),
-        _across_scales(runs, list(summaries), metrics),
+        *parts, _across_scales(runs, list(summaries), metrics),
         (Verdict.PASS, "largest stable-rank step of a change " + ", ".join(
             f"scale {s}: {v:.2f}" for s, v in largest.items())),
     ])
@@ -149,4 +143,7 @@ def rank_checks(runs: Mapping[float, RankHistory]) -> list[CheckResult]:
     default init). One run is judged alone; several are also compared at matched training loss."""
     if not runs:
         raise ValueError("rank_checks needs at least one RankHistory")
-    return [low_rank_perturbation(runs), gradual_rank_increase(runs)]
+    summaries = _summaries(runs)
+    if isinstance(summaries, str):
+        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, summaries, settings=SETTINGS) for i in CLAIMS]
+    return [low_rank_perturbation(summaries, runs), gradual_rank_increase(summaries, runs)]
