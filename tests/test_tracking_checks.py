@@ -159,6 +159,9 @@ def test_verifier_track_tiny_vit(tmp_path):
     (["--epochs", "0"], "--epochs"),
     (["--every", "0"], "--every"),
     (["--device", "tpu"], "--device"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--seed", "-1"], "--seed"),
 ])
 def test_track_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, field):
     out = tmp_path / "never"
