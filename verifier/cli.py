@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--batch", type=int, help="draws per batched flow solve (default: 1 on a CPU, 16 on a GPU)")
     sv.add_argument("--out", help="output folder (default reports/surveys/<timestamp>)")
     sv.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     track = sub.add_parser("track", help="train a small ViT at several init scales, track the rank of its attention "
                                          "changes, write DIR/results.json and DIR/report.html")
     track.add_argument("--preset", default="vit-digits", help="vit-digits (default, CPU), vit-digits-wide (GPU), "
