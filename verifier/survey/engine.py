@@ -90,9 +90,12 @@ def run_survey(config: SurveyConfig, progress: bool = True, argv: list[str] | No
                 results = run_checks(ctx, ids, progress=False)
                 outcomes = {c.id: outcome(c) for c in results.checks}
                 draws.append(Draw(i, config.draw_seed(i), config.command(i), outcomes, time.perf_counter() - t0))
-                for o in outcomes.values():
+                for check, o in outcomes.items():
                     if o.verdict in failed:
                         failed[o.verdict] += 1
+                    if o.verdict == "fail" and progress:  # as it happens: a long survey shows its failures early
+                        bar.write(f"FAIL draw {i}: {config.command(i)} --checks {check}: {o.message[:300]}",
+                                  file=sys.stderr)
                 bar.update(1)
                 bar.set_postfix_str(f"{failed['fail']} fail, {failed['inconclusive']} inconclusive")
     except KeyboardInterrupt:  # keep what finished: a long survey can be stopped and still reported
