@@ -37,7 +37,8 @@ class SurveyConfig:
     """``n`` draws of ``preset`` checked with ``checks`` (None: every check that applies to the family).
 
     ``batch``: draws whose flows share one batched solve (``ladder`` of every draw in one Rodas4 call);
-    None chooses: 1 on a CPU (batching does not pay there, docs/SURVEYS.md), 16 on an accelerator.
+    None chooses: 1 on a CPU (a draw re-run alone then reproduces bit for bit; a stacked draw only to the
+    solver tolerance), 16 on an accelerator (docs/SURVEYS.md).
     """
 
     preset: str = "toy-attention"
