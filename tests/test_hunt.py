@@ -55,7 +55,7 @@ def test_hunt_finds_a_planted_tie_shrinks_it_and_its_command_fails_alone(tmp_pat
     out = tmp_path / "rerun"
     assert main(argv[1:] + ["--out", str(out), "--no-progress"]) == 1
     (check,) = json.loads((out / "results.json").read_text())["checks"]
-    assert check["verdict"] == "fail" and check["metrics"]["min_stage_margin"] == found.outcome.value
+    assert check["verdict"] == "fail" and check["metrics"]["min_stage_margin"]["value"] == found.outcome.value
     assert "tie between" in check["message"]
 
 

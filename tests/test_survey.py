@@ -207,7 +207,7 @@ def test_tiny_survey_lists_a_failure_that_reproduces_alone(tmp_path, capsys):
     assert "Wilson score interval" in html and s.failures[0].command in html and "<svg" in html
     rerun = _rerun_verdict(s.failures[0].command, tmp_path / "rerun")
     assert rerun["verdict"] == "fail"
-    assert rerun["metrics"]["min_stage_margin"] == s.failures[0].outcome.value  # same code path, same bits
+    assert rerun["metrics"]["min_stage_margin"]["value"] == s.failures[0].outcome.value  # same code path, same bits
     assert json.loads((out / "results.json").read_text())["summary"][0]["failures"][0]["seed"] == draw_seed(4, 1)
 
 
