@@ -87,6 +87,19 @@ def test_headroom_and_closest_passes_order():
     assert Outcome("pass", "", "x", 0.0, 1e-7, "lower").headroom == math.inf
 
 
+def test_thresholds_scaled_per_draw_give_a_histogram_of_value_over_threshold():
+    from verifier.survey.report import histogram_figure, survey_table
+
+    draws = tuple(Draw(i, i, f"cmd {i}", {"t": Outcome(v, "m", "err", x, t, "lower")})
+                  for i, (v, x, t) in enumerate([("pass", 0.001, 0.01), ("pass", 0.004, 0.02), ("fail", 0.05, 0.02)]))
+    s = SurveyResults(survey={}, claims={"t": "claim"}, draws=draws).summary("t")
+    assert s.threshold is None and s.thresholds == (0.01, 0.02) and s.histogram_of == "err / threshold"
+    assert sum(s.histogram.counts["fail"]) == 1 and s.histogram.edges[0] <= 0.1 and s.histogram.edges[-1] >= 2.5
+    fig = histogram_figure(s)
+    assert [m.at for m in fig.vlines] == [1.0] and fig.xlabel == "err / threshold"
+    assert "(<= per draw, 0.01 to 0.02)" in survey_table(SurveyResults(survey={}, claims={"t": "c"}, draws=draws))
+
+
 @pytest.mark.parametrize("kwargs,field", [
     ({"preset": "nope"}, "--preset"), ({"n": 0}, "--n"), ({"n": True}, "--n"), ({"n": 10**6}, "--n"),
     ({"seed": 2**63}, "--seed"), ({"seed": 1.5}, "--seed"), ({"checks": ("nope",)}, "--checks"),

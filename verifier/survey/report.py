@@ -38,15 +38,27 @@ def histogram_figure(s: CheckSummary) -> Figure:
             y += [c, c]
         series.append(Series(f"{verdict} ({sum(counts)})", x + [h.edges[-1]], y + [0], STYLES[verdict]))
     missing = sum(h.not_finite.values())
-    marks = () if s.threshold is None else (Mark(s.threshold, f"pass needs {_relation(s.better)} {s.threshold:g}"),)
+    scaled = s.threshold is None and s.thresholds is not None
+    at = 1.0 if scaled else s.threshold
+    label = f"pass needs {_relation(s.better)} " + ("its threshold" if scaled else f"{at:g}")
+    marks = () if at is None else (Mark(at, label),)
     return Figure(
-        id=f"hist-{s.id}", title=f"{s.id}: {s.metric} over the draws", kind="line", xlabel=str(s.metric),
+        id=f"hist-{s.id}", title=f"{s.id}: {s.histogram_of} over the draws", kind="line", xlabel=str(s.histogram_of),
         ylabel="draws", series=tuple(series), xscale="log" if h.log else "linear", vlines=marks,
         caption=f"Histogram of the key metric per verdict ({max(len(h.edges) - 1, 0)} bins"
                 + (", evenly spaced in log10" if h.log else "") + ")"
                 + (f"; {missing} draw(s) without a finite value are not drawn" if missing else "")
                 + ". A failure on the passing side of the threshold failed through another part of the check "
                   "(its message says which).")
+
+
+def _threshold_text(s: CheckSummary) -> str:
+    """e.g. ``>= 0.01``, or ``<= per draw, 0.0125 to 0.0196`` when the draws declare different thresholds."""
+    if s.thresholds is None:
+        return "-"
+    if s.threshold is not None:
+        return f"{_relation(s.better)} {fmt(s.threshold)}".strip()
+    return f"{_relation(s.better)} per draw, {fmt(s.thresholds[0])} to {fmt(s.thresholds[1])}".strip()
 
 
 def _relation(better: str | None) -> str:
@@ -77,7 +89,7 @@ def render_survey_html(results: SurveyResults) -> str:
         fig = render_figure(histogram_figure(s).to_dict(), f"h{k}")
         sections.append({
             "id": cid, "anchor": f"check-{k}", "claim": s.claim, "metric": s.metric or "-",
-            "threshold": "-" if s.threshold is None else f"{_relation(s.better)} {fmt(s.threshold)}".strip(),
+            "threshold": _threshold_text(s),
             "rates": {v: s.rates[v].text() for v in VERDICTS}, "spread": _spread(_values(results, cid)),
             "figure": {"svg": Markup(fig.svg), "caption": fig.caption, "notes": fig.notes},
             "closest": [_row(x) for x in s.closest_passes], "failures": [_row(x) for x in s.failures],
@@ -105,7 +117,7 @@ def survey_table(results: SurveyResults, failures_shown: int = 10) -> str:
     for cid in results.check_ids:
         s = results.summary(cid)
         rows.append((cid, *(s.rates[v].text() for v in VERDICTS),
-                     f"{s.metric} = {_spread(_values(results, cid))}"))
+                     f"{s.metric} = {_spread(_values(results, cid))} ({_threshold_text(s)})"))
     widths = [max(len(r[j]) for r in rows) for j in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
     lines.insert(1, "-" * len(lines[0]))

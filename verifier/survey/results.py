@@ -98,10 +98,15 @@ class Listed:
 
 @dataclass(frozen=True)
 class CheckSummary:
+    """Per check over the draws. ``thresholds``: the smallest and largest threshold the draws declared (a
+    check may scale its threshold to the problem, e.g. theorem-4.5 to the shortest stage); when they differ,
+    ``histogram`` counts value / threshold (judged against 1) and ``threshold`` is None."""
+
     id: str
     claim: str
     metric: str | None
     threshold: float | None
+    thresholds: tuple[float, float] | None
     better: str | None
     rates: dict[str, Rate]
     histogram: Histogram
@@ -111,11 +116,19 @@ class CheckSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "claim": self.claim, "key_metric": self.metric, "threshold": _num(self.threshold),
-                "better": self.better, "interval": INTERVAL, "rates": {k: r.to_dict() for k, r in self.rates.items()},
+                "thresholds": None if self.thresholds is None else [_num(t) for t in self.thresholds],
+                "histogram_of": self.histogram_of, "better": self.better, "interval": INTERVAL, "rates": {k: r.to_dict() for k, r in self.rates.items()},
                 "histogram": self.histogram.to_dict(),
                 "closest_passes": [x.to_dict() for x in self.closest_passes],
                 "failures": [x.to_dict() for x in self.failures],
                 "inconclusive": [x.to_dict() for x in self.inconclusive]}
+
+    @property
+    def histogram_of(self) -> str | None:
+        """What the histogram counts: the key metric, or the key metric over each draw's own threshold."""
+        if self.metric is None:
+            return None
+        return self.metric if self.threshold is not None or self.thresholds is None else f"{self.metric} / threshold"
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,12 @@ class SurveyResults:
         n = len(rows)
         rates = {v: wilson(sum(1 for _, o in rows if o.verdict == v), n) for v in VERDICTS}
         declared = next((o for _, o in rows if o.metric is not None), Outcome("pass", ""))
-        hist = histogram([(o.verdict, o.value) for _, o in rows], declared.threshold)
+        limits = sorted({o.threshold for _, o in rows if o.threshold is not None})
+        if len(limits) > 1:  # thresholds scaled to each draw: count value / threshold, judged against 1
+            hist = histogram([(o.verdict, o.value / o.threshold if o.value is not None and o.threshold else None)
+                              for _, o in rows], 1.0)
+        else:
+            hist = histogram([(o.verdict, o.value) for _, o in rows], limits[0] if limits else None)
 
         def listed(d: Draw, o: Outcome) -> Listed:
             return Listed(d.index, d.seed, o, _with_check(d.command, check))
@@ -144,8 +162,9 @@ class SurveyResults:
         passes = [(d, o) for d, o in rows if o.verdict == "pass" and o.headroom is not None]
         passes.sort(key=lambda r: (r[1].headroom, r[0].index))
         return CheckSummary(
-            id=check, claim=self.claims[check], metric=declared.metric, threshold=declared.threshold,
-            better=declared.better, rates=rates, histogram=hist,
+            id=check, claim=self.claims[check], metric=declared.metric,
+            threshold=limits[0] if len(limits) == 1 else None,
+            thresholds=(limits[0], limits[-1]) if limits else None, better=declared.better, rates=rates, histogram=hist,
             closest_passes=tuple(listed(d, o) for d, o in passes[:CLOSEST]),
             failures=tuple(listed(d, o) for d, o in rows if o.verdict == "fail"),
             inconclusive=tuple(listed(d, o) for d, o in rows if o.verdict == "inconclusive"))
