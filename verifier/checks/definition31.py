@@ -31,40 +31,58 @@ N_PROBES = 4
 PROBE_SCALE = 0.5  # probes beta ~ N(0, 0.5^2): the scale of beta along a training run
 
 
-def taylor_orders(model, betas: torch.Tensor, directions: torch.Tensor) -> tuple[list[float], list[list[float]]]:
-    """Fitted order of the gradient's Taylor remainder per probe, and the remainders for each eps."""
+def taylor_orders(model, betas: torch.Tensor, directions: torch.Tensor
+                  ) -> tuple[list[float], list[list[float]], list[float]]:
+    """Fitted order of the gradient's Taylor remainder per probe, the remainders for each eps, and |g(beta)|."""
     g = grad(model.loss_beta)
-    orders, remainders = [], []
+    orders, remainders, grad_norms = [], [], []
     for beta, delta in zip(betas, directions):
         g0, h_delta = jvp(g, (beta,), (delta,))
         r = [float((g(beta + eps * delta) - g0 - eps * h_delta).norm()) for eps in EPSILONS]
         remainders.append(r)
+        grad_norms.append(float(g0.norm()))
         floor = 1e-13 * (1.0 + float(g0.norm()))  # below this the remainder is rounding
         if r[1] <= floor:
             orders.append(float("inf"))
         else:
             orders.append(math.log(max(r[0], floor) / r[1]) / math.log(EPSILONS[0] / EPSILONS[1]))
-    return orders, remainders
+    return orders, remainders, grad_norms
+
+
+def _inconclusive(reason: str) -> CheckResult:
+    return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, reason)
 
 
 @register(ID, CLAIM, order=5)
 def check_definition_31(ctx) -> CheckResult:
     model = ctx.model
-    gen = torch.Generator().manual_seed(ctx.config.seed + 31)
     p = model.p
+    if p == 0:
+        return _inconclusive("the model has no coordinates (p = 0): there is nothing to test")
+    gen = torch.Generator().manual_seed(ctx.config.seed + 31)
     u = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
     v = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
     s = torch.exp(torch.randn(N_PROBES, 1, generator=gen, dtype=torch.float64)).to(model.device)
-    mismatch = 0.0
+    mismatches = []
     for k in range(N_PROBES):
         lb = model.loss_beta(u[k] * v[k])
         for uu, vv in ((u[k], v[k]), (s[k] * u[k], v[k] / s[k])):
             lp = model.loss_params(torch.cat([uu, vv]))
-            mismatch = max(mismatch, float((lp - lb).abs() / (lb.abs() + 1e-300)))
+            if not (torch.isfinite(lp) and torch.isfinite(lb)):
+                return _inconclusive(f"the loss is not finite at the probes (network {float(lp):.3g}, Lb(u*v) "
+                                     f"{float(lb):.3g}): the data's scale overflows float64")
+            mismatches.append(float((lp - lb).abs() / (lb.abs() + 1e-300)))
+    mismatch = max(mismatches)
     betas = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE
     dirs = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device)
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
-    orders, remainders = taylor_orders(model, betas, dirs)
+    orders, remainders, grad_norms = taylor_orders(model, betas, dirs)
+    if not all(math.isfinite(r) for rs in remainders for r in rs) or not all(map(math.isfinite, grad_norms)):
+        return _inconclusive("the gradient or its Taylor remainder overflowed float64 at the probes (largest "
+                             f"|gradient| {max(grad_norms):.3g}): the data's scale is too large to measure")
+    if max(grad_norms) == 0.0:
+        return _inconclusive("the gradient of Lb is exactly zero at every probe (a constant loss, e.g. X = 0): "
+                             "there is no dependence on beta to test")
     order = min(orders)
     problems = []
     if not mismatch <= MISMATCH_TOL:
