@@ -181,6 +181,12 @@ def _limit(args) -> int:
     return EXIT_OK
 
 
+def _input_file(path: str, field: str) -> str:
+    if "\x00" in path:
+        raise InputError(field, f"{path!r} is not a file path", "a results.json")
+    return path
+
+
 def _report(args) -> int:
     from .outputs import check_output_file, write_output_file
     from .report import render_html
@@ -188,7 +194,7 @@ def _report(args) -> int:
 
     out = check_output_file(args.output, "-o", inputs=(args.results,))
     try:
-        results = read_results(args.results)
+        results = read_results(_input_file(args.results, "RESULTS.json"))
     except ResultsFormatError as exc:
         raise InputError("RESULTS.json", str(exc)) from None
     write_output_file(out, render_html(results), "-o")
@@ -201,7 +207,7 @@ def _gate(args) -> int:
     from .results import ResultsFormatError, read_results
 
     try:
-        base, new = read_results(args.baseline), read_results(args.new)
+        base, new = read_results(_input_file(args.baseline, "--baseline")), read_results(_input_file(args.new, "NEW.json"))
     except ResultsFormatError as exc:
         raise InputError("gate", str(exc)) from None
     outcome = compare(base, new)

@@ -78,8 +78,10 @@ class OutputSet:
             _check_ancestors(root, "--out")
             return cls(None, root)
         target = Path(out)
-        if out == "" or target.absolute() == Path("/") or target.is_symlink():
-            raise InputError("--out", f"{out!r} cannot hold a run" + (" (a symbolic link)" if out else ""), WHERE)
+        if out == "" or "\x00" in out or target.absolute() == Path("/"):
+            raise InputError("--out", f"{out!r} cannot hold a run", WHERE)
+        if target.is_symlink():
+            raise InputError("--out", f"{target} is a symbolic link", WHERE)
         if target.exists():
             if not target.is_dir():
                 raise InputError("--out", f"{target} exists and is not a folder", WHERE)
@@ -190,10 +192,10 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     """Check a single output file before any work: not one of ``inputs``, not a folder or a device, its
     folder creatable and writable (probed with a temporary file)."""
     out = Path(path)
-    if path == "":
-        raise InputError(flag, "empty path", "a file path")
+    if path == "" or "\x00" in path:
+        raise InputError(flag, f"{path!r} is not a file path", "a file path")
     for src in inputs:
-        if src is not None and (out.absolute() == Path(src).absolute()
+        if src is not None and "\x00" not in str(src) and (out.absolute() == Path(src).absolute()
                                 or (out.exists() and Path(src).exists() and os.path.samefile(out, src))):
             raise InputError(flag, f"{path} is the input {src}; refusing to overwrite it", "a different file")
     if out.exists() and not out.is_file():

@@ -132,7 +132,7 @@ def resolve_problem(preset: str | None, family: str | None, data, loss: str) -> 
         raise InputError("--preset", "give either --preset or --model with --data, not both")
     if data is not None and family is None:
         raise InputError("--model", "--data needs the model family of the data", ", ".join(FAMILIES))
-    if data is not None and not isinstance(data, (str, PathLike)):
+    if data is not None and (not isinstance(data, (str, PathLike)) or "\x00" in str(data)):
         raise InputError("--data", f"{data!r} is not a path", "a .npz file")
     if preset is None and family is None:
         preset = DEFAULT_PRESET
