@@ -117,7 +117,6 @@ class OutputSet:
                 continue
             self.reserved = True
             return path
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def commit(self, results) -> list[Path]:
         """Write results.json and report.html into the temporary folder, then move it into place."""
@@ -139,7 +138,7 @@ class OutputSet:
         except BaseException:
             self.discard()
             raise
-        self.tmp = None
+        self.tmp, self.reserved = None, False  # placed: nothing left to discard
         return [self.target / name for name in SET_FILES]
 
     def _place(self) -> None:
