@@ -129,7 +129,7 @@ def _run(args, argv) -> int:
     finally:
         output.discard()
     print(summary_table(results))
-    latest = "" if args.out else f" ({output.root / 'latest'} links to it)"
+    latest = "" if args.out or output.warnings else f" ({output.root / 'latest'} links to it)"
     print(f"wrote {paths[0]} and {paths[1]}{latest}")
     for warning in output.warnings:
         print(f"verifier: warning: {warning}", file=sys.stderr)
