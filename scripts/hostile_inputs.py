@@ -402,7 +402,7 @@ def target_of(case: Case, argv: list[str], cdir: Path) -> Path | None:
                 return Path(argv[k + 1])
             if a.startswith(flag + "="):
                 return Path(a.split("=", 1)[1] or ".")
-    if argv and argv[0] == "run":
+    if argv and argv[0] == "run" and not {"-h", "--help"} & set(argv):
         return cdir / "reports"
     return None
 
