@@ -24,9 +24,10 @@ DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("square", "logistic")
 # Theorem 4.5's default ladder, as log(1/alpha): alpha = 1e-4, 1e-8, ..., 1e-256.
 DEFAULT_LOG_INV_ALPHAS = tuple(math.log(10.0) * e for e in (4, 8, 16, 32, 64, 128, 256))
-# Seeds are int64. Every generator seed is seed + a fixed offset below 2**63 (data: +0 or the preset's
-# seed_offset, the initialisation: +1000003), which torch.Generator.manual_seed accepts for every int64 seed
-# (its range is [-2**63, 2**64); a negative seed s is the generator seed s + 2**64, so --seed -1 is 2**64 - 1).
+# Seeds are int64. Every generator seed is seed + a fixed offset in [0, 2**63) (verifier/seeds.py: the data
+# +0 or the preset's seed_offset, the initialisation +1000003, ...), which torch.Generator.manual_seed accepts
+# for every int64 seed (its range is [-2**63, 2**64); a negative s is the generator seed s + 2**64, so the
+# preset docs' --seed -1 is 2**64 - 1, and toy-attention's seed_offset 1 makes it 0).
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 # Discrete training starts at alpha * theta0 and Lemma 4.1 measures u^2 - v^2 ~ alpha^2 there: below
 # alpha = 1e-100 that product leaves the normal float64 range (alpha^2 theta0^2 < 2.2e-308 for small theta0
