@@ -207,8 +207,13 @@ def test_text_is_converted_once_at_the_boundary():
 def test_seed_range_is_int64_and_every_offset_fits_the_generator(tmp_path):
     """-1 (the preset docs' named counterexample) and both int64 ends run; the init seed seed + 1000003 and
     the preset's seed_offset stay inside torch.Generator's range [-2**63, 2**64)."""
+    from verifier import seeds
     from verifier.context import Context
+    from verifier.presets import PRESETS
 
+    offsets = [v for k, v in vars(seeds).items() if k.isupper()] + [p.defaults.get("seed_offset", 0)
+                                                                     for p in PRESETS.values()]
+    assert offsets and all(isinstance(o, int) and 0 <= o < 2**63 for o in offsets)
     for seed in (-1, 2**63 - 1, -(2**63)):
         ctx = Context(RunConfig(preset="diag-linear", seed=seed))
         assert ctx.theta0(1).shape == (1, 20)
@@ -296,7 +301,7 @@ def test_discrete_training_refuses_alphas_whose_square_underflows(tmp_path, caps
     assert main(["run", "--model", "diag-linear", "--data", path, "--checks", "lemma-4.1", "--optimizer", "gd",
                  "--steps", "20", "--alphas", "1e-100", "--no-progress", "--out", str(tmp_path / "o")]) == 0
     [check] = json.loads((tmp_path / "o" / "results.json").read_text())["checks"]
-    assert check["metrics"]["alphas"] == ["1e-100"] and check["metrics"]["max_law_error"] < 1e-12
+    assert check["metrics"]["alphas"]["value"] == ["1e-100"] and check["metrics"]["max_law_error"]["value"] < 1e-12
 
 
 def test_lemma41_flow_at_a_tiny_alpha_runs_at_a_bounded_cost_and_says_so(tmp_path):
@@ -306,9 +311,9 @@ def test_lemma41_flow_at_a_tiny_alpha_runs_at_a_bounded_cost_and_says_so(tmp_pat
     assert main(["run", "--model", "diag-linear", "--data", path, "--checks", "lemma-4.1", "--alphas", "exp(-1e6)",
                  "--no-progress", "--out", str(tmp_path / "o")]) == 0
     [check] = json.loads((tmp_path / "o" / "results.json").read_text())["checks"]
-    assert check["metrics"]["alphas"] == ["1e-08"] and FLOW_MAX_LOG_INV_ALPHA == pytest.approx(8 * np.log(10))
+    assert check["metrics"]["alphas"]["value"] == ["1e-08"] and FLOW_MAX_LOG_INV_ALPHA == pytest.approx(8 * np.log(10))
     assert check["message"].startswith("alpha=exp(-1e+06) is below what the parameter-space reference integrator")
-    assert check["metrics"]["nfev"][0] < 5000  # the 1e-8 run, not one whose length grows with 1e6
+    assert check["metrics"]["nfev"]["value"][0] < 5000  # the 1e-8 run, not one whose length grows with 1e6
 
 
 def _definition31(model):

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from verifier.cli import main
 
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
-FUZZ = settings(max_examples=300 if PROFILE == "thorough" else 12, deadline=None, derandomize=PROFILE != "thorough",
+FUZZ = settings(max_examples=300 if PROFILE == "thorough" else 25, deadline=None, derandomize=PROFILE != "thorough",
                 suppress_health_check=[HealthCheck.too_slow], database=None)
 
 NUMBERS = ["0", "-1", "1", "0.5", "1e-3", "2", "1e400", "-1e400", "nan", "inf", "-inf", "1e-400", "1e3", "3.5",
