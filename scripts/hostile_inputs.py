@@ -535,17 +535,19 @@ def concurrent_runs(case: Case, cdir: Path, ctx: dict) -> Row:
 
 
 def interrupt_while_writing(case: Case, cdir: Path, ctx: dict) -> Row:
-    """SIGINT as soon as anything of the output set appears next to --out: the target must be absent or
-    complete afterwards, and nothing temporary may be left."""
+    """SIGINT as soon as a results.json appears anywhere under the case folder (in --out itself, or in a
+    temporary folder beside it): the target must be absent, empty or complete afterwards, and nothing
+    temporary may be left. (SIGINT is reset to its default in the child: a background shell ignores it.)"""
     argv = subst(case.args, ctx["fx"], cdir)
     target = Path(argv[argv.index("--out") + 1])
     before = listing(cdir)
     p = subprocess.Popen([ctx["verifier"], *argv], cwd=cdir, env=ctx["env"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + ctx["timeout"]
     sent = False
     while p.poll() is None and time.monotonic() < deadline:
-        if listing(cdir) - before or target.exists():
+        if any(cdir.rglob("results.json")):
             p.send_signal(signal.SIGINT)
             sent = True
             break
@@ -556,7 +558,8 @@ def interrupt_while_writing(case: Case, cdir: Path, ctx: dict) -> Row:
         p.kill()
         _, err = p.communicate()
     problems = []
-    state = "absent" if not target.exists() else ("complete" if complete_set(target) else "PARTIAL")
+    state = ("absent" if not target.exists() else "complete" if complete_set(target) else
+             "empty" if target.is_dir() and not any(target.iterdir()) else "PARTIAL")
     if state == "PARTIAL":
         problems.append("half-written output set after SIGINT")
     problems += [f"leftover {n}" for n in leftovers(cdir, before)]
@@ -566,7 +569,7 @@ def interrupt_while_writing(case: Case, cdir: Path, ctx: dict) -> Row:
     if p.returncode not in case.codes:
         problems.append(f"exit {p.returncode}")
     if not sent:
-        state += " (no signal sent)"
+        problems.append("no results.json ever appeared: the signal was not sent")
     return Row(case, p.returncode, tb, state, problems)
 
 
