@@ -79,6 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "reports/<timestamp>, with reports/latest linking to it)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    track = sub.add_parser("track", help="train a small ViT at several init scales, track the rank of its attention "
+                                         "changes, write DIR/results.json and DIR/report.html")
+    track.add_argument("--preset", default="vit-digits", help="vit-digits (default, CPU), vit-digits-wide (GPU), "
+                                                              "vit-digits-tiny (seconds)")
+    track.add_argument("--init-scales", help="factors of the initial weights, e.g. 1,0.3,0.1 (default: the preset's)")
+    track.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
+    track.add_argument("--epochs", type=int, help="training epochs per init scale (default: the preset's)")
+    track.add_argument("--lr", type=float, help="step size (default: the preset's for the optimizer)")
+    track.add_argument("--every", type=int, help="record every N optimizer steps (default: the preset's; 1 on CPU)")
+    track.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
+    track.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and the batches")
+    track.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
+                                     "reports/<timestamp>, with reports/latest linking to it)")
+    track.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     sub.add_parser("presets", help="list presets and every default")
     sub.add_parser("checks", help="list check ids and the claims they test")
 
@@ -112,24 +127,44 @@ def _config(args):
 
 
 def _run(args, argv) -> int:
-    from .checks import Verdict, resolve_ids
+    from .checks import resolve_ids
     from .context import Context
     from .outputs import OutputSet
-    from .report import summary_table
     from .runner import run_checks
 
     config = _config(args)
     output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
     ids = resolve_ids(args.checks, ctx.model)
+    return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress))
+
+
+def _track(args, argv) -> int:
+    from .config import resolve_device
+    from .outputs import OutputSet
+    from .tracking.config import TrackConfig, parse_scales
+    from .tracking.run import run_track
+
+    config = TrackConfig(preset=args.preset, init_scales=parse_scales(args.init_scales), optimizer=args.optimizer,
+                         epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed, every=args.every)
+    resolve_device(config.device)
+    output = OutputSet.for_out(args.out)
+    return _write(output, lambda: run_track(config, argv=["verifier", *argv], progress=not args.no_progress))
+
+
+def _write(output, compute) -> int:
+    """Open the output set, compute the results, write them whole; print the summary; exit by the verdict."""
+    from .checks import Verdict
+    from .report import summary_table
+
     output.open()
     try:
-        results = run_checks(ctx, ids, progress=not args.no_progress)
+        results = compute()
         paths = output.commit(results)
     finally:
         output.discard()
     print(summary_table(results))
-    latest = "" if args.out or output.warnings else f" ({output.root / 'latest'} links to it)"
+    latest = f" ({output.root / 'latest'} links to it)" if output.new_run and not output.warnings else ""
     print(f"wrote {paths[0]} and {paths[1]}{latest}")
     for warning in output.warnings:
         print(f"verifier: warning: {warning}", file=sys.stderr)
@@ -223,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_OK
-        commands = {"run": lambda: _run(args, argv), "presets": _presets, "checks": _checks,
-                    "limit": lambda: _limit(args), "report": lambda: _report(args), "gate": lambda: _gate(args)}
+        commands = {"run": lambda: _run(args, argv), "track": lambda: _track(args, argv), "presets": _presets,
+                    "checks": _checks, "limit": lambda: _limit(args), "report": lambda: _report(args),
+                    "gate": lambda: _gate(args)}
         return commands[args.command]()
     except InputError as exc:
         print(f"verifier: error: {_one_line(exc)}", file=sys.stderr)

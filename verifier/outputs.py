@@ -62,7 +62,8 @@ class OutputSet:
     checks run, then :meth:`commit` (or :meth:`discard`)."""
 
     def __init__(self, target: Path | None, root: Path):
-        self.target, self.root = target, root  # target None: a fresh folder under root (reports/)
+        self.target, self.root = target, root
+        self.new_run = target is None  # a fresh folder under root (reports/), with root/latest linking to it
         self.tmp: Path | None = None
         self.reserved = False
         self.warnings: list[str] = []
@@ -130,7 +131,7 @@ class OutputSet:
             os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; a run folder is meant to be shared
             with _blocked_signals():
                 self._place()
-                if self.reserved:
+                if self.new_run:
                     self._point_latest()
         except OSError as exc:
             self.discard()
