@@ -96,13 +96,13 @@ HALF_OPEN_UNIT = Allowed(float, 0.0, 1.0, open_high=True)
 COUNT = Allowed(int, 1, 10**6)
 
 
-def _validate(obj, rules: dict[str, tuple[str, Allowed]]) -> None:
+def validate_fields(obj, rules: dict[str, tuple[str, Allowed]]) -> None:
     """Check and normalise every field named in ``rules`` (field -> (name in messages, allowed values))."""
     for attr, (name, allowed) in rules.items():
         object.__setattr__(obj, attr, allowed.check(name, getattr(obj, attr)))
 
 
-def _choice(name: str, value, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise InputError(name, f"unknown value {value!r}", ", ".join(choices))
 
@@ -122,7 +122,7 @@ class SolverConfig:
     RULES = {"rtol": ("--rtol", UNIT), "atol": ("--atol", UNIT), "max_steps": ("SolverConfig.max_steps", COUNT)}
 
     def __post_init__(self):
-        _validate(self, self.RULES)
+        validate_fields(self, self.RULES)
 
 
 @dataclass(frozen=True)
@@ -149,8 +149,8 @@ class OptimizerConfig:
     }
 
     def __post_init__(self):
-        _choice("--optimizer", self.name, OPTIMIZERS)
-        _validate(self, self.RULES)
+        check_choice("--optimizer", self.name, OPTIMIZERS)
+        validate_fields(self, self.RULES)
         if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2):
             raise InputError("OptimizerConfig.betas", f"{self.betas!r} is not a pair", "(beta1, beta2) in [0, 1)")
         object.__setattr__(self, "betas", tuple(HALF_OPEN_UNIT.check("OptimizerConfig.betas", b) for b in self.betas))
@@ -200,7 +200,7 @@ def format_alpha(L: float) -> str:
 def resolve_device(name: str) -> "torch.device":
     import torch
 
-    _choice("--device", name, DEVICES)
+    check_choice("--device", name, DEVICES)
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", "cuda requested but torch.cuda.is_available() is False", "auto, cpu")
     if name == "auto":
@@ -243,8 +243,8 @@ class RunConfig:
 
         preset, _family = resolve_problem(self.preset, self.model, self.data, self.loss)
         object.__setattr__(self, "preset", preset)
-        _choice("--device", self.device, DEVICES)
-        _validate(self, self.RULES)
+        check_choice("--device", self.device, DEVICES)
+        validate_fields(self, self.RULES)
         if self.horizon is not None:
             object.__setattr__(self, "horizon", POSITIVE.check("--horizon", self.horizon))
         for name, cls in (("solver", SolverConfig), ("optimizer", OptimizerConfig)):

@@ -9,7 +9,11 @@ Definition 3.1 asks two things, and both are measured:
     directions delta the Taylor remainder r(eps) = |g(beta + eps delta) - g(beta) - eps H delta| of the
     gradient is O(eps^2) for a C^2 loss with a locally Lipschitz Hessian, but only O(eps) where the
     gradient has kinks (a ReLU network crosses one kink per pre-activation that changes sign). We fit the
-    order from eps = 1e-2 and 1e-3 and pass when the smallest order over the probes is >= 1.5.
+    order from eps = 1e-2 and 1e-3 and pass when every probe's order lies in [1.5, 2.5] (or is infinite: a
+    remainder at rounding level, e.g. a quadratic loss). Too low: the remainder is O(eps), a kink at beta.
+    Too high: a kink crossed between beta + 1e-3 delta and beta + 1e-2 delta inflates r(1e-2) only, a slope no
+    C^2 function has (its r(eps) = c eps^2 + O(eps^3)); a ReLU network shows either, depending on the probe
+    (docs/THEORY.md §5.1: measured, half of the ReLU seeds showed only the high order).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .registry import register
 ID = "definition-3.1"
 CLAIM = "Definition 3.1: the loss depends on (u, v) only through beta = u * v, and is C^2 in beta"
 MISMATCH_TOL = 1e-10
-MIN_ORDER = 1.5
+MIN_ORDER, MAX_ORDER = 1.5, 2.5
 EPSILONS = (1e-2, 1e-3)
 N_PROBES = 4
 PROBE_SCALE = 0.5  # probes beta ~ N(0, 0.5^2): the scale of beta along a training run
@@ -89,6 +93,8 @@ def check_definition_31(ctx) -> CheckResult:
         return _inconclusive("the gradient of Lb is exactly zero at every probe (a constant loss, e.g. X = 0): "
                              "there is no dependence on beta to test")
     order = min(orders)
+    finite = [o for o in orders if math.isfinite(o)]
+    top = max(finite) if finite else None
     problems = []
     if not mismatch <= MISMATCH_TOL:
         problems.append(f"the network's loss differs from Lb(u*v) by {mismatch:.1e} (relative): it does not "
@@ -96,14 +102,19 @@ def check_definition_31(ctx) -> CheckResult:
     if not order >= MIN_ORDER:
         problems.append(f"the gradient's Taylor remainder shrinks like eps^{order:.2f}, not eps^2: the loss is not "
                         "twice continuously differentiable in beta (a ReLU or another kink?)")
+    if top is not None and not top <= MAX_ORDER:
+        problems.append(f"the gradient's Taylor remainder falls like eps^{top:.2f} from eps = {EPSILONS[0]:g} to "
+                        f"{EPSILONS[1]:g}, faster than the eps^2 of a C^2 loss: a kink lies between the two probe "
+                        "sizes (a ReLU?)")
     verdict = Verdict.FAIL if problems else Verdict.PASS
     message = "; ".join(problems) if problems else (
-        f"the loss is a function of u*v (mismatch {mismatch:.1e}) and C^2 in beta (Taylor order of the gradient "
-        f">= {order:.2f})")
+        f"the loss is a function of u*v (mismatch {mismatch:.1e}) and C^2 in beta (Taylor orders of the gradient "
+        f"in [{order:.2f}, {top if top is not None else math.inf:.2f}])")
     return CheckResult(
         ID, CLAIM, verdict, message,
         metrics={"max_param_mismatch": Metric.at_most(mismatch, MISMATCH_TOL, MISMATCH_GATE),
-                 "taylor_order": Metric.at_least(order, MIN_ORDER), "taylor_orders": Metric.info(orders)},
+                 "taylor_order": Metric.at_least(order, MIN_ORDER),
+                 "max_taylor_order": Metric.at_most(top, MAX_ORDER, None), "taylor_orders": Metric.info(orders)},
         key_metric="taylor_order", settings={"epsilons": list(EPSILONS), "probes": N_PROBES},
         evidence={"figures": [Figure(
             "taylor-remainder", "Taylor remainder of the gradient", "line", "eps",
