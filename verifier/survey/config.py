@@ -10,10 +10,9 @@ import hashlib
 import shlex
 from dataclasses import dataclass
 
-from ..config import DEVICES, RunConfig
+from ..config import DEVICES, SEED_MAX, SEED_MIN, Allowed, RunConfig, check_choice, validate_fields
 from ..errors import InputError
 
-SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 DRAW_SEED_BITS = 32  # derived seeds lie in [0, 2^32): inside every seed range, short to type, exact in JSON
 MAX_DRAWS = 100_000
 AUTO = "auto"
@@ -27,9 +26,9 @@ def draw_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest[: DRAW_SEED_BITS // 8], "big")
 
 
-def _integer(value, field: str, lo: int, hi: int, text: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InputError(field, f"{value!r} is not {text}", text)
+RULES = {"n": ("--n", Allowed(int, 1, MAX_DRAWS)),
+         "seed": ("--seed", Allowed(int, SEED_MIN, SEED_MAX, text="an integer in [-2**63, 2**63 - 1]"))}
+BATCH = ("--batch", Allowed(int, 1, 1024))
 
 
 @dataclass(frozen=True)
@@ -52,14 +51,9 @@ class SurveyConfig:
         from ..checks import check_ids
         from ..presets import PRESETS
 
-        if self.preset not in PRESETS:
-            raise InputError("--preset", f"unknown preset {self.preset!r}", ", ".join(PRESETS))
-        _integer(self.n, "--n", 1, MAX_DRAWS, f"an integer in [1, {MAX_DRAWS}]")
-        _integer(self.seed, "--seed", SEED_MIN, SEED_MAX, "an integer in [-2**63, 2**63 - 1]")
-        if self.batch is not None:
-            _integer(self.batch, "--batch", 1, 1024, "an integer in [1, 1024]")
-        if self.device not in DEVICES:
-            raise InputError("--device", f"unknown device {self.device!r}", ", ".join(DEVICES))
+        check_choice("--preset", self.preset, tuple(PRESETS))
+        check_choice("--device", self.device, DEVICES)
+        validate_fields(self, RULES | ({"batch": BATCH} if self.batch is not None else {}))
         if self.checks is not None:
             if not self.checks:
                 raise InputError("--checks", "empty list", ", ".join(check_ids()))
