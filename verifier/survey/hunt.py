@@ -9,8 +9,9 @@ teacher travel in the .npz, the initialisation in the seed).
 
 Measured per check (the check's own numbers): ``assumption-4.2`` the smallest argmin margin of Algorithm 1's
 stages (``min_stage_margin``), ``assumption-4.3`` the smallest relative eigenvalue of the restricted
-Hessians at Algorithm 1's stationary points (``min_rel_eig``), both from Algorithm 1 alone; ``assumption-4.4``
-the whole check (``max_spread``). A crossing of either of the first two makes the full check fail.
+Hessians at Algorithm 1's stationary points (``min_rel_eig``), both from Algorithm 1 alone (a crossing of
+either makes the full check fail); ``assumption-4.4`` the whole check: a violation is its verdict, the search
+is steered by its key metric ``max_spread`` (its Figure 10 part can fail with ``max_spread`` passing).
 """
 
 from __future__ import annotations
