@@ -10,7 +10,7 @@ import torch
 from scipy.stats import binomtest
 
 from verifier.cli import main
-from verifier.config import RunConfig
+from verifier.config import RunConfig, SolverConfig
 from verifier.context import Context
 from verifier.errors import InputError
 from verifier.models import DiagLinear
@@ -169,29 +169,26 @@ def test_interrupted_survey_keeps_the_draws_that_finished(monkeypatch):
 
 def test_stacked_ladders_equal_each_draws_own_ladder():
     """Two draws of a small diagonal linear family solved as one batch, each to its own horizon, agree with
-    each draw's own solve to the solver tolerance."""
-    config = RunConfig(preset=None, model="diag-linear", log_inv_alphas=(math.log(1e8),))
-
+    each draw's own solve to the solver tolerance (1e-6 here, so that the test is quick)."""
     def contexts():
         out = []
-        for seed in (3, 4):
+        for seed, horizon in ((3, 2.0), (4, 3.0)):
             gen = torch.Generator().manual_seed(seed)
             X = torch.randn(12, 3, generator=gen, dtype=torch.float64)
             model = DiagLinear(X, X @ torch.tensor([1.5, -0.7, 0.0], dtype=torch.float64))
-            out.append(Context(RunConfig(**{**config.__dict__, "seed": seed}), model=model))
+            config = RunConfig(preset=None, model="diag-linear", seed=seed, horizon=horizon,
+                               log_inv_alphas=(math.log(1e8),), solver=SolverConfig(rtol=1e-6, atol=1e-6))
+            out.append(Context(config, model=model))
         return out
 
     alone, stacked = contexts(), contexts()
-    for a, s in zip(alone, stacked):
-        s.stages = a.stages  # Algorithm 1 once per model (it sets the horizon)
     prefill_ladders(stacked, ["theorem-4.5"])
-    assert stacked[0].horizon != stacked[1].horizon  # the batch really mixes horizons
     for a, s in zip(alone, stacked):
         ta, ts = a.ladder, s.__dict__["ladder"]  # the prefilled value, not a recomputation
-        assert ts.status == ta.status and torch.equal(ts.tau, ta.tau)
-        assert torch.allclose(ts.beta, ta.beta, rtol=1e-5, atol=1e-6)
-        assert torch.allclose(ts.crossing_tau, ta.crossing_tau, rtol=1e-6, atol=1e-6, equal_nan=True)
-        assert torch.equal(ts.crossing_sign, ta.crossing_sign)
+        assert ts.status == ta.status and torch.equal(ts.tau, ta.tau) and float(ts.tau[-1]) == a.horizon
+        assert torch.allclose(ts.beta, ta.beta, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(ts.crossing_tau, ta.crossing_tau, rtol=1e-5, atol=1e-5, equal_nan=True)
+        assert torch.equal(ts.crossing_sign, ta.crossing_sign) and int(torch.isfinite(ta.crossing_tau).sum()) >= 2
         assert (ts.nfev - ta.nfev).abs().max() <= 0.05 * ta.nfev.max()
 
 
