@@ -222,3 +222,6 @@ class FullAttention(Model):
         """Wq Wk^T and Wv Wo^T, whose singular values the paper tracks (Figure 2, right)."""
         Wq, Wk, Wv, Wo = self.weights(theta)
         return Wq @ Wk.transpose(-1, -2), Wv @ Wo.transpose(-1, -2)
+
+    def product_names(self) -> tuple[str, ...]:
+        return ("Wq Wk^T", "Wv Wo^T")
