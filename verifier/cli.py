@@ -25,6 +25,8 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help="a named problem (see `verifier presets`); default toy-attention")
     p.add_argument("--model", help="model family for --data: diag-linear, toy-attention, diag-transformer, full-attention")
     p.add_argument("--data", help=".npz with X, Y (linear: X [N,p], y [N]; attention: X, Y [N,n,d])")
+    p.add_argument("--model-file", help="PATH.py:FACTORY: FACTORY() returns your model (verifier.from_module, "
+                                        "verifier.from_loss or a built-in one)")
     p.add_argument("--loss", default="square", help="square (default) or logistic (diag-linear only)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, teacher and initialisation (default 0)")
     p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
@@ -86,14 +88,14 @@ def _run(args, argv) -> int:
     if args.perturb_epochs < 1:
         raise InputError("--perturb-epochs", f"{args.perturb_epochs!r} must be >= 1", "an integer >= 1")
     config = RunConfig(
-        preset=args.preset, model=args.model, data=args.data, loss=args.loss, seed=args.seed, device=args.device,
+        preset=args.preset, model=args.model, data=args.data, model_file=args.model_file, loss=args.loss, seed=args.seed, device=args.device,
         log_inv_alphas=parse_alphas(args.alphas), horizon=args.horizon,
         solver=SolverConfig(rtol=args.rtol, atol=args.atol),
         optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
                                   momentum=args.momentum, weight_decay=args.weight_decay),
         noise=args.noise, negligible=args.negligible, perturb_epochs=args.perturb_epochs,
     )
-    if config.preset is None and config.model is None:
+    if config.preset is None and config.model is None and config.model_file is None:
         config = RunConfig(**{**config.__dict__, "preset": "toy-attention"})
     ctx = Context(config, argv=["verifier", *argv])
     ids = resolve_ids(args.checks, ctx.model)
@@ -125,12 +127,11 @@ def _checks() -> int:
 
 
 def _limit(args) -> int:
-    from .config import resolve_device
     from .limit import algorithm1
     from .presets import build_model
     from .results import atomic_write_text
 
-    model = build_model(args.preset, args.model, args.data, args.loss, args.seed, resolve_device(args.device))
+    model = build_model(args.preset, args.model, args.data, args.loss, args.seed, args.device, args.model_file)
     if not model.diagonal:
         raise InputError("--model", f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
                          "diag-linear, toy-attention, diag-transformer")

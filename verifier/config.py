@@ -111,6 +111,7 @@ class RunConfig:
     preset: str | None = "toy-attention"
     model: str | None = None
     data: str | None = None
+    model_file: str | None = None  # PATH.py:FACTORY (then preset, model and data are None)
     loss: str = "square"
     seed: int = 0
     device: str = "cpu"

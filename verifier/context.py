@@ -15,6 +15,7 @@ import scipy
 import torch
 
 from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig, resolve_device
+from .errors import InputError
 from .presets import build_model
 
 INIT_SEED_OFFSET = 1_000_003  # the initialisation theta0 uses seed + this, the data/teacher use seed
@@ -41,9 +42,12 @@ class Context:
 
     def __init__(self, config: RunConfig, model=None, argv: list[str] | None = None):
         self.config = config
-        self.device = resolve_device(config.device)
         self.model = model if model is not None else build_model(
-            config.preset, config.model, config.data, config.loss, config.seed, self.device)
+            config.preset, config.model, config.data, config.loss, config.seed, config.device, config.model_file)
+        self.device = self.model.device if model is None else resolve_device(config.device)
+        if config.optimizer.name == "sgd" and self.model.X is None:
+            raise InputError("--optimizer", "sgd draws minibatches from the model's data set, and this model's loss "
+                                            "holds its own data", "flow, gd, adam")
         self.provenance = {
             "command": " ".join(argv if argv is not None else sys.argv),
             "seed": config.seed,

@@ -117,9 +117,27 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+def place(model: Model, device: str | torch.device) -> Model:
+    """``model`` on ``device`` (a name: auto, cpu, cuda; or a torch.device). A model that cannot move (a user's
+    loss holds its own tensors) stays where it is under ``auto``; any other device must be its own."""
+    from .config import resolve_device
+
+    if device == "auto" and not model.movable:
+        return model
+    return model.to_device(resolve_device(device) if isinstance(device, str) else device)
+
+
 def build_model(preset: str | None = None, family: str | None = None, data: str | None = None,
-                loss: str = "square", seed: int = 0, device: str | torch.device = "cpu") -> Model:
-    """Normalise the user's choice (a preset, or a model family with an .npz file) into a Model."""
+                loss: str = "square", seed: int = 0, device: str | torch.device = "cpu",
+                model_file: str | None = None) -> Model:
+    """Normalise the user's choice (a preset, a model family with an .npz file, or ``--model-file``
+    PATH.py:FACTORY) into a Model on ``device``."""
+    if model_file is not None:
+        if family is not None or data is not None or preset is not None:
+            raise InputError("--model-file", "give either --model-file or --preset/--model/--data, not both")
+        from .model_file import load_model_file
+
+        return place(load_model_file(model_file), device)
     if loss not in ("square", "logistic"):
         raise InputError("--loss", f"unknown loss {loss!r}", "square, logistic")
     if preset is not None and (family is not None or data is not None):
@@ -134,6 +152,10 @@ def build_model(preset: str | None = None, family: str | None = None, data: str 
         raise InputError("--model", f"unknown model {family!r}", ", ".join(FAMILIES))
     if loss == "logistic" and family != "diag-linear":
         raise InputError("--loss", f"logistic loss is defined for diag-linear only, not {family}", "square")
+    if isinstance(device, str):
+        from .config import resolve_device
+
+        device = resolve_device(device)
     if preset is not None:
         return PRESETS[preset].build(seed=seed, loss=loss, device=device)
     if data is None:

@@ -138,15 +138,15 @@ def _cached(key: tuple[str, Problem], make):
 
 def _context(problem: Problem):
     """One Context per problem and session (checks share Algorithm 1 and the flow ladder), on the session device."""
-    from .config import resolve_device
     from .context import Context
+    from .presets import place
 
     session = _current()
     device = session.device if session is not None else problem.config.device
     argv = ["pytest", *(session.args if session else [])]
 
     def make():
-        model = problem.build().to_device(resolve_device(device))
+        model = place(problem.build(), device)
         return Context(replace(problem.config, device=device), model=model, argv=argv)
 
     return _cached(("context", problem), make)

@@ -40,6 +40,7 @@ class Model:
     # -- identity -------------------------------------------------------------------------------
     family = "model"
     diagonal = False
+    movable = True  # to_device works; a user's loss function holds its own tensors and cannot move (models/user.py)
 
     @property
     def device(self) -> torch.device:
