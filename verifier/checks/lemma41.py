@@ -22,6 +22,7 @@ from scipy.integrate import solve_ivp
 from torch.func import grad
 
 from ..config import format_alpha
+from ..dynamics import param_flow
 from ..dynamics.optimizers import train
 from .registry import register
 from .result import CheckResult, Verdict
@@ -35,16 +36,12 @@ DEFAULT_LOG_INV_ALPHA = math.log(100.0)  # alpha = 1e-2 unless --alphas is given
 
 
 def growth_rate(model) -> float:
-    """How fast the first coordinate grows from theta = 0: max |g_i(0)| for diagonal weights, the top
-    singular value of dL/d(Wv Wo^T) at zero for a full head (the rate of its first rank-one mode)."""
+    """How fast the first coordinate grows from theta = 0: max |g_i(0)| for diagonal weights; for full weights
+    the largest |eigenvalue| of the Hessian at zero, the top singular value of dL/d(U V^T) over the products
+    (the rate of the first rank-one mode)."""
     if model.diagonal:
         return float(model.grad_b(torch.zeros(model.p, dtype=torch.float64, device=model.device)).abs().max())
-    from ..models.attention import attention
-
-    d = model.d
-    zero = torch.zeros(d, d, dtype=torch.float64, device=model.device)
-    G = grad(lambda VO: model._loss(attention(model.X, zero, VO, model.temperature)))(zero)
-    return float(torch.linalg.matrix_norm(G, ord=2))
+    return param_flow.growth_rate(model)
 
 
 def _flow(ctx, log_inv_alphas) -> CheckResult:

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.func import grad, jvp
 
-from ..dynamics.param_flow import ParamTrajectory, solve_param_flow
+from ..dynamics.param_flow import ParamTrajectory, growth_rate, solve_param_flow
 from ..config import format_alpha
 from ..dynamics.trajectory import Status
 from .result import Verdict
@@ -74,24 +73,6 @@ class RankMeasurement:
     events: tuple[tuple[Event, ...], ...]
     growth_rate: float
     horizon: float
-
-
-def growth_rate(model, iters: int = 60) -> float:
-    """max |eigenvalue| of the Hessian of L(theta) at theta = 0, by power iteration with Hessian-vector
-    products. For a product U V^T with gradient G at zero the eigenvalues are +-sigma(G): the rate at which the
-    first mode leaves zero, so the first jump comes at tau ~ 1 / rate."""
-    zero = torch.zeros(model.n_params, dtype=torch.float64, device=model.device)
-    g = grad(model.loss_params)
-    v = torch.randn(model.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(zero.device)
-    rate = 0.0
-    for _ in range(iters):
-        v = v / v.norm()
-        hv = jvp(g, (zero,), (v,))[1]
-        rate = float(hv.norm())
-        if rate == 0.0:
-            return 0.0
-        v = hv
-    return rate
 
 
 def singular_values(model, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:

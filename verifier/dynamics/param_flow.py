@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from torch.func import grad, vmap
+from torch.func import grad, jvp, vmap
 
 from ..models.base import Model
 from .trajectory import Status
@@ -78,3 +78,21 @@ def solve_param_flow(model: Model, theta0: torch.Tensor, log_inv_alphas, horizon
         status, message = Status.STEP_TOO_SMALL, f"DOP853 stopped at tau={reached:.4g}: {sol.message}"
     loss = vmap(vmap(model.loss_params))(theta.to(dev)).cpu()
     return ParamTrajectory(L, torch.from_numpy(tau), theta, loss, nfev, status, message)
+
+
+def growth_rate(model, iters: int = 60) -> float:
+    """max |eigenvalue| of the Hessian of L(theta) at theta = 0, by power iteration with Hessian-vector
+    products. For a product U V^T with gradient G at zero the eigenvalues are +-sigma(G): the rate at which the
+    first mode leaves zero, so the first jump comes at tau ~ 1 / rate."""
+    zero = torch.zeros(model.n_params, dtype=torch.float64, device=model.device)
+    g = grad(model.loss_params)
+    v = torch.randn(model.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(zero.device)
+    rate = 0.0
+    for _ in range(iters):
+        v = v / v.norm()
+        hv = jvp(g, (zero,), (v,))[1]
+        rate = float(hv.norm())
+        if rate == 0.0:
+            return 0.0
+        v = hv
+    return rate
