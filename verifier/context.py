@@ -42,6 +42,7 @@ class Context:
 
     def __init__(self, config: RunConfig, model=None, argv: list[str] | None = None):
         self.config = config
+        self.model_given = model is not None  # a model object handed in (tests, the pytest plugin)
         self.model = model if model is not None else build_model(
             config.preset, config.model, config.data, config.loss, config.seed, config.device, config.model_file)
         self.device = self.model.device if model is None else resolve_device(config.device)
@@ -59,6 +60,24 @@ class Context:
             "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "tolerances": {"rtol": config.solver.rtol, "atol": config.solver.atol},
         }
+
+    @functools.cached_property
+    def problem(self) -> dict:
+        """Where the model comes from, for results and the report: the preset and its description, the
+        family and data file, or a user's module class and pairs (with source text) / loss function."""
+        from .presets import PRESETS
+
+        source = getattr(self.model, "source", None)
+        if source is not None:
+            return {"family": self.model.family, **source(), "model_file": self.config.model_file}
+        out = {"kind": "built-in", "family": self.model.family, "class": type(self.model).__name__}
+        if self.model_given:
+            out["kind"] = "model object"
+        elif self.config.preset in PRESETS and self.config.model is None:
+            out.update(preset=self.config.preset, description=PRESETS[self.config.preset].description)
+        elif self.config.data is not None:
+            out.update(data=self.config.data)
+        return out
 
     @property
     def log_inv_alphas(self) -> tuple[float, ...]:

@@ -38,10 +38,12 @@ def load_model_file(spec: str):
     name = f"verifier_model_file_{abs(hash(file.resolve()))}"
     module_spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # so that inspect finds the source of its classes (the report shows it)
     sys.path.insert(0, str(file.resolve().parent))
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
+        del sys.modules[name]
         raise InputError(FIELD, f"importing {file} raised {type(exc).__name__}: {exc}") from None
     finally:
         sys.path.remove(str(file.resolve().parent))

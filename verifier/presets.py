@@ -56,16 +56,35 @@ def frozen_feedforward(layers: int, d: int, width: int, gen: torch.Generator) ->
     return A, B
 
 
+def head_projections(layers: int, heads: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """Frozen random orthogonal projections P [L, H, d, d], one per head (Q of the QR of a Gaussian matrix)."""
+    return torch.linalg.qr(torch.randn(layers, heads, d, d, generator=gen, dtype=D.F64))[0]
+
+
 def _transformer(c, gen, loss, X=None, Y=None) -> DiagTransformer:
     d = c["d"] if X is None else X.shape[-1]
     if X is None:
         X = D.gaussian_tokens(c["N"], c["n"], d, gen)
     A, B = frozen_feedforward(c["layers"], d, c["width"], gen)
-    kw = dict(ff_in=A, ff_out=B, heads=c["heads"], temperature=d**-0.5, activation=c.get("activation", "gelu"))
+    P = head_projections(c["layers"], c["heads"], d, gen) if c.get("projections") else None
+    kw = dict(ff_in=A, ff_out=B, head_proj=P, heads=c["heads"], temperature=d**-0.5,
+              activation=c.get("activation", "gelu"))
     if Y is None:
         teacher = DiagTransformer(X, X, **kw)
-        Y = teacher.predict_beta(D.sparse_vector(teacher.p, c["r"], c["scale"], gen))
+        beta = head_teacher(c, gen) if "teacher_heads" in c else D.sparse_vector(teacher.p, c["r"], c["scale"], gen)
+        Y = teacher.predict_beta(beta)
     return DiagTransformer(X, Y, loss=loss, **kw)
+
+
+def head_teacher(c, gen: torch.Generator) -> torch.Tensor:
+    """beta of a teacher whose ``teacher_heads`` randomly chosen heads each have one nonzero q*k and one
+    nonzero vv*o entry (sizes in ``scale``, random signs): every teacher head changes the output."""
+    L, H, d = c["layers"], c["heads"], c["d"]
+    beta = torch.zeros(L * H, 2, d, dtype=D.F64)
+    for head in torch.randperm(L * H, generator=gen)[: c["teacher_heads"]].tolist():
+        for kind in (0, 1):
+            beta[head, kind] = D.sparse_vector(d, 1, c["scale"], gen)
+    return beta.reshape(-1)
 
 
 def _full_attention(c, gen, loss) -> FullAttention:
@@ -106,8 +125,18 @@ PRESETS: dict[str, Preset] = {
                dict(N=1000, n=10, d=50, r=3, scale=(1.0, 2.0), seed_offset=1)),
         Preset("diag-transformer", "diag-transformer",
                "Example 3.2: 2 layers x 2 heads with diagonal attention, residuals, frozen random GELU "
-               "feedforward of width 16; tokens n=6 in d=8, N=200, sparse teacher of the same architecture "
-               "with r=3 nonzero entries of size 1-2.",
+               "feedforward of width 16; each head reads the stream through its own frozen random orthogonal "
+               "projection P (Wq Wk^T = P diag(q*k) P^T), so heads are not exchangeable; tokens n=6 in d=8, "
+               "N=200, teacher of the same architecture in which 3 of the 4 heads each have one nonzero q*k and "
+               "one nonzero v*o entry of size 1-2. seed_offset=10: a draw in which no coordinate leaves (six "
+               "stages, one head each); with 8 of generator seeds 0-12 a spurious q*k coordinate leaves at the "
+               "zero-loss last stage with G = 0 (the corner case Assumption 4.2c excludes).",
+               dict(N=200, n=6, d=8, layers=2, heads=2, width=16, teacher_heads=3, scale=(1.0, 2.0),
+                    projections=True, seed_offset=10)),
+        Preset("diag-transformer-symmetric", "diag-transformer",
+               "A named counterexample: diag-transformer without the per-head projections, so the heads of a "
+               "layer have the same functional form and are exchangeable: their coordinates tie exactly "
+               "(Assumption 4.2b), a flat direction follows (4.3), and Algorithm 1 is undefined after the tie.",
                dict(N=200, n=6, d=8, layers=2, heads=2, width=16, r=3, scale=(1.0, 2.0))),
         Preset("full-attention", "full-attention",
                "One head with full d x d weights (outside the theory), N=200, n=6, d=8, teacher with rank-2 "

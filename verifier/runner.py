@@ -22,7 +22,7 @@ def run_checks(ctx: Context, ids: list[str], progress: bool = True) -> RunResult
         bar.set_postfix_str(check_id)
         results.append(run_check(check_id, ctx))
     run = {"config": ctx.config.as_dict(), "provenance": ctx.provenance, "model": ctx.model.family,
-           "checks": ids}
+           "problem": ctx.problem, "checks": ids}
     return RunResults(run=run, checks=tuple(results))
 
 

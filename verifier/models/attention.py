@@ -60,6 +60,9 @@ class DiagAttention(DiagonalModel):
     def coordinate_names(self) -> list[str]:
         return [f"qk[{i}]" for i in range(self.d)] + [f"vo[{i}]" for i in range(self.d)]
 
+    def coordinate_structure(self) -> list[tuple[str, str, int]]:
+        return [("", kind, i) for kind in ("qk", "vo") for i in range(self.d)]
+
     def predict_beta(self, beta: torch.Tensor) -> torch.Tensor:
         return diag_attention(self.X, beta[: self.d], beta[self.d :], self.temperature)
 

@@ -100,6 +100,11 @@ class DiagonalModel(Model):
     def coordinate_names(self) -> list[str]:
         return [f"beta[{i}]" for i in range(self.p)]
 
+    def coordinate_structure(self) -> list[tuple[str, str, int]]:
+        """(group, pair, index) per coordinate: which weights of which part of the network it is (one group,
+        one pair here); limit/symmetry.py exchanges groups or indices entry by entry."""
+        return [("", "beta", i) for i in range(self.p)]
+
     def predict_beta(self, beta: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

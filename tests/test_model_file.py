@@ -1,0 +1,99 @@
+"""``--model-file PATH.py:FACTORY`` for ``verifier run`` and ``verifier limit``: the example passes; every bad
+factory exits 2 with one line naming --model-file, before any work, with nothing written."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from verifier.cli import main
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "attention_head.py"
+
+HEAD = """
+import torch
+from torch import nn
+import verifier
+
+class Head(nn.Module):
+    def __init__(self, d=3, dtype=torch.float64):
+        super().__init__()
+        self.q, self.k = nn.Parameter(torch.ones(d, dtype=dtype)), nn.Parameter(torch.ones(d, dtype=dtype))
+
+    def forward(self, X):
+        return X * self.q * self.k
+
+X = torch.randn(10, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+Y = X @ torch.diag(torch.tensor([1.0, 0.0, -2.0], dtype=torch.float64))
+"""
+
+BAD = {
+    "missing-file": (None, "nope.py:make", "file not found"),
+    "not-a-spec": (None, "examples/attention_head.py", "is not PATH.py:FACTORY"),
+    "missing-function": ("def other():\n    pass\n", "make", "has no function 'make'"),
+    "import-error": ("import not_a_module_xyz\n", "make", "importing"),
+    "factory-raises": ("def make():\n    raise RuntimeError('no GPU here')\n", "make", "RuntimeError: no GPU here"),
+    "wrong-type": ("def make():\n    return Head()\n", "make", "returned Head"),
+    "float32": ("def make():\n    return verifier.from_module(Head(dtype=torch.float32), [('q', 'k')], "
+                "lambda m: (m(X) - Y).pow(2).sum())\n", "make", "float32"),
+    "non-finite": ("def make():\n    return verifier.from_module(Head(), [('q', 'k')], "
+                   "lambda m: (m(X) - Y).pow(2).sum() / 0.0 * 0.0)\n", "make", "nan"),
+    "not-batchable": ("def make():\n    return verifier.from_module(Head(), [('q', 'k')], "
+                      "lambda m: (m(X) - Y).pow(2).sum() if m.q.sum() > 0 else m.q.sum())\n", "make", "vmap"),
+    "not-a-loss": ("def make():\n    return verifier.from_loss(lambda b: b, 3)\n", "make", "scalar"),
+}
+
+
+def _write(tmp_path, body):
+    path = tmp_path / "mymodel.py"
+    path.write_text(HEAD + textwrap.dedent(body))
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "limit"])
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_model_file_exits_2_naming_the_option(case, command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    body, spec, text = BAD[case]
+    if body is not None:
+        spec = f"{_write(tmp_path, body)}:{spec}"
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if command == "run" else ["--json", str(out / "stages.json")]
+    code = main([command, "--model-file", spec, *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("verifier: error: --model-file"), err
+    assert text in err and "Traceback" not in err
+    assert not out.exists()  # nothing written
+
+
+def test_model_file_with_a_preset_is_bad_input(capsys, tmp_path):
+    assert main(["run", "--preset", "diag-linear", "--model-file", f"{EXAMPLE}:make", "--out", str(tmp_path / "o")]) == 2
+    assert "either --model-file or --preset" in capsys.readouterr().err
+
+
+def test_limit_on_the_example(capsys, tmp_path):
+    assert main(["limit", "--model-file", f"{EXAMPLE}:make", "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "+v*o[7]" in out and "status: complete" in out
+    stages = json.loads((tmp_path / "s.json").read_text())["stages"]
+    assert len(stages) == 5 and all(s["left"] == [] for s in stages)
+
+
+def test_run_on_the_example_passes_every_check(tmp_path, capsys):
+    """``verifier run --model-file examples/attention_head.py:make``: the paper suite passes on a user's module;
+    the report's problem section shows the module's source and pairs."""
+    out = tmp_path / "out"
+    code = main(["run", "--model-file", f"{EXAMPLE}:make", "--out", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    data = json.loads((out / "results.json").read_text())
+    assert [c["verdict"] for c in data["checks"]] == ["pass"] * 6
+    assert [c["id"] for c in data["checks"]] == ["definition-3.1", "lemma-4.1", "assumption-4.2", "assumption-4.3",
+                                                   "assumption-4.4", "theorem-4.5"]
+    problem = data["run"]["problem"]
+    assert problem["kind"] == "from_module" and problem["pairs"] == [["q", "k"], ["v", "o"]]
+    assert "class AttentionHead(nn.Module)" in problem["module"]["code"]
+    html = (out / "report.html").read_text()
+    assert "class AttentionHead(nn.Module)" in html and "q*k" in html
