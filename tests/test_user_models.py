@@ -122,7 +122,7 @@ def test_definition31_and_lemma41_run_on_the_module_itself():
     X, Y = _toy_data()
     twice = verifier.from_module(QTwice(X.shape[-1], 0.5), [("q", "k"), ("v", "o")], _square(X, Y))
     res = _run("definition-3.1", twice)
-    assert res.verdict is Verdict.FAIL and res.metrics["max_param_mismatch"] > 1e-3
+    assert res.verdict is Verdict.FAIL and res.values["max_param_mismatch"] > 1e-3
     assert "does not depend on (u, v) only through u*v" in res.message
     lemma = _run("lemma-4.1", twice, log_inv_alphas=(math.log(10.0),))
     assert lemma.verdict is Verdict.FAIL

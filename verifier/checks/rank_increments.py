@@ -28,10 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..dynamics.param_flow import ParamTrajectory, growth_rate, solve_param_flow
+from ..dynamics.param_flow import ATOL_FRACTION, ParamTrajectory, growth_rate, solve_param_flow
 from ..config import format_alpha
 from ..dynamics.trajectory import Status
-from .result import Verdict
+from ..figures import Figure, Mark, Series
+from ..results import CheckResult, Metric, Verdict
+from .registry import register
 
 ID = "rank-increments"
 CLAIM = ("Full weights (outside the theory): as alpha -> 0 each jump raises the numerical rank of at most one "
@@ -271,3 +273,80 @@ def judge(m: RankMeasurement) -> tuple[Verdict, str, list[Gap]]:
         + ", ".join(f"{sigma(m, e)} at tau={e.tau:.3g}" for e in evs)
         + "); final ranks " + ", ".join(f"{n} {r}" for n, r in zip(m.names, ranks))
         + (f"; gaps between jumps keep >= {worst:.2f} of their size as alpha -> 0" if gs else "") + note), gs
+
+
+def _subsample(tau: torch.Tensor, y: torch.Tensor, n: int = 300) -> tuple[list[float], list[float]]:
+    step = max(1, math.ceil(len(tau) / n))
+    return tau[::step].tolist(), y[::step].tolist()
+
+
+MAX_SERIES_PER_PRODUCT = 6
+
+
+def figures(m: RankMeasurement, gs: list[Gap]) -> list[Figure]:
+    """Singular values against rescaled time per alpha with the level and the detected events; the gaps
+    between consecutive events against 1 / log(1/alpha) with their fits (the extrapolation judged)."""
+    out = []
+    for b, L in enumerate(m.traj.log_inv_alpha.tolist()):
+        series = []
+        for P, s in enumerate(m.sv):
+            for j in range(min(s.shape[-1], MAX_SERIES_PER_PRODUCT)):
+                x, y = _subsample(m.traj.tau, s[b, :, j])
+                series.append(Series(f"sigma_{j + 1}({m.names[P]})", x, y, "-" if P == 0 else "--"))
+        out.append(Figure(
+            f"singular-values-{b}", f"Singular values of the products at alpha={format_alpha(L)}", "line",
+            "tau = t / log(1/alpha)", "singular value", tuple(series), yscale="log",
+            vlines=tuple(Mark(e.tau, sigma(m, e)) for e in m.events[b]),
+            hlines=(Mark(float(m.levels[b]), f"{RANK_FRACTION:g} x largest"),),
+            caption="Plateaus and jumps (paper Fig. 2 right): the numerical rank of a product counts its singular "
+                    "values above the level; vertical lines are the detected events (a singular value crossing "
+                    "the level)."))
+    fits = []
+    for gp in gs:
+        x = [1.0 / L for L in gp.log_inv_alphas]
+        label = f"{sigma(m, gp.first)} -> {sigma(m, gp.second)}"
+        fits.append(Series(label, x, gp.gaps, "o-"))
+        if gp.limit is not None and len(x) >= 2:
+            slope = np.polyfit(x, gp.gaps, 1)[0]
+            fits.append(Series(f"fit, limit {gp.limit:.3g}", [0.0, max(x)], [gp.limit, gp.limit + slope * max(x)], "k:"))
+    if fits:
+        out.append(Figure(
+            "jump-gaps", "Gaps between consecutive jumps against 1 / log(1/alpha)", "line", "1 / log(1/alpha)",
+            "gap in rescaled time", tuple(fits),
+            caption=f"Dotted: least-squares fits gap = limit + c / log(1/alpha), extrapolated to alpha -> 0 (x = 0). "
+                    f"Separate jumps keep a positive limit (>= {LIMIT_GAP_FRACTION:g} x the gap at the smallest "
+                    "alpha); a tie closes to 0."))
+    return out
+
+
+def _event_rows(m: RankMeasurement, b: int) -> list[dict]:
+    return [{"product": m.names[e.product], "sigma": e.index, "direction": "up" if e.up else "down",
+             "tau": e.tau} for e in m.events[b]]
+
+
+@register(ID, CLAIM, diagonal_only=False, full_only=True, order=60)
+def check_rank_increments(ctx) -> CheckResult:
+    Ls = ctx.config.log_inv_alphas or LADDER
+    m = measure(ctx.model, ctx.theta0(1)[0], Ls, ctx.config.horizon)
+    verdict, message, gs = judge(m)
+    ratios = [gp.ratio for gp in gs if gp.ratio is not None]
+    small = int(np.argmax([float(L) for L in Ls]))
+    alphas = [format_alpha(float(L)) for L in Ls]
+    metrics = {
+        "min_limit_gap_ratio": Metric.at_least(min(ratios) if ratios else (math.inf if m.events[small] else None),
+                                               LIMIT_GAP_FRACTION),
+        "jumps": Metric.info(len(m.events[small])),
+        "final_ranks": Metric.info({n: int((s[small, -1] > m.levels[small]).sum()) for n, s in zip(m.names, m.sv)}
+                                   if m.sv else {}),
+        "events": Metric.info({a: _event_rows(m, b) for b, a in enumerate(alphas)}),
+        "gaps": Metric.info([{"between": [sigma(m, gp.first), sigma(m, gp.second)], "gaps": list(gp.gaps),
+                              "limit": gp.limit, "ratio": gp.ratio} for gp in gs]),
+        "alphas": Metric.info(alphas),
+        "horizon": Metric.info(m.horizon),
+        "nfev": Metric.lower(m.traj.nfev, gate=None),
+    }
+    settings = {"rank_fraction": RANK_FRACTION, "limit_gap_fraction": LIMIT_GAP_FRACTION, "rtol": RTOL,
+                "atol": f"rtol x {ATOL_FRACTION:g} x alpha", "integrator": "scipy DOP853 on theta, batched over alphas",
+                "growth_rate": m.growth_rate, "horizon": "given" if ctx.config.horizon else "automatic"}
+    return CheckResult(ID, CLAIM, verdict, message, metrics, "min_limit_gap_ratio", settings,
+                       {"figures": figures(m, gs)})
