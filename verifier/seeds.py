@@ -10,3 +10,4 @@ DEFINITION_31 = 31  # the random probes (beta, directions, rescalings) of defini
 STAGE_B_NOISE = 44  # the perturbed stage-B runs of assumption-4.4 (limit level)
 FIGURE_9 = 43  # the plateau epochs and noise of assumption-4.3's Figure 9 protocol
 FIGURE_10 = 10  # the onset epochs and noise of assumption-4.4's Figure 10 protocol
+SYMMETRY = 420  # the random beta at which limit/symmetry.py tests whether two tied coordinates are exchangeable

@@ -101,10 +101,6 @@ def restricted_hessian(model, beta: torch.Tensor, support) -> tuple[torch.Tensor
     return eigs.cpu(), vecs.cpu()
 
 
-def restricted_spectrum(model, beta: torch.Tensor, support) -> torch.Tensor:
-    return restricted_hessian(model, beta, support)[0]
-
-
 def is_strict(eigs: torch.Tensor) -> bool:
     """lambda_min > REL_EIG * max|lambda| (and > 0)."""
     return bool(eigs[0] > REL_EIG * eigs.abs().max() and eigs[0] > 0)

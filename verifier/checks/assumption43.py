@@ -32,6 +32,7 @@ import torch
 from . import _perturb as P
 from .. import seeds
 from ..figures import Figure, Mark, Series
+from ..limit import symmetry
 from ..results import CheckResult, Metric, Verdict, combine
 from .registry import register
 
@@ -100,7 +101,7 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
             bad.append(f"stage {s.k}: smallest eigenvalue {lo:.3g} of the Hessian on A_{s.k} = "
                        f"{_support_names(names, A)} (largest {hi:.3g}): "
                        + ("a flat direction" if abs(lo) <= P.REL_EIG * abs(hi) else "a negative curvature")
-                       + ", not a strict minimum")
+                       + _direction(ctx, vecs[:, 0], A) + ", not a strict minimum")
     metrics["stages"] = Metric.info(per_stage)
     if per_stage:
         metrics["min_rel_eig"] = Metric.at_least(
@@ -116,6 +117,18 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
                           f"{metrics['max_condition'].value:.3g}"
                           + (f"; {len(unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)" if unlocated else "")
                           ), rows, unlocated
+
+
+def _direction(ctx, vec: torch.Tensor, support: list[int]) -> str:
+    """Which coordinates the eigenvector ``vec`` (over ``support``) moves most, and, when a symmetry of the
+    loss exchanges the two largest (limit/symmetry.py), that symmetry: it makes the direction flat."""
+    names = ctx.model.coordinate_names()
+    top = [support[int(t)] for t in torch.argsort(vec.abs(), descending=True)[:2]]
+    text = " along " + " and ".join(names[i] for i in top)
+    sym = symmetry.find_symmetry(ctx.model, *top, seed=ctx.config.seed + seeds.SYMMETRY) if len(top) == 2 else None
+    if sym is None:
+        return text
+    return f"{text} ({symmetry.explain(sym)}; with both active only a combination of them is determined)"
 
 
 def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
@@ -201,7 +214,7 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     for n, j in enumerate(pick):
         tau = float(ref.traj.tau[j])
         support = torch.nonzero(masks[n]).squeeze(1).tolist()
-        eigs = P.restricted_spectrum(model, points[n], support)
+        eigs, vecs = P.restricted_hessian(model, points[n], support)
         runs.append({"tau": tau, "support": [names[i] for i in support], "d0": float(dist[n, 0]),
                      "d_end": float(dist[n, -1]), "return_ratio": ratio[n], "lambda_min": float(eigs[0]),
                      "lambda_max": float(eigs[-1])})
@@ -209,7 +222,8 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         where = f"epoch tau={tau:.3g} (non-negligible {_support_names(names, support)})"
         if not P.is_strict(eigs):
             bad.append(f"{where}: smallest eigenvalue {float(eigs[0]):.3g} of the Hessian on the run's support "
-                       f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in")
+                       f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in"
+                       + _direction(ctx, vecs[:, 0], support))
         if ratio[n] > P.RETURN_RATIO:
             stalled = float(dist[n, -1]) > 0.5 * float(dist[n, mid])
             (bad if stalled else slow).append(

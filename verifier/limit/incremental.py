@@ -99,6 +99,15 @@ class StageSequence:
         s = self.stages[k]
         return time_to_activate(s.b, s.grad, s.support, self.gtol)
 
+    def runner_up(self, k: int) -> int | None:
+        """The coordinate with the smallest Delta_{k-1} other than the one stage k activated (None if no other
+        is finite): the runner-up of stage k's argmin, either of the two in an exact tie."""
+        delta = self.delta(k - 1)
+        for c in torch.argsort(delta).tolist():
+            if c != self.stages[k].coordinate:
+                return c if math.isfinite(float(delta[c])) else None
+        return None
+
     def first_activations(self) -> list[tuple[float, int, int]]:
         """[(T_k, i_k, sign)]: the first time each coordinate activates, in time order."""
         seen, out = set(), []

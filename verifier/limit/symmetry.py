@@ -88,3 +88,38 @@ def find_symmetry(model, i: int, j: int, seed: int = 0) -> Symmetry | None:
         if change <= SYMMETRY_TOL:
             return Symmetry(i, j, perm, text, change)
     return None
+
+
+@dataclass(frozen=True)
+class Tie:
+    """Stage k of Algorithm 1 chose ``i`` with ``j`` the runner-up at argmin margin ``margin``;
+    ``symmetry`` explains it when the loss cannot tell them apart. ``exact``: margin 0 or a symmetry."""
+
+    k: int
+    i: int
+    j: int
+    margin: float
+    symmetry: Symmetry | None
+
+    @property
+    def exact(self) -> bool:
+        return self.margin == 0.0 or self.symmetry is not None
+
+
+def ties(model, seq, margin_tol: float, seed: int = 0) -> list[Tie]:
+    """The stages of ``seq`` whose argmin margin is below ``margin_tol``, each with its runner-up and the
+    symmetry (if any) that exchanges the two."""
+    out = []
+    for s in seq.stages[1:]:
+        if s.margin is None or s.margin >= margin_tol:
+            continue
+        j = seq.runner_up(s.k)
+        if j is not None:
+            out.append(Tie(s.k, s.coordinate, j, s.margin, find_symmetry(model, s.coordinate, j, seed)))
+    return out
+
+
+def explain(sym: Symmetry) -> str:
+    """The sentence the checks append to a tie or a flat direction."""
+    return (f"{sym.description} (the loss is invariant under exchanging them: relative change "
+            f"{sym.max_change:.1g} at {N_PROBES} random beta), so the tie is exact for every data set of this form")
