@@ -97,3 +97,42 @@ def test_run_on_the_example_passes_every_check(tmp_path, capsys):
     assert "class AttentionHead(nn.Module)" in problem["module"]["code"]
     html = (out / "report.html").read_text()
     assert "class AttentionHead(nn.Module)" in html and "q*k" in html
+
+
+def _readme_snippet() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Check your own model", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_snippet_is_a_model_file(tmp_path):
+    """The README's 'Check your own model' code, saved as a file, is a valid --model-file with the coordinates
+    the text describes."""
+    from verifier.model_file import load_model_file
+
+    path = tmp_path / "mymodel.py"
+    path.write_text(_readme_snippet())
+    model = load_model_file(f"{path}:make")
+    assert model.p == 16 and model.coordinate_names()[3] == "q*k[3]" and model.coordinate_names()[8] == "v*o[0]"
+    assert len(_readme_snippet().strip().splitlines()) <= 22
+
+
+pytest_plugins = ["pytester"]
+
+INNER = '''
+import verifier
+from verifier.pytest_plugin import Problem, parametrize_with_checks
+from mymodel import make
+
+@parametrize_with_checks([Problem("my-head", model=make())], checks=["definition-3.1", "rank-increments"])
+def test_theory(problem, check):
+    check(problem)
+'''
+
+
+def test_problem_with_a_from_module_model_in_pytest(pytester):
+    pytester.makepyfile(mymodel=_readme_snippet(), test_inner=INNER)
+    out = pytester.runpytest("--verifier-device", "auto", "-p", "no:randomly", "--verifier-report", "r.html")
+    out.assert_outcomes(passed=1, skipped=1)  # rank-increments is for full weights
+    html = (pytester.path / "r.html").read_text()
+    assert "definition-3.1" in html

@@ -133,7 +133,8 @@ def _limit(args) -> int:
 
     model = build_model(args.preset, args.model, args.data, args.loss, args.seed, args.device, args.model_file)
     if not model.diagonal:
-        raise InputError("--model", f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
+        raise InputError("--model-file" if args.model_file else "--model",
+                         f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
                          "diag-linear, toy-attention, diag-transformer")
     stages = algorithm1(model)
     print(stages.table())
