@@ -80,7 +80,7 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
     whether beta^k is a located stationary point. Returns the verdict, message, spectra rows, and the
     (stage label, start beta, time scale) of stages whose stationary point is not located."""
     model = ctx.model
-    rows, per_stage, bad, unlocated = [], [], [], []
+    rows, per_stage, bad, unlocated, said = [], [], [], [], set()
     for s in ctx.stages.stages:
         if not s.support:
             continue
@@ -101,7 +101,7 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
             bad.append(f"stage {s.k}: smallest eigenvalue {lo:.3g} of the Hessian on A_{s.k} = "
                        f"{_support_names(names, A)} (largest {hi:.3g}): "
                        + ("a flat direction" if abs(lo) <= P.REL_EIG * abs(hi) else "a negative curvature")
-                       + _direction(ctx, vecs[:, 0], A) + ", not a strict minimum")
+                       + _direction(ctx, vecs[:, 0], A, said) + ", not a strict minimum")
     metrics["stages"] = Metric.info(per_stage)
     if per_stage:
         metrics["min_rel_eig"] = Metric.at_least(
@@ -119,16 +119,20 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
                           ), rows, unlocated
 
 
-def _direction(ctx, vec: torch.Tensor, support: list[int]) -> str:
+def _direction(ctx, vec: torch.Tensor, support: list[int], said: set[str]) -> str:
     """Which coordinates the eigenvector ``vec`` (over ``support``) moves most, and, when a symmetry of the
-    loss exchanges the two largest (limit/symmetry.py), that symmetry: it makes the direction flat."""
+    loss exchanges the two largest (limit/symmetry.py), that symmetry: it makes the direction flat. A symmetry
+    already in ``said`` is named without its explanation."""
     names = ctx.model.coordinate_names()
-    top = [support[int(t)] for t in torch.argsort(vec.abs(), descending=True)[:2]]
+    top = sorted(support[int(t)] for t in torch.argsort(vec.abs(), descending=True)[:2])
     text = " along " + " and ".join(names[i] for i in top)
     sym = symmetry.find_symmetry(ctx.model, *top, seed=ctx.config.seed + seeds.SYMMETRY) if len(top) == 2 else None
     if sym is None:
         return text
-    return f"{text} ({symmetry.explain(sym)}; with both active only a combination of them is determined)"
+    if sym.description in said:
+        return f"{text} ({sym.description})"
+    said.add(sym.description)
+    return f"{text}: {symmetry.explain(sym)}; with both active only a combination of them is determined"
 
 
 def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
@@ -210,7 +214,7 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     dist = P.rel_distance(traj.beta, torch.stack(points)[:, None])  # [n, n_out]
     mid = dist.shape[1] // 2
     ratio = (dist[:, -1] / dist[:, 0]).tolist()
-    runs, bad, slow, series = [], [], [], []
+    runs, bad, slow, series, said = [], [], [], [], set()
     for n, j in enumerate(pick):
         tau = float(ref.traj.tau[j])
         support = torch.nonzero(masks[n]).squeeze(1).tolist()
@@ -223,7 +227,7 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         if not P.is_strict(eigs):
             bad.append(f"{where}: smallest eigenvalue {float(eigs[0]):.3g} of the Hessian on the run's support "
                        f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in"
-                       + _direction(ctx, vecs[:, 0], support))
+                       + _direction(ctx, vecs[:, 0], support, said))
         if ratio[n] > P.RETURN_RATIO:
             stalled = float(dist[n, -1]) > 0.5 * float(dist[n, mid])
             (bad if stalled else slow).append(

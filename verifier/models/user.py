@@ -63,9 +63,14 @@ def _source(obj) -> dict:
     return out
 
 
+@dataclass(frozen=True, eq=False)
 class _Fixed:
-    """Mixin of user models: no data set of their own, a fixed device (the loss holds its own tensors)."""
+    """Fields of user models: no data set of their own (X, Y None), a fixed device ``where`` (the loss holds its
+    own tensors)."""
 
+    X: torch.Tensor | None = None
+    Y: torch.Tensor | None = None
+    where: torch.device = torch.device("cpu")
     movable = False
 
     @property
@@ -84,12 +89,9 @@ class _Fixed:
 class LossModel(_Fixed, DiagonalModel):
     """A diagonal network given by Lb: ``fn(beta [p]) -> scalar``; theta = (u, v) and L(theta) = Lb(u * v)."""
 
-    X: torch.Tensor | None = None  # no data set: the loss holds its own
-    Y: torch.Tensor | None = None
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     size: int = 0
     names: tuple[str, ...] = ()
-    where: torch.device = torch.device("cpu")
     family = "from_loss"
 
     @property
@@ -159,8 +161,14 @@ def _pairs(module: torch.nn.Module, pairs) -> tuple[Pair, ...]:
     return tuple(out)
 
 
+@dataclass(frozen=True, eq=False)
 class _ModuleLoss(_Fixed):
-    """Shared by both module models: functional_call on the module with the pairs substituted."""
+    """Shared by both module models: ``wrapper`` (the user's module and loss), its ``pairs``, the ``frozen``
+    parameters (detached), and functional_call on the module with the pairs substituted."""
+
+    wrapper: _LossOf | None = None
+    pairs: tuple[Pair, ...] = ()
+    frozen: dict = field(default_factory=dict)
 
     def _call(self, subs: dict[str, torch.Tensor]) -> torch.Tensor:
         return functional_call(self.wrapper, {**self.frozen, **subs}, ())
@@ -189,12 +197,6 @@ class _ModuleLoss(_Fixed):
 class ModuleModel(_ModuleLoss, DiagonalModel):
     """A module whose trained weights are vector pairs (u, v): beta = (u_1 * v_1, u_2 * v_2, ...)."""
 
-    X: torch.Tensor | None = None
-    Y: torch.Tensor | None = None
-    wrapper: _LossOf | None = None
-    pairs: tuple[Pair, ...] = ()
-    frozen: dict = field(default_factory=dict)
-    where: torch.device = torch.device("cpu")
     family = "from_module"
 
     @property
@@ -229,12 +231,6 @@ class ModuleMatrixModel(_ModuleLoss, Model):
     """A module with at least one matrix pair (full weights, outside the theory): theta = (u's, v's)
     flattened; the products U V^T (diag(u * v) for a vector pair) are what ``rank-increments`` tracks."""
 
-    X: torch.Tensor | None = None
-    Y: torch.Tensor | None = None
-    wrapper: _LossOf | None = None
-    pairs: tuple[Pair, ...] = ()
-    frozen: dict = field(default_factory=dict)
-    where: torch.device = torch.device("cpu")
     family = "from_module-full"
 
     @property
