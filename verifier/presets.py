@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any, Callable
 
 import torch
 
 from . import data as D
+from .config import LOSSES
 from .errors import InputError
 from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention, Model
 from .models.attention import attention
@@ -146,6 +148,43 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+DEFAULT_PRESET = "toy-attention"
+
+
+def resolve_problem(preset: str | None, family: str | None, data, loss: str,
+                    model_file: str | None = None) -> tuple[str | None, str | None]:
+    """Validate the choice of problem: ``(preset, family)``, the default preset when neither a preset nor a
+    model family is given. A family without ``data`` is allowed here (the model object may be supplied);
+    :func:`build_model` needs the file. A ``model_file`` (PATH.py:FACTORY, an existing file) excludes the
+    others and gives (None, None); :func:`build_model` imports it."""
+    if model_file is not None:
+        if preset is not None or family is not None or data is not None:
+            raise InputError("--model-file", "give either --model-file or --preset/--model/--data, not both")
+        from .model_file import parse_spec
+
+        parse_spec(model_file)
+        return None, None
+    if loss not in LOSSES:
+        raise InputError("--loss", f"unknown loss {loss!r}", ", ".join(LOSSES))
+    if preset is not None and (family is not None or data is not None):
+        raise InputError("--preset", "give either --preset or --model with --data, not both")
+    if data is not None and family is None:
+        raise InputError("--model", "--data needs the model family of the data", ", ".join(FAMILIES))
+    if data is not None and (not isinstance(data, (str, PathLike)) or "\x00" in str(data)):
+        raise InputError("--data", f"{data!r} is not a path", "a .npz file")
+    if preset is None and family is None:
+        preset = DEFAULT_PRESET
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError("--preset", f"unknown preset {preset!r}", ", ".join(PRESETS))
+        family = PRESETS[preset].family
+    if family not in FAMILIES:
+        raise InputError("--model", f"unknown model {family!r}", ", ".join(FAMILIES))
+    if loss == "logistic" and family != "diag-linear":
+        raise InputError("--loss", f"logistic loss is defined for diag-linear only, not {family}", "square")
+    return preset, family
+
+
 def place(model: Model, device: str | torch.device) -> Model:
     """``model`` on ``device`` (a name: auto, cpu, cuda; or a torch.device). A model that cannot move (a user's
     loss holds its own tensors) stays where it is under ``auto``; any other device must be its own."""
@@ -160,27 +199,12 @@ def build_model(preset: str | None = None, family: str | None = None, data: str 
                 loss: str = "square", seed: int = 0, device: str | torch.device = "cpu",
                 model_file: str | None = None) -> Model:
     """Normalise the user's choice (a preset, a model family with an .npz file, or ``--model-file``
-    PATH.py:FACTORY) into a Model on ``device``."""
+    PATH.py:FACTORY) into a Model on ``device`` (a torch.device or a name, see :func:`place`)."""
+    preset, family = resolve_problem(preset, family, data, loss, model_file)
     if model_file is not None:
-        if family is not None or data is not None or preset is not None:
-            raise InputError("--model-file", "give either --model-file or --preset/--model/--data, not both")
         from .model_file import load_model_file
 
         return place(load_model_file(model_file), device)
-    if loss not in ("square", "logistic"):
-        raise InputError("--loss", f"unknown loss {loss!r}", "square, logistic")
-    if preset is not None and (family is not None or data is not None):
-        raise InputError("--preset", "give either --preset or --model with --data, not both")
-    if preset is None and family is None:
-        preset = "toy-attention"
-    if preset is not None:
-        if preset not in PRESETS:
-            raise InputError("--preset", f"unknown preset {preset!r}", ", ".join(PRESETS))
-        family = PRESETS[preset].family
-    if family not in FAMILIES:
-        raise InputError("--model", f"unknown model {family!r}", ", ".join(FAMILIES))
-    if loss == "logistic" and family != "diag-linear":
-        raise InputError("--loss", f"logistic loss is defined for diag-linear only, not {family}", "square")
     if isinstance(device, str):
         from .config import resolve_device
 
