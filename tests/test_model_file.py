@@ -58,8 +58,8 @@ def test_bad_model_file_exits_2_naming_the_option(case, command, tmp_path, capsy
     body, spec, text = BAD[case]
     if body is not None:
         spec = f"{_write(tmp_path, body)}:{spec}"
-    out = tmp_path / "out"
-    extra = ["--out", str(out)] if command == "run" else ["--json", str(out / "stages.json")]
+    out = tmp_path / "out" if command == "run" else tmp_path / "stages.json"
+    extra = ["--out", str(out)] if command == "run" else ["--json", str(out)]
     code = main([command, "--model-file", spec, *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2, err
