@@ -35,7 +35,7 @@ def load_model_file(spec: str):
     from .models.user import validate
 
     file, factory = parse_spec(spec)
-    name = f"verifier_model_file_{abs(hash(file.resolve()))}"
+    name = f"verifier_model_file.{file.stem}"  # never a real module's name; classes read as <stem>.<Class>
     module_spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # so that inspect finds the source of its classes (the report shows it)
