@@ -66,6 +66,7 @@ RODAS4 = RosenbrockTableau(
 )
 
 RHS = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+RHS3 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def rodas4_step(f: RHS, y: torch.Tensor, f0: torch.Tensor, J: torch.Tensor, h: torch.Tensor, idx: torch.Tensor,
@@ -89,10 +90,16 @@ def rodas4_step(f: RHS, y: torch.Tensor, f0: torch.Tensor, J: torch.Tensor, h: t
 
 @dataclass(frozen=True)
 class StepSizeController:
-    """Accept a trial step when RMS(err / (atol + rtol max(|y|, |y_new|))) <= 1; the next step is
-    h * clamp(SAFETY err^(-1/order), MIN_FACTOR, MAX_FACTOR) (Hairer & Wanner II, IV.8), not larger than
-    the step just rejected; a non-finite trial step gives h * NONFINITE_FACTOR. The solve stops a sample
-    whose step falls below MIN_STEP_REL * max(1, t)."""
+    """Accept a trial step when RMS(err / (atol + rtol max(|y|, |y_new|))) <= 1. The next step is h times
+
+        min(SAFETY err^(-1/order),  SAFETY (h / h_prev) (err_prev / err^2)^(1/order))
+
+    clamped to [MIN_FACTOR, MAX_FACTOR]: the elementary controller and Gustafsson's predictive one (Hairer &
+    Wanner II, IV.8, eq. 8.21, as in their RODAS code), whose second term sees the error growing from one
+    accepted step (h_prev, err_prev) to the next, as it does all the way into a transition of the reduced
+    flow, and shrinks the step before it is rejected. After a rejection the step does not grow; a non-finite
+    trial step gives h * NONFINITE_FACTOR. The loop stops a sample whose step falls below
+    MIN_STEP_REL * max(1, t)."""
 
     rtol: float
     atol: float
@@ -101,28 +108,41 @@ class StepSizeController:
     min_factor: float = 0.2
     max_factor: float = 6.0
     nonfinite_factor: float = 0.25
+    err_floor: float = 1e-2  # err_prev is remembered as at least this (a tiny error predicts nothing)
+    predictive: bool = True
     initial_fraction: float = 1e-3  # first step: this fraction of the horizon ...
     initial_move: float = 0.1  # ... or the time the fastest component needs to move by this much
     min_step_rel: float = 1e-13
-    no_growth_after_reject: bool = False
 
     def initial_step(self, f0: torch.Tensor, t_end: float) -> torch.Tensor:
         speed = f0.abs().amax(dim=1).clamp_min(1e-12)
         return torch.clamp(self.initial_move / speed, max=self.initial_fraction * t_end)
 
     def error(self, y: torch.Tensor, y_new: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
-        """The scaled RMS error norm of each sample; NaN/inf where the trial step is not finite."""
+        """The scaled RMS error norm of each sample; inf where the trial step is not finite."""
         scale = self.atol + self.rtol * torch.maximum(y.abs(), y_new.abs())
         norm = (err / scale).pow(2).mean(dim=1).sqrt()
         return torch.where(torch.isfinite(y_new).all(dim=1), norm, torch.full_like(norm, float("inf")))
 
-    def judge(self, norm: torch.Tensor, rejected_before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(accept, factor for the next step) from the error norms [k]."""
+    def judge(self, norm: torch.Tensor, h: torch.Tensor, memory: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(accept, factor for the next step, new memory) from the error norms and step sizes [k] and the
+        memory [k, 3] of each sample: (last trial rejected, h_prev, err_prev), err_prev NaN before the
+        first accepted step."""
+        rejected, h_prev, err_prev = memory.unbind(1)
         finite = torch.isfinite(norm)
         accept = finite & (norm <= 1.0)
-        factor = (self.safety * norm.clamp_min(1e-10) ** (-1.0 / self.order)).clamp(self.min_factor, self.max_factor)
-        factor = torch.where(accept & rejected_before & self.no_growth_after_reject, factor.clamp(max=1.0), factor)
-        return accept, torch.where(finite, factor, torch.full_like(norm, self.nonfinite_factor))
+        e = norm.clamp_min(1e-10)
+        factor = self.safety * e ** (-1.0 / self.order)
+        if self.predictive:
+            trend = self.safety * (h / h_prev) * (err_prev / (e * e)) ** (1.0 / self.order)
+            factor = torch.where(accept & torch.isfinite(trend), torch.minimum(factor, trend), factor)
+        factor = factor.clamp(self.min_factor, self.max_factor)
+        factor = torch.where(accept & (rejected > 0), factor.clamp(max=1.0), factor)
+        factor = torch.where(finite, factor, torch.full_like(norm, self.nonfinite_factor))
+        kept = torch.stack([(~accept).to(h.dtype), h, e.clamp_min(self.err_floor)], 1)
+        memory = torch.where(accept[:, None], kept, torch.cat([kept[:, :1], memory[:, 1:]], 1))
+        return accept, factor, memory
 
 
 @dataclass(frozen=True)
@@ -171,7 +191,8 @@ class _Record:
 
 def solve(f: RHS, jac: RHS, y0: torch.Tensor, t_end: float, *, rtol: float, atol: float,
           max_steps: int = 5000, progress: Callable[[float], None] | None = None,
-          progress_every: int = 8) -> Solution:
+          progress_every: int = 8, controller: StepSizeController | None = None,
+          max_step: RHS3 | None = None) -> Solution:
     """Integrate y' = f(y) from t = 0 to ``t_end`` for a batch y0 [B, n].
 
     ``f(y, idx)`` and ``jac(y, idx)`` evaluate the samples ``idx`` (rows of y) and return [len(idx), n]
@@ -180,7 +201,7 @@ def solve(f: RHS, jac: RHS, y0: torch.Tensor, t_end: float, *, rtol: float, atol
     """
     B, n = y0.shape
     dev = y0.device
-    ctl = StepSizeController(rtol=rtol, atol=atol)
+    ctl = controller or StepSizeController(rtol=rtol, atol=atol)
     y = y0.clone()
     t = torch.zeros(B, dtype=y0.dtype, device=dev)
     idx = torch.arange(B, device=dev)
@@ -195,7 +216,7 @@ def solve(f: RHS, jac: RHS, y0: torch.Tensor, t_end: float, *, rtol: float, atol
     attempts = torch.zeros(B, dtype=torch.long, device=dev)
     code = torch.zeros(B, dtype=torch.long, device=dev)  # index into _CODES
     fresh = torch.ones(B, dtype=torch.bool, device=dev)  # f_now, J belong to the current y
-    rejected = torch.zeros(B, dtype=torch.bool, device=dev)  # the last trial step was rejected
+    memory = torch.tensor([0.0, 1.0, float("nan")], dtype=y0.dtype, device=dev).repeat(B, 1)  # see judge
     iteration = 0
     while len(idx):
         iteration += 1
@@ -209,15 +230,16 @@ def solve(f: RHS, jac: RHS, y0: torch.Tensor, t_end: float, *, rtol: float, atol
             rec.add_slopes(stale, f_now[stale])
         ti, yi = t[idx], y[idx]
         hi = torch.minimum(h[idx], t_end - ti)
+        if max_step is not None:
+            hi = torch.minimum(hi, max_step(yi, f_now[idx], idx))
         y_new, err = rodas4_step(f, yi, f_now[idx], J[idx], hi, idx)
         nfev[idx] += RODAS4.stages - 1
         attempts[idx] += 1
-        accept, factor = ctl.judge(ctl.error(yi, y_new, err), rejected[idx])
+        accept, factor, memory[idx] = ctl.judge(ctl.error(yi, y_new, err), hi, memory[idx])
         ti = torch.where(accept, ti + hi, ti)
         t[idx], y[idx] = ti, torch.where(accept[:, None], y_new, yi)
         rec.add_points(idx, ti, y_new, accept)
         fresh[idx] &= ~accept
-        rejected[idx] = ~accept
         nsteps[idx] += accept.long()
         h[idx] = hi * factor
         finished = ti >= t_end * (1 - 1e-12)

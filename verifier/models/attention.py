@@ -5,6 +5,7 @@ attn(X) = softmax_rowwise(temperature * X Wq Wk^T X^T) X Wv Wo^T  for tokens X i
 
 from __future__ import annotations
 
+import ctypes
 import functools
 from dataclasses import dataclass
 
@@ -110,7 +111,10 @@ class DiagAttention(DiagonalModel):
 
     def _tiles(self, batch: int, per_pair: int):
         """:func:`_blocks` with a tile size for the device: cache-sized on a CPU, large on an accelerator."""
-        return _blocks(batch, self.X.shape[0], per_pair, _BLOCK if self.X.device.type == "cpu" else _BLOCK_ACCEL)
+        if self.X.device.type == "cpu":
+            _keep_freed_blocks()
+            return _blocks(batch, self.X.shape[0], per_pair, _BLOCK)
+        return _blocks(batch, self.X.shape[0], per_pair, _BLOCK_ACCEL)
 
     def loss_b(self, beta: torch.Tensor) -> torch.Tensor:
         """Lb(beta) batched over leading dimensions, in tiles (no [batch, N, n, d] tensor at once)."""
@@ -152,24 +156,26 @@ class DiagAttention(DiagonalModel):
         hq = flat.new_zeros(flat.shape[0], len(lq), self.p)  # H[qk_l, :] = H[:, qk_l]^T
         hv = flat.new_zeros(flat.shape[0], len(fv), d)  # H[vo_f, qk_j]
         pp = flat.new_zeros(flat.shape[0], d)  # sum_t P_te^2: H[vo_e, vo_e]
-        for bs, ss in self._tiles(flat.shape[0], n * n * (n + 2 * len(columns)) + n * d * len(columns)):
+        for bs, ss in self._tiles(flat.shape[0], n * (n + d) * max(1, len(columns))):
             X, vo = self.X[ss], flat[bs, None, None, d:]  # vo [b, 1, 1, d]
             A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], flat[bs, d:])
             b, m = A.shape[:2]
             V = torch.addcmul(R, P, vo)
             Z = self._pairs[ss] if self._pairs is not None else X[:, :, None, :] * X[:, None, :, :]
             if len(lq):
-                XT, vo2 = X.transpose(-1, -2), vo * vo
+                XT, vo2, k = X.transpose(-1, -2), vo * vo, len(lq)
                 h = (P * vo2) @ XT  # sum_e P_te vo_e^2 X_re, [b, m, t, r]
-                M = (((X * vo2) @ XT)[:, :, None] - h[..., :, None] - h[..., None, :]
-                     + (P * P * vo2).sum(-1)[..., None, None])
-                K = A[..., :, None] * M * A[..., None, :]
-                K.diagonal(dim1=-2, dim2=-1).add_(Az)
                 Ql = X[:, :, None, lq] * (X[:, None, :, lq] - P[..., None, lq])  # Q[..., lq], [b, m, t, r, l]
-                hq[bs, :, :d] += (c * c) * _contract_q(Z, X, P, K @ Ql)
+                G = A[..., None] * Ql
+                Gs = G.sum(3, keepdim=True)
+                # K Q_l without forming K [b, m, t, r, r']: M G = (X vo^2 X^T) G - h sum_r G - sum_r h G + s sum_r G
+                MG = (((X * vo2) @ XT) @ G.transpose(2, 3).reshape(b, m, n, n * k)).reshape(b, m, n, n, k)
+                MG = (MG.transpose(2, 3) - h[..., None] * Gs - (h[..., None] * G).sum(3, keepdim=True)
+                      + (P * P * vo2).sum(-1)[..., None, None] * Gs)
+                hq[bs, :, :d] += (c * c) * _contract_q(Z, X, P, A[..., None] * MG + Az[..., None] * Ql)
                 # H[vo_e, qk_l] = c sum_t V_te sum_r A_tr Q_trl X_re: rows (t, l) times X, per sequence
-                AQ = (A[..., None] * Ql).transpose(-1, -2).reshape(b, m, n * len(lq), n)
-                hq[bs, :, d:] += c * ((AQ @ X).reshape(b, m, n, len(lq), d) * V[:, :, :, None, :]).sum((1, 2))
+                GX = G.transpose(-1, -2).reshape(b, m, n * k, n) @ X
+                hq[bs, :, d:] += c * (GX.reshape(b, m, n, k, d) * V[:, :, :, None, :]).sum((1, 2))
             if len(fv):
                 right = A[..., None] * X[:, None, :, fv] * V[:, :, :, None, fv]  # A_tr X_rf V_tf
                 hv[bs] += c * _contract_q(Z, X, P, right)
@@ -189,6 +195,22 @@ def _contract_q(Z: torch.Tensor, X: torch.Tensor, P: torch.Tensor, F: torch.Tens
     pairs = F.reshape(b, -1, k).transpose(1, 2) @ Z.reshape(-1, Z.shape[-1])
     own = F.sum(3).reshape(b, -1, k).transpose(1, 2) @ (X * P).reshape(b, -1, X.shape[-1])
     return pairs - own
+
+
+@functools.cache
+def _keep_freed_blocks() -> None:
+    """Every tile of the loops above allocates a few MB-sized tensors; glibc hands freed blocks of that size
+    back to the kernel (mmap threshold, heap trimming), so each new one page-faults afresh, ~40% of a
+    gradient on a CPU. Once per process, raise glibc's mmap and trim thresholds (M_MMAP_THRESHOLD = 32 MB,
+    its maximum; M_TRIM_THRESHOLD = 64 MB) so freed tiles are reused: at most 64 MB of free heap is kept.
+    A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
 
 
 def _softmax(scores: torch.Tensor) -> torch.Tensor:
