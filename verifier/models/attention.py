@@ -156,7 +156,7 @@ class DiagAttention(DiagonalModel):
         hq = flat.new_zeros(flat.shape[0], len(lq), self.p)  # H[qk_l, :] = H[:, qk_l]^T
         hv = flat.new_zeros(flat.shape[0], len(fv), d)  # H[vo_f, qk_j]
         pp = flat.new_zeros(flat.shape[0], d)  # sum_t P_te^2: H[vo_e, vo_e]
-        for bs, ss in self._tiles(flat.shape[0], n * (n + d) * max(1, len(columns))):
+        for bs, ss in self._tiles(flat.shape[0], n * n * (d + len(columns))):
             X, vo = self.X[ss], flat[bs, None, None, d:]  # vo [b, 1, 1, d]
             A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], flat[bs, d:])
             b, m = A.shape[:2]
@@ -173,9 +173,14 @@ class DiagAttention(DiagonalModel):
                 MG = (MG.transpose(2, 3) - h[..., None] * Gs - (h[..., None] * G).sum(3, keepdim=True)
                       + (P * P * vo2).sum(-1)[..., None, None] * Gs)
                 hq[bs, :, :d] += (c * c) * _contract_q(Z, X, P, A[..., None] * MG + Az[..., None] * Ql)
-                # H[vo_e, qk_l] = c sum_t V_te sum_r A_tr Q_trl X_re: rows (t, l) times X, per sequence
-                GX = G.transpose(-1, -2).reshape(b, m, n * k, n) @ X
-                hq[bs, :, d:] += c * (GX.reshape(b, m, n, k, d) * V[:, :, :, None, :]).sum((1, 2))
+                # H[vo_e, qk_l] = c sum_t V_te sum_r A_tr Q_trl X_re: for a few columns, rows (t, l) times X per
+                # sequence; for many (crossover near d / 5), one product with right_tre = A_tr X_re V_te
+                if 5 * k < d:
+                    GX = G.transpose(-1, -2).reshape(b, m, n * k, n) @ X
+                    hq[bs, :, d:] += c * (GX.reshape(b, m, n, k, d) * V[:, :, :, None, :]).sum((1, 2))
+                else:
+                    right = A[..., None] * (X[:, None, :, :] * V[:, :, :, None, :])
+                    hq[bs, :, d:] += c * (Ql.reshape(b, -1, k).transpose(1, 2) @ right.reshape(b, -1, d))
             if len(fv):
                 right = A[..., None] * X[:, None, :, fv] * V[:, :, :, None, fv]  # A_tr X_rf V_tf
                 hv[bs] += c * _contract_q(Z, X, P, right)
