@@ -156,6 +156,8 @@ class DiagAttention(DiagonalModel):
         hq = flat.new_zeros(flat.shape[0], len(lq), self.p)  # H[qk_l, :] = H[:, qk_l]^T
         hv = flat.new_zeros(flat.shape[0], len(fv), d)  # H[vo_f, qk_j]
         pp = flat.new_zeros(flat.shape[0], d)  # sum_t P_te^2: H[vo_e, vo_e]
+        # with every qk column asked for, H[qk_j, vo_f] = H[vo_f, qk_j] is already in hq (symmetry)
+        by_symmetry = len(fv) > 0 and len(torch.unique(lq)) == d
         for bs, ss in self._tiles(flat.shape[0], n * n * (d + len(columns))):
             X, vo = self.X[ss], flat[bs, None, None, d:]  # vo [b, 1, 1, d]
             A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], flat[bs, d:])
@@ -181,10 +183,14 @@ class DiagAttention(DiagonalModel):
                 else:
                     right = A[..., None] * (X[:, None, :, :] * V[:, :, :, None, :])
                     hq[bs, :, d:] += c * (Ql.reshape(b, -1, k).transpose(1, 2) @ right.reshape(b, -1, d))
-            if len(fv):
+            if len(fv) and not by_symmetry:
                 right = A[..., None] * X[:, None, :, fv] * V[:, :, :, None, fv]  # A_tr X_rf V_tf
                 hv[bs] += c * _contract_q(Z, X, P, right)
-                pp[bs] += (P * P).sum((1, 2))
+            pp[bs] += (P * P).sum((1, 2))
+        if by_symmetry:
+            where = torch.empty(d, dtype=torch.long, device=lq.device)
+            where[lq] = torch.arange(len(lq), device=lq.device)
+            hv = hq[:, where][..., d + fv].transpose(1, 2)
         out = flat.new_zeros(flat.shape[0], self.p, len(columns))
         out[..., q_pos] = hq.transpose(1, 2)
         out[:, :d, v_pos] = hv.transpose(1, 2)
