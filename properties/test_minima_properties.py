@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 
 from verifier.checks import _perturb as P
 from verifier.models import DiagLinear
-
-from properties.strategies import linear_problems
+from verifier.testing import linear_problems
 
 
 def stationary_point(model: DiagLinear, support: list[int]) -> torch.Tensor:

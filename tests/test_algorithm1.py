@@ -17,23 +17,6 @@ from verifier.models import DiagLinear
 
 F64 = torch.float64
 
-# A population covariance and teacher (found by a search over 3 x 3 correlations) under which beta[1]
-# enters with sign -, leaves when beta[0] enters, and re-enters with sign + (y = X beta*, X^T X / N = SIGMA).
-SIGMA = [[1.0, -0.7, 0.7], [-0.7, 1.0, -0.2], [0.7, -0.2, 1.0]]
-BETA_LEAVE = [1.8, 0.4, -2.0]
-
-
-def covariance_design(sigma, N: int, seed: int) -> torch.Tensor:
-    """X [N, p] with X^T X / N = sigma exactly: an orthogonal design times chol(sigma)^T."""
-    S = torch.tensor(sigma, dtype=F64)
-    return D.orthogonal_design(N, len(S), D.generator(seed)) @ torch.linalg.cholesky(S).T
-
-
-def leave_reenter_model() -> DiagLinear:
-    X = covariance_design(SIGMA, 12, 0)
-    return DiagLinear(X, X @ torch.tensor(BETA_LEAVE, dtype=F64))
-
-
 def sign_constrained_ls(X: np.ndarray, y: np.ndarray, support: list[int], signs: list[int]) -> np.ndarray:
     """argmin ||y - X beta||^2 over beta supported on ``support`` with sign(beta_j) in {0, signs_j}."""
     z, _ = nnls(X[:, support] * np.array(signs), y)
@@ -125,8 +108,8 @@ def test_correlated_design_matches_sign_constrained_least_squares():
     assert len(ref) >= 4
 
 
-def test_a_coordinate_leaves_and_reenters_with_the_opposite_sign():
-    model = leave_reenter_model()
+def test_a_coordinate_leaves_and_reenters_with_the_opposite_sign(leave_reenter_model, leave_beta_star):
+    model = leave_reenter_model
     seq = algorithm1(model)
     assert_matches_reference(model, seq)
     assert [(s.coordinate, s.sign, s.left) for s in seq.stages[1:]] == [
@@ -135,7 +118,7 @@ def test_a_coordinate_leaves_and_reenters_with_the_opposite_sign():
     s3 = seq.stages[3]
     assert float(s3.b[1]) == -1.0 and float(s3.grad[1]) < 0
     assert seq.stages[4].T - s3.T == pytest.approx(2 / abs(float(s3.grad[1])), rel=1e-9)
-    torch.testing.assert_close(seq.stages[-1].beta, torch.tensor(BETA_LEAVE, dtype=F64), atol=1e-9, rtol=0)
+    torch.testing.assert_close(seq.stages[-1].beta, torch.tensor(leave_beta_star, dtype=F64), atol=1e-9, rtol=0)
 
 
 def test_to_dict_is_strict_json_and_table_names_stages(orthogonal):
@@ -149,8 +132,8 @@ def test_to_dict_is_strict_json_and_table_names_stages(orthogonal):
     assert "beta[3]" in table and "status: complete" in table and len(table.splitlines()) == 8
 
 
-def test_cli_limit_prints_the_table_and_writes_json(tmp_path, capsys):
-    model = leave_reenter_model()
+def test_cli_limit_prints_the_table_and_writes_json(tmp_path, capsys, leave_reenter_model):
+    model = leave_reenter_model
     np.savez(tmp_path / "d.npz", X=model.X.numpy(), y=model.Y.numpy())
     out = tmp_path / "stages.json"
     assert main(["limit", "--model", "diag-linear", "--data", str(tmp_path / "d.npz"), "--json", str(out)]) == 0

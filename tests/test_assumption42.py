@@ -9,7 +9,6 @@ import re
 import numpy as np
 import pytest
 import torch
-from test_algorithm1 import leave_reenter_model
 
 from verifier import data as D
 from verifier.checks import Verdict, run_check
@@ -33,8 +32,8 @@ def tie_model() -> DiagLinear:
 
 
 @pytest.fixture(scope="module")
-def leave_ctx():
-    ctx = context(leave_reenter_model())
+def leave_ctx(leave_reenter_model):
+    ctx = context(leave_reenter_model)
     assert all(s.value == "success" for s in ctx.ladder.status)
     return ctx
 
@@ -49,11 +48,11 @@ def with_stages(ctx: Context, stages) -> Context:
 def test_passes_with_a_leave_and_a_reentry(leave_ctx):
     r = run_check("assumption-4.2", leave_ctx)
     assert r.verdict is Verdict.PASS, r.message
-    assert r.metrics["min_stage_margin"] >= MARGIN_TOL
-    assert [(x["k"], x["coordinate"]) for x in r.metrics["leave_inward"]] == [(3, 1)]
-    assert r.metrics["leave_inward"][0]["inward"] > 0
-    assert r.metrics["simulation_issues"] == {"1e-08": [], "1e-32": []}
-    assert [f["id"] for f in r.evidence["figures"]] == ["argmin-margins", "activation-times"]
+    assert r.values["min_stage_margin"] >= MARGIN_TOL
+    assert [(x["k"], x["coordinate"]) for x in r.values["leave_inward"]] == [(3, 1)]
+    assert r.values["leave_inward"][0]["inward"] > 0
+    assert r.values["simulation_issues"] == {"1e-08": [], "1e-32": []}
+    assert [f.id for f in r.evidence["figures"]] == ["argmin-margins", "activation-times"]
 
 
 def test_tie_fails_naming_the_stage_and_both_coordinates():
@@ -63,7 +62,7 @@ def test_tie_fails_naming_the_stage_and_both_coordinates():
     # builds): the message must name the stage and both, in either order.
     assert re.search(r"\(b\) stage 1: tie between beta\[[01]\]", r.message), r.message
     assert "beta[0]" in r.message and "beta[1]" in r.message
-    assert r.metrics["stage_margins"][0]["margin"] < 1e-12
+    assert r.values["stage_margins"][0]["margin"] < 1e-12
 
 
 def test_tie_fails_through_the_cli(tmp_path):

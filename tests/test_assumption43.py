@@ -2,62 +2,22 @@
 and flags the known counterexamples: a flat valley (duplicated columns) and logistic loss on separable
 data (no finite minimiser)."""
 
-import functools
 import json
 import re
 
 import numpy as np
 import pytest
-import torch
 
-from verifier import data as D
 from verifier.checks import Verdict, run_check
 from verifier.cli import main
 from verifier.config import RunConfig
 from verifier.context import Context
-from verifier.limit import Stage, StageSequence
-from verifier.models import DiagLinear
 from verifier.presets import build_model
 
 
-@functools.lru_cache(maxsize=1)
-def generic_context() -> Context:
-    """N = 40 Gaussian samples, p = 5, teacher (1.5, -1, 0, 0.7, 0): a correlated design. Cached: the
-    4.4 tests reuse its Algorithm 1 stages and reference run."""
-    gen = D.generator(0)
-    X = D.gaussian_design(40, 5, gen)
-    return Context(RunConfig(preset=None, model="diag-linear"),
-                   model=DiagLinear(X, X @ torch.tensor([1.5, -1.0, 0.0, 0.7, 0.0], dtype=torch.float64)),
-                   argv=["test"])
-
-
-def valley_context() -> Context:
-    """Columns 0 and 1 identical: Lb depends on beta_0 + beta_1 only, a flat valley. The stages are
-    stationary points built by hand (Algorithm 1 breaks the tie and never puts both in the support):
-    least squares on [x0, x2] with the x0 coefficient split evenly between the duplicates."""
-    gen = D.generator(1)
-    x = D.gaussian_design(30, 2, gen)
-    X = torch.stack([x[:, 0], x[:, 0], x[:, 1]], dim=1)
-    model = DiagLinear(X, x @ torch.tensor([2.0, -0.8], dtype=torch.float64))
-    s1 = float(x[:, 0] @ model.Y / (x[:, 0] @ x[:, 0]))
-    s2 = torch.linalg.lstsq(x, model.Y[:, None]).solution[:, 0]
-    betas = [torch.zeros(3, dtype=torch.float64), torch.tensor([s1 / 2, s1 / 2, 0.0], dtype=torch.float64),
-             torch.tensor([s2[0] / 2, s2[0] / 2, s2[1]], dtype=torch.float64)]
-    supports, coords = [(), (0, 1), (0, 1, 2)], [None, 0, 2]
-    stages = []
-    for k, beta in enumerate(betas):
-        g = model.grad_b(beta)
-        sign = 0 if coords[k] is None else (1 if float(beta[coords[k]]) > 0 else -1)
-        stages.append(Stage(k, float(k), coords[k], sign, torch.sign(beta), beta, g, supports[k],
-                            float(model.loss_b(beta)), None, ()))
-    ctx = Context(RunConfig(preset=None, model="diag-linear", horizon=3.0), model=model, argv=["test"])
-    ctx.__dict__["stages"] = StageSequence(tuple(stages), "complete", "hand-built valley stages", gtol=1e-8)
-    return ctx
-
-
 @pytest.fixture(scope="module")
-def generic():
-    ctx = generic_context()
+def generic(generic_linear_context):
+    ctx = generic_linear_context
     return ctx, run_check("assumption-4.3", ctx)
 
 
@@ -66,8 +26,8 @@ def test_generic_linear_passes_with_the_analytic_spectrum(generic):
     assert res.verdict is Verdict.PASS, res.message
     X, N = ctx.model.X.numpy(), ctx.model.X.shape[0]
     stages = [s for s in ctx.stages.stages if s.support]
-    assert len(res.metrics["stages"]) == len(stages) >= 3
-    for row, s in zip(res.metrics["stages"], stages):
+    assert len(res.values["stages"]) == len(stages) >= 3
+    for row, s in zip(res.values["stages"], stages):
         A = list(s.support)
         eigs = np.linalg.eigvalsh(X[:, A].T @ X[:, A] / N)  # the Hessian of the square loss, exactly
         assert row["lambda_min"] == pytest.approx(eigs[0], rel=1e-10)
@@ -77,20 +37,20 @@ def test_generic_linear_passes_with_the_analytic_spectrum(generic):
 
 def test_generic_linear_runs_return_to_the_plateau(generic):
     _, res = generic
-    runs = res.metrics["figure9"]["runs"]
+    runs = res.values["figure9"]["runs"]
     assert len(runs) == 4
     for r in runs:
         assert r["d0"] > 1e-3  # the perturbation moved the point
         assert r["return_ratio"] < 1e-3  # exp(-lambda t) with lambda ~ 0.5 |beta| and t = 10
-    ids = {f["id"] for f in res.evidence["figures"]}
+    ids = {f.id for f in res.evidence["figures"]}
     assert {"hessian-spectra", "figure9-return", "figure9-epochs"} <= ids
 
 
-def test_flat_valley_fails_naming_the_eigenvalue():
-    ctx = valley_context()
+def test_flat_valley_fails_naming_the_eigenvalue(valley_context):
+    ctx = valley_context
     res = run_check("assumption-4.3", ctx)
     assert res.verdict is Verdict.FAIL
-    lam = [r["lambda_min"] for r in res.metrics["stages"]]
+    lam = [r["lambda_min"] for r in res.values["stages"]]
     assert all(abs(v) < 1e-12 for v in lam)  # x0 - x0 = 0: the direction e0 - e1 is exactly flat
     assert re.search(r"stage 1: smallest eigenvalue -?[0-9.e+-]+ of the Hessian on A_1 = \{beta\[0\], beta\[1\]\}",
                      res.message)
@@ -98,7 +58,7 @@ def test_flat_valley_fails_naming_the_eigenvalue():
     # The run itself sits in the valley too (both duplicates grow together), and does not come back.
     assert "a flat direction the run sits in" in res.message
     assert "stalled: the run does not return" in res.message
-    assert res.metrics["max_return_ratio"] > 0.1
+    assert res.values["max_return_ratio"] > 0.1
 
 
 def test_logistic_on_separable_data_has_no_finite_minimiser(tmp_path):
@@ -113,7 +73,7 @@ def test_logistic_on_separable_data_has_no_finite_minimiser(tmp_path):
     res = json.loads((out / "results.json").read_text())["checks"][0]
     assert res["verdict"] == "fail"
     assert "no finite minimiser exists (weights diverge)" in res["message"]
-    for probe in res["metrics"]["existence"]:
+    for probe in res["metrics"]["existence"]["value"]:
         loss, growth = probe["loss"], probe["growth_per_decade"]
         assert all(b < a for a, b in zip(loss, loss[1:]))
         assert min(growth) > 1.0  # |beta| gains a steady amount per decade of t: log t growth
@@ -133,6 +93,6 @@ def test_toy_attention_passes(tmp_path):
                "--out", str(tmp_path), "--no-progress"])
     checks = {c["id"]: c for c in json.loads((tmp_path / "results.json").read_text())["checks"]}
     assert rc == 0, {k: c["message"] for k, c in checks.items()}
-    m43, m44 = checks["assumption-4.3"]["metrics"], checks["assumption-4.4"]["metrics"]
+    m43, m44 = ({k: m["value"] for k, m in checks[c]["metrics"].items()} for c in ("assumption-4.3", "assumption-4.4"))
     assert m43["min_rel_eig"] > 1e-3 and m43["max_return_ratio"] < 0.1
     assert m44["max_spread"] < 1e-4 and m44["max_endpoint_ratio"] < 0.1

@@ -99,7 +99,7 @@ def test_byo_linear_data_lemma41_gd_passes_and_adam_fails(tmp_path):
     assert main(base + ["--optimizer", "gd", "--out", str(tmp_path / "gd")]) == 0
     assert main(base + ["--optimizer", "adam", "--out", str(tmp_path / "adam")]) == 1
     saved = json.loads((tmp_path / "adam" / "results.json").read_text())
-    assert saved["schema_version"] == 1
+    assert saved["schema_version"] == 2
     [check] = saved["checks"]
     assert check["id"] == "lemma-4.1" and check["verdict"] == "fail"
     assert saved["run"]["provenance"]["seed"] == 0 and saved["run"]["provenance"]["dtype"] == "float64"

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from verifier.checks.registry import REGISTRY, CheckSpec
-from verifier.checks.result import CheckResult, Verdict
 from verifier.config import RunConfig
 from verifier.pytest_plugin import CheckFailed, Problem, parametrize_with_checks, record
+from verifier.results import CheckResult, Metric, Verdict
 
 pytest_plugins = ["pytester"]
 
@@ -23,7 +23,8 @@ pytest_plugins = ["pytester"]
 def _fake(name: str, verdict: Verdict):
     def check(ctx):
         return CheckResult(name, "", verdict, f"fake {verdict.value} on {ctx.model.family}",
-                           metrics={"context": id(ctx), "p": ctx.model.p}, thresholds={"p": 100})
+                           metrics={"context": Metric.info(id(ctx)), "p": Metric.at_most(ctx.model.p, 100)},
+                           key_metric="p")
     return check
 
 
@@ -75,8 +76,8 @@ def test_record_outside_a_report_is_a_no_op_and_typed():
 
 
 INNER = '''
-from verifier.checks.result import CheckResult, Verdict
 from verifier.config import RunConfig
+from verifier.results import CheckResult, Verdict
 from verifier.pytest_plugin import Problem, parametrize_with_checks, record
 
 SMALL = Problem("small", config=RunConfig(preset="diag-linear"),
@@ -154,3 +155,38 @@ def test_many_results_are_capped_and_the_report_says_so(tmp_path):
     assert len(session.results) == MAX_PASSING_PER_CHECK + 1 and session.omitted == {"prop (pass)": 5}
     assert "5 more results of prop (pass) were recorded and left out of this report" in render_html(
         _session_results(session))
+
+
+XDIST_INNER = '''
+import pytest
+from verifier.checks import register
+from verifier.config import RunConfig
+from verifier.pytest_plugin import Problem, parametrize_with_checks
+from verifier.results import CheckResult, Metric, Verdict
+
+
+@register("xdist-probe", "a probe check", order=-1)
+def probe(ctx):
+    return CheckResult("xdist-probe", "", Verdict.PASS, f"seed {ctx.config.seed}",
+                       metrics={"seed": Metric.info(ctx.config.seed)})
+
+
+PROBLEMS = [Problem(f"p{k}", config=RunConfig(preset="diag-linear", seed=k), checks=("xdist-probe",)) for k in range(4)]
+
+
+@parametrize_with_checks(PROBLEMS)
+def test_theory(problem, check):
+    check(problem)
+'''
+
+
+def test_xdist_workers_results_gather_into_one_report(pytester):
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_inner=XDIST_INNER)
+    out = pytester.runpytest_subprocess("-n", "2", "--verifier-report", "rep/report.html", "-p", "no:randomly")
+    out.assert_outcomes(passed=4)
+    data = json.loads((pytester.path / "rep" / "report.json").read_text(encoding="utf-8"))
+    got = sorted((c["provenance"]["test"], c["metrics"]["seed"]["value"]) for c in data["checks"])
+    assert got == [(f"test_inner.py::test_theory[p{k}-xdist-probe]", k) for k in range(4)]
+    assert {c["provenance"]["test_outcome"] for c in data["checks"]} == {"passed"}
+    assert (pytester.path / "rep" / "report.html").read_text(encoding="utf-8").count('class="check pass"') == 4

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from verifier.checks.result import CheckResult, Verdict
+from verifier.results import CheckResult, Metric, Verdict
 from verifier.cli import main
 from verifier.report import render_html, summary_table, write_report
 from verifier.report.figures import render_figure
@@ -42,11 +42,12 @@ HOSTILE = "<script>alert('x')</script> & <img src=http://evil.example/x.png>"
 def fake_results() -> RunResults:
     checks = (
         CheckResult("lemma-4.1", "u^2 - v^2 is conserved along gradient flow (Lemma 4.1)", Verdict.PASS,
-                    "drift 3e-12 within tolerance", metrics={"max_drift": 3e-12, "nfev": [10, 20, 30]},
-                    thresholds={"max_drift_max": 1e-8}, evidence={"figures": [LOSS_FIG]}, duration_s=1.5),
+                    "drift 3e-12 within tolerance", metrics={"max_drift": Metric.at_most(3e-12, 1e-8),
+                                                             "nfev": Metric.lower([10, 20, 30])},
+                    key_metric="max_drift", evidence={"figures": [LOSS_FIG]}, duration_s=1.5),
         CheckResult("theorem-4.5", "beta follows Algorithm 1 as alpha -> 0 (Theorem 4.5)", Verdict.FAIL, HOSTILE,
-                    metrics={"transition_time_error": [0.5, 0.4, 0.35, 0.3], "rate": "nan"},
-                    thresholds={"transition_time_error": 0.05, "rate_min": 0.5},
+                    metrics={"transition_time_error": Metric.lower([0.5, 0.4, 0.35, 0.3]), "rate": Metric.info("nan")},
+                    key_metric="transition_time_error", settings={"rate_min": 0.5},
                     evidence={"figures": [MESSY_FIG, SCATTER_FIG], "alphas": ["1e-4", "1e-8"]}),
         CheckResult("assumption-4.3", "strict local minima (Assumption 4.3)", Verdict.INCONCLUSIVE,
                     "the check raised RuntimeError: boom", evidence={"traceback": "Traceback\nRuntimeError: boom"}),
@@ -132,19 +133,14 @@ def test_long_series_are_thinned():
     assert fig.notes == ("long: 5000 points thinned to 2000",)
 
 
-def test_key_metric_rules():
-    r = CheckResult("c", "", Verdict.PASS, "", metrics={"a": 1.0, "err": 2e-3, "b": 3},
-                    thresholds={"max_err": 1e-2})
-    assert key_metric(r).text() == "err = 0.002 (<= 0.01)"  # the first metric that has a threshold
-    named = CheckResult("c", "", Verdict.PASS, "", metrics={"a": 1.0, "b": [1, 2, 3, 4]},
-                        evidence={"key_metric": "b"})
-    assert key_metric(named).text() == "b = 1 -> 4 (4)"
-    assert key_metric(CheckResult("c", "", Verdict.PASS, "")) is None
-    metrics = {"stages": [{"k": 1}], "max_spread": 2e-10, "terminal_error": 0.5}
-    both = CheckResult("c", "", Verdict.PASS, "", metrics=metrics, thresholds={"spread_tol": 1e-4, "terminal_error": 1})
-    assert key_metric(both).text() == "terminal_error = 0.5 (threshold 1)"  # exact name first; "min" is no token
-    tol = CheckResult("c", "", Verdict.PASS, "", metrics=metrics, thresholds={"spread_tol": 1e-4})
-    assert key_metric(tol).text() == "max_spread = 2e-10 (<= 0.0001)"  # max_ stripped, _tol added
+def test_key_metric_is_the_declared_one_with_its_declared_relation():
+    metrics = {"a": Metric.info(1.0), "err": Metric.at_most(2e-3, 1e-2), "margin": Metric.at_least(0.3, 0.01),
+               "b": Metric.lower([1, 2, 3, 4])}
+    text = lambda key: key_metric(CheckResult("c", "", Verdict.PASS, "", metrics=metrics, key_metric=key)).text()  # noqa: E731
+    assert text("err") == "err = 0.002 (<= 0.01)"
+    assert text("margin") == "margin = 0.3 (>= 0.01)"  # the direction is declared, not read off the name
+    assert text("b") == "b = 1 -> 4 (4)"
+    assert key_metric(CheckResult("c", "", Verdict.PASS, "", metrics=metrics)) is None  # none named, none guessed
     assert fmt(list(range(10))) == "[0, 1, 2, ..., 8, 9, (10 values)]"
     assert fmt(float("nan")) == "nan" and fmt(None) == "-" and fmt(True) == "true"
 
@@ -231,9 +227,20 @@ _check_json = st.fixed_dictionaries(
     optional={"claim": _junk, "message": _junk, "thresholds": _junk, "evidence": _junk, "config": _junk,
               "provenance": _junk, "duration_s": _junk,
               "metrics": st.dictionaries(st.sampled_from(["err", "max_err", "drift", "margin", "x"]), _junk)})
-_results_json = st.fixed_dictionaries({"schema_version": st.just(1), "checks": st.lists(_check_json, max_size=3),
-                                       "run": st.dictionaries(st.sampled_from(["model", "config", "provenance", "notes"]),
-                                                              _junk)})
+_declared = st.one_of(  # schema version 2: metrics are declarations with a value of any kind
+    st.fixed_dictionaries({"value": _junk}),
+    st.fixed_dictionaries({"value": _junk, "better": st.sampled_from(["lower", "higher"])},
+                          optional={"threshold": _junk, "gate": st.fixed_dictionaries(
+                              {"factor": st.floats(1, 100), "atol": st.floats(0, 1)})}))
+_check_json_v2 = st.fixed_dictionaries(
+    {"id": st.text(max_size=6), "verdict": st.sampled_from(["pass", "fail", "inconclusive"])},
+    optional={"claim": _junk, "message": _junk, "settings": _junk, "evidence": _junk, "config": _junk,
+              "provenance": _junk, "duration_s": _junk, "key_metric": st.sampled_from(["err", "x", "nope"]),
+              "metrics": st.dictionaries(st.sampled_from(["err", "max_err", "drift", "margin", "x"]), _declared)})
+_run = st.dictionaries(st.sampled_from(["model", "config", "provenance", "notes"]), _junk)
+_results_json = st.one_of(
+    st.fixed_dictionaries({"schema_version": st.just(1), "checks": st.lists(_check_json, max_size=3), "run": _run}),
+    st.fixed_dictionaries({"schema_version": st.just(2), "checks": st.lists(_check_json_v2, max_size=3), "run": _run}))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

@@ -54,6 +54,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default reports/<timestamp>, mirrored to reports/latest)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    track = sub.add_parser("track", help="train a small ViT at several init scales, track the rank of its attention "
+                                         "changes, write DIR/results.json and DIR/report.html")
+    track.add_argument("--preset", default="vit-digits", help="vit-digits (default, CPU), vit-digits-wide (GPU), "
+                                                              "vit-digits-tiny (seconds)")
+    track.add_argument("--init-scales", help="factors of the initial weights, e.g. 1,0.3,0.1 (default: the preset's)")
+    track.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
+    track.add_argument("--epochs", type=int, help="training epochs per init scale (default: the preset's)")
+    track.add_argument("--lr", type=float, help="step size (default: the preset's for the optimizer)")
+    track.add_argument("--every", type=int, help="record every N optimizer steps (default: the preset's; 1 on CPU)")
+    track.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
+    track.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and the batches")
+    track.add_argument("--out", help="output folder (default reports/<timestamp>, mirrored to reports/latest)")
+    track.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
     sub.add_parser("presets", help="list presets and their defaults")
     sub.add_parser("checks", help="list check ids and the claims they test")
 
@@ -105,6 +119,26 @@ def _run(args, argv) -> int:
     print(f"wrote {paths[0]} and {paths[1]}" + (f" (also {latest}/)" if latest else ""))
     verdict = results.verdict
     return {Verdict.PASS: EXIT_OK, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}[verdict]
+
+
+def _track(args, argv) -> int:
+    from .checks import Verdict
+    from .config import resolve_device
+    from .report import summary_table
+    from .runner import default_out_dir, write_outputs
+    from .tracking.config import TrackConfig, parse_scales
+    from .tracking.run import run_track
+
+    config = TrackConfig(preset=args.preset, init_scales=parse_scales(args.init_scales), optimizer=args.optimizer,
+                         epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed, every=args.every)
+    resolve_device(config.device)
+    out = Path(args.out) if args.out else default_out_dir()
+    latest = None if args.out else out.parent / "latest"
+    results = run_track(config, argv=["verifier", *argv], progress=not args.no_progress)
+    paths = write_outputs(results, out, latest)
+    print(summary_table(results))
+    print(f"wrote {paths[0]} and {paths[1]}" + (f" (also {latest}/)" if latest else ""))
+    return {Verdict.PASS: EXIT_OK, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}[results.verdict]
 
 
 def _presets() -> int:
@@ -178,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "run":
             return _run(args, argv)
+        if args.command == "track":
+            return _track(args, argv)
         if args.command == "presets":
             return _presets()
         if args.command == "checks":

@@ -3,72 +3,26 @@
 A result got worse (exit 1 of ``verifier gate``) when
 
 * a check that passed in the baseline now fails, is inconclusive, or is missing; or
-* a gated metric degrades beyond its tolerance. Which metrics are gated, and how, is :data:`GATED_METRICS`
-  (the one place): the first rule whose pattern matches the metric name (case-insensitive glob) applies.
-  For a metric where lower is better (errors, drifts, costs), worse means
+* a metric the baseline's check declared gated (``Metric.gate``, verifier/results.py) moved in its declared
+  bad direction by more than its declared tolerance (:meth:`verifier.results.Gate.worse`), became non-finite,
+  or disappeared (a renamed metric is a missing one: renaming never silently ungates). Lists (one value per
+  alpha or stage) are compared entry by entry when they have the same length.
 
-      new > base + rtol * |base| + slack,   slack = max(atol, THRESHOLD_SLACK * |threshold|),
-
-  and for one where higher is better (margins, smallest eigenvalues) ``new < base - rtol * |base| - slack``.
-  ``threshold`` is the check's own threshold for that metric in the new run (same naming rule as the
-  report, :func:`verifier.report.format.threshold_name`), when it has one: a change that stays a small
-  fraction of the threshold away is rounding, not a regression. Lists (one value per alpha) are compared
-  entry by entry when they have the same length. A finite baseline value that became NaN/inf, or a gated
-  metric that disappeared, is worse. Metrics no rule matches are not gated (their checks' verdicts are).
+Nothing is inferred from metric names: the declarations of the baseline decide what is watched, so a
+baseline records its own rules. Metrics that are not gated are not compared (their checks' verdicts are).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from .checks.result import Verdict
-from .report.format import fmt, normalized, threshold_name
-from .results import RunResults
-
-LOWER, HIGHER = "lower", "higher"
-THRESHOLD_SLACK = 0.1
-
-
-@dataclass(frozen=True)
-class GateRule:
-    pattern: str
-    better: str  # LOWER or HIGHER
-    rtol: float
-    atol: float
-
-    def worse(self, base: float, new: float, threshold: float | None) -> bool:
-        slack = max(self.atol, THRESHOLD_SLACK * abs(threshold)) if threshold is not None else self.atol
-        margin = self.rtol * abs(base) + slack
-        return new > base + margin if self.better == LOWER else new < base - margin
-
-
-GATED_METRICS: tuple[GateRule, ...] = (
-    GateRule("*nfev*", LOWER, rtol=0.5, atol=0.0),  # cost: gradient evaluations of the integrator
-    GateRule("*error*", LOWER, rtol=0.5, atol=1e-12),  # Theorem 4.5 errors against Algorithm 1
-    GateRule("*drift*", LOWER, rtol=0.5, atol=1e-12),  # Lemma 4.1 conservation drift
-    GateRule("*residual*", LOWER, rtol=0.5, atol=1e-12),
-    GateRule("*distance*", LOWER, rtol=0.5, atol=1e-12),  # Assumptions 4.3/4.4 return distances
-    GateRule("*spread*", LOWER, rtol=0.5, atol=1e-12),  # Assumption 4.4 spread of stage-B endpoints
-    GateRule("*_ratio", LOWER, rtol=0.5, atol=1e-12),  # Assumptions 4.3/4.4 return and endpoint distance ratios
-    GateRule("*mismatch*", LOWER, rtol=0.5, atol=1e-12),  # Definition 3.1 loss(u, v) vs loss(u * v)
-    GateRule("*condition*", LOWER, rtol=0.5, atol=0.0),  # Assumption 4.3 condition numbers
-    GateRule("*margin*", HIGHER, rtol=0.5, atol=1e-12),  # Assumption 4.2 margins
-    GateRule("*lambda_min*", HIGHER, rtol=0.5, atol=1e-12),  # Assumption 4.3 smallest Hessian eigenvalue
-    GateRule("*min_eig*", HIGHER, rtol=0.5, atol=1e-12),
-)
+from .report.format import fmt, normalized
+from .results import Metric, RunResults, Verdict
 
 # What a baseline and a new run must share for their metrics to be comparable (differences are noted).
 COMPARABLE_CONFIG = ("preset", "model", "data", "loss", "seed", "alphas", "optimizer", "solver")
-
-
-def gate_rule(metric: str) -> GateRule | None:
-    for rule in GATED_METRICS:
-        if fnmatch.fnmatchcase(metric.lower(), rule.pattern):
-            return rule
-    return None
 
 
 @dataclass(frozen=True)
@@ -112,27 +66,24 @@ def _number(x: Any) -> float | None:
         return None
 
 
-def _compare_value(check: str, name: str, rule: GateRule, base: Any, new: Any, threshold: Any) -> list[GateRow]:
+def _compare_value(check: str, name: str, decl: Metric, base: Any, new: Any) -> list[GateRow]:
     if isinstance(base, list) and isinstance(new, list):
         if len(base) != len(new):
             return [GateRow(check, name, f"{len(base)} values", f"{len(new)} values", "not compared",
                             "lengths differ (different ladder?)")]
-        ts = threshold if isinstance(threshold, list) and len(threshold) == len(new) else [threshold] * len(new)
-        return [r for k, (b, n, t) in enumerate(zip(base, new, ts))
-                for r in _compare_value(check, f"{name}[{k}]", rule, b, n, t)]
+        return [r for k, (b, n) in enumerate(zip(base, new)) for r in _compare_value(check, f"{name}[{k}]", decl, b, n)]
     if isinstance(base, list) or isinstance(new, list):
         return [GateRow(check, name, fmt(base), fmt(new), "not compared", "a list in one run, not in the other")]
     b, n = _number(base), _number(new)
-    t = _number(threshold)
-    t = t if t is not None and math.isfinite(t) else None
     if b is None or not math.isfinite(b):
         return []  # nothing finite to hold the new run to
     if n is None or not math.isfinite(n):
         return [GateRow(check, name, fmt(base), fmt(new), "worse", "finite in the baseline, not now")]
-    if rule.worse(b, n, t):
-        return [GateRow(check, name, fmt(base), fmt(new), "worse", f"{rule.better} is better; tolerance "
-                        f"rtol={rule.rtol:g}" + (f", threshold {fmt(t)}" if t is not None else ""))]
-    if rule.worse(n, b, t):  # the baseline would have been a regression of the new run: it improved
+    gate = decl.gate
+    if gate.worse(b, n, decl.better):
+        return [GateRow(check, name, fmt(base), fmt(new), "worse",
+                        f"{decl.better} is better; tolerance factor {gate.factor:g}" + (f", atol {gate.atol:g}" if gate.atol else ""))]
+    if gate.worse(n, b, decl.better):  # the baseline would have been a regression of the new run: it improved
         return [GateRow(check, name, fmt(base), fmt(new), "better")]
     return []
 
@@ -151,15 +102,13 @@ def _compare_check(base, new) -> list[GateRow]:
                             "not gated: baseline did not pass"))
     else:
         rows.append(GateRow(base.id, "verdict", base.verdict.value, new.verdict.value, "same"))
-    for name, value in base.metrics.items():
-        rule = gate_rule(name)
-        if rule is None:
+    for name, decl in base.metrics.items():
+        if decl.gate is None:
             continue
         if name not in new.metrics:
-            rows.append(GateRow(base.id, name, fmt(value), "missing", "worse", "gated metric disappeared"))
+            rows.append(GateRow(base.id, name, fmt(decl.value), "missing", "worse", "gated metric disappeared"))
             continue
-        tname = threshold_name(name, new.thresholds)
-        rows += _compare_value(base.id, name, rule, value, new.metrics[name], new.thresholds[tname] if tname else None)
+        rows += _compare_value(base.id, name, decl, decl.value, new.metrics[name].value)
     return rows
 
 

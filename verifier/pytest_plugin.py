@@ -9,6 +9,12 @@
   and the value of the ``verifier_device`` fixture.
 * :func:`parametrize_with_checks` turns user problems into pytest params with stable ids
   ``<problem-name>-<check-id>``, one per applicable check, with expected failures as strict xfails.
+* Under pytest-xdist (``pytest -n auto --verifier-report r.html``) every worker sends its results to the
+  controller, which writes the one report and results.json for the whole session.
+
+The plugin is loaded in every pytest session of a project that has verifier installed, so it imports nothing
+heavy: torch, the models and the checks are imported only when a verifier feature is used (as hypothesis's
+plugin does).
 
 Usage::
 
@@ -22,6 +28,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,9 +36,10 @@ from typing import Any, Iterable, Mapping
 
 import pytest
 
-from .checks import REGISTRY, CheckResult, Verdict, check_ids, run_check
-from .checks.registry import OBSERVERS
-from .config import DEVICES, RunConfig
+from .results import OBSERVERS, CheckResult, Verdict
+
+DEVICES = ("auto", "cpu", "cuda")  # verifier.config.DEVICES, repeated here so that loading the plugin imports no torch
+WORKER_KEY = "verifier_results"  # the results a pytest-xdist worker hands to the controller (JSON text)
 
 # A property suite may record thousands of results: per check id the report keeps the first 20 passes and the
 # first 100 fails/inconclusives, and says how many it left out.
@@ -95,9 +103,14 @@ class Problem:
 
     name: str
     model: Any = None
-    config: RunConfig = field(default_factory=RunConfig)
+    config: Any = None  # a verifier.config.RunConfig; None: the defaults
     expected_failures: Mapping[str, str] = field(default_factory=dict)
     checks: tuple[str, ...] | None = None
+
+    def run_config(self):
+        from .config import RunConfig
+
+        return self.config if self.config is not None else RunConfig()
 
     def build(self):
         """The model (built from ``config`` on the CPU when none was given; once per session)."""
@@ -105,7 +118,7 @@ class Problem:
             return self.model
         from .presets import build_model
 
-        c = self.config
+        c = self.run_config()
         return _cached(("model", self), lambda: build_model(c.preset, c.model, c.data, c.loss, c.seed, "cpu"))
 
 
@@ -116,6 +129,8 @@ class CheckCall:
     check_id: str
 
     def __call__(self, problem: Problem) -> CheckResult:
+        from .checks import run_check
+
         result = run_check(self.check_id, _context(problem))  # recorded by the run_check observer
         if result.verdict != Verdict.PASS:
             raise CheckFailed(f"{self.check_id} on {problem.name}: {result.verdict.value}: {result.message}")
@@ -142,12 +157,13 @@ def _context(problem: Problem):
     from .context import Context
 
     session = _current()
-    device = session.device if session is not None else problem.config.device
+    config = problem.run_config()
+    device = session.device if session is not None else config.device
     argv = ["pytest", *(session.args if session else [])]
 
     def make():
         model = problem.build().to_device(resolve_device(device))
-        return Context(replace(problem.config, device=device), model=model, argv=argv)
+        return Context(replace(config, device=device), model=model, argv=argv)
 
     return _cached(("context", problem), make)
 
@@ -156,6 +172,8 @@ def parametrize_with_checks(problems: Iterable[Problem], checks: Iterable[str] |
     """``pytest.mark.parametrize("problem, check", ...)``: one param per (problem, check), id
     ``<problem-name>-<check-id>``; a check that does not apply to the model is a skip that says why, an
     expected failure is ``xfail(strict=True, raises=CheckFailed)`` so a crash or an unexpected pass shows."""
+    from .checks import REGISTRY, check_ids
+
     problems = list(problems)
     names = [p.name for p in problems]
     if len(set(names)) != len(names):
@@ -192,15 +210,18 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    from .config import resolve_device
-    from .errors import InputError
-
     device = config.getoption("--verifier-device", default="auto") or "auto"
-    try:
-        resolve_device(device)
-    except InputError as exc:
-        raise pytest.UsageError(f"--verifier-device: {exc}") from None
+    if device == "cuda":  # asked for explicitly: a verifier feature is in use, torch may load
+        from .config import resolve_device
+        from .errors import InputError
+
+        try:
+            resolve_device(device)
+        except InputError as exc:
+            raise pytest.UsageError(f"--verifier-device: {exc}") from None
     report = config.getoption("--verifier-report", default=None)
+    if report and hasattr(config, "workerinput"):  # an xdist worker: results go to the controller, not a file
+        report = os.devnull
     session = _Session(Path(report) if report else None, device, config.invocation_params.args)
     config.stash[_KEY] = session
     _SESSIONS.append(session)
@@ -250,12 +271,30 @@ def pytest_sessionfinish(session):
     state = session.config.stash.get(_KEY, None)
     if state is None or state.report is None:
         return
+    if hasattr(session.config, "workerinput"):  # an xdist worker: hand the results to the controller
+        session.config.workeroutput[WORKER_KEY] = json.dumps(
+            {"checks": [r.to_dict() for r in state.results], "omitted": state.omitted})
+        return
     from .report import write_report
     from .results import write_results
 
     results = state.final = _session_results(state)
     write_report(results, state.report)
     write_results(results, state.report.with_suffix(".json"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist, on the controller: a worker finished; add the results it recorded to the session's."""
+    state = _current()
+    payload = getattr(node, "workeroutput", {}).get(WORKER_KEY)
+    if state is None or state.report is None or payload is None:
+        return
+    data = json.loads(payload)
+    for d in sorted(data["checks"], key=lambda d: str(d.get("provenance", {}).get("test", ""))):
+        state.add(CheckResult.from_dict(d))
+    for key, n in data["omitted"].items():
+        state.omitted[key] = state.omitted.get(key, 0) + n
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -24,7 +24,8 @@ import torch
 from ..config import SolverConfig, format_alpha
 from ..dynamics.flow import ReducedFlow, integrate, solve_flow
 from ..dynamics.trajectory import Status, Trajectory
-from .result import Verdict
+from ..figures import Figure, Series
+from ..results import Verdict
 
 # A grid epoch is a plateau when its non-negligible set equals its neighbours' and beta moved by less than
 # this (relative) between the neighbouring grid points.
@@ -48,12 +49,6 @@ PROTOCOL_TOL = 1e-6
 def perturb_time(config) -> float:
     """``perturb_epochs`` epochs of flow: one epoch is the time lr (what one GD step of size lr covers)."""
     return config.perturb_epochs * config.optimizer.lr
-
-
-def combine(parts: list[tuple[Verdict, str]]) -> tuple[Verdict, str]:
-    """The worst verdict of the parts, and their messages, failures first."""
-    order = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
-    return Verdict.worst(v for v, _ in parts), " | ".join(m for _, m in sorted(parts, key=lambda p: order[p[0]]))
 
 
 def protocol_solver(solver: SolverConfig) -> SolverConfig:
@@ -194,21 +189,16 @@ def subsample(x, n: int = 300) -> list[float]:
     return x[::step] + ([x[-1]] if (len(x) - 1) % step else [])
 
 
-def spectra_figure(rows: list[tuple[str, int, torch.Tensor]], title: str, caption: str) -> dict:
+def spectra_figure(rows: list[tuple[str, int, torch.Tensor]], title: str, caption: str) -> Figure:
     """Eigenvalues of restricted Hessians: one scatter series per (label, x, eigenvalues)."""
     positive = all(bool((e > 0).all()) for _, _, e in rows)
-    return {"id": "hessian-spectra", "title": title, "kind": "scatter", "xlabel": "stage k",
-            "ylabel": "eigenvalue of the Hessian of Lb restricted to A_k", "xscale": "linear",
-            "yscale": "log" if positive else "linear",
-            "series": [{"label": lab, "x": [x] * len(e), "y": [float(v) for v in e], "style": "o"}
-                       for lab, x, e in rows],
-            "caption": caption}
+    return Figure("hessian-spectra", title, "scatter", "stage k", "eigenvalue of the Hessian of Lb restricted to A_k",
+                  yscale="log" if positive else "linear",
+                  series=tuple(Series(lab, [x] * len(e), e, "o") for lab, x, e in rows), caption=caption)
 
 
 def distance_figure(fid: str, title: str, series: list[tuple[str, torch.Tensor, torch.Tensor]],
-                    ylabel: str, caption: str) -> dict:
+                    ylabel: str, caption: str) -> Figure:
     """Distance to the unperturbed point/run against elapsed time, one line per perturbed run."""
-    return {"id": fid, "title": title, "kind": "line", "xlabel": "time t since the perturbation",
-            "ylabel": ylabel, "xscale": "linear", "yscale": "log",
-            "series": [{"label": lab, "x": subsample(t), "y": subsample(d), "style": "-"} for lab, t, d in series],
-            "caption": caption}
+    return Figure(fid, title, "line", "time t since the perturbation", ylabel, yscale="log",
+                  series=tuple(Series(lab, subsample(t), subsample(d), "-") for lab, t, d in series), caption=caption)

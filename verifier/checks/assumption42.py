@@ -22,8 +22,9 @@ import math
 import torch
 
 from ..config import format_alpha
+from ..figures import Figure, Mark, Series
+from ..results import CheckResult, Metric, Verdict
 from .registry import register
-from .result import CheckResult, Verdict
 
 ID = "assumption-4.2"
 CLAIM = ("Assumption 4.2 (non-degeneracy): u0 != +-v0; at every stage a unique coordinate activates next; "
@@ -107,6 +108,9 @@ def check_assumption_42(ctx) -> CheckResult:
                          f"G = {r['G']:.3g} does not point inward{why}")
     if seq.status != "complete":
         undecided.append(f"Algorithm 1 stopped early ({seq.status}: {seq.message})")
+    if not margins:
+        undecided.append("Algorithm 1 has no stage: g(0) vanishes off every support, so nothing ever activates "
+                         "(a zero teacher?) and there is no stage to be non-degenerate")
 
     Ls = [float(L) for L in ctx.log_inv_alphas]
     smallest = max(range(len(Ls)), key=lambda j: Ls[j])
@@ -115,7 +119,7 @@ def check_assumption_42(ctx) -> CheckResult:
     if m0 > 0:  # the reduced flow needs u0 != +-v0 (THEORY.md §3); without it there is nothing to simulate
         traj = ctx.ladder
         sim = {format_alpha(Ls[j]): separation(traj, j, predicted, ctx.horizon, name) for j in range(len(Ls))}
-        if traj.status[smallest].value != "success":
+        if not traj.ok[smallest]:
             undecided.append(f"the flow at alpha={format_alpha(Ls[smallest])} did not finish: "
                              f"{traj.status[smallest].message}")
         else:
@@ -123,18 +127,18 @@ def check_assumption_42(ctx) -> CheckResult:
                       for t in sim[format_alpha(Ls[smallest])]]
 
     finite_margins = [r["margin"] for r in margins if r["margin"] is not None and math.isfinite(r["margin"])]
+    min_margin = min(finite_margins) if finite_margins else (math.inf if margins else None)
     metrics = {
-        "init_margin": m0,
-        "min_stage_margin": min(finite_margins) if finite_margins else (math.inf if margins else None),
-        "stage_margins": margins,
-        "leave_inward": leaves,
-        "alphas": [format_alpha(L) for L in Ls],
-        "simulation_issues": sim,
-        "stages": len(seq.stages) - 1,
+        "min_stage_margin": Metric.at_least(min_margin, MARGIN_TOL),
+        "init_margin": Metric.at_least(m0, INIT_MARGIN_TOL),
+        "stage_margins": Metric.info(margins),
+        "leave_inward": Metric.info(leaves),
+        "alphas": Metric.info([format_alpha(L) for L in Ls]),
+        "simulation_issues": Metric.info(sim),
+        "stages": Metric.info(len(seq.stages) - 1),
     }
-    thresholds = {"init_margin": INIT_MARGIN_TOL, "min_stage_margin": MARGIN_TOL, "leave_inward": seq.gtol,
-                  "separation_fraction": SEPARATION_FRACTION}
-    evidence = {"figures": figures(seq, traj, predicted, Ls), "key_metric": "min_stage_margin"}
+    settings = {"leave_inward_min": seq.gtol, "separation_fraction": SEPARATION_FRACTION}
+    evidence = {"figures": figures(seq, traj, predicted, Ls)}
     if fails:
         verdict, message = Verdict.FAIL, "; ".join(fails)
     elif undecided:
@@ -142,31 +146,28 @@ def check_assumption_42(ctx) -> CheckResult:
     else:
         verdict = Verdict.PASS
         message = (f"{len(margins)} stages, each with a unique next coordinate (smallest margin "
-                   f"{metrics['min_stage_margin']:.3g} >= {MARGIN_TOL:g}); init margin {m0:.3g}; "
+                   f"{min_margin:.3g} >= {MARGIN_TOL:g}); init margin {m0:.3g}; "
                    f"{len(leaves)} leave(s) with inward gradient; at alpha={format_alpha(Ls[smallest])} the "
                    "simulated activations come one at a time in Algorithm 1's order")
-    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, evidence)
+    return CheckResult(ID, CLAIM, verdict, message, metrics, "min_stage_margin", settings, evidence)
 
 
-def figures(seq, traj, predicted, Ls) -> list[dict]:
+def figures(seq, traj, predicted, Ls) -> list[Figure]:
     """The argmin margins per stage and, when simulated, the activation times along the ladder."""
     margins = [s.margin for s in seq.stages[1:]]
-    bars = {"id": "argmin-margins", "title": "Argmin margin of Delta_k per stage (Assumption 4.2b)",
-            "kind": "bar", "xlabel": "stage k", "ylabel": "(second - smallest) / smallest", "yscale": "log",
-            "series": [{"label": "margin", "x": list(range(1, len(margins) + 1)),
-                        "y": [m if m is not None and math.isfinite(m) else float("nan") for m in margins]}],
-            "hlines": [{"y": MARGIN_TOL, "label": "tie threshold"}],
-            "caption": "Infinite margins (a single candidate) are not drawn."}
+    bars = Figure("argmin-margins", "Argmin margin of Delta_k per stage (Assumption 4.2b)", "bar", "stage k",
+                  "(second - smallest) / smallest", yscale="log",
+                  series=(Series("margin", range(1, len(margins) + 1),
+                                 [m if m is not None and math.isfinite(m) else math.nan for m in margins]),),
+                  hlines=(Mark(MARGIN_TOL, "tie threshold"),),
+                  caption="Infinite margins (a single candidate) are not drawn.")
     if traj is None:
         return [bars]
     x = [1.0 / L for L in Ls]
-    series = [{"label": f"{seq.name(i)} (T={T:.4g})", "x": x,
-               "y": [float(traj.crossing_tau[j, i]) for j in range(len(Ls))], "style": "o-"}
-              for T, i, _ in predicted[:12]]
-    times = {"id": "activation-times", "title": "Simulated activation times against 1/log(1/alpha)",
-             "kind": "line", "xlabel": "1 / log(1/alpha)", "ylabel": "tau at which |b_i| reaches 1",
-             "xscale": "linear", "yscale": "linear", "series": series,
-             "hlines": [{"y": T, "label": f"T_{k + 1}"} for k, (T, _, _) in enumerate(predicted[:12])],
-             "caption": "As alpha -> 0 (left) each activation time should reach Algorithm 1's T_k (lines), "
-                        "one coordinate per stage."}
+    series = tuple(Series(f"{seq.name(i)} (T={T:.4g})", x, traj.crossing_tau[:, i], "o-") for T, i, _ in predicted[:12])
+    times = Figure("activation-times", "Simulated activation times against 1/log(1/alpha)", "line",
+                   "1 / log(1/alpha)", "tau at which |b_i| reaches 1", series=series,
+                   hlines=tuple(Mark(T, f"T_{k + 1}") for k, (T, _, _) in enumerate(predicted[:12])),
+                   caption="As alpha -> 0 (left) each activation time should reach Algorithm 1's T_k (lines), "
+                           "one coordinate per stage.")
     return [bars, times]

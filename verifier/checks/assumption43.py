@@ -30,13 +30,17 @@ import math
 import torch
 
 from . import _perturb as P
+from .. import seeds
+from ..figures import Figure, Mark, Series
+from ..results import CheckResult, Metric, Verdict, combine
 from .registry import register
-from .result import CheckResult, Verdict
 
 ID = "assumption-4.3"
 CLAIM = "Assumption 4.3: the stationary points beta^k are strict local minima of Lb on their supports"
 PROBE_DECADES = (0, 1, 2, 3, 4, 5)  # existence probe: flow times t0 10^d (t0 the local time scale)
-PROBE_EPS = 1e-10  # initial size of the activating coordinate in the probe (Algorithm 1's default)
+# Initial size of the activating coordinate in the existence probe: below Algorithm 1's stage-B eps
+# (limit.incremental.STAGE_B_EPS = 1e-6) so the probe starts closer to the alpha -> 0 limit than stage B did.
+PROBE_EPS = 1e-10
 NEWTON_TOL = 1e-6  # beta^k is a located stationary point when |H_A^-1 g_A| <= NEWTON_TOL max(1, |beta^k|)
 LOG_GROWTH = 0.25  # diverging: |beta| grows in the last decade by >= this fraction of the first decade's
 
@@ -59,11 +63,11 @@ def check(ctx) -> CheckResult:
         parts.append(_existence(ctx, probes, metrics, figures))
 
     parts.append(_figure9(ctx, names, metrics, figures))
-    verdict, message = P.combine(parts)
-    thresholds = {"rel_eig": P.REL_EIG, "return_ratio": P.RETURN_RATIO, "negligible": ctx.config.negligible,
-                  "noise": ctx.config.noise, "perturb_time": P.perturb_time(ctx.config), "log_growth": LOG_GROWTH}
-    evidence = {"figures": figures, "key_metric": "min_rel_eig" if "min_rel_eig" in metrics else "max_return_ratio"}
-    return CheckResult(ID, CLAIM, verdict, message, metrics, thresholds, evidence)
+    verdict, message = combine(parts)
+    settings = {"negligible": ctx.config.negligible, "noise": ctx.config.noise,
+                "perturb_time": P.perturb_time(ctx.config), "newton_tol": NEWTON_TOL, "log_growth": LOG_GROWTH}
+    key = next((k for k in ("min_rel_eig", "max_return_ratio") if k in metrics), None)
+    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures})
 
 
 def _support_names(names, support) -> str:
@@ -97,17 +101,19 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
                        f"{_support_names(names, A)} (largest {hi:.3g}): "
                        + ("a flat direction" if abs(lo) <= P.REL_EIG * abs(hi) else "a negative curvature")
                        + ", not a strict minimum")
-    metrics["stages"] = per_stage
+    metrics["stages"] = Metric.info(per_stage)
     if per_stage:
-        metrics["lambda_min"] = min(r["lambda_min"] for r in per_stage)
-        metrics["max_condition"] = max(r["condition"] for r in per_stage)
-        metrics["min_rel_eig"] = min(r["lambda_min"] / max(abs(r["lambda_max"]), 1e-300) for r in per_stage)
+        metrics["min_rel_eig"] = Metric.at_least(
+            min(r["lambda_min"] / max(abs(r["lambda_max"]), 1e-300) for r in per_stage), P.REL_EIG)
+        metrics["lambda_min"] = Metric.higher(min(r["lambda_min"] for r in per_stage))
+        metrics["max_condition"] = Metric.lower(max(r["condition"] for r in per_stage))
     if bad:
         return Verdict.FAIL, "; ".join(bad), rows, unlocated
     if not per_stage:
         return Verdict.INCONCLUSIVE, f"Algorithm 1 found no stage with a support ({ctx.stages.message})", rows, unlocated
     return Verdict.PASS, (f"{len(per_stage)} stages: restricted Hessians positive definite, lambda_min = "
-                          f"{metrics['lambda_min']:.3g}, largest condition number {metrics['max_condition']:.3g}"
+                          f"{metrics['lambda_min'].value:.3g}, largest condition number "
+                          f"{metrics['max_condition'].value:.3g}"
                           + (f"; {len(unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)" if unlocated else "")
                           ), rows, unlocated
 
@@ -144,14 +150,13 @@ def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
         growth = (norm[1:] - norm[:-1]).tolist()
         out.append({"stage": label, "times": t.tolist(), "loss": lk.tolist(), "beta_norm": norm.tolist(),
                     "growth_per_decade": growth, "grad_norm_times_t": (gnorm[sl] * t).tolist()})
-        figures.append({"id": f"existence-{k}", "title": f"Flow from {label} over decades of time",
-                        "kind": "line", "xlabel": "time t", "ylabel": "value", "xscale": "log", "yscale": "log",
-                        "series": [{"label": "loss", "x": t.tolist(), "y": lk.tolist(), "style": "o-"},
-                                   {"label": "|beta|", "x": t.tolist(), "y": norm.tolist(), "style": "s-"},
-                                   {"label": "|g| t", "x": t.tolist(), "y": out[-1]["grad_norm_times_t"],
-                                    "style": "^-"}],
-                        "caption": "A finite minimiser makes |beta| settle; |beta| growing by a steady amount "
-                                   "per decade (log t) with falling loss means the weights diverge."})
+        figures.append(Figure(
+            f"existence-{k}", f"Flow from {label} over decades of time", "line", "time t", "value",
+            xscale="log", yscale="log",
+            series=(Series("loss", t, lk, "o-"), Series("|beta|", t, norm, "s-"),
+                    Series("|g| t", t, out[-1]["grad_norm_times_t"], "^-")),
+            caption="A finite minimiser makes |beta| settle; |beta| growing by a steady amount per decade (log t) "
+                    "with falling loss means the weights diverge."))
         falling = bool((lk[1:] < lk[:-1]).all())
         if falling and all(g > 0 for g in growth) and growth[-1] >= LOG_GROWTH * growth[0]:
             diverged.append(
@@ -160,7 +165,7 @@ def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
                 f"grows {float(norm[0]):.3g} -> {float(norm[-1]):.3g}, {growth[-1]:.3g} in the last decade "
                 f"(|beta| ~ log t), and |g| t stays {float(gnorm[sl][-1] * t[-1]):.3g}: the gradient never "
                 f"vanishes at a finite point")
-    metrics["existence"] = out
+    metrics["existence"] = Metric.info(out)
     if diverged:
         return Verdict.FAIL, "; ".join(diverged)
     if failed:
@@ -175,7 +180,7 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     sample, reason = P.sample_reference(
         ctx, "Figure 9", lambda ref: P.plateau_epochs(ref, cfg.negligible),
         f"the run at alpha={{alpha}} has no plateau with a coordinate above {cfg.negligible:g} "
-        "(raise --horizon or lower --negligible)", seed_offset=43)
+        "(raise --horizon or lower --negligible)", seed_offset=seeds.FIGURE_9)
     if reason:
         return reason
     ref, pick, gen = sample
@@ -210,18 +215,17 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
             (bad if stalled else slow).append(
                 f"{where}: distance {float(dist[n, 0]):.3g} -> {float(dist[n, -1]):.3g} (ratio {ratio[n]:.3g})"
                 + (", stalled: the run does not return" if stalled else ", still returning"))
-    metrics["figure9"] = {"alpha": ref.alpha, "perturb_time": T, "runs": runs}
-    metrics["max_return_ratio"] = max(ratio)
+    metrics["figure9"] = Metric.info({"alpha": ref.alpha, "perturb_time": T, "runs": runs})
+    metrics["max_return_ratio"] = Metric.at_most(max(ratio), P.RETURN_RATIO)
     figures.append(P.distance_figure(
         "figure9-return", f"Figure 9: perturbed runs at plateau epochs (alpha={ref.alpha})", series,
         "|beta(t) - beta_unperturbed| / |beta_unperturbed|",
         f"Relative noise {cfg.noise:g} on every coordinate above {cfg.negligible:g}, then {cfg.perturb_epochs} "
         f"epochs (flow time {T:g}); pass needs the distance to fall below {P.RETURN_RATIO:g} of its start."))
-    figures.append({"id": "figure9-epochs", "title": f"Reference run (alpha={ref.alpha}) and the perturbed epochs",
-                    "kind": "line", "xlabel": "tau = t / log(1/alpha)", "ylabel": "loss", "xscale": "linear",
-                    "yscale": "log", "series": [{"label": "loss", "x": P.subsample(ref.traj.tau),
-                                                 "y": P.subsample(ref.traj.loss[0]), "style": "-"}],
-                    "vlines": [{"x": r["tau"], "label": "perturbed"} for r in runs]})
+    figures.append(Figure("figure9-epochs", f"Reference run (alpha={ref.alpha}) and the perturbed epochs", "line",
+                          "tau = t / log(1/alpha)", "loss", yscale="log",
+                          series=(Series("loss", P.subsample(ref.traj.tau), P.subsample(ref.traj.loss[0]), "-"),),
+                          vlines=tuple(Mark(r["tau"], "perturbed") for r in runs)))
     if bad:
         return Verdict.FAIL, "Figure 9: " + "; ".join(bad)
     if slow:

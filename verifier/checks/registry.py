@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from ..errors import InputError
-from .result import CheckResult, Verdict
+from ..results import OBSERVERS, CheckResult, Verdict
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,6 @@ class CheckSpec:
 
 
 REGISTRY: dict[str, CheckSpec] = {}
-OBSERVERS: list[Callable[[CheckResult], None]] = []  # called with every run_check result (pytest --verifier-report)
 
 
 def register(id: str, claim: str, *, diagonal_only: bool = True, order: int = 0):

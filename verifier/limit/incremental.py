@@ -41,6 +41,8 @@ LEAVING = 1e-2
 # then polishes to the gradient tolerance above (or the flow goes on if Newton would change a sign).
 FLOW_GTOL_REL = 1e-3
 STAGE_B_SOLVER = SolverConfig(rtol=1e-5, atol=1e-5, max_steps=2000)
+# Size at which stage B switches the new coordinate on (eps of THEORY.md §4 step 4; the limit is eps -> 0).
+STAGE_B_EPS = 1e-6
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ def argmin_margin(delta: torch.Tensor) -> float:
     return (second - lo) / lo if lo > 0 else 0.0
 
 
-def algorithm1(model: DiagonalModel, eps: float = 1e-6, max_stages: int | None = None,
+def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int | None = None,
                newton: bool = True, max_flow_time: float = 1e7, progress=None) -> StageSequence:
     """Run Algorithm 1 on ``model`` (THEORY.md §4). ``eps``: size of the new coordinate at the start of stage B;
     ``max_stages`` defaults to 2p + 2 (every coordinate can enter, leave and re-enter once);

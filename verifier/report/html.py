@@ -13,9 +13,10 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from ..figures import Figure
 from ..results import RunResults
 from .figures import render_figure
-from .format import MEANING, fmt, key_metric, normalized, relation, threshold_name, verdict_counts
+from .format import MEANING, fmt, key_metric, normalized, verdict_counts
 
 MAX_FIGURE_RESULTS = 3  # results of one check id beyond this are listed without their figures
 MAX_EVIDENCE_CHARS = 4000
@@ -44,20 +45,19 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
     return rows
 
 
-def _metric_rows(metrics: dict, thresholds: dict) -> tuple[list[dict], list[dict]]:
-    rows, used = [], set()
-    for name, value in metrics.items():
-        tname = threshold_name(name, thresholds)
-        if tname is not None:
-            used.add(tname)
-        rows.append({"name": name, "value": fmt(value, 300),
-                     "threshold": f"{relation(name, tname)} {fmt(thresholds[tname])}" if tname else ""})
-    other = [{"name": k, "value": fmt(v, 300)} for k, v in thresholds.items() if k not in used]
-    return rows, other
+def _metric_rows(metrics: dict) -> list[dict]:
+    """One row per declared metric: value, threshold with its relation, direction, and the gate tolerance."""
+    rows = []
+    for name, m in metrics.items():
+        gate = "" if m.gate is None else f"x{m.gate.factor:g}" + (f" + {m.gate.atol:g}" if m.gate.atol else "")
+        rows.append({"name": name, "value": fmt(m.value, 300),
+                     "threshold": f"{m.relation} {fmt(m.threshold)}" if m.threshold is not None else "",
+                     "better": m.better or "", "gate": gate})
+    return rows
 
 
 def _evidence_text(evidence: dict) -> str:
-    rest = {k: v for k, v in evidence.items() if k not in ("figures", "key_metric", "traceback")}
+    rest = {k: v for k, v in evidence.items() if k not in ("figures", "traceback")}
     if not rest:
         return ""
     text = json.dumps(rest, indent=1, default=str)
@@ -68,8 +68,8 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dic
     """The view of one check result; provenance and config are shown where they differ from the run's."""
     ev = c.evidence
     specs = ev.get("figures") if isinstance(ev.get("figures"), list) else []
-    figures = [render_figure(s, f"f{k}-{j}") for j, s in enumerate(specs)] if draw else []
-    metrics, other = _metric_rows(c.metrics, c.thresholds)
+    figures = [render_figure(s.to_dict() if isinstance(s, Figure) else s, f"f{k}-{j}")
+               for j, s in enumerate(specs)] if draw else []
     km = key_metric(c)
     prov = c.provenance
     own_prov = {kk: v for kk, v in prov.items()
@@ -80,7 +80,7 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dic
         "meaning": MEANING[c.verdict], "key": km.text() if km else "-",
         "figures": [{"title": f.title, "caption": f.caption, "notes": f.notes, "svg": Markup(f.svg)} for f in figures],
         "figures_omitted": 0 if draw else len(specs),
-        "metrics": metrics, "other_thresholds": other,
+        "metrics": _metric_rows(c.metrics), "settings": [{"name": n, "value": fmt(v, 300)} for n, v in c.settings.items()],
         "traceback": str(ev.get("traceback", "")), "evidence": _evidence_text(ev),
         "provenance": _flatten(own_prov) if own_prov else [], "config": _flatten(own_config) if own_config else [],
         "test": str(prov.get("test", "")), "test_outcome": str(prov.get("test_outcome", "")),

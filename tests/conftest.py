@@ -1,0 +1,74 @@
+"""Problems several test modules share, as fixtures (no test module imports another).
+
+* ``leave_reenter_model``: a diagonal linear network on which Algorithm 1 makes a coordinate leave the
+  support and re-enter with the opposite sign (docs/THEORY.md §4).
+* ``generic_linear_context``: a correlated diagonal linear network on which Assumptions 4.3 and 4.4 hold;
+  session-scoped, so Algorithm 1 and the reference run are computed once for both checks.
+* ``valley_context``: duplicated features, the flat-valley counterexample of Assumptions 4.3 and 4.4.
+"""
+
+import pytest
+import torch
+
+from verifier import data as D
+from verifier.config import RunConfig
+from verifier.context import Context
+from verifier.limit import Stage, StageSequence
+from verifier.models import DiagLinear
+
+F64 = torch.float64
+
+# A population covariance and teacher (found by a search over 3 x 3 correlations) under which beta[1]
+# enters with sign -, leaves when beta[0] enters, and re-enters with sign + (y = X beta*, X^T X / N = SIGMA).
+LEAVE_SIGMA = [[1.0, -0.7, 0.7], [-0.7, 1.0, -0.2], [0.7, -0.2, 1.0]]
+LEAVE_BETA_STAR = [1.8, 0.4, -2.0]
+
+
+@pytest.fixture(scope="session")
+def leave_reenter_model() -> DiagLinear:
+    """N = 12, X^T X / N = LEAVE_SIGMA exactly (an orthogonal design times chol(SIGMA)^T), y = X beta*
+    (beta* is the ``leave_beta_star`` fixture)."""
+    S = torch.tensor(LEAVE_SIGMA, dtype=F64)
+    X = D.orthogonal_design(12, len(S), D.generator(0)) @ torch.linalg.cholesky(S).T
+    return DiagLinear(X, X @ torch.tensor(LEAVE_BETA_STAR, dtype=F64))
+
+
+@pytest.fixture(scope="session")
+def leave_beta_star() -> list[float]:
+    """The teacher of ``leave_reenter_model``: the last stage of Algorithm 1 reaches it."""
+    return list(LEAVE_BETA_STAR)
+
+
+@pytest.fixture(scope="session")
+def generic_linear_context() -> Context:
+    """N = 40 Gaussian samples, p = 5, teacher (1.5, -1, 0, 0.7, 0): a correlated design."""
+    gen = D.generator(0)
+    X = D.gaussian_design(40, 5, gen)
+    return Context(RunConfig(preset=None, model="diag-linear"),
+                   model=DiagLinear(X, X @ torch.tensor([1.5, -1.0, 0.0, 0.7, 0.0], dtype=F64)),
+                   argv=["test"])
+
+
+@pytest.fixture(scope="session")
+def valley_context() -> Context:
+    """Columns 0 and 1 identical: Lb depends on beta_0 + beta_1 only, a flat valley. The stages are
+    stationary points built by hand (Algorithm 1 breaks the tie and never puts both in the support):
+    least squares on [x0, x2] with the x0 coefficient split evenly between the duplicates."""
+    gen = D.generator(1)
+    x = D.gaussian_design(30, 2, gen)
+    X = torch.stack([x[:, 0], x[:, 0], x[:, 1]], dim=1)
+    model = DiagLinear(X, x @ torch.tensor([2.0, -0.8], dtype=F64))
+    s1 = float(x[:, 0] @ model.Y / (x[:, 0] @ x[:, 0]))
+    s2 = torch.linalg.lstsq(x, model.Y[:, None]).solution[:, 0]
+    betas = [torch.zeros(3, dtype=F64), torch.tensor([s1 / 2, s1 / 2, 0.0], dtype=F64),
+             torch.tensor([s2[0] / 2, s2[0] / 2, s2[1]], dtype=F64)]
+    supports, coords = [(), (0, 1), (0, 1, 2)], [None, 0, 2]
+    stages = []
+    for k, beta in enumerate(betas):
+        g = model.grad_b(beta)
+        sign = 0 if coords[k] is None else (1 if float(beta[coords[k]]) > 0 else -1)
+        stages.append(Stage(k, float(k), coords[k], sign, torch.sign(beta), beta, g, supports[k],
+                            float(model.loss_b(beta)), None, ()))
+    ctx = Context(RunConfig(preset=None, model="diag-linear", horizon=3.0), model=model, argv=["test"])
+    ctx.__dict__["stages"] = StageSequence(tuple(stages), "complete", "hand-built valley stages", gtol=1e-8)
+    return ctx

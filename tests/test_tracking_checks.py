@@ -1,0 +1,195 @@
+"""The tracking checks on changes whose rank is known by construction, and a tiny ViT end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from verifier.results import Verdict
+from verifier.cli import main
+from verifier.tracking import GRADUAL, LOW_RANK, RankTracker, rank_checks
+
+D = 32  # A, B are D x D: r = min(D, D, 2D) = 32, and A0 B0^T has stable rank about 4D/27 ~ 5
+
+
+def _factors(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    m = torch.nn.Module()
+    m.A = torch.nn.Parameter(torch.randn(D, D, generator=gen) / D**0.5)
+    m.B = torch.nn.Parameter(torch.randn(D, D, generator=gen) / D**0.5)
+    return m, gen
+
+
+def _train(update, steps=60, seed=0, loss=lambda t: 1.0 - t / 120):
+    """Record A B^T while ``update(module, generator, t)`` changes the factors, with a falling loss."""
+    m, gen = _factors(seed)
+    tracker = RankTracker(m, {"ab": ("A", "B")})
+    tracker.record(0, loss(0))
+    with torch.no_grad():
+        for t in range(1, steps + 1):
+            update(m, gen, t)
+            tracker.record(t, loss(t))
+    return tracker
+
+
+def _rank_one(directions=1):
+    """A += 0.01 * sum_j u_j v_j^T every step: the change (A - A0) B^T has rank ``directions``."""
+    def update(m, gen, t, uv={}):
+        if not uv:
+            uv["u"] = torch.linalg.qr(torch.randn(D, directions, generator=gen))[0]
+            uv["v"] = torch.linalg.qr(torch.randn(D, directions, generator=gen))[0]
+        m.A.add_(0.01 * uv["u"] @ uv["v"].T)
+    return update
+
+
+def _random_full_rank(m, gen, t):
+    """Independent Gaussian steps of both factors: an unstructured, full-rank change."""
+    m.A.add_(0.01 * torch.randn(D, D, generator=gen) / D**0.5)
+    m.B.add_(0.01 * torch.randn(D, D, generator=gen) / D**0.5)
+
+
+def _by_id(results):
+    return {r.id: r for r in results}
+
+
+def test_rank_one_change_passes_both_checks():
+    results = _by_id(_train(_rank_one()).results())
+    low, gradual = results[LOW_RANK], results[GRADUAL]
+    assert low.verdict == Verdict.PASS, low.message
+    assert gradual.verdict == Verdict.PASS, gradual.message
+    history_ratio = low.values["median_rank_ratio"]
+    assert low.metrics["median_rank_ratio"].threshold == 0.5 and low.metrics["median_rank_ratio"].better == "lower"
+    assert low.values["max_rank_fraction"] == pytest.approx(1 / D, rel=1e-3)  # stable rank exactly 1
+    assert 0.1 < history_ratio < 0.3  # 1 / stable rank of A0 B0^T
+    assert gradual.values["max_step_fraction"] == pytest.approx(1 / D, rel=1e-3)
+    assert "one init scale" in gradual.message
+
+
+def test_random_full_rank_change_fails_both_checks():
+    results = _by_id(_train(_random_full_rank).results())
+    low, gradual = results[LOW_RANK], results[GRADUAL]
+    assert low.verdict == Verdict.FAIL and gradual.verdict == Verdict.FAIL
+    assert low.values["median_rank_ratio"] > 1.0  # more spread than the initial product
+    assert gradual.values["median_step_ratio"] > 1.0  # all of it at the first judged record
+
+
+def test_isotropic_change_fails_the_fraction_of_dimension():
+    """A change with B fixed at the identity, A random-walking: an isotropic Gaussian change, stable rank ~ r/4
+    (Marchenko-Pastur), above a fifth of r even where the initial product says nothing (B0 = I)."""
+    def update(m, gen, t):
+        m.A.add_(0.01 * torch.randn(D, D, generator=gen))
+
+    m, gen = _factors()
+    with torch.no_grad():
+        m.B.copy_(torch.eye(D))
+    tracker = RankTracker(m, {"ab": ("A", "B")})
+    tracker.record(0)
+    with torch.no_grad():
+        for t in range(1, 41):
+            update(m, gen, t)
+            tracker.record(t)
+    low = _by_id(tracker.results())[LOW_RANK]
+    assert low.verdict == Verdict.FAIL
+    assert low.values["max_rank_fraction"] > 0.2
+
+
+def test_smaller_init_with_lower_rank_at_matched_loss_passes_and_reverse_fails():
+    one, two = _train(_rank_one(1)).history(), _train(_rank_one(2)).history()
+    rank_two = two.stable_rank()[-1, 0]  # constant in time: a fixed rank-2 direction pair, growing linearly
+    assert 1.2 < rank_two <= 2.0
+    ok = _by_id(rank_checks({1.0: two, 0.1: one}))[GRADUAL]
+    assert ok.verdict == Verdict.PASS, ok.message
+    assert ok.values["max_rank_ratio_smaller_init"] == pytest.approx(1 / rank_two, rel=1e-4)
+    bad = _by_id(rank_checks({1.0: one, 0.1: two}))[GRADUAL]
+    assert bad.verdict == Verdict.FAIL
+    assert bad.values["max_rank_ratio_smaller_init"] == pytest.approx(rank_two, rel=1e-4)
+
+
+def test_no_common_loss_decrease_is_inconclusive_not_pass():
+    flat = _train(_rank_one(), loss=lambda t: 1.0).history()
+    falling = _train(_rank_one()).history()
+    result = _by_id(rank_checks({1.0: falling, 0.1: flat}))[GRADUAL]
+    assert result.verdict == Verdict.INCONCLUSIVE
+    assert "reaches no common training loss level" in result.message
+    assert result.values["matched_loss"] == {"0.1 vs 1": "no common loss decrease"}
+
+
+def test_tiny_products_are_not_judged():
+    """r = min(d1, d2, 2k) < 5: stable rank cannot tell rank one from noise; inconclusive, never pass."""
+    m = torch.nn.Module()
+    m.A = torch.nn.Parameter(torch.randn(2, 1))
+    m.B = torch.nn.Parameter(torch.randn(2, 1))
+    tracker = RankTracker(m, {"ab": ("A", "B")})
+    tracker.record(0)
+    with torch.no_grad():
+        m.A.add_(1.0)
+    tracker.record(1)
+    assert {r.verdict for r in tracker.results()} == {Verdict.INCONCLUSIVE}
+
+
+def test_verifier_track_tiny_vit(tmp_path):
+    """The whole command on the tiny preset (seconds): both checks, the figures, the training record."""
+    out = tmp_path / "run"
+    code = main(["track", "--preset", "vit-digits-tiny", "--epochs", "1", "--out", str(out), "--no-progress"])
+    data = json.loads((out / "results.json").read_text())
+    assert code == {"pass": 0, "fail": 1, "inconclusive": 3}[min((c["verdict"] for c in data["checks"]),
+                                                               key=["fail", "inconclusive", "pass"].index)]
+    checks = {c["id"]: c for c in data["checks"]}
+    assert set(checks) == {LOW_RANK, GRADUAL}
+    training = data["run"]["training"]
+    assert set(training) == {"1", "0.1"}
+    for run in training.values():
+        assert run["steps"] == 12  # ceil(1438 / 128) batches in one epoch
+        assert run["records"] == 13  # the reference and one per step
+        assert run["tracked_matrices"] == 8  # 2 layers x {qk, vo} x 2 heads
+    figure_ids = [f["id"] for c in data["checks"] for f in c["evidence"]["figures"]]
+    assert "change-vs-initial-scale-1" in figure_ids and "stable-rank-scale-0.1" in figure_ids
+    assert "change-spectrum-blocks.0.attn.vo[h0]-scale-1" in figure_ids
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") == 8  # Figure 5 per scale; Figures 3 (qk, vo) and 4 per scale
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--init-scales", "1,-0.1"], "--init-scales"),
+    (["--init-scales", "1,x"], "--init-scales"),
+    (["--init-scales", "1,1"], "--init-scales"),
+    (["--preset", "vit-imagenet"], "--preset"),
+    (["--optimizer", "lbfgs"], "--optimizer"),
+    (["--epochs", "0"], "--epochs"),
+    (["--every", "0"], "--every"),
+    (["--device", "tpu"], "--device"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_track_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, argv, field):
+    out = tmp_path / "never"
+    assert main(["track", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0] and "allowed" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_verifier_track_on_cuda(tmp_path):
+    out = tmp_path / "run"
+    main(["track", "--preset", "vit-digits-tiny", "--epochs", "1", "--device", "cuda", "--out", str(out),
+          "--no-progress"])
+    data = json.loads((out / "results.json").read_text())
+    assert data["run"]["provenance"]["device"].startswith("cuda")
+    assert all(run["records"] == 13 for run in data["run"]["training"].values())
+
+
+def test_smoothed_loss_is_a_trailing_mean_ignoring_missing_losses():
+    from verifier.tracking.judge import smoothed_loss
+
+    history = _train(_rank_one(), steps=39, loss=lambda t: float(t)).history()  # 40 records: window of 2
+    expected = np.r_[0.0, (np.arange(1, 40) + np.arange(0, 39)) / 2]
+    np.testing.assert_allclose(smoothed_loss(history), expected)
+    m, _ = _factors()
+    tracker = RankTracker(m, {"ab": ("A", "B")})
+    for t in range(3):
+        tracker.record(t)
+    assert np.isnan(smoothed_loss(tracker.history())).all()

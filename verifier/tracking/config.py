@@ -1,0 +1,120 @@
+"""``verifier track``: presets and the frozen :class:`TrackConfig`, validated once in ``__post_init__``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..config import DEVICES
+from ..errors import InputError
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TrackPreset:
+    """A ViT and its training on scikit-learn's digits (1797 images of 8 x 8 pixels, 10 classes; shipped
+    with scikit-learn, nothing is downloaded)."""
+
+    name: str
+    description: str
+    vit: dict[str, int]
+    epochs: int
+    batch_size: int
+    lr: dict[str, float]  # per optimizer
+    init_scales: tuple[float, ...] = (1.0, 0.3, 0.1)
+    every: int = 1  # record every N optimizer steps
+
+
+TRACK_PRESETS = {
+    p.name: p
+    for p in (
+        TrackPreset("vit-digits", "ViT 4 layers x 4 heads, width 64 (head dim 16), 2x2 patches; 20 epochs of Adam; "
+                    "the default, about a minute per init scale on a 2-core CPU",
+                    dict(patch=2, dim=64, depth=4, heads=4, mlp_dim=128), epochs=20, batch_size=128,
+                    lr={"adam": 1e-3, "sgd": 0.1}),
+        TrackPreset("vit-digits-tiny", "ViT 2 layers x 2 heads, width 16; 2 epochs (a smoke test in seconds)",
+                    dict(patch=2, dim=16, depth=2, heads=2, mlp_dim=32), epochs=2, batch_size=128,
+                    lr={"adam": 3e-3, "sgd": 0.1}, init_scales=(1.0, 0.1)),
+        TrackPreset("vit-digits-wide", "ViT 6 layers x 8 heads, width 256 (head dim 32), 2x2 patches; 100 epochs, "
+                    "init scales down to 0.03 (for a GPU)",
+                    dict(patch=2, dim=256, depth=6, heads=8, mlp_dim=512), epochs=100, batch_size=128,
+                    lr={"adam": 3e-4, "sgd": 0.05}, init_scales=(1.0, 0.3, 0.1, 0.03), every=5),
+    )
+}
+
+
+def parse_scales(text: str | None) -> tuple[float, ...] | None:
+    """'1,0.3,0.1' -> (1.0, 0.3, 0.1); the values are validated by :class:`TrackConfig`."""
+    if text is None:
+        return None
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise InputError("--init-scales", f"{text!r} is not a list of numbers",
+                         "comma-separated positive floats, e.g. 1,0.3,0.1") from None
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """One ``verifier track`` run: a preset trained once per init scale with the same seed (data split,
+    initial weights before scaling, batch order). ``None`` fields take the preset's value."""
+
+    preset: str = "vit-digits"
+    init_scales: tuple[float, ...] | None = None
+    optimizer: str = "adam"
+    epochs: int | None = None
+    lr: float | None = None
+    device: str = "auto"
+    seed: int = 0
+    every: int | None = None
+
+    def __post_init__(self):
+        if self.preset not in TRACK_PRESETS:
+            raise InputError("--preset", f"unknown preset {self.preset!r}", ", ".join(TRACK_PRESETS))
+        scales = self.init_scales
+        if scales is not None:
+            if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in scales):
+                raise InputError("--init-scales", f"{scales!r} has a value that is not a positive number",
+                                 "comma-separated positive floats, e.g. 1,0.3,0.1")
+            if len(set(scales)) != len(scales):
+                raise InputError("--init-scales", f"{scales!r} repeats a value", "distinct positive floats")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError("--optimizer", f"unknown optimizer {self.optimizer!r}", ", ".join(OPTIMIZERS))
+        if self.epochs is not None and not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise InputError("--epochs", f"{self.epochs!r} must be an integer >= 1", "an integer >= 1")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise InputError("--lr", f"{self.lr!r} must be a positive number", "lr > 0")
+        if self.device not in DEVICES:
+            raise InputError("--device", f"unknown device {self.device!r}", ", ".join(DEVICES))
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise InputError("--seed", f"{self.seed!r} must be a non-negative integer", "an integer >= 0")
+        if self.every is not None and not (isinstance(self.every, int) and self.every >= 1):
+            raise InputError("--every", f"{self.every!r} must be an integer >= 1", "an integer >= 1")
+
+    @property
+    def spec(self) -> TrackPreset:
+        return TRACK_PRESETS[self.preset]
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.init_scales if self.init_scales is not None else self.spec.init_scales
+
+    @property
+    def n_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else self.spec.epochs
+
+    @property
+    def step_size(self) -> float:
+        return self.lr if self.lr is not None else self.spec.lr[self.optimizer]
+
+    @property
+    def record_every(self) -> int:
+        return self.every if self.every is not None else self.spec.every
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(init_scales=list(self.scales), epochs=self.n_epochs, lr=self.step_size, every=self.record_every,
+                 vit=dict(self.spec.vit), batch_size=self.spec.batch_size)
+        return d

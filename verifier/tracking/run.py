@@ -1,0 +1,51 @@
+"""``verifier track``: train the preset once per init scale, judge the stored measurements, one RunResults."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from ..config import resolve_device
+from ..context import git_sha, versions
+from ..results import RunResults
+from .checks import rank_checks
+from .config import TrackConfig
+from .train import TrainedRun, load_digits, train
+
+
+def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool = True) -> RunResults:
+    device = resolve_device(config.device)
+    start = time.perf_counter()
+    data = load_digits(config.seed, device)
+    runs: list[TrainedRun] = [train(config, s, data, device, progress) for s in config.scales]
+    checks = rank_checks({r.scale: r.history for r in runs})
+    wall = time.perf_counter() - start
+    import sklearn
+
+    provenance = {
+        "command": " ".join(argv if argv is not None else sys.argv), "seed": config.seed,
+        "versions": {**versions(), "scikit-learn": sklearn.__version__}, "device": str(device),
+        "dtype": "float32", "git_sha": git_sha(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "wall_s": round(wall, 2),
+    }
+    training = {f"{r.scale:g}": {
+        "final_train_loss": r.final_loss, "test_accuracy": r.test_accuracy, "steps": r.steps,
+        "records": len(r.history.steps), "tracked_matrices": len(r.history.names),
+        "train_s": round(r.train_s, 3), "record_s": round(r.record_s, 3),
+        "record_ms_per_record": round(1e3 * r.record_s / max(1, len(r.history.steps) - 1), 3),
+        "record_overhead": round(r.record_s / r.train_s, 4) if r.train_s > 0 else float("nan"),
+        "median_final_stable_rank": float(np.nanmedian(r.history.stable_rank()[-1])),
+    } for r in runs}
+    stamped = tuple(_stamp(c, config, provenance) for c in checks)
+    run = {"config": config.as_dict(), "provenance": provenance, "model": f"vit ({config.preset})",
+           "checks": [c.id for c in checks], "training": training}
+    return RunResults(run=run, checks=stamped)
+
+
+def _stamp(check, config: TrackConfig, provenance: dict):
+    return replace(check, config=config.as_dict(), provenance=provenance)
