@@ -86,14 +86,9 @@ def test_algorithm1_matches_the_cpu(preset):
         assert t.beta.device.type == "cpu" and torch.allclose(s.beta, t.beta, rtol=1e-5, atol=1e-8)
 
 
-def _numbers(metrics: dict) -> dict[str, float]:
-    """The scalar metrics of a result (plain floats or objects with a ``value``)."""
-    out = {}
-    for k, v in metrics.items():
-        v = getattr(v, "value", v)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v)
-    return out
+def _numbers(result) -> dict[str, float]:
+    """The scalar metric values of a result."""
+    return {k: float(v) for k, v in result.values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _same_outcome(config: RunConfig, check_id: str):
@@ -103,7 +98,7 @@ def _same_outcome(config: RunConfig, check_id: str):
     cpu, gpu = results
     assert "raised" not in gpu.message, gpu.message
     assert gpu.verdict == cpu.verdict, (cpu.message, gpu.message)
-    a, b = _numbers(cpu.metrics), _numbers(gpu.metrics)
+    a, b = _numbers(cpu), _numbers(gpu)
     assert a.keys() == b.keys()
     for k in a:
         if math.isfinite(a[k]):
