@@ -15,12 +15,14 @@ import time
 import pytest
 import torch
 
+from verifier.config import RunConfig
+from verifier.context import Context
 from verifier.dynamics.flow import solve_flow
 from verifier.models import DiagonalModel
 
 HORIZON = 12.0  # rescaled time: past every transition of the toy (the last near tau = 7.0)
 ALPHAS = {"1e-8": 8 * math.log(10.0), "1e-256": 256 * math.log(10.0), "exp(-10000)": 1e4}
-BATCH, BATCH_HORIZON = 8, 1.0  # the batch runs to tau = 1: the toy's first three transitions
+BATCH, BATCH_HORIZON = 8, 1.0  # the toy's batch runs to tau = 1: its first three transitions
 
 
 def _timed(fn):
@@ -48,24 +50,28 @@ def test_toy_trajectory_to_tau_12(benchmark, toy_context, machine_info):
     assert runs["1e-256"]["nfev"] <= 1.5 * runs["1e-8"]["nfev"], runs
 
 
-def test_batch_of_8_against_8_sequential_runs(benchmark, toy_context, machine_info):
+@pytest.mark.parametrize("preset", ["toy-attention", "diag-linear"])
+def test_batch_of_8_against_8_sequential_runs(benchmark, machine_info, preset):
     """Eight initialisations (seeds) at alpha = 1e-8: one batched solve, then the same eight one by one.
-    ``throughput_ratio`` = sequential seconds / batched seconds (issue 11: >= 2 on a CPU)."""
-    model = toy_context.model
-    theta0 = toy_context.theta0(BATCH)
+    ``throughput_ratio`` = sequential seconds / batched seconds (issue 11: >= 2 on a CPU). The toy's
+    derivatives are compute-bound per sample (tiles of one beta), diag-linear's cost is the solver's own."""
+    ctx = Context(RunConfig(preset=preset), argv=["pytest", "benchmarks"])
+    model, solver = ctx.model, ctx.config.solver
+    theta0 = ctx.theta0(BATCH)
     L = [ALPHAS["1e-8"]] * BATCH
+    horizon = BATCH_HORIZON if preset == "toy-attention" else ctx.horizon
     out = {}
 
     def both():
-        out["batch"] = _timed(lambda: solve_flow(model, theta0, L, BATCH_HORIZON, toy_context.config.solver))
-        out["alone"] = [_timed(lambda b=b: solve_flow(model, theta0[b:b + 1], L[:1], BATCH_HORIZON,
-                                                      toy_context.config.solver)) for b in range(BATCH)]
+        out["batch"] = _timed(lambda: solve_flow(model, theta0, L, horizon, solver))
+        out["alone"] = [_timed(lambda b=b: solve_flow(model, theta0[b:b + 1], L[:1], horizon, solver))
+                        for b in range(BATCH)]
 
     benchmark.pedantic(both, rounds=1, iterations=1)
     batch, wall, cpu = out["batch"]
     seq_wall = sum(w for _, w, _ in out["alone"])
     seq_cpu = sum(c for _, _, c in out["alone"])
-    machine_info.update({"batch": BATCH, "horizon": BATCH_HORIZON, "batch_seconds": wall, "batch_cpu_seconds": cpu,
+    machine_info.update({"preset": preset, "batch": BATCH, "horizon": horizon, "batch_seconds": wall, "batch_cpu_seconds": cpu,
                          "sequential_seconds": round(seq_wall, 2), "sequential_cpu_seconds": round(seq_cpu, 2),
                          "throughput_ratio": round(seq_wall / wall, 2),
                          "nfev_batch": batch.nfev.tolist(), "nfev_alone": [int(t.nfev[0]) for t, _, _ in out["alone"]]})
