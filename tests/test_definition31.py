@@ -57,6 +57,17 @@ def test_relu_is_flagged_as_not_c2():
     assert "not twice continuously differentiable" in r.message
 
 
+def test_relu_is_flagged_whichever_probes_are_drawn():
+    """Each seed draws other probes; a probe that crosses a kink between eps = 1e-3 and 1e-2 shows an order far
+    above 2 rather than below 1.5 (docs/THEORY.md §5.1): ReLU fails for every seed, GELU passes for every one."""
+    relu, gelu = _transformer("relu"), _transformer("gelu")
+    for seed in range(6):
+        r = _run("definition-3.1", relu, seed=seed)
+        assert r.verdict is Verdict.FAIL, (seed, r.values["taylor_orders"])
+        assert r.values["taylor_order"] < 1.5 or r.values["max_taylor_order"] > 2.5
+        assert _run("definition-3.1", gelu, seed=seed).verdict is Verdict.PASS
+
+
 def test_a_loss_not_through_uv_is_flagged_by_definition_and_lemma():
     model = _linear(NotDiagonal)
     r = _run("definition-3.1", model)

@@ -1,36 +1,60 @@
 """The ``verifier`` command line.
 
-Exit codes: 0 every check passed (or the command succeeded); 1 a check failed (``run``) or a gated
-result got worse (``gate``); 2 bad input or usage, with one line naming the field and the allowed
-values; 3 nothing failed but some check was inconclusive.
+Exit codes: 0 every check passed (or the command succeeded; ``verifier`` alone prints the help on stdout);
+1 a check failed (``run``) or a gated result got worse (``gate``); 2 bad input or usage, with one line on
+stderr naming the field and the allowed values, before any work and with nothing written; 3 nothing failed
+but some check was inconclusive; 4 internal error (a bug in verifier: one line naming the exception,
+``VERIFIER_TRACEBACK=1`` prints the traceback); 130 interrupted (Ctrl-C), with nothing half-written.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
+import traceback
 
 from .errors import InputError
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 2
+    def error(self, message):
+        """argparse's own usage errors: one line, exit 2, naming the option when there is one."""
+        head, sep, rest = message.partition(": ")
+        if head.startswith("argument -") and sep:
+            option = head[len("argument "):].split("/")[-1]
+            if rest == "expected one argument":
+                rest = f"expected a value (one that starts with '-' is written {option}=VALUE)"
+            raise InputError(option, rest)
         raise InputError("usage", message)
 
 
+# Options that go to RunConfig / SolverConfig / OptimizerConfig when given (as text: the config converts and
+# checks it, so every entry point gets the same messages); absent options take the dataclass defaults.
+PROBLEM_FIELDS = ("preset", "model", "data", "loss", "seed", "device")
+RUN_FIELDS = ("horizon", "noise", "negligible", "perturb_epochs")
+SOLVER_FIELDS = ("rtol", "atol")
+OPTIMIZER_FIELDS = {"optimizer": "name", "lr": "lr", "steps": "steps", "batch_size": "batch_size",
+                    "momentum": "momentum", "weight_decay": "weight_decay"}
+
+
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="a named problem (see `verifier presets`); default toy-attention")
+    from .config import RunConfig
+    from .presets import DEFAULT_PRESET
+
+    p.add_argument("--preset", help=f"a named problem (see `verifier presets`); default {DEFAULT_PRESET}")
     p.add_argument("--model", help="model family for --data: diag-linear, toy-attention, diag-transformer, full-attention")
     p.add_argument("--data", help=".npz with X, Y (linear: X [N,p], y [N]; attention: X, Y [N,n,d])")
-    p.add_argument("--loss", default="square", help="square (default) or logistic (diag-linear only)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data, teacher and initialisation (default 0)")
+    p.add_argument("--loss", help=f"square or logistic (diag-linear only); default {RunConfig.loss}")
+    p.add_argument("--seed", help=f"seed of data, teacher and initialisation, an int64; default {RunConfig.seed}")
     p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .config import OptimizerConfig as O, RunConfig as R, SolverConfig as S
+
     parser = _Parser(prog="verifier", description="Check the assumptions of 'Transformers learn through "
                                                   "gradual rank increase' on a model, data and optimizer.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -39,19 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_problem_args(run)
     run.add_argument("--checks", help="comma-separated check ids (default: every check that applies)")
     run.add_argument("--alphas", help="initialisation scales, e.g. 1e-4,1e-16,exp(-10000)")
-    run.add_argument("--horizon", type=float, help="rescaled time horizon (default: 1.25 x last stage of Algorithm 1)")
-    run.add_argument("--optimizer", default="flow", help="flow (default), gd, sgd, adam")
-    run.add_argument("--lr", type=float, default=0.01, help="step size for gd/sgd/adam (default 0.01)")
-    run.add_argument("--steps", type=int, default=2000, help="updates for gd/sgd/adam (default 2000)")
-    run.add_argument("--batch-size", type=int, default=32, help="minibatch size for sgd (default 32)")
-    run.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum for gd/sgd (default 0)")
-    run.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay for gd/sgd (default 0)")
-    run.add_argument("--rtol", type=float, default=1e-8, help="flow integrator relative tolerance (default 1e-8)")
-    run.add_argument("--atol", type=float, default=1e-7, help="flow integrator absolute tolerance on S (default 1e-7)")
-    run.add_argument("--noise", type=float, default=0.1, help="relative noise of Assumption 4.3/4.4 perturbations")
-    run.add_argument("--negligible", type=float, default=1e-3, help="|beta_i| below this is negligible (4.3/4.4)")
-    run.add_argument("--perturb-epochs", type=int, default=1000, help="training epochs after a perturbation")
-    run.add_argument("--out", help="output folder (default reports/<timestamp>, mirrored to reports/latest)")
+    run.add_argument("--horizon", help="rescaled time horizon (default: 1.25 x last stage of Algorithm 1)")
+    run.add_argument("--optimizer", help=f"flow (default), gd, sgd, adam")
+    run.add_argument("--lr", help=f"step size for gd/sgd/adam (default {O.lr})")
+    run.add_argument("--steps", help=f"updates for gd/sgd/adam (default {O.steps})")
+    run.add_argument("--batch-size", help=f"minibatch size for sgd (default {O.batch_size})")
+    run.add_argument("--momentum", help=f"heavy-ball momentum for gd/sgd (default {O.momentum})")
+    run.add_argument("--weight-decay", help=f"L2 weight decay for gd/sgd (default {O.weight_decay})")
+    run.add_argument("--rtol", help=f"flow integrator relative tolerance (default {S.rtol})")
+    run.add_argument("--atol", help=f"flow integrator absolute tolerance on S (default {S.atol})")
+    run.add_argument("--noise", help=f"relative noise of Assumption 4.3/4.4 perturbations (default {R.noise})")
+    run.add_argument("--negligible", help=f"|beta_i| below this is negligible (4.3/4.4; default {R.negligible})")
+    run.add_argument("--perturb-epochs", help=f"training epochs after a perturbation (default {R.perturb_epochs})")
+    run.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
+                                   "reports/<timestamp>, with reports/latest linking to it)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     track = sub.add_parser("track", help="train a small ViT at several init scales, track the rank of its attention "
@@ -65,10 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--every", type=int, help="record every N optimizer steps (default: the preset's; 1 on CPU)")
     track.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
     track.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and the batches")
-    track.add_argument("--out", help="output folder (default reports/<timestamp>, mirrored to reports/latest)")
+    track.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
+                                     "reports/<timestamp>, with reports/latest linking to it)")
     track.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    sub.add_parser("presets", help="list presets and their defaults")
+    sub.add_parser("presets", help="list presets and every default")
     sub.add_parser("checks", help="list check ids and the claims they test")
 
     lim = sub.add_parser("limit", help="Algorithm 1 (the alpha -> 0 limit): print the stages")
@@ -85,68 +111,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args, argv) -> int:
-    from .checks import Verdict, resolve_ids
-    from .config import OptimizerConfig, RunConfig, SolverConfig, parse_alphas
-    from .context import Context
-    from .report import summary_table
-    from .runner import default_out_dir, run_checks, write_outputs
+def _given(args, names) -> dict:
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
-    if args.horizon is not None and not args.horizon > 0:
-        raise InputError("--horizon", f"{args.horizon!r} must be positive", "a float > 0")
-    for name in ("noise", "negligible"):
-        if not getattr(args, name) > 0:
-            raise InputError(f"--{name}", f"{getattr(args, name)!r} must be positive", "a float > 0")
-    if args.perturb_epochs < 1:
-        raise InputError("--perturb-epochs", f"{args.perturb_epochs!r} must be >= 1", "an integer >= 1")
-    config = RunConfig(
-        preset=args.preset, model=args.model, data=args.data, loss=args.loss, seed=args.seed, device=args.device,
-        log_inv_alphas=parse_alphas(args.alphas), horizon=args.horizon,
-        solver=SolverConfig(rtol=args.rtol, atol=args.atol),
-        optimizer=OptimizerConfig(name=args.optimizer, lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-                                  momentum=args.momentum, weight_decay=args.weight_decay),
-        noise=args.noise, negligible=args.negligible, perturb_epochs=args.perturb_epochs,
-    )
-    if config.preset is None and config.model is None:
-        config = RunConfig(**{**config.__dict__, "preset": "toy-attention"})
+
+def _config(args):
+    """The RunConfig of ``args`` (``run`` and ``limit``): every value checked there, once."""
+    from .config import OptimizerConfig, RunConfig, SolverConfig, parse_alphas
+
+    if args.command == "limit":
+        return RunConfig(**_given(args, PROBLEM_FIELDS))
+    opt = {key: getattr(args, name) for name, key in OPTIMIZER_FIELDS.items() if getattr(args, name) is not None}
+    return RunConfig(**_given(args, PROBLEM_FIELDS + RUN_FIELDS), log_inv_alphas=parse_alphas(args.alphas),
+                     solver=SolverConfig(**_given(args, SOLVER_FIELDS)), optimizer=OptimizerConfig(**opt))
+
+
+def _run(args, argv) -> int:
+    from .checks import resolve_ids
+    from .context import Context
+    from .outputs import OutputSet
+    from .runner import run_checks
+
+    config = _config(args)
+    output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
     ids = resolve_ids(args.checks, ctx.model)
-    out = Path(args.out) if args.out else default_out_dir()
-    latest = None if args.out else out.parent / "latest"
-    results = run_checks(ctx, ids, progress=not args.no_progress)
-    paths = write_outputs(results, out, latest)
-    print(summary_table(results))
-    print(f"wrote {paths[0]} and {paths[1]}" + (f" (also {latest}/)" if latest else ""))
-    verdict = results.verdict
-    return {Verdict.PASS: EXIT_OK, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}[verdict]
+    return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress))
 
 
 def _track(args, argv) -> int:
-    from .checks import Verdict
     from .config import resolve_device
-    from .report import summary_table
-    from .runner import default_out_dir, write_outputs
+    from .outputs import OutputSet
     from .tracking.config import TrackConfig, parse_scales
     from .tracking.run import run_track
 
     config = TrackConfig(preset=args.preset, init_scales=parse_scales(args.init_scales), optimizer=args.optimizer,
                          epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed, every=args.every)
     resolve_device(config.device)
-    out = Path(args.out) if args.out else default_out_dir()
-    latest = None if args.out else out.parent / "latest"
-    results = run_track(config, argv=["verifier", *argv], progress=not args.no_progress)
-    paths = write_outputs(results, out, latest)
+    output = OutputSet.for_out(args.out)
+    return _write(output, lambda: run_track(config, argv=["verifier", *argv], progress=not args.no_progress))
+
+
+def _write(output, compute) -> int:
+    """Open the output set, compute the results, write them whole; print the summary; exit by the verdict."""
+    from .checks import Verdict
+    from .report import summary_table
+
+    output.open()
+    try:
+        results = compute()
+        paths = output.commit(results)
+    finally:
+        output.discard()
     print(summary_table(results))
-    print(f"wrote {paths[0]} and {paths[1]}" + (f" (also {latest}/)" if latest else ""))
+    latest = f" ({output.root / 'latest'} links to it)" if output.new_run and not output.warnings else ""
+    print(f"wrote {paths[0]} and {paths[1]}{latest}")
+    for warning in output.warnings:
+        print(f"verifier: warning: {warning}", file=sys.stderr)
     return {Verdict.PASS: EXIT_OK, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}[results.verdict]
 
 
 def _presets() -> int:
+    from .config import defaults_table
     from .presets import PRESETS
 
     for p in PRESETS.values():
         defaults = ", ".join(f"{k}={v}" for k, v in p.defaults.items())
         print(f"{p.name:18} {p.description}\n{'':18} defaults: {defaults}")
+    rows = defaults_table()
+    width = max(len(name) for name, _, _ in rows)
+    print("\nsettings (verifier run --OPTION; the library's RunConfig, SolverConfig, OptimizerConfig):")
+    for name, default, allowed in rows:
+        print(f"  {name:{width}}  default {default}; allowed: {allowed}")
     return EXIT_OK
 
 
@@ -159,34 +195,45 @@ def _checks() -> int:
 
 
 def _limit(args) -> int:
+    import json
+
     from .config import resolve_device
     from .limit import algorithm1
+    from .outputs import check_output_file, write_output_file
     from .presets import build_model
-    from .results import atomic_write_text
 
-    model = build_model(args.preset, args.model, args.data, args.loss, args.seed, resolve_device(args.device))
+    config = _config(args)
+    out = check_output_file(args.json, "--json", inputs=(config.data,)) if args.json is not None else None
+    model = build_model(config.preset, config.model, config.data, config.loss, config.seed,
+                        resolve_device(config.device))
     if not model.diagonal:
         raise InputError("--model", f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
                          "diag-linear, toy-attention, diag-transformer")
     stages = algorithm1(model)
     print(stages.table())
-    if args.json:
-        import json
-
-        atomic_write_text(args.json, json.dumps(stages.to_dict(), indent=1))
+    if out is not None:
+        write_output_file(out, json.dumps(stages.to_dict(), indent=1), "--json")
     return EXIT_OK
 
 
+def _input_file(path: str, field: str) -> str:
+    if "\x00" in path:
+        raise InputError(field, f"{path!r} is not a file path", "a results.json")
+    return path
+
+
 def _report(args) -> int:
-    from .report import write_report
+    from .outputs import check_output_file, write_output_file
+    from .report import render_html
     from .results import ResultsFormatError, read_results
 
+    out = check_output_file(args.output, "-o", inputs=(args.results,))
     try:
-        results = read_results(args.results)
+        results = read_results(_input_file(args.results, "RESULTS.json"))
     except ResultsFormatError as exc:
         raise InputError("RESULTS.json", str(exc)) from None
-    write_report(results, args.output)
-    print(f"wrote {args.output}")
+    write_output_file(out, render_html(results), "-o")
+    print(f"wrote {out}")
     return EXIT_OK
 
 
@@ -195,7 +242,7 @@ def _gate(args) -> int:
     from .results import ResultsFormatError, read_results
 
     try:
-        base, new = read_results(args.baseline), read_results(args.new)
+        base, new = read_results(_input_file(args.baseline, "--baseline")), read_results(_input_file(args.new, "NEW.json"))
     except ResultsFormatError as exc:
         raise InputError("gate", str(exc)) from None
     outcome = compare(base, new)
@@ -206,29 +253,34 @@ def _gate(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
         if args.command is None:
-            build_parser().print_help()
-            return EXIT_USAGE
-        if args.command == "run":
-            return _run(args, argv)
-        if args.command == "track":
-            return _track(args, argv)
-        if args.command == "presets":
-            return _presets()
-        if args.command == "checks":
-            return _checks()
-        if args.command == "limit":
-            return _limit(args)
-        if args.command == "report":
-            return _report(args)
-        return _gate(args)
+            parser.print_help()
+            return EXIT_OK
+        commands = {"run": lambda: _run(args, argv), "track": lambda: _track(args, argv), "presets": _presets,
+                    "checks": _checks, "limit": lambda: _limit(args), "report": lambda: _report(args),
+                    "gate": lambda: _gate(args)}
+        return commands[args.command]()
     except InputError as exc:
-        print(f"verifier: error: {exc}", file=sys.stderr)
+        print(f"verifier: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("verifier: interrupted", file=sys.stderr)
-        return 130
+        print("verifier: interrupted (nothing half-written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # argparse's --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except Exception as exc:  # a bug: one line, its own exit code (never 1, the code of a failed check)
+        print(f"verifier: internal error: {type(exc).__name__}: {_one_line(exc)} -- this is a bug in verifier, "
+              "please report it with the command line (VERIFIER_TRACEBACK=1 prints the traceback)", file=sys.stderr)
+        if os.environ.get("VERIFIER_TRACEBACK"):
+            traceback.print_exc()
+        return EXIT_INTERNAL
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,10 +15,10 @@ import numpy as np
 import scipy
 import torch
 
+from . import seeds
 from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig, resolve_device
 from .presets import build_model
 
-INIT_SEED_OFFSET = 1_000_003  # the initialisation theta0 uses seed + this, the data/teacher use seed
 
 Progress = Callable[[str, "float | None"], None]
 """``progress(label, fraction)``: what a long computation is doing now ("alpha ladder", "Algorithm 1 stage
@@ -61,7 +61,7 @@ class Context:
         self.provenance = {
             "command": " ".join(argv if argv is not None else sys.argv),
             "seed": config.seed,
-            "init_seed": config.seed + INIT_SEED_OFFSET,
+            "init_seed": config.seed + seeds.INIT,
             "versions": versions(),
             "device": str(self.device),
             "dtype": "float64",
@@ -76,7 +76,7 @@ class Context:
 
     def theta0(self, count: int = 1, offset: int = 0) -> torch.Tensor:
         """``count`` unit-scale initialisations theta0 = (u0, v0) [count, n_params] from the init seed."""
-        gen = torch.Generator().manual_seed(self.config.seed + INIT_SEED_OFFSET + offset)
+        gen = torch.Generator().manual_seed(self.config.seed + seeds.INIT + offset)
         return torch.stack([self.model.init_params(1.0, gen) for _ in range(count)])
 
     @functools.cached_property

@@ -46,28 +46,29 @@ def sparse_vector(p: int, r: int, scale: tuple[float, float], gen: torch.Generat
     return out
 
 
+# The largest |entry| of X and of Y must lie in this range (or be 0): the losses square and multiply entries,
+# and squares of larger (smaller) numbers overflow (underflow) float64.
+DATA_SCALE = (1e-150, 1e150)
+_NPZ_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (an empty one starts with the second)
+
+
 def load_npz(path: str | Path, family: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Read and validate ``X``/``Y`` (``y`` accepted for linear data) from an ``.npz`` file.
 
-    Linear models: X [N, p], y [N]. Attention models: X [N, n, d], Y [N, n, d]. Finite, real numbers.
+    Linear models: X [N, p], y [N]. Attention models: X [N, n, d], Y [N, n, d]. Every dimension >= 1;
+    real numbers (integers or floats up to float64), finite, largest magnitude within ``DATA_SCALE``.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError("--data", f"file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:  # numpy raises several types for a corrupt file
-        raise InputError("--data", f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from None
+        what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "file not found"
+        raise InputError("--data", f"{what}: {path}", "an .npz file")
+    arrays = _read_npz(path)
     X = arrays.get("X")
     Y = arrays.get("Y", arrays.get("y"))
     if X is None or Y is None:
         raise InputError("--data", f"{path} has arrays {sorted(arrays)}", "X and Y (or y)")
     for name, a in (("X", X), ("Y", Y)):
-        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-            raise InputError(f"--data {name}", f"dtype {a.dtype} is not numeric", "float or int arrays")
-        if not np.all(np.isfinite(a)):
-            raise InputError(f"--data {name}", "contains NaN or inf", "finite numbers")
+        _check_values(name, a)
     if family == "diag-linear":
         if X.ndim != 2 or Y.ndim != 1 or Y.shape[0] != X.shape[0]:
             raise InputError("--data", f"shapes X{X.shape}, y{Y.shape} for a linear model", "X [N, p] and y [N]")
@@ -77,4 +78,44 @@ def load_npz(path: str | Path, family: str) -> tuple[torch.Tensor, torch.Tensor]
                              "X [N, n, d] and Y [N, n, d]")
     if X.shape[0] == 0:
         raise InputError("--data", "no samples (N = 0)", "N >= 1")
+    if 0 in X.shape:
+        dims = "N, p" if family == "diag-linear" else "N, n, d"
+        raise InputError("--data", f"X has shape {X.shape}: an empty dimension", f"{dims} >= 1")
     return torch.as_tensor(X, dtype=F64), torch.as_tensor(Y, dtype=F64)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with path.open("rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise InputError("--data", f"cannot read {path} ({exc.strerror})") from None
+    if head.startswith(b"\x93NUMPY"):
+        raise InputError("--data", f"{path} is a single .npy array", "an .npz: numpy.savez(path, X=X, Y=Y)")
+    if not head.startswith(_NPZ_MAGIC):
+        raise InputError("--data", f"{path} is not an .npz file (no zip header)", "an .npz: numpy.savez(path, X=X, Y=Y)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):  # object arrays are pickles: never unpickled (arbitrary code)
+            raise InputError("--data", f"{path} holds an array of Python objects", "numeric arrays") from None
+        raise InputError("--data", f"cannot read {path} as .npz ({exc})") from None
+    except Exception as exc:  # numpy and zipfile raise several types for a corrupt file
+        raise InputError("--data", f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from None
+
+
+def _check_values(name: str, a: np.ndarray) -> None:
+    field = f"--data {name}"
+    if a.dtype.kind not in "fiu" or (a.dtype.kind == "f" and a.dtype.itemsize > 8):
+        kind = {"c": "complex", "b": "boolean"}.get(a.dtype.kind, "long double" if a.dtype.kind == "f" else "non-numeric")
+        raise InputError(field, f"dtype {a.dtype} ({kind})", "real int or float arrays up to float64")
+    if a.size == 0:
+        return
+    if not np.all(np.isfinite(a)):
+        raise InputError(field, "contains NaN or inf", "finite numbers")
+    largest = float(np.max(np.abs(a.astype(np.float64))))
+    lo, hi = DATA_SCALE
+    if largest != 0.0 and not lo <= largest <= hi:
+        raise InputError(field, f"largest |entry| is {largest:.3g}: its square {'over' if largest > hi else 'under'}"
+                                "flows float64", f"rescale so the largest |entry| is between {lo:g} and {hi:g}")

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any, Callable
 
 import torch
 
 from . import data as D
+from .config import LOSSES
 from .errors import InputError
 from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention, Model
 from .models.attention import attention
@@ -117,15 +119,23 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def build_model(preset: str | None = None, family: str | None = None, data: str | None = None,
-                loss: str = "square", seed: int = 0, device: str | torch.device = "cpu") -> Model:
-    """Normalise the user's choice (a preset, or a model family with an .npz file) into a Model."""
-    if loss not in ("square", "logistic"):
-        raise InputError("--loss", f"unknown loss {loss!r}", "square, logistic")
+DEFAULT_PRESET = "toy-attention"
+
+
+def resolve_problem(preset: str | None, family: str | None, data, loss: str) -> tuple[str | None, str]:
+    """Validate the choice of problem: ``(preset, family)``, the default preset when neither a preset nor a
+    model family is given. A family without ``data`` is allowed here (the model object may be supplied);
+    :func:`build_model` needs the file."""
+    if loss not in LOSSES:
+        raise InputError("--loss", f"unknown loss {loss!r}", ", ".join(LOSSES))
     if preset is not None and (family is not None or data is not None):
         raise InputError("--preset", "give either --preset or --model with --data, not both")
+    if data is not None and family is None:
+        raise InputError("--model", "--data needs the model family of the data", ", ".join(FAMILIES))
+    if data is not None and (not isinstance(data, (str, PathLike)) or "\x00" in str(data)):
+        raise InputError("--data", f"{data!r} is not a path", "a .npz file")
     if preset is None and family is None:
-        preset = "toy-attention"
+        preset = DEFAULT_PRESET
     if preset is not None:
         if preset not in PRESETS:
             raise InputError("--preset", f"unknown preset {preset!r}", ", ".join(PRESETS))
@@ -134,6 +144,13 @@ def build_model(preset: str | None = None, family: str | None = None, data: str 
         raise InputError("--model", f"unknown model {family!r}", ", ".join(FAMILIES))
     if loss == "logistic" and family != "diag-linear":
         raise InputError("--loss", f"logistic loss is defined for diag-linear only, not {family}", "square")
+    return preset, family
+
+
+def build_model(preset: str | None = None, family: str | None = None, data: str | None = None,
+                loss: str = "square", seed: int = 0, device: str | torch.device = "cpu") -> Model:
+    """Normalise the user's choice (a preset, or a model family with an .npz file) into a Model."""
+    preset, family = resolve_problem(preset, family, data, loss)
     if preset is not None:
         return PRESETS[preset].build(seed=seed, loss=loss, device=device)
     if data is None:

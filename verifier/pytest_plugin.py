@@ -36,9 +36,9 @@ from typing import Any, Iterable, Mapping
 
 import pytest
 
+from .config import DEVICES
 from .results import OBSERVERS, CheckResult, Verdict
 
-DEVICES = ("auto", "cpu", "cuda")  # verifier.config.DEVICES, repeated here so that loading the plugin imports no torch
 WORKER_KEY = "verifier_results"  # the results a pytest-xdist worker hands to the controller (JSON text)
 
 # A property suite may record thousands of results: per check id the report keeps the first 20 passes and the

@@ -42,7 +42,7 @@ from hypothesis.errors import InvalidArgument
 
 from . import data as D
 from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention
-from .models.base import LOSSES
+from .config import LOSSES
 from .presets import frozen_feedforward
 
 __all__ = [

@@ -12,9 +12,6 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch.func import grad, jvp, vmap
 
-LOSSES = ("square", "logistic")
-
-
 def square_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(1 / 2N) sum_samples ||pred - target||^2, summed over every output entry of a sample."""
     return 0.5 * (pred - target).pow(2).sum() / pred.shape[0]

@@ -6,7 +6,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..config import DEVICES
+from .. import seeds
+from ..config import COUNT, DEVICES, POSITIVE, SEED_MAX, Allowed, check_choice, validate_fields
 from ..errors import InputError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -70,9 +71,13 @@ class TrackConfig:
     seed: int = 0
     every: int | None = None
 
+    RULES = {
+        "seed": ("--seed", Allowed(int, 0, SEED_MAX - seeds.TRACK_INIT, text="an integer in [0, 2**63 - 1000004]")),
+        "epochs": ("--epochs", COUNT), "lr": ("--lr", POSITIVE), "every": ("--every", COUNT),
+    }
+
     def __post_init__(self):
-        if self.preset not in TRACK_PRESETS:
-            raise InputError("--preset", f"unknown preset {self.preset!r}", ", ".join(TRACK_PRESETS))
+        check_choice("--preset", self.preset, tuple(TRACK_PRESETS))
         scales = self.init_scales
         if scales is not None:
             if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in scales):
@@ -80,18 +85,9 @@ class TrackConfig:
                                  "comma-separated positive floats, e.g. 1,0.3,0.1")
             if len(set(scales)) != len(scales):
                 raise InputError("--init-scales", f"{scales!r} repeats a value", "distinct positive floats")
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError("--optimizer", f"unknown optimizer {self.optimizer!r}", ", ".join(OPTIMIZERS))
-        if self.epochs is not None and not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise InputError("--epochs", f"{self.epochs!r} must be an integer >= 1", "an integer >= 1")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise InputError("--lr", f"{self.lr!r} must be a positive number", "lr > 0")
-        if self.device not in DEVICES:
-            raise InputError("--device", f"unknown device {self.device!r}", ", ".join(DEVICES))
-        if not (isinstance(self.seed, int) and self.seed >= 0):
-            raise InputError("--seed", f"{self.seed!r} must be a non-negative integer", "an integer >= 0")
-        if self.every is not None and not (isinstance(self.every, int) and self.every >= 1):
-            raise InputError("--every", f"{self.every!r} must be an integer >= 1", "an integer >= 1")
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--device", self.device, DEVICES)
+        validate_fields(self, {k: r for k, r in self.RULES.items() if getattr(self, k) is not None})
 
     @property
     def spec(self) -> TrackPreset:

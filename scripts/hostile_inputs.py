@@ -1,0 +1,621 @@
+#!/usr/bin/env python3
+"""Hostile inputs against the ``verifier`` command, run as real processes; prints a table and a count.
+
+Every case is one command line (with the files it needs made up front) and what a careful tool must do
+with it: the allowed exit codes (0 pass, 1 fail, 2 bad input, 3 inconclusive), and for exit 2 one line on
+stderr naming the field. Every case is also held to the rules that hold for all input: no traceback, no
+timeout, and the output set (the ``--out`` folder, ``reports/``, ``-o``, ``--json``) either untouched
+(exit 2) or complete (results.json and report.html) — never half-written, never a leftover temporary file.
+
+    python scripts/hostile_inputs.py [--verifier PATH] [--timeout 120] [--jobs 2] [--only CLASS] [-k TEXT]
+
+Needs only numpy (to write the .npz files), so it runs against any installed ``verifier`` (e.g. another
+checkout's venv: ``--verifier /work/main/.venv/bin/verifier``). Exits 1 when any case was mishandled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+CHEAP = ["--checks", "definition-3.1", "--no-progress"]  # the cheapest check: a run that gets this far is fast
+LIN = "{fx}/lin.npz"
+
+
+@dataclass
+class Case:
+    cls: str
+    name: str
+    args: list[str]
+    codes: set[int]
+    field: str | None = None  # exit 2 must name this (the start of the one stderr line after "verifier: error: ")
+    need: str | None = None  # stdout+stderr must contain this
+    forbid: str | None = None  # stderr must not contain this
+    target: str | None = None  # the output whose state is judged (default: --out, -o, --json or reports/)
+    setup: Callable[[Path], None] | None = None
+    custom: Callable[["Case", Path, dict], dict] | None = None  # several processes (races, signals)
+
+
+@dataclass
+class Row:
+    case: Case
+    code: int | None
+    traceback: bool
+    state: str
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---- fixtures ---------------------------------------------------------------------------------------------
+
+def make_fixtures(fx: Path) -> None:
+    fx.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 3))
+    y = X @ np.array([1.0, -0.5, 0.0])
+    np.savez(fx / "lin.npz", X=X, y=y)
+    np.savez(fx / "lin_p0.npz", X=np.zeros((12, 0)), y=y)
+    np.savez(fx / "lin_n0.npz", X=np.zeros((0, 3)), y=np.zeros(0))
+    np.savez(fx / "lin_n1.npz", X=X[:1], y=y[:1])
+    np.savez(fx / "lin_p1.npz", X=X[:, :1], y=X[:, 0])
+    np.savez(fx / "lin_longdouble.npz", X=X.astype(np.longdouble), y=y.astype(np.longdouble))
+    np.savez(fx / "lin_complex.npz", X=X.astype(np.complex128), y=y)
+    np.savez(fx / "lin_complex_y.npz", X=X, y=y.astype(np.complex128))
+    np.savez(fx / "lin_f16.npz", X=X.astype(np.float16), y=y.astype(np.float16))
+    np.savez(fx / "lin_f32.npz", X=X.astype(np.float32), y=y.astype(np.float32))
+    np.savez(fx / "lin_int.npz", X=np.round(X * 3).astype(np.int64), y=np.round(y * 3).astype(np.int64))
+    np.savez(fx / "lin_bigint.npz", X=(np.round(X * 3) * 2**60).astype(np.int64), y=np.zeros(12, dtype=np.int64))
+    np.savez(fx / "lin_uint8.npz", X=np.abs(np.round(X * 3)).astype(np.uint8), y=y)
+    np.savez(fx / "lin_bool.npz", X=X > 0, y=y)
+    np.savez(fx / "lin_str.npz", X=np.array([["a", "b", "c"]] * 12), y=y)
+    np.savez(fx / "lin_obj.npz", X=np.array([[{}, 1, 2]] * 12, dtype=object), y=y)
+    np.savez(fx / "lin_nan.npz", X=np.where(X > 1, np.nan, X), y=y)
+    np.savez(fx / "lin_inf.npz", X=X, y=np.where(y > 1, np.inf, y))
+    for e in (150, 200, 300):
+        np.savez(fx / f"lin_x1e{e}.npz", X=X * 10.0**e, y=y * 10.0**e)
+    np.savez(fx / "lin_tiny.npz", X=X * 1e-300, y=y * 1e-300)
+    np.savez(fx / "lin_y0.npz", X=X, y=np.zeros(12))
+    np.savez(fx / "lin_x0.npz", X=np.zeros((12, 3)), y=y)
+    np.savez(fx / "lin_yshape.npz", X=X, y=y[:5])
+    np.savez(fx / "lin_y2d.npz", X=X, y=y[:, None])
+    np.savez(fx / "lin_x1d.npz", X=X[:, 0], y=y)
+    np.savez(fx / "lin_x3d.npz", X=X[:, :, None], y=y)
+    np.savez(fx / "lin_scalar.npz", X=np.float64(1.0), y=np.float64(1.0))
+    np.savez(fx / "lin_noX.npz", Z=X, y=y)
+    np.savez(fx / "lin_lower.npz", x=X, y=y)
+    np.savez(fx / "lin_labels.npz", X=X, y=np.where(y >= 0, 1.0, -1.0))
+    T = rng.standard_normal((8, 4, 3))
+    np.savez(fx / "att.npz", X=T, Y=T * 0.5)
+    np.savez(fx / "att_n0.npz", X=np.zeros((8, 0, 3)), Y=np.zeros((8, 0, 3)))
+    np.savez(fx / "att_d0.npz", X=np.zeros((8, 4, 0)), Y=np.zeros((8, 4, 0)))
+    np.savez(fx / "att_N0.npz", X=np.zeros((0, 4, 3)), Y=np.zeros((0, 4, 3)))
+    np.savez(fx / "att_shape.npz", X=T, Y=T[..., :2])
+    np.savez(fx / "att_longdouble.npz", X=T.astype(np.longdouble), Y=T.astype(np.longdouble))
+    np.savez(fx / "att_x1e300.npz", X=T * 1e300, Y=T * 1e300)
+    np.save(fx / "plain.npy", X)
+    (fx / "text.npz").write_text("X,y\n1,2\n3,4\n")
+    (fx / "text.txt").write_text("hello, I am not an npz file\n")
+    (fx / "empty.npz").write_bytes(b"")
+    (fx / "garbage.npz").write_bytes(os.urandom(4096))
+    (fx / "trunc.npz").write_bytes((fx / "lin.npz").read_bytes()[:200])
+    (fx / "adir.npz").mkdir(exist_ok=True)
+    # results files for report / gate
+    (fx / "nested.json").write_text("[" * 200_000 + "]" * 200_000)
+    (fx / "nested_obj.json").write_text('{"schema_version": 1, "run": ' + '{"a":' * 100_000 + "1" + "}" * 100_000
+                                        + ', "checks": []}')
+    (fx / "schema_true.json").write_text(json.dumps({"schema_version": True, "run": {}, "checks": []}))
+    (fx / "schema_str.json").write_text(json.dumps({"schema_version": "1", "run": {}, "checks": []}))
+    (fx / "schema_99.json").write_text(json.dumps({"schema_version": 99, "run": {}, "checks": []}))
+    (fx / "toplist.json").write_text("[1, 2, 3]")
+    (fx / "notjson.json").write_text("{'schema_version': 1")
+    (fx / "empty.json").write_text("")
+    (fx / "utf16.json").write_bytes(json.dumps({"schema_version": 1}).encode("utf-16"))
+    (fx / "binary.json").write_bytes(os.urandom(2048))
+    (fx / "bad_verdict.json").write_text(json.dumps(
+        {"schema_version": 1, "run": {}, "checks": [{"id": "x", "verdict": "maybe"}]}))
+    (fx / "bad_metrics.json").write_text(json.dumps(
+        {"schema_version": 1, "run": {}, "checks": [{"id": "x", "verdict": "pass", "metrics": [1, 2]}]}))
+    (fx / "bad_check.json").write_text(json.dumps({"schema_version": 1, "run": {}, "checks": [42]}))
+    (fx / "no_checks.json").write_text(json.dumps({"schema_version": 1, "run": {}, "checks": []}))
+    (fx / "nan_metric.json").write_text(
+        '{"schema_version": 1, "run": {}, "checks": [{"id": "x", "verdict": "pass", "metrics": {"m": NaN}}]}')
+    (fx / "huge_number.json").write_text(
+        '{"schema_version": 1, "run": {}, "checks": [{"id": "x", "verdict": "pass", "metrics": {"m": 1e999}}]}')
+    (fx / "a_file").write_text("I am a file\n")
+
+
+def valid_results(fx: Path, verifier: str, timeout: float) -> None:
+    """A real results.json from this verifier (the inputs of report/gate cases that should succeed)."""
+    out = fx / "real"
+    proc = subprocess.run([verifier, "run", "--model", "diag-linear", "--data", str(fx / "lin.npz"), *CHEAP,
+                           "--out", str(out)], capture_output=True, text=True, timeout=timeout, cwd=fx)
+    if not (out / "results.json").is_file():
+        sys.exit(f"could not make a valid results.json with {verifier}: {proc.stderr[-2000:]}")
+    shutil.copy(out / "results.json", fx / "valid.json")
+
+
+# ---- the cases --------------------------------------------------------------------------------------------
+
+def run_lin(*extra, data=LIN, checks=CHEAP):
+    return ["run", "--model", "diag-linear", "--data", data, *checks, *extra]
+
+
+def bad(cls, name, args, field, **kw):
+    return Case(cls, name, args, {2}, field=field, **kw)
+
+
+def cases() -> list[Case]:
+    C: list[Case] = []
+    # --- alphas
+    for text in ["0", "1", "1.5", "-1e-3", "nan", "inf", "-inf", "exp(inf)", "exp(-inf)", "exp(nan)", "exp(0)",
+                 "exp(1)", "exp()", "exp(-10000", "", ",", "1e-4,,1e-8", "abc", "1e-4;1e-8", "1e-4,",
+                 "exp(-1e400)", "0x1p-3"]:
+        C.append(bad("alphas", f"--alphas {text!r}", run_lin("--alphas", text), "--alphas"))
+    C.append(bad("alphas", "--alphas 1e-400 (underflows)", run_lin("--alphas", "1e-400"), "--alphas",
+                 need="exp(-921"))
+    C.append(Case("alphas", "--alphas 1e-323 (subnormal, valid)", run_lin("--alphas", "1e-323"), {0}))
+    C.append(Case("alphas", "--alphas ' 1e-4 , exp(-50) '", run_lin("--alphas", " 1e-4 , exp(-50) "), {0}))
+    # --- seeds
+    for text in ["18446744073709551616", "99999999999999999999999", "-9223372036854775809",
+                 "-18446744073709551615", "1e3", "", "0x10", "1.0"]:
+        C.append(bad("seed", f"--seed {text}", run_lin("--seed", text), "--seed"))
+    C.append(Case("seed", "--seed -1 (documented counterexample seed)", run_lin("--seed", "-1"), {0}))
+    C.append(Case("seed", "--seed 9223372036854775807 (int64 max)", run_lin("--seed", "9223372036854775807"), {0}))
+    C.append(Case("seed", "--seed -9223372036854775808 (int64 min)", run_lin("--seed=-9223372036854775808"), {0}))
+    C.append(Case("seed", "limit --seed 9223372036854775807 (preset)",
+                  ["limit", "--preset", "diag-linear", "--seed", "9223372036854775807"], {0}))
+    C.append(bad("seed", "limit --seed 2**64", ["limit", "--preset", "diag-linear", "--seed", str(2**64)], "--seed"))
+    # --- numeric options
+    numeric = {
+        "--horizon": ["0", "-1", "inf", "nan", "1e400", "abc"],
+        "--noise": ["0", "-1", "inf", "nan"],
+        "--negligible": ["0", "-1", "inf", "nan", "1e400"],
+        "--perturb-epochs": ["0", "-1", "1e3", "99999999999999999999"],
+        "--lr": ["0", "-1", "nan", "inf", "1e400"],
+        "--steps": ["0", "-5", "1.5", "100000000000"],
+        "--batch-size": ["0", "-1"],
+        "--momentum": ["1", "-0.1", "nan", "inf"],
+        "--weight-decay": ["nan", "inf", "-1"],
+        "--rtol": ["0", "1", "nan", "-1", "inf"],
+        "--atol": ["0", "nan", "2"],
+    }
+    for flag, values in numeric.items():
+        for text in values:
+            C.append(bad("numbers", f"{flag} {text}", run_lin(f"{flag}={text}"), flag))
+    a42 = ["run", "--preset", "diag-linear", "--checks", "assumption-4.2", "--alphas", "1e-4,1e-8", "--no-progress"]
+    C.append(bad("numbers", "--horizon inf on assumption-4.2 (hang?)", [*a42, "--horizon", "inf"], "--horizon"))
+    C.append(Case("numbers", "--horizon 1e6 on assumption-4.2", [*a42, "--horizon", "1e6"], {0, 1, 3}))
+    C.append(Case("numbers", "--lr 1e10 gd lemma-4.1 (diverges)",
+                  run_lin("--optimizer", "gd", "--lr", "1e10", "--steps", "20", checks=["--checks", "lemma-4.1",
+                                                                                         "--no-progress"]), {3}))
+    C.append(Case("numbers", "--batch-size 1000000 sgd",
+                  run_lin("--optimizer", "sgd", "--batch-size", "1000000", "--steps", "20",
+                          checks=["--checks", "lemma-4.1", "--no-progress"]), {0}))
+    # --- names
+    for flag, text in [("--device", "tpu"), ("--device", "CPU"), ("--device", ""), ("--optimizer", "lbfgs"),
+                       ("--optimizer", ""), ("--loss", "hinge"), ("--checks", ""), ("--checks", ","),
+                       ("--checks", "nope"), ("--checks", "lemma-4.1,nope")]:
+        C.append(bad("names", f"{flag} {text!r}", run_lin(f"{flag}={text}", checks=["--no-progress"]), flag))
+    C.append(bad("names", "--device cuda without a GPU", run_lin("--device", "cuda"), "--device"))
+    C.append(bad("names", "--preset nope", ["run", "--preset", "nope", "--no-progress"], "--preset"))
+    C.append(bad("names", "--preset ''", ["run", "--preset=", "--no-progress"], "--preset"))
+    C.append(bad("names", "--preset with --data", ["run", "--preset", "diag-linear", "--data", LIN, *CHEAP], "--preset"))
+    C.append(bad("names", "--model without --data", ["run", "--model", "diag-linear", *CHEAP], "--data"))
+    C.append(bad("names", "--data without --model", ["run", "--data", LIN, *CHEAP], "--model"))
+    C.append(bad("names", "--model nope", ["run", "--model", "nope", "--data", LIN, *CHEAP], "--model"))
+    C.append(bad("names", "--loss logistic on toy-attention", ["run", "--loss", "logistic", *CHEAP], "--loss"))
+    C.append(bad("names", "--loss logistic with real-valued y", run_lin("--loss", "logistic"), "--data"))
+    C.append(Case("names", "--loss logistic with +-1 labels", run_lin("--loss", "logistic", data="{fx}/lin_labels.npz"),
+                  {0}))
+    C.append(Case("names", "--checks lemma-4.1,lemma-4.1 (duplicate)",
+                  run_lin("--optimizer", "gd", "--steps", "5", checks=["--checks", "lemma-4.1,lemma-4.1",
+                                                                        "--no-progress"]), {0}))
+    C.append(bad("names", "unknown command", ["frobnicate"], "usage"))
+    C.append(bad("names", "run --bogus", ["run", "--bogus"], "usage"))
+    C.append(Case("names", "no arguments", [], {0, 2}, need="usage"))
+    C.append(Case("names", "--help", ["--help"], {0}, need="usage"))
+    C.append(Case("names", "run --help", ["run", "--help"], {0}, need="--alphas"))
+    # --- data files
+    D = "data"
+    for f, field_ in [("lin_p0", "--data"), ("lin_n0", "--data"), ("lin_longdouble", "--data"),
+                      ("lin_complex", "--data"), ("lin_complex_y", "--data"), ("lin_bool", "--data"),
+                      ("lin_str", "--data"), ("lin_obj", "--data"), ("lin_nan", "--data"), ("lin_inf", "--data"),
+                      ("lin_yshape", "--data"), ("lin_y2d", "--data"), ("lin_x1d", "--data"), ("lin_x3d", "--data"),
+                      ("lin_scalar", "--data"), ("lin_noX", "--data"), ("lin_lower", "--data"),
+                      ("att", "--data"), ("plain", "--data"), ("empty", "--data"), ("garbage", "--data"),
+                      ("trunc", "--data"), ("adir", "--data")]:
+        path = "{fx}/" + f + (".npy" if f == "plain" else ".npz")
+        C.append(bad(D, f"diag-linear {f}", run_lin(data=path), field_, forbid="allow_pickle"))
+    for f in ("text.npz", "text.txt"):
+        C.append(bad(D, f"diag-linear {f}", run_lin(data="{fx}/" + f), "--data", forbid="allow_pickle"))
+    C.append(bad(D, "--data /dev/null", run_lin(data="/dev/null"), "--data"))
+    C.append(bad(D, "--data missing", run_lin(data="{fx}/missing.npz"), "--data"))
+    for fam, f in [("toy-attention", "att_n0"), ("toy-attention", "att_d0"), ("toy-attention", "att_N0"),
+                   ("toy-attention", "att_shape"), ("toy-attention", "att_longdouble"), ("toy-attention", "lin"),
+                   ("full-attention", "att_d0"), ("diag-transformer", "att_d0"), ("diag-transformer", "att_n0")]:
+        C.append(bad(D, f"{fam} {f}", ["run", "--model", fam, "--data", "{fx}/" + f + ".npz", *CHEAP], "--data"))
+    for f in ("lin_n1", "lin_p1", "lin_f16", "lin_f32", "lin_int", "lin_uint8", "lin_y0", "lin_x0"):
+        C.append(Case(D, f"diag-linear {f} (valid)", run_lin(data="{fx}/" + f + ".npz"), {0, 3}))
+    C.append(Case(D, "toy-attention att (valid)", ["run", "--model", "toy-attention", "--data", "{fx}/att.npz",
+                                                   *CHEAP], {0}))
+    # --- wrong verdicts: vacuous, overflow
+    V = "verdict"
+    C.append(Case(V, "x1e300 definition-3.1 (overflow)", run_lin(data="{fx}/lin_x1e300.npz"), {2, 3}))
+    C.append(Case(V, "x1e200 definition-3.1", run_lin(data="{fx}/lin_x1e200.npz"), {0, 2, 3}))
+    C.append(Case(V, "x1e150 definition-3.1", run_lin(data="{fx}/lin_x1e150.npz"), {0, 2, 3}))
+    C.append(Case(V, "bigint data definition-3.1", run_lin(data="{fx}/lin_bigint.npz"), {0, 2, 3}))
+    C.append(Case(V, "x1e-300 definition-3.1 (underflow)", run_lin(data="{fx}/lin_tiny.npz"), {2, 3}))
+    C.append(Case(V, "attention x1e300 definition-3.1", ["run", "--model", "toy-attention", "--data",
+                                                         "{fx}/att_x1e300.npz", *CHEAP], {2, 3}))
+    l41 = ["--checks", "lemma-4.1", "--no-progress"]
+    for opt in ("gd", "sgd", "adam"):
+        C.append(Case(V, f"{opt} --alphas exp(-10000) lemma-4.1 (vacuous?)",
+                      run_lin("--optimizer", opt, "--steps", "20", "--alphas", "exp(-10000)", checks=l41),
+                      {2}, field="--alphas"))
+    C.append(bad(V, "gd --alphas 1e-200 lemma-4.1 (alpha^2 underflows)",
+                 run_lin("--optimizer", "gd", "--steps", "20", "--alphas", "1e-200", checks=l41), "--alphas"))
+    C.append(Case(V, "gd --alphas 1e-100 lemma-4.1", run_lin("--optimizer", "gd", "--steps", "20", "--alphas", "1e-100",
+                                                           checks=l41), {0}))
+    C.append(Case(V, "gd --alphas 1e-4 lemma-4.1", run_lin("--optimizer", "gd", "--steps", "20", "--alphas", "1e-4",
+                                                         checks=l41), {0}))
+    C.append(Case(V, "adam lemma-4.1 (must fail)", run_lin("--optimizer", "adam", "--steps", "20", checks=l41), {1}))
+    for text in ("exp(-10000)", "exp(-1e6)", "1e-300"):
+        C.append(Case("hang", f"flow --alphas {text} lemma-4.1", run_lin("--alphas", text, checks=l41), {0, 3},
+                      need="alpha="))
+    # --- output locations
+    O = "output"
+    C.append(bad(O, "--out existing file", run_lin("--out", "{case}/a_file"), "--out",
+                 setup=lambda d: (d / "a_file").write_text("keep me\n")))
+    C.append(bad(O, "--out /dev/null", run_lin("--out", "/dev/null"), "--out"))
+    C.append(bad(O, "--out /proc/version", run_lin("--out", "/proc/version"), "--out"))
+    C.append(bad(O, "--out /proc/verifier-x", run_lin("--out", "/proc/verifier-x"), "--out"))
+    C.append(bad(O, "--out under a file", run_lin("--out", "{case}/a_file/sub"), "--out",
+                 setup=lambda d: (d / "a_file").write_text("keep me\n"), target="{case}/a_file"))
+    C.append(bad(O, "--out ''", run_lin("--out="), "--out", target="{case}"))
+    C.append(bad(O, "--out folder with report.html as a folder", run_lin("--out", "{case}/o"), "--out",
+                 setup=lambda d: (d / "o" / "report.html").mkdir(parents=True)))
+    C.append(bad(O, "--out folder with other files", run_lin("--out", "{case}/o"), "--out",
+                 setup=lambda d: (d / "o").mkdir() or (d / "o" / "notes.txt").write_text("mine\n")))
+    C.append(Case(O, "--out folder holding an older output set (replaced)", run_lin("--out", "{case}/o"), {0},
+                  setup=lambda d: (d / "o").mkdir() or (d / "o" / "results.json").write_text("{}")
+                  or (d / "o" / "report.html").write_text("old")))
+    C.append(Case(O, "--out empty folder", run_lin("--out", "{case}/o"), {0}, setup=lambda d: (d / "o").mkdir()))
+    C.append(Case(O, "--out new nested folder", run_lin("--out", "{case}/a/b/c"), {0}))
+    C.append(Case(O, "no --out, reports/latest is a file", run_lin(), {0},
+                  setup=lambda d: (d / "reports").mkdir() or (d / "reports" / "latest").write_text("blocker")))
+    C.append(Case(O, "no --out, reports/latest is an old folder copy", run_lin(), {0},
+                  setup=lambda d: (d / "reports" / "latest").mkdir(parents=True)
+                  or (d / "reports" / "latest" / "results.json").write_text("{}")))
+    C.append(Case(O, "no --out, reports is a file", run_lin(), {2}, field="--out",
+                  setup=lambda d: (d / "reports").write_text("blocker"), target="{case}/reports"))
+    C.append(Case(O, "two runs in the same second (4 at once)", run_lin(), {0}, custom=concurrent_runs))
+    C.append(Case(O, "SIGINT while the output set is written", run_lin("--out", "{case}/o"), {0, 130},
+                  custom=interrupt_while_writing))
+    # report / gate / limit
+    R = "report"
+    for f in ("nested", "nested_obj", "schema_true", "schema_str", "schema_99", "toplist", "notjson", "empty",
+              "utf16", "binary", "bad_verdict", "bad_metrics", "bad_check", "missing"):
+        C.append(bad(R, f"report {f}.json", ["report", "{fx}/" + f + ".json", "-o", "{case}/r.html"], "RESULTS.json"))
+        if f in ("nested", "schema_true", "bad_verdict", "binary"):
+            C.append(bad(R, f"gate new={f}.json", ["gate", "--baseline", "{fx}/valid.json", "{fx}/" + f + ".json"],
+                         "gate"))
+    C.append(Case(R, "report nan_metric.json", ["report", "{fx}/nan_metric.json", "-o", "{case}/r.html"], {0, 2}))
+    C.append(Case(R, "report huge_number.json", ["report", "{fx}/huge_number.json", "-o", "{case}/r.html"], {0, 2}))
+    C.append(Case(R, "report no_checks.json", ["report", "{fx}/no_checks.json", "-o", "{case}/r.html"], {0, 2}))
+    C.append(Case(R, "report valid", ["report", "{fx}/valid.json", "-o", "{case}/r.html"], {0}))
+    C.append(bad(R, "report -o its own input", ["report", "{case}/r.json", "-o", "{case}/r.json"], "-o",
+                 setup=lambda d: shutil.copy(d.parent.parent / "fx" / "valid.json", d / "r.json"),
+                 target="{case}/r.json"))
+    C.append(bad(R, "report -o a folder", ["report", "{fx}/valid.json", "-o", "{case}/dir"], "-o",
+                 setup=lambda d: (d / "dir").mkdir()))
+    C.append(bad(R, "report -o /proc/x", ["report", "{fx}/valid.json", "-o", "/proc/verifier-x.html"], "-o"))
+    C.append(bad(R, "report -o under a file", ["report", "{fx}/valid.json", "-o", "{case}/a_file/r.html"], "-o",
+                 setup=lambda d: (d / "a_file").write_text("x"), target="{case}/a_file"))
+    C.append(Case(R, "gate valid vs itself", ["gate", "--baseline", "{fx}/valid.json", "{fx}/valid.json"], {0}))
+    C.append(bad(R, "gate missing baseline", ["gate", "--baseline", "{fx}/missing.json", "{fx}/valid.json"], "gate"))
+    L = "limit"
+    C.append(bad(L, "limit p=0 data", ["limit", "--model", "diag-linear", "--data", "{fx}/lin_p0.npz"], "--data"))
+    C.append(bad(L, "limit d=0 data", ["limit", "--model", "toy-attention", "--data", "{fx}/att_d0.npz"], "--data"))
+    C.append(bad(L, "limit full-attention", ["limit", "--preset", "full-attention"], "--model"))
+    C.append(bad(L, "limit --data without --model", ["limit", "--data", LIN], "--model"))
+    C.append(bad(L, "limit --json a folder", ["limit", "--preset", "diag-linear", "--json", "{case}/dir"], "--json",
+                 setup=lambda d: (d / "dir").mkdir()))
+    C.append(bad(L, "limit --json /proc/x", ["limit", "--preset", "diag-linear", "--json", "/proc/verifier-x.json"],
+                 "--json"))
+    C.append(bad(L, "limit --json its --data", ["limit", "--model", "diag-linear", "--data", "{case}/d.npz", "--json",
+                                                "{case}/d.npz"], "--json",
+                 setup=lambda d: shutil.copy(d.parent.parent / "fx" / "lin.npz", d / "d.npz"), target="{case}/d.npz"))
+    C.append(Case(L, "limit --json new file", ["limit", "--preset", "diag-linear", "--json", "{case}/s.json"], {0}))
+    return C
+
+
+# ---- running and judging -----------------------------------------------------------------------------------
+
+def fingerprint(path: Path):
+    """What is at ``path`` (recursively for folders), to tell 'unchanged' from 'changed'."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            return ("dir", tuple((p.name, fingerprint(p)) for p in sorted(path.iterdir())))
+        except OSError:
+            return ("dir?",)
+    if stat.S_ISREG(st.st_mode):
+        try:
+            return ("file", hashlib.sha1(path.read_bytes()).hexdigest())
+        except OSError:
+            return ("file?", st.st_size)
+    if stat.S_ISLNK(st.st_mode):
+        return ("link", os.readlink(path))
+    return ("special", st.st_mode, st.st_rdev)
+
+
+def complete_set(folder: Path) -> bool:
+    try:
+        json.loads((folder / "results.json").read_text())
+        return (folder / "report.html").is_file() and (folder / "report.html").stat().st_size > 0
+    except (OSError, ValueError):
+        return False
+
+
+def describe_reports(reports: Path) -> tuple[str, list[str]]:
+    """State of a default reports/ tree: every run folder and latest complete?"""
+    if not reports.is_dir():
+        return "none", []
+    problems, runs = [], []
+    for p in sorted(reports.iterdir()):
+        if p.name.startswith("."):
+            problems.append(f"leftover {p.name}")
+        elif p.name == "latest":
+            if p.exists() and p.is_dir() and not complete_set(p):
+                problems.append("latest incomplete")
+        elif p.is_dir():
+            runs.append(p)
+            if not complete_set(p):
+                problems.append(f"{p.name} incomplete")
+    return (f"{len(runs)} run(s)" + (", latest" if (reports / "latest").exists() else "")), problems
+
+
+def target_of(case: Case, argv: list[str], cdir: Path) -> Path | None:
+    if case.target:
+        return Path(case.target.replace("{case}", str(cdir)))
+    for flag in ("--out", "-o", "--json"):
+        for k, a in enumerate(argv):
+            if a == flag and k + 1 < len(argv):
+                return Path(argv[k + 1])
+            if a.startswith(flag + "="):
+                return Path(a.split("=", 1)[1] or ".")
+    if argv and argv[0] == "run" and not {"-h", "--help"} & set(argv):
+        return cdir / "reports"
+    return None
+
+
+def leftovers(parent: Path, before: set[str]) -> list[str]:
+    try:
+        now = {p.name for p in parent.iterdir()}
+    except OSError:
+        return []
+    return sorted(n for n in now - before if n.startswith(".") and n not in (".hypothesis",))
+
+
+def listing(parent: Path) -> set[str]:
+    try:
+        return {p.name for p in parent.iterdir()}
+    except OSError:
+        return set()
+
+
+def judge(case: Case, code, out: str, err: str, cdir: Path, target: Path | None, before, parent_before) -> Row:
+    tb = "Traceback (most recent call last)" in err
+    problems = []
+    if code is None:
+        problems.append("timeout (hang)")
+    elif code not in case.codes:
+        problems.append(f"exit {code}, expected {'/'.join(map(str, sorted(case.codes)))}")
+    if tb:
+        problems.append("traceback")
+    if code == 2:
+        lines = err.strip().splitlines()
+        if len(lines) != 1 or not lines[0].startswith("verifier: error: "):
+            problems.append(f"stderr is {len(lines)} lines, not one 'verifier: error:' line")
+        elif case.field and not lines[0].startswith(f"verifier: error: {case.field}"):
+            problems.append(f"blames {lines[0][17:].split(':')[0]!r}, not {case.field}")
+    if case.need and case.need not in out + err:
+        problems.append(f"message lacks {case.need!r}")
+    if case.forbid and case.forbid in err:
+        problems.append(f"message mentions {case.forbid!r}")
+    state = "-"
+    if target is not None:
+        now = fingerprint(target)
+        kind = ("reports" if case.target is None and target == cdir / "reports" else
+                "set" if case.target is None and case.args[0] == "run" else
+                "file" if case.target is None else "other")
+        if kind == "reports":
+            state, probs = describe_reports(target)
+            problems += probs
+            if code == 2 and state != "none":
+                problems.append("wrote reports/ although the input was bad")
+            if code in (0, 1, 3) and not state.startswith("1 run"):
+                problems.append(f"reports/ holds {state}")
+        else:
+            changed = now != before
+            if now is None:
+                state = "absent" if before is None else "REMOVED"
+            elif not changed:
+                state = "unchanged"
+            elif now[0] == "dir":
+                state = "complete" if complete_set(target) else "PARTIAL"
+            else:
+                state = "written"
+            if code == 2 and changed:
+                problems.append(f"output {state} although the input was bad")
+            if code in (0, 1, 3) and kind == "set" and state != "complete":
+                problems.append(f"output set {state} after exit {code}")
+            if code == 0 and kind == "file" and state != "written":
+                problems.append(f"output file {state} after exit 0")
+            if state == "PARTIAL":
+                problems.append("half-written output set")
+        problems += [f"leftover {n}" for n in leftovers(target.parent, parent_before)]
+    return Row(case, code, tb, state, problems)
+
+
+def subst(args: list[str], fx: Path, cdir: Path) -> list[str]:
+    return [a.replace("{fx}", str(fx)).replace("{case}", str(cdir)) for a in args]
+
+
+def run_case(case: Case, k: int, ctx: dict) -> Row:
+    cdir = ctx["work"] / "cases" / f"{k:03d}"
+    cdir.mkdir(parents=True)
+    if case.setup:
+        case.setup(cdir)
+    start = time.monotonic()
+    if case.custom:
+        row = case.custom(case, cdir, ctx)
+    else:
+        argv = subst(case.args, ctx["fx"], cdir)
+        target = target_of(case, argv, cdir)
+        before = fingerprint(target) if target else None
+        parent_before = listing(target.parent) if target else set()
+        try:
+            proc = subprocess.run([ctx["verifier"], *argv], capture_output=True, text=True, cwd=cdir,
+                                  timeout=ctx["timeout"], env=ctx["env"], stdin=subprocess.DEVNULL)
+            code, out, err = proc.returncode, proc.stdout, proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            code = None
+            out = (exc.stdout or b"").decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+            err = (exc.stderr or b"").decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+        row = judge(case, code, out, err, cdir, target, before, parent_before)
+        row.err = err  # type: ignore[attr-defined]
+    row.seconds = time.monotonic() - start
+    return row
+
+
+def concurrent_runs(case: Case, cdir: Path, ctx: dict) -> Row:
+    """Four identical runs without --out started together: four complete run folders, none lost."""
+    argv = subst(case.args, ctx["fx"], cdir)
+    procs = [subprocess.Popen([ctx["verifier"], *argv], cwd=cdir, env=ctx["env"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    codes, errs = [], ""
+    for p in procs:
+        try:
+            _, e = p.communicate(timeout=ctx["timeout"] * 2)
+            codes.append(p.returncode)
+            errs += e
+        except subprocess.TimeoutExpired:
+            p.kill()
+            codes.append(None)
+    state, problems = describe_reports(cdir / "reports")
+    runs = [p for p in (cdir / "reports").iterdir() if p.is_dir() and p.name != "latest" and not p.is_symlink()] \
+        if (cdir / "reports").is_dir() else []
+    if len(runs) != 4:
+        problems.append(f"{len(runs)} run folders for 4 runs: results lost")
+    if any(c != 0 for c in codes):
+        problems.append(f"exit codes {codes}")
+    tb = "Traceback (most recent call last)" in errs
+    if tb:
+        problems.append("traceback")
+    return Row(case, max((c for c in codes if c is not None), default=None), tb, state, problems)
+
+
+def interrupt_while_writing(case: Case, cdir: Path, ctx: dict) -> Row:
+    """SIGINT as soon as a results.json appears anywhere under the case folder (in --out itself, or in a
+    temporary folder beside it): the target must be absent, empty or complete afterwards, and nothing
+    temporary may be left. (SIGINT is reset to its default in the child: a background shell ignores it.)"""
+    argv = subst(case.args, ctx["fx"], cdir)
+    target = Path(argv[argv.index("--out") + 1])
+    before = listing(cdir)
+    p = subprocess.Popen([ctx["verifier"], *argv], cwd=cdir, env=ctx["env"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + ctx["timeout"]
+    sent = False
+    while p.poll() is None and time.monotonic() < deadline:
+        if any(cdir.rglob("results.json")):
+            p.send_signal(signal.SIGINT)
+            sent = True
+            break
+        time.sleep(0.002)
+    try:
+        _, err = p.communicate(timeout=ctx["timeout"])
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+    problems = []
+    state = ("absent" if not target.exists() else "complete" if complete_set(target) else
+             "empty" if target.is_dir() and not any(target.iterdir()) else "PARTIAL")
+    if state == "PARTIAL":
+        problems.append("half-written output set after SIGINT")
+    problems += [f"leftover {n}" for n in leftovers(cdir, before)]
+    tb = "Traceback (most recent call last)" in err
+    if tb:
+        problems.append("traceback")
+    if p.returncode not in case.codes:
+        problems.append(f"exit {p.returncode}")
+    if not sent:
+        problems.append("no results.json ever appeared: the signal was not sent")
+    return Row(case, p.returncode, tb, state, problems)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--verifier", default=shutil.which("verifier") or "verifier")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per process (default 120)")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--only", help="run only this class of cases")
+    ap.add_argument("-k", help="run only cases whose name contains this text")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="hostile-"))
+    fx = work / "fx"
+    make_fixtures(fx)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "ignore"}
+    env.pop("VERIFIER_TRACEBACK", None)
+    ctx = {"work": work, "fx": fx, "verifier": a.verifier, "timeout": a.timeout, "env": env}
+    valid_results(fx, a.verifier, a.timeout)
+    selected = [c for c in cases() if (a.only is None or c.cls == a.only) and (a.k is None or a.k in c.name)]
+    rows: list[Row | None] = [None] * len(selected)
+    with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        futures = {pool.submit(run_case, c, k, ctx): k for k, c in enumerate(selected)}
+        for fut in concurrent.futures.as_completed(futures):
+            k = futures[fut]
+            rows[k] = fut.result()
+            r = rows[k]
+            print(f"[{sum(x is not None for x in rows):3d}/{len(rows)}] {'ok ' if not r.problems else 'BAD'} "
+                  f"{r.case.name} ({r.seconds:.0f}s)", file=sys.stderr, flush=True)
+    print(f"{'#':>3} {'class':8} {'input':58} {'exit':>4} {'tb':3} {'output':16} {'expected':8} verdict")
+    bad_rows = 0
+    for k, r in enumerate(rows):
+        assert r is not None
+        exp = "/".join(map(str, sorted(r.case.codes)))
+        code = "T/O" if r.code is None else str(r.code)
+        verdict = "ok" if not r.problems else "MISHANDLED: " + "; ".join(r.problems)
+        bad_rows += bool(r.problems)
+        print(f"{k:3d} {r.case.cls:8} {r.case.name[:58]:58} {code:>4} {'yes' if r.traceback else 'no':3} "
+              f"{r.state[:16]:16} {exp:8} {verdict}")
+    print(f"\n{bad_rows} of {len(rows)} hostile inputs mishandled ({a.verifier})")
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"work folder: {work}")
+    return 1 if bad_rows else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

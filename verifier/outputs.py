@@ -1,0 +1,222 @@
+"""Where the CLI writes: checked before any work, written whole or not at all.
+
+* :class:`OutputSet` — one run's folder (results.json, report.html). The target is checked first (a new
+  folder, an empty one, or one that holds only a previous output set); the files are written into a
+  temporary folder next to it and renamed into place, so a reader (or an interrupted run) sees no set or a
+  whole set. Without ``--out`` each run reserves its own ``reports/<YYYYmmdd-HHMMSS>[-k]`` with an exclusive
+  mkdir, and ``reports/latest`` is a symbolic link swapped atomically to the newest run.
+* :func:`check_output_file` / :func:`write_output_file` — one file (``report -o``, ``limit --json``).
+
+Problems with a place to write are :class:`~verifier.errors.InputError` naming the option (exit 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import itertools
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+from .errors import InputError
+
+SET_FILES = ("results.json", "report.html")
+WHERE = "a new folder, an empty one, or one holding only a previous results.json and report.html"
+
+
+def _blocked_signals():
+    """SIGINT/SIGTERM held back while the set is moved into place (delivered right after)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def held():
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    return held()
+
+
+def _is_previous_set(folder: Path) -> bool:
+    """True when ``folder`` is empty or holds only results.json / report.html as plain files."""
+    return all(e.name in SET_FILES and e.is_file() and not e.is_symlink() for e in folder.iterdir())
+
+
+def _check_ancestors(path: Path, flag: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a folder (so the missing ones can be created)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(flag, f"{parent} is not a folder, so {path} cannot be created", WHERE)
+            return
+
+
+class OutputSet:
+    """One run's output folder; see the module docstring. Use :meth:`for_out`, then :meth:`open` before the
+    checks run, then :meth:`commit` (or :meth:`discard`)."""
+
+    def __init__(self, target: Path | None, root: Path):
+        self.target, self.root = target, root
+        self.new_run = target is None  # a fresh folder under root (reports/), with root/latest linking to it
+        self.tmp: Path | None = None
+        self.reserved = False
+        self.warnings: list[str] = []
+
+    @classmethod
+    def for_out(cls, out: str | None, root: str | Path = "reports") -> "OutputSet":
+        """Check ``--out`` (or, without it, ``root``) without touching anything."""
+        root = Path(root)
+        if out is None:
+            if root.exists() and not root.is_dir():
+                raise InputError("--out", f"{root} exists and is not a folder, so runs cannot be written there",
+                                 "give --out DIR")
+            _check_ancestors(root, "--out")
+            return cls(None, root)
+        target = Path(out)
+        if out == "" or "\x00" in out or target.absolute() == Path("/"):
+            raise InputError("--out", f"{out!r} cannot hold a run", WHERE)
+        if target.is_symlink():
+            raise InputError("--out", f"{target} is a symbolic link", WHERE)
+        if target.exists():
+            if not target.is_dir():
+                raise InputError("--out", f"{target} exists and is not a folder", WHERE)
+            try:
+                ok = _is_previous_set(target)
+            except OSError as exc:
+                raise InputError("--out", f"cannot list {target} ({exc.strerror})", WHERE) from None
+            if not ok:
+                raise InputError("--out", f"{target} holds other files; refusing to replace them", WHERE)
+        _check_ancestors(target, "--out")
+        return cls(target, root)
+
+    def open(self) -> None:
+        """Reserve the run folder (without --out) and create the temporary folder next to the target."""
+        try:
+            if self.target is None:
+                self.target = self._reserve()
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent))
+        except OSError as exc:
+            self.discard()
+            raise InputError("--out", f"cannot write next to {self.target or self.root} ({exc.strerror or exc})",
+                             WHERE) from None
+
+    def _reserve(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        for k in itertools.count(1):
+            path = self.root / (stamp if k == 1 else f"{stamp}-{k}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            self.reserved = True
+            return path
+
+    def commit(self, results) -> list[Path]:
+        """Write results.json and report.html into the temporary folder, then move it into place."""
+        from .report import render_html
+        from .results import write_results
+
+        assert self.tmp is not None and self.target is not None, "open() first"
+        try:
+            write_results(results, self.tmp / "results.json")
+            (self.tmp / "report.html").write_text(render_html(results), encoding="utf-8")
+            os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; a run folder is meant to be shared
+            with _blocked_signals():
+                self._place()
+                if self.new_run:
+                    self._point_latest()
+        except OSError as exc:
+            self.discard()
+            raise InputError("--out", f"cannot write {self.target} ({exc.strerror or exc})", WHERE) from None
+        except BaseException:
+            self.discard()
+            raise
+        self.tmp, self.reserved = None, False  # placed: nothing left to discard
+        return [self.target / name for name in SET_FILES]
+
+    def _place(self) -> None:
+        target = self.target
+        if target.exists() and any(target.iterdir()):  # a previous set: swap it out, then drop it
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+            try:
+                os.replace(self.tmp, target)
+            except BaseException:
+                os.replace(old / target.name, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, target)  # onto nothing or onto an empty folder (the reserved run folder)
+
+    def _point_latest(self) -> None:
+        """``root/latest`` -> the new run folder: a symlink made beside it and renamed over it (atomic).
+        Something else in the way (not a link, not an old copy of a run) is left alone, with a warning."""
+        latest = self.root / "latest"
+        if latest.is_dir() and not latest.is_symlink():
+            if not _is_previous_set(latest):
+                self.warnings.append(f"{latest} not updated: it is a folder holding other files")
+                return
+            shutil.rmtree(latest)  # an older verifier's copy of a run
+        elif latest.exists() and not latest.is_symlink():
+            self.warnings.append(f"{latest} not updated: a file is in the way")
+            return
+        link = self.root / f".latest.{os.getpid()}.tmp"
+        try:
+            link.unlink(missing_ok=True)
+            os.symlink(self.target.name, link, target_is_directory=True)
+            os.replace(link, latest)
+        except OSError as exc:
+            link.unlink(missing_ok=True)
+            self.warnings.append(f"{latest} not updated ({exc.strerror or exc})")
+
+    def discard(self) -> None:
+        """Remove the temporary folder and an unused reserved run folder."""
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+        if self.reserved and self.target is not None:
+            with contextlib.suppress(OSError):
+                self.target.rmdir()  # only if still empty
+            self.reserved = False
+
+
+def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Path:
+    """Check a single output file before any work: not one of ``inputs``, not a folder or a device, its
+    folder creatable and writable (probed with a temporary file)."""
+    out = Path(path)
+    if path == "" or "\x00" in path:
+        raise InputError(flag, f"{path!r} is not a file path", "a file path")
+    for src in inputs:
+        if src is not None and "\x00" not in str(src) and (out.absolute() == Path(src).absolute()
+                                or (out.exists() and Path(src).exists() and os.path.samefile(out, src))):
+            raise InputError(flag, f"{path} is the input {src}; refusing to overwrite it", "a different file")
+    if out.exists() and not out.is_file():
+        raise InputError(flag, f"{path} is {'a folder' if out.is_dir() else 'not a regular file'}", "a file path")
+    _check_ancestors(out, flag)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(flag, f"cannot write in {out.parent} ({exc.strerror or exc})", "a writable file path") from None
+    return out
+
+
+def write_output_file(path: Path, text: str, flag: str) -> None:
+    """Write ``text`` atomically (a temporary file in the same folder, renamed over ``path``)."""
+    from .results import atomic_write_text
+
+    try:
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise InputError(flag, f"cannot write {path} ({exc.strerror or exc})", "a writable file path") from None
+
