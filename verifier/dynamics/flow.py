@@ -22,6 +22,14 @@ from ..models.base import DiagonalModel
 from . import rosenbrock
 from .trajectory import Trajectory
 
+# A Jacobian column j is kept while L^2 dbeta_j/dS > NEGLIGIBLE_COLUMN * atol (module docstring).
+NEGLIGIBLE_COLUMN = 1e-5
+# The step cap of ReducedFlow.max_step: no exponential log(a0^2 e^{2S}) below ONSET_LEVEL (beta_i ~ 1e-9,
+# where a coordinate starts to move the gradient at the default atol) may pass it in one step, and none above
+# it may grow by more than e^ONSET_GROWTH. Chosen on the toy (rejections 115 -> 10 at alpha = 1e-256).
+ONSET_LEVEL = -20.0
+ONSET_GROWTH = 8.0
+
 
 @dataclass(frozen=True)
 class ReducedFlow:
@@ -73,7 +81,7 @@ class ReducedFlow:
         the samples), so a small alpha never pays for a large alpha's columns."""
         beta, dbeta = self.beta(S, idx)
         L = self.L[idx]
-        keep = dbeta * (L * L)[:, None] > 1e-5 * self.atol
+        keep = dbeta * (L * L)[:, None] > NEGLIGIBLE_COLUMN * self.atol
         sets, group = torch.unique(keep, dim=0, return_inverse=True)
         k, p = S.shape
         J = torch.zeros(k, p, p, dtype=S.dtype, device=S.device)
@@ -115,8 +123,6 @@ def hermite(t0, t1, y0, y1, f0, f1, t):
     return h00 * y0 + h10 * h * f0 + h01 * y1 + h11 * h * f1
 
 
-ONSET_LEVEL = -20.0
-ONSET_GROWTH = 8.0
 CROSSING_MARGIN = 3.0  # detect |S_i| = L - 3, i.e. |beta_i| ~ e^-6 (u0+v0)^2 / 4: still exponential growth
 
 

@@ -66,7 +66,7 @@ RODAS4 = RosenbrockTableau(
 )
 
 RHS = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-RHS3 = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+StepLimit = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (y, f(y), idx) -> h_max
 
 
 def rodas4_step(f: RHS, y: torch.Tensor, f0: torch.Tensor, J: torch.Tensor, h: torch.Tensor, idx: torch.Tensor,
@@ -192,12 +192,13 @@ class _Record:
 def solve(f: RHS, jac: RHS, y0: torch.Tensor, t_end: float, *, rtol: float, atol: float,
           max_steps: int = 5000, progress: Callable[[float], None] | None = None,
           progress_every: int = 8, controller: StepSizeController | None = None,
-          max_step: RHS3 | None = None) -> Solution:
+          max_step: StepLimit | None = None) -> Solution:
     """Integrate y' = f(y) from t = 0 to ``t_end`` for a batch y0 [B, n].
 
     ``f(y, idx)`` and ``jac(y, idx)`` evaluate the samples ``idx`` (rows of y) and return [len(idx), n]
-    and [len(idx), n, n]. ``progress(fraction)``, if given, is called every ``progress_every`` steps with
-    the smallest t / t_end of the running samples.
+    and [len(idx), n, n]. ``max_step(y, f(y), idx)``, if given, caps each sample's next step [len(idx)];
+    ``progress(fraction)``, if given, is called every ``progress_every`` steps with the smallest t / t_end
+    of the running samples; ``controller`` defaults to :class:`StepSizeController` at rtol, atol.
     """
     B, n = y0.shape
     dev = y0.device
