@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy
@@ -19,6 +20,15 @@ from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig, resolve_device
 from .errors import InputError
 from .presets import build_model
 
+
+Progress = Callable[[str, "float | None"], None]
+"""``progress(label, fraction)``: what a long computation is doing now ("alpha ladder", "Algorithm 1 stage
+3") and how far it is (a fraction in [0, 1], or None when unknown). Called every few solver steps, from
+the host, with plain Python values: it never forces a device synchronisation of its own."""
+
+
+def no_progress(label: str, fraction: float | None = None) -> None:
+    """The default :data:`Progress`: ignore."""
 
 
 def git_sha() -> str:
@@ -38,11 +48,15 @@ def versions() -> dict[str, str]:
 
 
 class Context:
-    """Built once per run; checks read ``model`` and ``config`` and share the cached properties."""
+    """Built once per run; checks read ``model`` and ``config`` and share the cached properties.
+    ``progress`` (a :data:`Progress`, default :func:`no_progress`) hears from the long computations: the
+    runner sets it to update its bar while a check runs."""
 
-    def __init__(self, config: RunConfig, model=None, argv: list[str] | None = None):
+    def __init__(self, config: RunConfig, model=None, argv: list[str] | None = None,
+                 progress: Progress = no_progress):
         self.config = config
         self.model_given = model is not None  # a model object handed in (tests, the pytest plugin)
+        self.progress = progress
         self.model = model if model is not None else build_model(
             config.preset, config.model, config.data, config.loss, config.seed, config.device, config.model_file)
         self.device = self.model.device if model is None else resolve_device(config.device)
@@ -93,7 +107,7 @@ class Context:
         """Algorithm 1 (the alpha -> 0 limit) on this model."""
         from .limit import algorithm1
 
-        return algorithm1(self.model)
+        return algorithm1(self.model, progress=self.progress)
 
     @functools.cached_property
     def ladder(self):
@@ -101,7 +115,8 @@ class Context:
         from .dynamics.flow import solve_flow
 
         theta0 = self.theta0(1).expand(len(self.log_inv_alphas), -1)
-        return solve_flow(self.model, theta0, self.log_inv_alphas, self.horizon, self.config.solver)
+        return solve_flow(self.model, theta0, self.log_inv_alphas, self.horizon, self.config.solver,
+                          progress=lambda f: self.progress("alpha ladder", f))
 
     @functools.cached_property
     def horizon(self) -> float:

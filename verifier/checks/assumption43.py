@@ -156,7 +156,7 @@ def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
             starts.append(beta.to(model.device)), times.append(t0 * 10.0**d), labels.append(label)
     B = torch.stack(starts)
     u = B.abs().sqrt()
-    _, traj = P.run_batch(model, u, B.sign() * u, times, ctx.config.solver, n_out=2)
+    _, traj = P.run_batch(model, u, B.sign() * u, times, ctx.config.solver, n_out=2, progress=ctx.progress)
     failed = P.failed_runs(traj)
     beta, loss = traj.beta[:, -1], traj.loss[:, -1]
     gnorm = model.grad_b(beta.to(model.device)).norm(dim=1).cpu()
@@ -208,7 +208,7 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         up, vp = P.perturb(u, v, mask, cfg.noise, gen)
         U.append(up), V.append(vp), points.append(ref.traj.beta[0, j]), masks.append(mask)
     T = P.perturb_time(cfg)
-    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver)
+    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver, progress=ctx.progress)
     if failed := P.failed_runs(traj):
         return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({failed[0]})"
     dist = P.rel_distance(traj.beta, torch.stack(points)[:, None])  # [n, n_out]

@@ -103,7 +103,7 @@ def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
 def _discrete(ctx, log_inv_alphas) -> CheckResult:
     model, opt = ctx.model, ctx.config.optimizer
     theta0 = ctx.theta0(len(log_inv_alphas))
-    alphas = torch.tensor([math.exp(-L) for L in log_inv_alphas], dtype=torch.float64)
+    alphas = torch.tensor([math.exp(-L) for L in log_inv_alphas], dtype=torch.float64, device=theta0.device)
     run = train(model, alphas[:, None] * theta0, opt, seed=ctx.config.seed)
     if any(s.value != "success" for s in run.status):
         return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"{opt.name} diverged (non-finite weights): "

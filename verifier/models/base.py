@@ -144,8 +144,9 @@ class DiagonalModel(Model):
         passes, so callers ask only for the columns they need.
         """
         g = grad(self.loss_beta)
+        columns = torch.as_tensor(columns, device=beta.device)
         tangents = torch.zeros(len(columns), self.p, dtype=beta.dtype, device=beta.device)
-        tangents[torch.arange(len(columns)), columns] = 1.0
+        tangents[torch.arange(len(columns), device=beta.device), columns] = 1.0
 
         def hvp(b, t):
             return jvp(g, (b,), (t,))[1]
