@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checks", help="comma-separated check ids (default: every check that applies)")
     run.add_argument("--alphas", help="initialisation scales, e.g. 1e-4,1e-16,exp(-10000)")
     run.add_argument("--horizon", help="rescaled time horizon (default: 1.25 x last stage of Algorithm 1)")
-    run.add_argument("--optimizer", help=f"flow (default), gd, sgd, adam")
+    run.add_argument("--optimizer", help="flow (default), gd, sgd, adam")
     run.add_argument("--lr", help=f"step size for gd/sgd/adam (default {O.lr})")
     run.add_argument("--steps", help=f"updates for gd/sgd/adam (default {O.steps})")
     run.add_argument("--batch-size", help=f"minibatch size for sgd (default {O.batch_size})")

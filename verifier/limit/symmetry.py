@@ -52,7 +52,7 @@ def candidates(model, i: int, j: int) -> list[tuple[tuple[int, ...], str]]:
     """Permutations (involutions mapping i to j) to test, with what each exchanges (module docstring)."""
     st = model.coordinate_structure()
     where = {s: k for k, s in enumerate(st)}
-    (gi, pi, ki), (gj, pj, kj) = st[i], st[j]
+    (gi, _, ki), (gj, _, kj) = st[i], st[j]
     names = model.coordinate_names()
     out: list[tuple[tuple[int, ...], str]] = []
 
