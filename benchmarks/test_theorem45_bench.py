@@ -29,15 +29,15 @@ def test_flow_cost_per_alpha(benchmark, ctx, L):
     COST[L] = int(traj.nfev[0])
     benchmark.extra_info.update(alpha=format_alpha(L), nfev=COST[L], njev=int(traj.njev[0]),
                                 status=traj.status[0].value, horizon=ctx.horizon)
-    assert traj.status[0].value == "success"
+    assert traj.ok.all()
 
 
 def test_cost_does_not_grow_with_log_inv_alpha():
-    """Gradient evaluations at the smallest alpha are at most twice those at alpha = 1e-8."""
+    """Gradient evaluations at the smallest alpha are at most 1.5x those at alpha = 1e-8 (issue 11)."""
     if len(COST) < len(DEFAULT_LOG_INV_ALPHAS):
         pytest.skip("needs every test_flow_cost_per_alpha run first")
     L = sorted(COST)
-    assert COST[L[-1]] <= 2 * COST[L[1]], COST
+    assert COST[L[-1]] <= 1.5 * COST[L[1]], COST
 
 
 def test_whole_check(benchmark, ctx):
@@ -49,4 +49,4 @@ def test_whole_check(benchmark, ctx):
     r = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(verdict=r.verdict.value, nfev=r.metrics.get("nfev"),
                                 transition_time_error=r.metrics.get("transition_time_error"))
-    assert all(s.value == "success" for s in ctx.ladder.status), r.message
+    assert ctx.ladder.ok.all(), r.message

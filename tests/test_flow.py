@@ -11,7 +11,9 @@ import torch
 from scipy.integrate import quad, solve_ivp
 
 from verifier import data as D
-from verifier.config import SolverConfig
+from verifier.config import RunConfig, SolverConfig
+from verifier.context import Context
+from verifier.dynamics import rosenbrock
 from verifier.dynamics.flow import CROSSING_MARGIN, ReducedFlow, integrate, solve_flow
 from verifier.dynamics.trajectory import Status
 from verifier.models import DiagAttention, DiagLinear
@@ -125,18 +127,37 @@ def test_orthogonal_transitions_approach_one_over_beta_star():
     assert errors[2] < 1e-6
 
 
-def test_work_does_not_grow_with_log_inv_alpha():
-    """An implicit method with the exact Jacobian crosses plateaus in a few steps (THEORY.md §3): gradient
-    evaluations to a fixed rescaled horizon stay flat from alpha = 1e-8 to exp(-10^4)."""
+@pytest.mark.parametrize("make,horizon,drop", [(_linear, 4.0, 1e-3), (_attention, 8.0, 1e-2)],
+                         ids=["diag-linear", "attention"])
+def test_work_does_not_grow_with_log_inv_alpha(make, horizon, drop):
+    """An implicit method with the exact Jacobian crosses plateaus in a few steps (THEORY.md §3), and the
+    onset cap keeps it from jumping into transitions: gradient evaluations to a fixed rescaled horizon
+    stay within 1.5x from alpha = 1e-8 to exp(-10^4) (issue 11's target)."""
+    model = make()
     Ls = [math.log(1e8), math.log(1e128), 1e4]
-    tr = solve_flow(_linear(), _linear().init_params(1.0, torch.Generator().manual_seed(0))[None].expand(3, -1),
-                    Ls, 4.0, n_out=21)
+    tr = solve_flow(model, model.init_params(1.0, torch.Generator().manual_seed(0))[None].expand(3, -1),
+                    Ls, horizon, n_out=21)
     assert all(s is Status.SUCCESS for s in tr.status)
     assert torch.isfinite(tr.beta).all()
     nfev = tr.nfev.double()
-    assert nfev[1] / nfev[0] < 2 and nfev[2] / nfev[0] < 2, tr.nfev.tolist()
+    assert nfev[1] / nfev[0] <= 1.5 and nfev[2] / nfev[0] <= 1.5, tr.nfev.tolist()
     # every alpha learned the same thing: the loss at the horizon is small for all
-    assert (tr.loss[:, -1] < 1e-3 * tr.loss[:, 0]).all()
+    assert (tr.loss[:, -1] < drop * tr.loss[:, 0]).all(), tr.loss[:, -1] / tr.loss[:, 0]
+
+
+def test_progress_reports_algorithm1_and_the_ladder():
+    """``Context.progress`` hears each stage B of Algorithm 1 and the ladder's integration (fractions of
+    the horizon in [0, 1], in order), so a progress bar never sits still for a whole check."""
+    seen = []
+    model = _linear()
+    ctx = Context(RunConfig(preset=None, model="diag-linear", log_inv_alphas=(math.log(1e8), math.log(1e32))),
+                  model=model, argv=["test"], progress=lambda label, f=None: seen.append((label, f)))
+    ctx.ladder
+    stages = [label for label, f in seen if label.startswith("Algorithm 1 stage")]
+    assert len({label for label in stages}) == len(ctx.stages.stages) - 1
+    ladder = [f for label, f in seen if label == "alpha ladder"]
+    assert len(ladder) >= 3 and ladder == sorted(ladder) and 0 <= ladder[0] and ladder[-1] <= 1
+    assert all(isinstance(f, float) for label, f in seen if f is not None)
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,15 +177,21 @@ class Overflowing(DiagLinear):
 
 
 def test_non_finite_trial_steps_are_rejected_not_fatal():
+    """Without the onset cap (``ReducedFlow.max_step``) the solver's large trial steps jump into a
+    transition and overflow; each is rejected and retried, and the run ends where the clean one does."""
     Ls = [1e4]
     model = _orthogonal(Overflowing)
-    tr = solve_flow(model, THETA0[None], Ls, 2.0, n_out=41)
+    flow = ReducedFlow.from_init(model, THETA0[None], Ls, SolverConfig().atol)
+    S0 = torch.zeros(1, 3, dtype=F64)
+    sol = rosenbrock.solve(flow.rhs, flow.jac, S0, 2.0, rtol=SolverConfig().rtol, atol=SolverConfig().atol)
     assert sum(model.nonfinite) > 0  # the solver did try steps that overflowed
-    assert all(s is Status.SUCCESS for s in tr.status)
-    assert torch.isfinite(tr.beta).all()
+    assert sol.status == (Status.SUCCESS,)
+    end = sol.y[0, int(sol.count[0]) - 1]
+    assert torch.isfinite(end).all() and float(sol.t[0, int(sol.count[0]) - 1]) == pytest.approx(2.0)
+    assert torch.allclose(flow.beta(end[None], torch.zeros(1, dtype=torch.long))[0][0], BETA_STAR, rtol=1e-6, atol=0)
     clean = solve_flow(_orthogonal(), THETA0[None], Ls, 2.0, n_out=41)
-    assert (tr.beta - clean.beta).abs().max() < 1e-4
-    assert torch.allclose(tr.beta[0, -1], BETA_STAR, rtol=1e-6, atol=0)
+    capped = solve_flow(model, THETA0[None], Ls, 2.0, n_out=41)
+    assert capped.status == (Status.SUCCESS,) and (capped.beta - clean.beta).abs().max() < 1e-12
 
 
 def test_each_sample_has_its_own_status():

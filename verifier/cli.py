@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 # Options that go to RunConfig / SolverConfig / OptimizerConfig when given (as text: the config converts and
 # checks it, so every entry point gets the same messages); absent options take the dataclass defaults.
-PROBLEM_FIELDS = ("preset", "model", "data", "loss", "seed", "device")
+PROBLEM_FIELDS = ("preset", "model", "data", "model_file", "loss", "seed", "device")
 RUN_FIELDS = ("horizon", "noise", "negligible", "perturb_epochs")
 SOLVER_FIELDS = ("rtol", "atol")
 OPTIMIZER_FIELDS = {"optimizer": "name", "lr": "lr", "steps": "steps", "batch_size": "batch_size",
@@ -48,6 +48,8 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", help=f"a named problem (see `verifier presets`); default {DEFAULT_PRESET}")
     p.add_argument("--model", help="model family for --data: diag-linear, toy-attention, diag-transformer, full-attention")
     p.add_argument("--data", help=".npz with X, Y (linear: X [N,p], y [N]; attention: X, Y [N,n,d])")
+    p.add_argument("--model-file", help="PATH.py:FACTORY: FACTORY() returns your model (verifier.from_module, "
+                                        "verifier.from_loss or a built-in one)")
     p.add_argument("--loss", help=f"square or logistic (diag-linear only); default {RunConfig.loss}")
     p.add_argument("--seed", help=f"seed of data, teacher and initialisation, an int64; default {RunConfig.seed}")
     p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checks", help="comma-separated check ids (default: every check that applies)")
     run.add_argument("--alphas", help="initialisation scales, e.g. 1e-4,1e-16,exp(-10000)")
     run.add_argument("--horizon", help="rescaled time horizon (default: 1.25 x last stage of Algorithm 1)")
-    run.add_argument("--optimizer", help=f"flow (default), gd, sgd, adam")
+    run.add_argument("--optimizer", help="flow (default), gd, sgd, adam")
     run.add_argument("--lr", help=f"step size for gd/sgd/adam (default {O.lr})")
     run.add_argument("--steps", help=f"updates for gd/sgd/adam (default {O.steps})")
     run.add_argument("--batch-size", help=f"minibatch size for sgd (default {O.batch_size})")
@@ -241,17 +243,17 @@ def _checks() -> int:
 def _limit(args) -> int:
     import json
 
-    from .config import resolve_device
     from .limit import algorithm1
     from .outputs import check_output_file, write_output_file
     from .presets import build_model
 
     config = _config(args)
     out = check_output_file(args.json, "--json", inputs=(config.data,)) if args.json is not None else None
-    model = build_model(config.preset, config.model, config.data, config.loss, config.seed,
-                        resolve_device(config.device))
+    model = build_model(config.preset, config.model, config.data, config.loss, config.seed, config.device,
+                        config.model_file)
     if not model.diagonal:
-        raise InputError("--model", f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
+        raise InputError("--model-file" if config.model_file else "--model",
+                         f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
                          "diag-linear, toy-attention, diag-transformer")
     stages = algorithm1(model)
     print(stages.table())

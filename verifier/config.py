@@ -213,12 +213,14 @@ class RunConfig:
     """Everything a run of checks depends on; recorded verbatim in results.json.
 
     The problem is a preset, or a model family with a data file (``model`` alone when the model object is
-    handed to :class:`~verifier.context.Context` directly); neither means the default preset.
+    handed to :class:`~verifier.context.Context` directly), or a ``model_file`` PATH.py:FACTORY (alone);
+    none of them means the default preset.
     """
 
     preset: str | None = None
     model: str | None = None
     data: str | None = None
+    model_file: str | None = None  # PATH.py:FACTORY (then preset, model and data are None)
     loss: str = "square"
     seed: int = 0
     device: str = "cpu"
@@ -241,7 +243,7 @@ class RunConfig:
     def __post_init__(self):
         from .presets import resolve_problem
 
-        preset, _family = resolve_problem(self.preset, self.model, self.data, self.loss)
+        preset, _family = resolve_problem(self.preset, self.model, self.data, self.loss, self.model_file)
         object.__setattr__(self, "preset", preset)
         check_choice("--device", self.device, DEVICES)
         validate_fields(self, self.RULES)

@@ -9,6 +9,7 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import scipy
@@ -16,8 +17,18 @@ import torch
 
 from . import seeds
 from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig, resolve_device
+from .errors import InputError
 from .presets import build_model
 
+
+Progress = Callable[[str, "float | None"], None]
+"""``progress(label, fraction)``: what a long computation is doing now ("alpha ladder", "Algorithm 1 stage
+3") and how far it is (a fraction in [0, 1], or None when unknown). Called every few solver steps, from
+the host, with plain Python values: it never forces a device synchronisation of its own."""
+
+
+def no_progress(label: str, fraction: float | None = None) -> None:
+    """The default :data:`Progress`: ignore."""
 
 
 def git_sha() -> str:
@@ -37,13 +48,21 @@ def versions() -> dict[str, str]:
 
 
 class Context:
-    """Built once per run; checks read ``model`` and ``config`` and share the cached properties."""
+    """Built once per run; checks read ``model`` and ``config`` and share the cached properties.
+    ``progress`` (a :data:`Progress`, default :func:`no_progress`) hears from the long computations: the
+    runner sets it to update its bar while a check runs."""
 
-    def __init__(self, config: RunConfig, model=None, argv: list[str] | None = None):
+    def __init__(self, config: RunConfig, model=None, argv: list[str] | None = None,
+                 progress: Progress = no_progress):
         self.config = config
-        self.device = resolve_device(config.device)
+        self.model_given = model is not None  # a model object handed in (tests, the pytest plugin)
+        self.progress = progress
         self.model = model if model is not None else build_model(
-            config.preset, config.model, config.data, config.loss, config.seed, self.device)
+            config.preset, config.model, config.data, config.loss, config.seed, config.device, config.model_file)
+        self.device = self.model.device if model is None else resolve_device(config.device)
+        if config.optimizer.name == "sgd" and self.model.X is None:
+            raise InputError("--optimizer", "sgd draws minibatches from the model's data set, and this model's loss "
+                                            "holds its own data", "flow, gd, adam")
         self.provenance = {
             "command": " ".join(argv if argv is not None else sys.argv),
             "seed": config.seed,
@@ -55,6 +74,24 @@ class Context:
             "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "tolerances": {"rtol": config.solver.rtol, "atol": config.solver.atol},
         }
+
+    @functools.cached_property
+    def problem(self) -> dict:
+        """Where the model comes from, for results and the report: the preset and its description, the
+        family and data file, or a user's module class and pairs (with source text) / loss function."""
+        from .presets import PRESETS
+
+        source = getattr(self.model, "source", None)
+        if source is not None:
+            return {"family": self.model.family, **source(), "model_file": self.config.model_file}
+        out = {"kind": "built-in", "family": self.model.family, "class": type(self.model).__name__}
+        if self.model_given:
+            out["kind"] = "model object"
+        elif self.config.preset in PRESETS and self.config.model is None:
+            out.update(preset=self.config.preset, description=PRESETS[self.config.preset].description)
+        elif self.config.data is not None:
+            out.update(data=self.config.data)
+        return out
 
     @property
     def log_inv_alphas(self) -> tuple[float, ...]:
@@ -70,7 +107,7 @@ class Context:
         """Algorithm 1 (the alpha -> 0 limit) on this model."""
         from .limit import algorithm1
 
-        return algorithm1(self.model)
+        return algorithm1(self.model, progress=self.progress)
 
     @functools.cached_property
     def ladder(self):
@@ -78,7 +115,8 @@ class Context:
         from .dynamics.flow import solve_flow
 
         theta0 = self.theta0(1).expand(len(self.log_inv_alphas), -1)
-        return solve_flow(self.model, theta0, self.log_inv_alphas, self.horizon, self.config.solver)
+        return solve_flow(self.model, theta0, self.log_inv_alphas, self.horizon, self.config.solver,
+                          progress=lambda f: self.progress("alpha ladder", f))
 
     @functools.cached_property
     def horizon(self) -> float:

@@ -58,16 +58,35 @@ def frozen_feedforward(layers: int, d: int, width: int, gen: torch.Generator) ->
     return A, B
 
 
+def head_projections(layers: int, heads: int, d: int, gen: torch.Generator) -> torch.Tensor:
+    """Frozen random orthogonal projections P [L, H, d, d], one per head (Q of the QR of a Gaussian matrix)."""
+    return torch.linalg.qr(torch.randn(layers, heads, d, d, generator=gen, dtype=D.F64))[0]
+
+
 def _transformer(c, gen, loss, X=None, Y=None) -> DiagTransformer:
     d = c["d"] if X is None else X.shape[-1]
     if X is None:
         X = D.gaussian_tokens(c["N"], c["n"], d, gen)
     A, B = frozen_feedforward(c["layers"], d, c["width"], gen)
-    kw = dict(ff_in=A, ff_out=B, heads=c["heads"], temperature=d**-0.5, activation=c.get("activation", "gelu"))
+    P = head_projections(c["layers"], c["heads"], d, gen) if c.get("projections") else None
+    kw = dict(ff_in=A, ff_out=B, head_proj=P, heads=c["heads"], temperature=d**-0.5,
+              activation=c.get("activation", "gelu"))
     if Y is None:
         teacher = DiagTransformer(X, X, **kw)
-        Y = teacher.predict_beta(D.sparse_vector(teacher.p, c["r"], c["scale"], gen))
+        beta = head_teacher(c, gen) if "teacher_heads" in c else D.sparse_vector(teacher.p, c["r"], c["scale"], gen)
+        Y = teacher.predict_beta(beta)
     return DiagTransformer(X, Y, loss=loss, **kw)
+
+
+def head_teacher(c, gen: torch.Generator) -> torch.Tensor:
+    """beta of a teacher whose ``teacher_heads`` randomly chosen heads each have one nonzero q*k and one
+    nonzero vv*o entry (sizes in ``scale``, random signs): every teacher head changes the output."""
+    L, H, d = c["layers"], c["heads"], c["d"]
+    beta = torch.zeros(L * H, 2, d, dtype=D.F64)
+    for head in torch.randperm(L * H, generator=gen)[: c["teacher_heads"]].tolist():
+        for kind in (0, 1):
+            beta[head, kind] = D.sparse_vector(d, 1, c["scale"], gen)
+    return beta.reshape(-1)
 
 
 def _full_attention(c, gen, loss) -> FullAttention:
@@ -108,8 +127,18 @@ PRESETS: dict[str, Preset] = {
                dict(N=1000, n=10, d=50, r=3, scale=(1.0, 2.0), seed_offset=1)),
         Preset("diag-transformer", "diag-transformer",
                "Example 3.2: 2 layers x 2 heads with diagonal attention, residuals, frozen random GELU "
-               "feedforward of width 16; tokens n=6 in d=8, N=200, sparse teacher of the same architecture "
-               "with r=3 nonzero entries of size 1-2.",
+               "feedforward of width 16; each head reads the stream through its own frozen random orthogonal "
+               "projection P (Wq Wk^T = P diag(q*k) P^T), so heads are not exchangeable; tokens n=6 in d=8, "
+               "N=200, teacher of the same architecture in which 3 of the 4 heads each have one nonzero q*k and "
+               "one nonzero v*o entry of size 1-2. seed_offset=10: a draw in which no coordinate leaves (six "
+               "stages, one head each); with 8 of generator seeds 0-12 a spurious q*k coordinate leaves at the "
+               "zero-loss last stage with G = 0 (the corner case Assumption 4.2c excludes).",
+               dict(N=200, n=6, d=8, layers=2, heads=2, width=16, teacher_heads=3, scale=(1.0, 2.0),
+                    projections=True, seed_offset=10)),
+        Preset("diag-transformer-symmetric", "diag-transformer",
+               "A named counterexample: diag-transformer without the per-head projections, so the heads of a "
+               "layer have the same functional form and are exchangeable: their coordinates tie exactly "
+               "(Assumption 4.2b), a flat direction follows (4.3), and Algorithm 1 is undefined after the tie.",
                dict(N=200, n=6, d=8, layers=2, heads=2, width=16, r=3, scale=(1.0, 2.0))),
         Preset("full-attention", "full-attention",
                "One head with full d x d weights (outside the theory), N=200, n=6, d=8, teacher with rank-2 "
@@ -122,10 +151,19 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_PRESET = "toy-attention"
 
 
-def resolve_problem(preset: str | None, family: str | None, data, loss: str) -> tuple[str | None, str]:
+def resolve_problem(preset: str | None, family: str | None, data, loss: str,
+                    model_file: str | None = None) -> tuple[str | None, str | None]:
     """Validate the choice of problem: ``(preset, family)``, the default preset when neither a preset nor a
     model family is given. A family without ``data`` is allowed here (the model object may be supplied);
-    :func:`build_model` needs the file."""
+    :func:`build_model` needs the file. A ``model_file`` (PATH.py:FACTORY, an existing file) excludes the
+    others and gives (None, None); :func:`build_model` imports it."""
+    if model_file is not None:
+        if preset is not None or family is not None or data is not None:
+            raise InputError("--model-file", "give either --model-file or --preset/--model/--data, not both")
+        from .model_file import parse_spec
+
+        parse_spec(model_file)
+        return None, None
     if loss not in LOSSES:
         raise InputError("--loss", f"unknown loss {loss!r}", ", ".join(LOSSES))
     if preset is not None and (family is not None or data is not None):
@@ -147,10 +185,30 @@ def resolve_problem(preset: str | None, family: str | None, data, loss: str) -> 
     return preset, family
 
 
+def place(model: Model, device: str | torch.device) -> Model:
+    """``model`` on ``device`` (a name: auto, cpu, cuda; or a torch.device). A model that cannot move (a user's
+    loss holds its own tensors) stays where it is under ``auto``; any other device must be its own."""
+    from .config import resolve_device
+
+    if device == "auto" and not model.movable:
+        return model
+    return model.to_device(resolve_device(device) if isinstance(device, str) else device)
+
+
 def build_model(preset: str | None = None, family: str | None = None, data: str | None = None,
-                loss: str = "square", seed: int = 0, device: str | torch.device = "cpu") -> Model:
-    """Normalise the user's choice (a preset, or a model family with an .npz file) into a Model."""
-    preset, family = resolve_problem(preset, family, data, loss)
+                loss: str = "square", seed: int = 0, device: str | torch.device = "cpu",
+                model_file: str | None = None) -> Model:
+    """Normalise the user's choice (a preset, a model family with an .npz file, or ``--model-file``
+    PATH.py:FACTORY) into a Model on ``device`` (a torch.device or a name, see :func:`place`)."""
+    preset, family = resolve_problem(preset, family, data, loss, model_file)
+    if model_file is not None:
+        from .model_file import load_model_file
+
+        return place(load_model_file(model_file), device)
+    if isinstance(device, str):
+        from .config import resolve_device
+
+        device = resolve_device(device)
     if preset is not None:
         return PRESETS[preset].build(seed=seed, loss=loss, device=device)
     if data is None:

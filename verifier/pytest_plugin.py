@@ -153,8 +153,8 @@ def _cached(key: tuple[str, Problem], make):
 
 def _context(problem: Problem):
     """One Context per problem and session (checks share Algorithm 1 and the flow ladder), on the session device."""
-    from .config import resolve_device
     from .context import Context
+    from .presets import place
 
     session = _current()
     config = problem.run_config()
@@ -162,7 +162,7 @@ def _context(problem: Problem):
     argv = ["pytest", *(session.args if session else [])]
 
     def make():
-        model = problem.build().to_device(resolve_device(device))
+        model = place(problem.build(), device)
         return Context(replace(config, device=device), model=model, argv=argv)
 
     return _cached(("context", problem), make)

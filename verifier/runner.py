@@ -17,10 +17,20 @@ def run_checks(ctx: Context, ids: list[str], progress: bool = True) -> RunResult
     bar = tqdm(ids, desc="verifier", unit="check", file=sys.stderr, disable=not progress, leave=False)
     for check_id in bar:
         bar.set_postfix_str(check_id)
+        if progress:
+            ctx.progress = _postfix(bar, check_id)
         results.append(run_check(check_id, ctx))
     run = {"config": ctx.config.as_dict(), "provenance": ctx.provenance, "model": ctx.model.family,
-           "checks": ids}
+           "problem": ctx.problem, "checks": ids}
     return RunResults(run=run, checks=tuple(results))
+
+
+def _postfix(bar, check_id: str):
+    """A ``Context.progress`` that shows what the running check is doing after its id on the bar."""
+    def show(label: str, fraction: float | None = None) -> None:
+        bar.set_postfix_str(f"{check_id}: {label}" + ("" if fraction is None else f" {min(fraction, 1.0):.0%}"))
+
+    return show
 
 
 def run_suite(config: RunConfig, ids: list[str] | None = None, argv: list[str] | None = None,

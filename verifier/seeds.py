@@ -13,3 +13,4 @@ FIGURE_10 = 10  # the onset epochs and noise of assumption-4.4's Figure 10 proto
 TRACK_SPLIT = 0  # verifier track: the digits train/test split
 TRACK_INIT = INIT  # verifier track: the ViT's initial weights (before the init scale multiplies them)
 TRACK_BATCHES = 2  # verifier track: the order of the minibatches
+SYMMETRY = 420  # the random beta at which limit/symmetry.py tests whether two tied coordinates are exchangeable

@@ -87,7 +87,8 @@ def reference_run(ctx) -> Reference:
         theta0 = ctx.theta0(1)
         solver = protocol_solver(ctx.config.solver)
         flow = ReducedFlow.from_init(ctx.model, theta0, [L], solver.atol)
-        traj = solve_flow(ctx.model, theta0, [L], ctx.horizon, solver)
+        traj = solve_flow(ctx.model, theta0, [L], ctx.horizon, solver,
+                          progress=lambda f: ctx.progress(f"reference run at alpha={format_alpha(L)}", f))
         _REFERENCES[ctx] = Reference(L, flow, traj)
     return _REFERENCES[ctx]
 
@@ -99,10 +100,6 @@ def restricted_hessian(model, beta: torch.Tensor, support) -> tuple[torch.Tensor
     H = model.hessian_columns(beta.to(model.device)[None], idx)[0][idx]
     eigs, vecs = torch.linalg.eigh((H + H.T) / 2)
     return eigs.cpu(), vecs.cpu()
-
-
-def restricted_spectrum(model, beta: torch.Tensor, support) -> torch.Tensor:
-    return restricted_hessian(model, beta, support)[0]
 
 
 def is_strict(eigs: torch.Tensor) -> bool:
@@ -161,12 +158,14 @@ def perturb(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, noise: float,
 
 
 def run_batch(model, U: torch.Tensor, V: torch.Tensor, durations, solver,
-              n_out: int = N_OUT) -> tuple[ReducedFlow, Trajectory]:
+              n_out: int = N_OUT, progress=None) -> tuple[ReducedFlow, Trajectory]:
     """One batched flow from the states (U, V) [B, p], sample b for plain time durations[b] (rescaled
-    horizon 1 with L_b = durations[b]); ``Trajectory.tau`` * durations[b] is the elapsed time."""
+    horizon 1 with L_b = durations[b]); ``Trajectory.tau`` * durations[b] is the elapsed time.
+    ``progress`` is a ``Context.progress``."""
     solver = protocol_solver(solver)
     flow = ReducedFlow.from_uv(model, U, V, [float(d) for d in durations], solver.atol)
-    return flow, integrate(flow, 1.0, solver, n_out)
+    report = None if progress is None else (lambda f: progress(f"{len(U)} perturbed runs", f))
+    return flow, integrate(flow, 1.0, solver, n_out, progress=report)
 
 
 def failed_runs(traj: Trajectory) -> list[str]:

@@ -21,7 +21,9 @@ import math
 
 import torch
 
+from .. import seeds
 from ..config import format_alpha
+from ..limit import symmetry
 from ..figures import Figure, Mark, Series
 from ..results import CheckResult, Metric, Verdict
 from .registry import register
@@ -46,8 +48,7 @@ def stage_margins(seq) -> list[dict]:
     out = []
     for s in seq.stages[1:]:
         delta = seq.delta(s.k - 1)
-        order = torch.argsort(delta)
-        runner = int(order[1]) if len(delta) > 1 and math.isfinite(float(delta[order[1]])) else None
+        runner = seq.runner_up(s.k)
         out.append({"k": s.k, "coordinate": s.coordinate, "runner_up": runner,
                     "delta": float(delta[s.coordinate]),
                     "delta_runner_up": None if runner is None else float(delta[runner]), "margin": s.margin})
@@ -90,12 +91,15 @@ def check_assumption_42(ctx) -> CheckResult:
     if not m0 > INIT_MARGIN_TOL:
         fails.append(f"(a) |u0 +- v0| = {m0:.3g} at {name(i0)} (threshold {INIT_MARGIN_TOL:g})")
     margins = stage_margins(seq)
+    exact = {t.k: t for t in symmetry.ties(model, seq, MARGIN_TOL, ctx.config.seed + seeds.SYMMETRY)}
     for r in margins:
         if r["margin"] is None or not r["margin"] >= MARGIN_TOL:
             other = "no other candidate" if r["runner_up"] is None else (
                 f"{name(r['runner_up'])} (Delta {r['delta_runner_up']:.6g})")
+            tie = exact.get(r["k"])
+            why = f": {symmetry.explain(tie.symmetry)}" if tie is not None and tie.symmetry is not None else ""
             fails.append(f"(b) stage {r['k']}: tie between {name(r['coordinate'])} (Delta {r['delta']:.6g}) and "
-                         f"{other}, margin {r['margin']:.3g} < {MARGIN_TOL:g}")
+                         f"{other}, margin {r['margin']:.3g} < {MARGIN_TOL:g}{why}")
     leaves = leave_signs(seq)
     for r in leaves:
         if not r["inward"] > seq.gtol:
@@ -136,6 +140,9 @@ def check_assumption_42(ctx) -> CheckResult:
         "alphas": Metric.info([format_alpha(L) for L in Ls]),
         "simulation_issues": Metric.info(sim),
         "stages": Metric.info(len(seq.stages) - 1),
+        "symmetries": Metric.info([{"k": t.k, "coordinates": [name(t.i), name(t.j)],
+                                    "exchange": t.symmetry.description, "max_change": t.symmetry.max_change}
+                                   for t in exact.values() if t.symmetry is not None]),
     }
     settings = {"leave_inward_min": seq.gtol, "separation_fraction": SEPARATION_FRACTION}
     evidence = {"figures": figures(seq, traj, predicted, Ls)}

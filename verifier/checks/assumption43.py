@@ -32,6 +32,7 @@ import torch
 from . import _perturb as P
 from .. import seeds
 from ..figures import Figure, Mark, Series
+from ..limit import symmetry
 from ..results import CheckResult, Metric, Verdict, combine
 from .registry import register
 
@@ -79,7 +80,7 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
     whether beta^k is a located stationary point. Returns the verdict, message, spectra rows, and the
     (stage label, start beta, time scale) of stages whose stationary point is not located."""
     model = ctx.model
-    rows, per_stage, bad, unlocated = [], [], [], []
+    rows, per_stage, bad, unlocated, said = [], [], [], [], set()
     for s in ctx.stages.stages:
         if not s.support:
             continue
@@ -100,7 +101,7 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
             bad.append(f"stage {s.k}: smallest eigenvalue {lo:.3g} of the Hessian on A_{s.k} = "
                        f"{_support_names(names, A)} (largest {hi:.3g}): "
                        + ("a flat direction" if abs(lo) <= P.REL_EIG * abs(hi) else "a negative curvature")
-                       + ", not a strict minimum")
+                       + _direction(ctx, vecs[:, 0], A, said) + ", not a strict minimum")
     metrics["stages"] = Metric.info(per_stage)
     if per_stage:
         metrics["min_rel_eig"] = Metric.at_least(
@@ -116,6 +117,22 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
                           f"{metrics['max_condition'].value:.3g}"
                           + (f"; {len(unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)" if unlocated else "")
                           ), rows, unlocated
+
+
+def _direction(ctx, vec: torch.Tensor, support: list[int], said: set[str]) -> str:
+    """Which coordinates the eigenvector ``vec`` (over ``support``) moves most, and, when a symmetry of the
+    loss exchanges the two largest (limit/symmetry.py), that symmetry: it makes the direction flat. A symmetry
+    already in ``said`` is named without its explanation."""
+    names = ctx.model.coordinate_names()
+    top = sorted(support[int(t)] for t in torch.argsort(vec.abs(), descending=True)[:2])
+    text = " along " + " and ".join(names[i] for i in top)
+    sym = symmetry.find_symmetry(ctx.model, *top, seed=ctx.config.seed + seeds.SYMMETRY) if len(top) == 2 else None
+    if sym is None:
+        return text
+    if sym.description in said:
+        return f"{text} ({sym.description})"
+    said.add(sym.description)
+    return f"{text}: {symmetry.explain(sym)}; with both active only a combination of them is determined"
 
 
 def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
@@ -139,7 +156,7 @@ def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
             starts.append(beta.to(model.device)), times.append(t0 * 10.0**d), labels.append(label)
     B = torch.stack(starts)
     u = B.abs().sqrt()
-    _, traj = P.run_batch(model, u, B.sign() * u, times, ctx.config.solver, n_out=2)
+    _, traj = P.run_batch(model, u, B.sign() * u, times, ctx.config.solver, n_out=2, progress=ctx.progress)
     failed = P.failed_runs(traj)
     beta, loss = traj.beta[:, -1], traj.loss[:, -1]
     gnorm = model.grad_b(beta.to(model.device)).norm(dim=1).cpu()
@@ -191,17 +208,17 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         up, vp = P.perturb(u, v, mask, cfg.noise, gen)
         U.append(up), V.append(vp), points.append(ref.traj.beta[0, j]), masks.append(mask)
     T = P.perturb_time(cfg)
-    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver)
+    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver, progress=ctx.progress)
     if failed := P.failed_runs(traj):
         return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({failed[0]})"
     dist = P.rel_distance(traj.beta, torch.stack(points)[:, None])  # [n, n_out]
     mid = dist.shape[1] // 2
     ratio = (dist[:, -1] / dist[:, 0]).tolist()
-    runs, bad, slow, series = [], [], [], []
+    runs, bad, slow, series, said = [], [], [], [], set()
     for n, j in enumerate(pick):
         tau = float(ref.traj.tau[j])
         support = torch.nonzero(masks[n]).squeeze(1).tolist()
-        eigs = P.restricted_spectrum(model, points[n], support)
+        eigs, vecs = P.restricted_hessian(model, points[n], support)
         runs.append({"tau": tau, "support": [names[i] for i in support], "d0": float(dist[n, 0]),
                      "d_end": float(dist[n, -1]), "return_ratio": ratio[n], "lambda_min": float(eigs[0]),
                      "lambda_max": float(eigs[-1])})
@@ -209,7 +226,8 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         where = f"epoch tau={tau:.3g} (non-negligible {_support_names(names, support)})"
         if not P.is_strict(eigs):
             bad.append(f"{where}: smallest eigenvalue {float(eigs[0]):.3g} of the Hessian on the run's support "
-                       f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in")
+                       f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in"
+                       + _direction(ctx, vecs[:, 0], support, said))
         if ratio[n] > P.RETURN_RATIO:
             stalled = float(dist[n, -1]) > 0.5 * float(dist[n, mid])
             (bad if stalled else slow).append(

@@ -119,7 +119,7 @@ def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         return Verdict.FAIL, "limit level: " + "; ".join(bad_rate)
     U = torch.stack([s[0] for s in starts]).to(model.device)
     V = torch.stack([s[1] for s in starts]).to(model.device)
-    _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2)
+    _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2, progress=ctx.progress)
     if failed := P.failed_runs(traj):
         return Verdict.INCONCLUSIVE, f"limit level: a stage-B run did not finish ({failed[0]})"
     end = traj.beta[:, -1]
@@ -165,7 +165,8 @@ def _onsets(ctx, ref, events) -> tuple[list, torch.Tensor, torch.Tensor, torch.T
     states = [ref.state(j - 1) for j, _ in events]
     U0, V0 = torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
     spans = [float(tau[j] - tau[j - 1]) * ref.L for j, _ in events]
-    flow, traj = P.run_batch(ctx.model, U0, V0, spans, ctx.config.solver, n_out=ONSET_RES + 1)
+    flow, traj = P.run_batch(ctx.model, U0, V0, spans, ctx.config.solver, n_out=ONSET_RES + 1,
+                             progress=ctx.progress)
     out, keep = [], []
     for e, (j, i) in enumerate(events):
         above = torch.nonzero(traj.beta[e, :, i].abs() > thr).squeeze(1)
@@ -206,7 +207,7 @@ def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     if not kept:
         return Verdict.INCONCLUSIVE, (f"Figure 10: no onset epoch is followed by a plateau of the run at "
                                       f"alpha={ref.alpha} (raise --horizon)")
-    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), durations, cfg.solver)
+    _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), durations, cfg.solver, progress=ctx.progress)
     if failed := P.failed_runs(traj):
         return Verdict.INCONCLUSIVE, f"Figure 10: a run did not finish ({failed[0]})"
     runs, bad, series = [], [], []

@@ -22,6 +22,7 @@ from scipy.integrate import solve_ivp
 from torch.func import grad
 
 from ..config import format_alpha
+from ..dynamics import param_flow
 from ..dynamics.optimizers import train
 from ..figures import Figure, Mark, Series
 from ..results import CheckResult, Gate, Metric, Verdict
@@ -43,16 +44,12 @@ ROUNDING_GATE = Gate(factor=5.0, atol=1e-15)
 
 
 def growth_rate(model) -> float:
-    """How fast the first coordinate grows from theta = 0: max |g_i(0)| for diagonal weights, the top
-    singular value of dL/d(Wv Wo^T) at zero for a full head (the rate of its first rank-one mode)."""
+    """How fast the first coordinate grows from theta = 0: max |g_i(0)| for diagonal weights; for full weights
+    the largest |eigenvalue| of the Hessian at zero, the top singular value of dL/d(U V^T) over the products
+    (the rate of the first rank-one mode)."""
     if model.diagonal:
         return float(model.grad_b(torch.zeros(model.p, dtype=torch.float64, device=model.device)).abs().max())
-    from ..models.attention import attention
-
-    d = model.d
-    zero = torch.zeros(d, d, dtype=torch.float64, device=model.device)
-    G = grad(lambda VO: model._loss(attention(model.X, zero, VO, model.temperature)))(zero)
-    return float(torch.linalg.matrix_norm(G, ord=2))
+    return param_flow.growth_rate(model)
 
 
 def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
@@ -106,7 +103,7 @@ def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
 def _discrete(ctx, log_inv_alphas) -> CheckResult:
     model, opt = ctx.model, ctx.config.optimizer
     theta0 = ctx.theta0(len(log_inv_alphas))
-    alphas = torch.tensor([math.exp(-L) for L in log_inv_alphas], dtype=torch.float64)
+    alphas = torch.tensor([math.exp(-L) for L in log_inv_alphas], dtype=torch.float64, device=theta0.device)
     run = train(model, alphas[:, None] * theta0, opt, seed=ctx.config.seed)
     if any(s.value != "success" for s in run.status):
         return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"{opt.name} diverged (non-finite weights): "

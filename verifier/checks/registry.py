@@ -22,20 +22,24 @@ class CheckSpec:
     func: Callable[..., CheckResult]
     diagonal_only: bool = True
     order: int = 0
+    full_only: bool = False
 
     def applies_to(self, model) -> str | None:
         """None when the check applies to ``model``, else the reason it does not."""
         if self.diagonal_only and not model.diagonal:
             return f"{self.id} needs a network with diagonal weights (Definition 3.1); {model.family} has full weights"
+        if self.full_only and model.diagonal:
+            return (f"{self.id} tracks the singular values of full weight products; {model.family} has diagonal "
+                    "weights, whose stages Algorithm 1 and theorem-4.5 check")
         return None
 
 
 REGISTRY: dict[str, CheckSpec] = {}
 
 
-def register(id: str, claim: str, *, diagonal_only: bool = True, order: int = 0):
+def register(id: str, claim: str, *, diagonal_only: bool = True, order: int = 0, full_only: bool = False):
     def deco(func):
-        REGISTRY[id] = CheckSpec(id, claim, func, diagonal_only, order)
+        REGISTRY[id] = CheckSpec(id, claim, func, diagonal_only, order, full_only)
         return func
 
     return deco

@@ -23,14 +23,18 @@ its window is non-empty); b within B_TOL (b lives in [-1, 1]); beta within BETA_
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from .. import seeds
 from ..config import format_alpha
 from ..dynamics.flow import CROSSING_MARGIN
 from ..figures import Figure, Mark, Series
+from ..limit import symmetry
 from ..results import CheckResult, Metric, Verdict
+from .assumption42 import MARGIN_TOL
 from .registry import register
 
 ID = "theorem-4.5"
@@ -207,12 +211,37 @@ def declare(values: dict, tols: dict) -> dict[str, Metric]:
     return metrics
 
 
+def exact_tie(ctx):
+    """The first stage whose argmin is an exact tie (margin 0, or two coordinates a symmetry of the loss
+    exchanges; limit/symmetry.py): after it Algorithm 1's next stage is an arbitrary choice. None if none."""
+    candidates = symmetry.ties(ctx.model, ctx.stages, MARGIN_TOL, ctx.config.seed + seeds.SYMMETRY)
+    return next((t for t in candidates if t.exact), None)
+
+
 @register(ID, CLAIM, order=50)
 def check_theorem_45(ctx) -> CheckResult:
+    """Theorem 4.5 along the ladder; with an exact tie (Assumption 4.2 fails) the errors are measured up to the
+    tie only, and the verdict is fail with a message saying that Algorithm 1 is undefined after it."""
     seq, traj = ctx.stages, ctx.ladder
-    verdict, message, values, tols = evaluate(seq, traj, ctx.horizon)
-    evidence = {"figures": figures(seq, traj, values), "table": error_table(values)}
-    return CheckResult(ID, CLAIM, verdict, message, declare(values, tols), "transition_time_error_at_smallest_alpha",
+    tie = exact_tie(ctx)
+    horizon = ctx.horizon
+    if tie is not None:  # up to the tie, less the window margin of the last well-defined plateau
+        T0, T1 = seq.stages[tie.k - 1].T, seq.stages[tie.k].T
+        horizon = min(horizon, T1 - WINDOW_MARGIN * (T1 - T0))
+    measured = seq if tie is None else replace(seq, stages=seq.stages[: tie.k])
+    verdict, message, values, tols = evaluate(measured, traj, horizon)
+    metrics = declare(values, tols)
+    if tie is not None:
+        T = seq.stages[tie.k].T
+        why = f": {symmetry.explain(tie.symmetry)}" if tie.symmetry is not None else ""
+        verdict = Verdict.FAIL
+        message = (f"Algorithm 1 is undefined after stage {tie.k - 1}: at T_{tie.k} = {T:.4g} {seq.name(tie.i)} and "
+                   f"{seq.name(tie.j)} tie exactly (argmin margin {tie.margin:.3g}){why}. The alpha -> 0 limit has "
+                   "no unique next stage, so there is no limit path to converge to (Assumption 4.2 fails and "
+                   f"Theorem 4.5 does not apply); before the tie (tau < {T:.4g}): {message}")
+        metrics["undefined_after_stage"] = Metric.info(tie.k - 1)
+    evidence = {"figures": figures(measured, traj, values), "table": error_table(values)}
+    return CheckResult(ID, CLAIM, verdict, message, metrics, "transition_time_error_at_smallest_alpha",
                        {"rate_min": RATE_MIN, "window_margin": WINDOW_MARGIN}, evidence)
 
 

@@ -13,7 +13,6 @@ coordinate.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +21,14 @@ from ..config import SolverConfig
 from ..models.base import DiagonalModel
 from . import rosenbrock
 from .trajectory import Trajectory
+
+# A Jacobian column j is kept while L^2 dbeta_j/dS > NEGLIGIBLE_COLUMN * atol (module docstring).
+NEGLIGIBLE_COLUMN = 1e-5
+# The step cap of ReducedFlow.max_step: no exponential log(a0^2 e^{2S}) below ONSET_LEVEL (beta_i ~ 1e-9,
+# where a coordinate starts to move the gradient at the default atol) may pass it in one step, and none above
+# it may grow by more than e^ONSET_GROWTH. Chosen on the toy (rejections 115 -> 10 at alpha = 1e-256).
+ONSET_LEVEL = -20.0
+ONSET_GROWTH = 8.0
 
 
 @dataclass(frozen=True)
@@ -69,25 +76,36 @@ class ReducedFlow:
         return -self.L[idx, None] * self.model.grad_b(beta)
 
     def jac(self, S: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """-L H(beta) diag(dbeta/dS), with the Hessian columns chosen per sample: samples that keep the
-        same columns share one batched call, so a small alpha never pays for a large alpha's columns."""
+        """-L H(beta) diag(dbeta/dS) with, per sample, only the columns whose dbeta/dS is not negligible.
+        Samples with the same column set share one batched Hessian call (a loop over the distinct sets, not
+        the samples), so a small alpha never pays for a large alpha's columns."""
         beta, dbeta = self.beta(S, idx)
         L = self.L[idx]
-        keep = (dbeta * (L * L)[:, None] > 1e-5 * self.atol).cpu()
+        keep = dbeta * (L * L)[:, None] > NEGLIGIBLE_COLUMN * self.atol
+        sets, group = torch.unique(keep, dim=0, return_inverse=True)
         k, p = S.shape
         J = torch.zeros(k, p, p, dtype=S.dtype, device=S.device)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for row in range(k):
-            groups.setdefault(tuple(torch.nonzero(keep[row]).squeeze(1).tolist()), []).append(row)
-        for cols, rows in groups.items():
-            if not cols:
-                continue
-            r = torch.tensor(rows, device=S.device)
-            c = torch.tensor(cols, device=S.device)
-            H = self.model.hessian_columns(beta[r], c)  # [len(r), p, len(c)]
-            J[r[:, None, None], torch.arange(p, device=S.device)[None, :, None], c[None, None, :]] = (
-                -L[r, None, None] * H * dbeta[r][:, None, c])
+        for g, cols in enumerate(sets):
+            cols = cols.nonzero().squeeze(1)
+            if len(cols):
+                rows = (group == g).nonzero()  # [r, 1]
+                H = self.model.hessian_columns(beta[rows[:, 0]], cols)  # [r, p, len(cols)]
+                J[rows[:, :, None], torch.arange(p, device=S.device)[:, None], cols] = (
+                    -L[rows, None] * H * dbeta[rows, cols][:, None, :])
         return J
+
+    def max_step(self, S: torch.Tensor, dS: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The longest step [k] that takes no growing exponential q = log(a0^2 e^{2S}) (or of c0^2 e^{-2S})
+        past ONSET_LEVEL, and none at or above it up by more than ONSET_GROWTH: a coordinate still of size
+        alpha^2 grows at the rate 2 |dS/dtau| ~ L |g| and would otherwise be jumped into its transition in one
+        step (a rejected step, often several). Per coordinate: (ONSET_LEVEL - q) / rate or
+        ONSET_GROWTH / rate, whichever is larger."""
+        qa, qc = 2 * (self.log_a0[idx] + S), 2 * (self.log_c0[idx] - S)
+        caps = []
+        for q, rate in ((qa, 2 * dS), (qc, -2 * dS)):
+            room = torch.clamp(ONSET_LEVEL - q, min=ONSET_GROWTH)
+            caps.append(torch.where(rate > 0, room / rate, torch.full_like(rate, float("inf"))).amin(1))
+        return torch.minimum(*caps)
 
     def uv(self, S: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, v) from S: a = sign(a0) exp(log|a0| + S), c = sign(c0) exp(log|c0| - S)."""
@@ -115,73 +133,84 @@ def hermite_slope(t0, t1, y0, y1, f0, f1, t):
     return ((6 * s**2 - 6 * s) * y0 + (-6 * s**2 + 6 * s) * y1) / h + (3 * s**2 - 4 * s + 1) * f0 + (3 * s**2 - 2 * s) * f1
 
 
-def _crossings(sol_t, sol_y, sol_f, L: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Transition time of each coordinate: when b_i = S_i / L reaches +-1 along its linear (exponential
-    growth) path. A coordinate whose limit value is small may saturate just below |b| = 1, so we locate
-    |S_i| = L - CROSSING_MARGIN on the step's Hermite cubic and add the CROSSING_MARGIN / |dS_i/dtau| the
-    linear path needs to reach L. Unlike a fixed threshold on |beta| (THEORY.md §5), this is unbiased to first
-    order. NaN where a coordinate never gets there."""
-    p = sol_y.shape[1]
-    out = torch.full((p,), float("nan"), dtype=sol_y.dtype)
-    sign = torch.zeros(p, dtype=torch.long)
-    level = L - CROSSING_MARGIN
-    if len(sol_t) < 2 or level <= 0:
-        return out, sign
+def _crossings(sol: rosenbrock.Solution, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transition time of each coordinate of each sample [B, p]: when b_i = S_i / L reaches +-1 along its
+    linear (exponential growth) path. A coordinate whose limit value is small may saturate just below
+    |b| = 1, so we locate |S_i| = L - CROSSING_MARGIN on the step's Hermite cubic (bisection to float64
+    resolution, all samples and coordinates at once) and add the CROSSING_MARGIN / |dS_i/dtau| the linear
+    path needs to reach L. Unlike a fixed threshold on |beta| (THEORY.md §5), this is unbiased to first
+    order. NaN where a coordinate never gets there (sign 0)."""
+    B, _, p = sol.y.shape
+    out = torch.full((B, p), float("nan"), dtype=sol.y.dtype, device=sol.y.device)
+    sign = torch.zeros(B, p, dtype=torch.long, device=sol.y.device)
+    level = (L - CROSSING_MARGIN)[:, None]
+    valid = torch.arange(sol.t.shape[1], device=sol.t.device)[None, 1:] < sol.count[:, None]  # step k -> k+1
     for s in (1, -1):
-        x = s * sol_y - level  # [k, p]; crosses from < 0 to >= 0
-        hit = (x[1:] >= 0) & (x[:-1] < 0)
-        for i in torch.nonzero(hit.any(0)).squeeze(1).tolist():
-            k = int(torch.nonzero(hit[:, i])[0])
-            lo, hi = sol_t[k].clone(), sol_t[k + 1].clone()
-            args = (sol_t[k], sol_t[k + 1], sol_y[k, i], sol_y[k + 1, i], sol_f[k, i], sol_f[k + 1, i])
-            for _ in range(60):  # bisection on the cubic to float64 resolution
-                mid = (lo + hi) / 2
-                if s * hermite(*args, mid) - level >= 0:
-                    hi = mid
-                else:
-                    lo = mid
-            slope = abs(float(hermite_slope(*args, hi)))
-            tc = float(hi) + (CROSSING_MARGIN / slope if slope > 0 else 0.0)
-            if math.isnan(out[i]) or tc < out[i]:
-                out[i], sign[i] = tc, s
+        x = s * sol.y - level[:, None]  # [B, K, p]; crosses from < 0 to >= 0
+        hit = (x[:, 1:] >= 0) & (x[:, :-1] < 0) & valid[..., None] & (level[:, None] > 0)
+        found = hit.any(1)
+        k = hit.long().argmax(1)  # the first hit [B, p]
+        t0, t1 = sol.t.gather(1, k), sol.t.gather(1, k + 1)
+        args = (t0, t1, sol.y.gather(1, k[:, None]).squeeze(1), sol.y.gather(1, k[:, None] + 1).squeeze(1),
+                sol.f.gather(1, k[:, None]).squeeze(1), sol.f.gather(1, k[:, None] + 1).squeeze(1))
+        args = tuple(torch.where(found, a, 0.0) for a in args)
+        lo, hi = args[0], torch.where(found, args[1], 1.0)
+        args = (args[0], hi) + args[2:]
+        for _ in range(60):  # bisection on the cubic to float64 resolution
+            mid = (lo + hi) / 2
+            up = s * hermite(*args, mid) - level >= 0
+            hi, lo = torch.where(up, mid, hi), torch.where(up, lo, mid)
+        slope = hermite_slope(*args, hi).abs()
+        tc = hi + torch.where(slope > 0, CROSSING_MARGIN / slope, 0.0)
+        better = found & ~(tc >= out)  # NaN (nothing yet) or later: take this one
+        out, sign = torch.where(better, tc, out), torch.where(better, s, sign)
     return out, sign
 
 
 def solve_flow(model: DiagonalModel, theta0: torch.Tensor, log_inv_alphas, horizon: float,
-               solver: SolverConfig = SolverConfig(), n_out: int = 241) -> Trajectory:
+               solver: SolverConfig = SolverConfig(), n_out: int = 241, progress=None) -> Trajectory:
     """Gradient flow from alpha_b * theta0_b for every sample b to rescaled time ``horizon``, in one
     batched Rodas4 solve. Returns a :class:`Trajectory` sampled at ``n_out`` rescaled times."""
-    return integrate(ReducedFlow.from_init(model, theta0, log_inv_alphas, solver.atol), horizon, solver, n_out)
+    return integrate(ReducedFlow.from_init(model, theta0, log_inv_alphas, solver.atol), horizon, solver, n_out,
+                     progress)
 
 
-def integrate(flow: ReducedFlow, horizon: float, solver: SolverConfig = SolverConfig(), n_out: int = 241) -> Trajectory:
+def integrate(flow: ReducedFlow, horizon: float, solver: SolverConfig = SolverConfig(), n_out: int = 241,
+              progress=None) -> Trajectory:
     """Integrate a :class:`ReducedFlow` (any batch of starting states) to rescaled time ``horizon``;
-    ``Trajectory.b`` is then S / L, the log-scale change since the start."""
+    ``Trajectory.b`` is then S / L, the log-scale change since the start. ``progress(fraction)`` is
+    called now and then with the fraction of the horizon the slowest sample has covered."""
     model = flow.model
     B, p = flow.log_a0.shape
     dev = model.device
     S0 = torch.zeros(B, p, dtype=torch.float64, device=dev)
     sol = rosenbrock.solve(flow.rhs, flow.jac, S0, horizon, rtol=solver.rtol, atol=solver.atol,
-                           max_steps=solver.max_steps)
+                           max_steps=solver.max_steps, progress=progress,
+                           max_step=flow.max_step)
     tau = torch.linspace(0.0, horizon, n_out, dtype=torch.float64, device=dev)
-    S_grid = torch.stack([_dense(sol.t[b], sol.y[b], sol.f[b], tau) for b in range(B)])  # [B, T, p]
+    S_grid = _dense(sol, tau)  # [B, T, p]
     idx = torch.arange(B, device=dev)[:, None].expand(B, n_out).reshape(-1)
     beta, _ = flow.beta(S_grid.reshape(-1, p), idx)
     beta = beta.reshape(B, n_out, p)
     loss = torch.cat([model.loss_b(chunk) for chunk in beta.reshape(-1, p).split(256)]).reshape(B, n_out)
-    cross = [_crossings(sol.t[b].cpu(), sol.y[b].cpu(), sol.f[b].cpu(), float(flow.L[b])) for b in range(B)]
+    crossing_tau, crossing_sign = _crossings(sol, flow.L)
     return Trajectory(
         method="flow", log_inv_alpha=flow.L.cpu(), tau=tau.cpu(), beta=beta.cpu(),
         b=(S_grid / flow.L[:, None, None]).cpu(), loss=loss.cpu(), nfev=sol.nfev.cpu(), njev=sol.njev.cpu(),
-        status=sol.status, crossing_tau=torch.stack([c[0] for c in cross]),
-        crossing_sign=torch.stack([c[1] for c in cross]),
+        status=sol.status, crossing_tau=crossing_tau.cpu(), crossing_sign=crossing_sign.cpu(),
     )
 
 
-def _dense(t: torch.Tensor, y: torch.Tensor, f: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """The Hermite interpolant of accepted steps at the grid ``tau``; NaN past the last accepted time."""
-    k = torch.searchsorted(t, tau, right=True).clamp(1, max(len(t) - 1, 1)) - 1
-    if len(t) < 2:
-        return torch.where((tau <= t[-1])[:, None], y[:1].expand(len(tau), -1), float("nan"))
-    out = hermite(t[k, None], t[k + 1, None], y[k], y[k + 1], f[k], f[k + 1], tau[:, None])
-    return torch.where((tau <= t[-1] * (1 + 1e-12))[:, None], out, torch.full_like(out, float("nan")))
+def _dense(sol: rosenbrock.Solution, tau: torch.Tensor) -> torch.Tensor:
+    """The Hermite interpolant of every sample's accepted steps at the grid ``tau`` [B, T, n]; NaN past a
+    sample's last accepted time."""
+    B, _, n = sol.y.shape
+    last = sol.count - 1
+    k = torch.searchsorted(sol.t, tau.expand(B, -1).contiguous(), right=True)
+    k = torch.minimum(k, last[:, None]).clamp_min(1) - 1  # the step [k, k + 1] holding tau
+    kk = k[..., None].expand(-1, -1, n)
+    out = hermite(sol.t.gather(1, k)[..., None], sol.t.gather(1, k + 1)[..., None], sol.y.gather(1, kk),
+                  sol.y.gather(1, kk + 1), sol.f.gather(1, kk), sol.f.gather(1, kk + 1), tau[None, :, None])
+    out = torch.where((last >= 1)[:, None, None], out, sol.y[:, :1])
+    t_last = sol.t.gather(1, last[:, None])
+    return torch.where((tau[None] <= t_last * (1 + 1e-12))[..., None], out, torch.full_like(out, float("nan")))

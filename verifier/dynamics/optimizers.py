@@ -45,7 +45,6 @@ def train(model: Model, theta_init: torch.Tensor, opt: OptimizerConfig, seed: in
     theta = theta_init.to(model.device, torch.float64).clone()
     B = theta.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    N = model.X.shape[0]
     conserved = lambda th: model.conserved(th)  # noqa: E731
     predicted = conserved(theta)
     scale = model.conserved_scale(theta)
@@ -62,8 +61,8 @@ def train(model: Model, theta_init: torch.Tensor, opt: OptimizerConfig, seed: in
         if step == opt.steps:
             break
         batch_model = model
-        if opt.name == "sgd" and opt.batch_size < N:
-            idx = torch.randperm(N, generator=gen)[: opt.batch_size].to(model.device)
+        if opt.name == "sgd" and opt.batch_size < model.X.shape[0]:
+            idx = torch.randperm(model.X.shape[0], generator=gen)[: opt.batch_size].to(model.device)
             batch_model = replace(model, X=model.X[idx], Y=model.Y[idx])
         g = vmap(grad(batch_model.loss_params))(theta)
         predicted = predicted + opt.lr**2 * conserved(g)

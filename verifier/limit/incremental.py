@@ -99,6 +99,15 @@ class StageSequence:
         s = self.stages[k]
         return time_to_activate(s.b, s.grad, s.support, self.gtol)
 
+    def runner_up(self, k: int) -> int | None:
+        """The coordinate with the smallest Delta_{k-1} other than the one stage k activated (None if no other
+        is finite): the runner-up of stage k's argmin, either of the two in an exact tie."""
+        delta = self.delta(k - 1)
+        for c in torch.argsort(delta).tolist():
+            if c != self.stages[k].coordinate:
+                return c if math.isfinite(float(delta[c])) else None
+        return None
+
     def first_activations(self) -> list[tuple[float, int, int]]:
         """[(T_k, i_k, sign)]: the first time each coordinate activates, in time order."""
         seen, out = set(), []
@@ -161,9 +170,10 @@ def argmin_margin(delta: torch.Tensor) -> float:
 
 
 def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int | None = None,
-               newton: bool = True, max_flow_time: float = 1e7) -> StageSequence:
+               newton: bool = True, max_flow_time: float = 1e7, progress=None) -> StageSequence:
     """Run Algorithm 1 on ``model`` (THEORY.md §4). ``eps``: size of the new coordinate at the start of stage B;
-    ``max_stages`` defaults to 2p + 2 (every coordinate can enter, leave and re-enter once)."""
+    ``max_stages`` defaults to 2p + 2 (every coordinate can enter, leave and re-enter once);
+    ``progress(label, fraction)`` hears which stage B runs (``verifier.context.Progress``)."""
     p = model.p
     dev = model.device
     max_stages = 2 * p + 2 if max_stages is None else max_stages
@@ -194,7 +204,11 @@ def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int |
         start = beta.clone()
         start[i] = sign * eps
         support = tuple(sorted(set(stage.support) | {i}))
-        beta, left, ok, why = stage_b(model, start, support, i, gtol, scale, newton, max_flow_time)
+        label = f"Algorithm 1 stage {stage.k + 1} (T={stage.T + d:.4g}, {names[i]})"
+        if progress is not None:
+            progress(label, None)
+        beta, left, ok, why = stage_b(model, start, support, i, gtol, scale, newton, max_flow_time,
+                                      None if progress is None else (lambda f, label=label: progress(label, f)))
         if not ok:
             status, message = "stage_b_failed", f"stage {stage.k + 1} (activating {names[i]}): {why}"
             break
@@ -209,7 +223,8 @@ def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int |
 
 
 def stage_b(model: DiagonalModel, start: torch.Tensor, support: tuple[int, ...], new: int, gtol: float,
-            scale: float, newton: bool, max_flow_time: float) -> tuple[torch.Tensor, list[int], bool, str]:
+            scale: float, newton: bool, max_flow_time: float, progress=None
+            ) -> tuple[torch.Tensor, list[int], bool, str]:
     """Gradient flow on ``support`` from ``start`` (balanced weights) to a stationary point.
 
     Integrates in chunks of doubling length, the first log(1/eps) / |g_new|: twice the time the new
@@ -226,7 +241,7 @@ def stage_b(model: DiagonalModel, start: torch.Tensor, support: tuple[int, ...],
     while elapsed < max_flow_time:
         u = beta.abs().sqrt()
         flow = ReducedFlow.from_uv(model, u[None], (beta.sign() * u)[None], [1.0], STAGE_B_SOLVER.atol)
-        traj = integrate(flow, chunk, STAGE_B_SOLVER, n_out=2)
+        traj = integrate(flow, chunk, STAGE_B_SOLVER, n_out=2, progress=progress)
         if traj.status[0] is not Status.SUCCESS:
             return beta, left, False, f"the flow stopped: {traj.status[0].message}"
         beta = traj.beta[0, -1].to(start.device)

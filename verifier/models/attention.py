@@ -5,6 +5,8 @@ attn(X) = softmax_rowwise(temperature * X Wq Wk^T X^T) X Wv Wo^T  for tokens X i
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,7 @@ def diag_attention(X: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor, temperat
 
 _BLOCK = 1 << 18  # entries of the largest intermediate per tile on a CPU (2 MB): cache-sized, no page faults
 _BLOCK_ACCEL = 1 << 24  # on an accelerator: large tiles, few kernel launches
+_PAIRS_MAX = 1 << 24  # largest cached token-pair tensor of DiagAttention (entries; 128 MB in float64)
 
 
 def _blocks(batch: int, N: int, per_pair: int, budget: int):
@@ -60,6 +63,9 @@ class DiagAttention(DiagonalModel):
     def coordinate_names(self) -> list[str]:
         return [f"qk[{i}]" for i in range(self.d)] + [f"vo[{i}]" for i in range(self.d)]
 
+    def coordinate_structure(self) -> list[tuple[str, str, int]]:
+        return [("", kind, i) for kind in ("qk", "vo") for i in range(self.d)]
+
     def predict_beta(self, beta: torch.Tensor) -> torch.Tensor:
         return diag_attention(self.X, beta[: self.d], beta[self.d :], self.temperature)
 
@@ -82,14 +88,16 @@ class DiagAttention(DiagonalModel):
     #       (Gauss-Newton part, then the residual contracted with the third moment),
     #   H[qk_j, vo_f] = (c/N) sum_{t,r} Q_trj A_tr X_rf V_tf,   H[vo_e, vo_f] = [e = f] (1/N) sum_t P_te^2
     # (the mixed block uses sum_r A_tr D_trj = 0 to replace D_trf by X_rf). The gradient avoids the
-    # [n, n, d] tensor Q: sum_r Q_trj A_tr z_tr = X_tj [(A o z) X - P o rowsum(A o z)]_tj.
+    # [n, n, d] tensor Q: sum_r Q_trj A_tr z_tr = X_tj [(A o z) X]_tj, since sum_r A_tr z_tr = 0.
+    # Every contraction over the (sequence, query, key) triples is one matrix product with the small
+    # factor transposed (a transposed [N n^2, d] operand is many times slower on a CPU).
     # Other losses fall back to torch.func (the base class).
 
     def _forward(self, X: torch.Tensor, Y: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor):
         """A [b, m, n, n], P [b, m, n, d] and R for qk, vo [b, d] on sequences X, Y [m, n, d]."""
-        A = torch.softmax(self.temperature * (X * qk[:, None, None, :]) @ X.transpose(-1, -2), dim=-1)
+        A = _softmax((X * (self.temperature * qk)[:, None, None, :]) @ X.transpose(-1, -2))
         P = A @ X
-        return A, P, P * vo[:, None, None, :] - Y
+        return A, P, torch.addcmul(-Y, P, vo[:, None, None, :])
 
     def _head(self, X: torch.Tensor, Y: torch.Tensor, qk: torch.Tensor, vo: torch.Tensor):
         """:meth:`_forward` and Az = A o z [b, m, n, n]."""
@@ -97,9 +105,19 @@ class DiagAttention(DiagonalModel):
         W = R * vo[:, None, None, :]
         return A, P, R, A * (W @ X.transpose(-1, -2) - (P * W).sum(-1, keepdim=True))
 
+    @functools.cached_property
+    def _pairs(self) -> torch.Tensor | None:
+        """Z_trj = X_tj X_rj [N, n, n, d] for the Hessian (data only, so built once), or None when it
+        would exceed _PAIRS_MAX entries (then each tile forms its own)."""
+        N, n, d = self.X.shape
+        return self.X[:, :, None, :] * self.X[:, None, :, :] if N * n * n * d <= _PAIRS_MAX else None
+
     def _tiles(self, batch: int, per_pair: int):
         """:func:`_blocks` with a tile size for the device: cache-sized on a CPU, large on an accelerator."""
-        return _blocks(batch, self.X.shape[0], per_pair, _BLOCK if self.X.device.type == "cpu" else _BLOCK_ACCEL)
+        if self.X.device.type == "cpu":
+            _keep_freed_blocks()
+            return _blocks(batch, self.X.shape[0], per_pair, _BLOCK)
+        return _blocks(batch, self.X.shape[0], per_pair, _BLOCK_ACCEL)
 
     def loss_b(self, beta: torch.Tensor) -> torch.Tensor:
         """Lb(beta) batched over leading dimensions, in tiles (no [batch, N, n, d] tensor at once)."""
@@ -122,13 +140,14 @@ class DiagAttention(DiagonalModel):
         for bs, ss in self._tiles(flat.shape[0], n * max(n, d)):
             X = self.X[ss]
             A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], flat[bs, d:])
-            out[bs, :d] += self.temperature * (X * (Az @ X - P * Az.sum(-1, keepdim=True))).sum((1, 2))
+            out[bs, :d] += (X * (Az @ X)).sum((1, 2))
             out[bs, d:] += (R * P).sum((1, 2))
+        out[:, :d] *= self.temperature
         return (out / N).reshape(beta.shape)
 
     def hessian_columns(self, beta: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        """H(beta)[:, columns], [..., p, K], by the closed form above: O(N n^2 d (n + K)) per beta,
-        the K-dependent part as matrix products over the N n^2 (sequence, query, key) triples."""
+        """H(beta)[:, columns], [..., p, K], by the closed form above: O(N n^2 d (1 + K)) per beta, the
+        contractions over the N n^2 (sequence, query, key) triples as matrix products."""
         if self.loss != "square":
             return super().hessian_columns(beta, columns)
         flat = beta.reshape(-1, self.p)
@@ -137,40 +156,82 @@ class DiagAttention(DiagonalModel):
         columns = torch.as_tensor(columns, device=beta.device).reshape(-1)
         q_pos, v_pos = (columns < d).nonzero().squeeze(1), (columns >= d).nonzero().squeeze(1)
         lq, fv = columns[q_pos], columns[v_pos] - d  # qk columns l, vo columns f
-        hq = flat.new_zeros(flat.shape[0], self.p, len(lq))  # H[:, qk_l]
-        hv = flat.new_zeros(flat.shape[0], self.p, len(fv))  # H[:, vo_f]
+        hq = flat.new_zeros(flat.shape[0], len(lq), self.p)  # H[qk_l, :] = H[:, qk_l]^T
+        hv = flat.new_zeros(flat.shape[0], len(fv), d)  # H[vo_f, qk_j]
+        pp = flat.new_zeros(flat.shape[0], d)  # sum_t P_te^2: H[vo_e, vo_e]
+        # with every qk column asked for, H[qk_j, vo_f] = H[vo_f, qk_j] is already in hq (symmetry)
+        by_symmetry = len(fv) > 0 and len(torch.unique(lq)) == d
         for bs, ss in self._tiles(flat.shape[0], n * n * (d + len(columns))):
-            X, vo = self.X[ss], flat[bs, d:]
-            A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], vo)
-            vo2 = vo[:, None, None, :] ** 2
-            V = vo[:, None, None, :] * P + R
-            Q = X[:, :, None, :] * (X[:, None, :, :] - P[..., None, :])  # [b, m, t, r, d]
-            rows = Q.flatten(1, 3)  # (sequence, query, key) triples as one contraction axis
-            # right_tre = A_tr X_re V_te, the mixed block's right factor, over the vo columns e needed: the
-            # requested f, or all e when many qk columns are asked too (then H[vo, qk_l] is one matrix
-            # product with it rather than a batch of small ones; the crossover is near d / 5 columns)
-            wide = 5 * len(lq) >= d
-            E = slice(None) if wide else fv
-            right = (A[..., None] * X[:, None, :, E] * V[:, :, :, None, E]).flatten(1, 3)
+            X, vo = self.X[ss], flat[bs, None, None, d:]  # vo [b, 1, 1, d]
+            A, P, R, Az = self._head(X, self.Y[ss], flat[bs, :d], flat[bs, d:])
+            b, m = A.shape[:2]
+            V = torch.addcmul(R, P, vo)
+            Z = self._pairs[ss] if self._pairs is not None else X[:, :, None, :] * X[:, None, :, :]
             if len(lq):
-                XT = X.transpose(-1, -2)
+                XT, vo2, k = X.transpose(-1, -2), vo * vo, len(lq)
                 h = (P * vo2) @ XT  # sum_e P_te vo_e^2 X_re, [b, m, t, r]
-                M = (((X * vo2) @ XT)[:, :, None] - h[..., :, None] - h[..., None, :]
-                     + (P * P * vo2).sum(-1)[..., None, None])
-                K = A[..., :, None] * M * A[..., None, :] + torch.diag_embed(Az)
-                Ql = Q[..., lq]
-                hq[bs, :d] += c * c * rows.transpose(1, 2) @ (K @ Ql).flatten(1, 3)
-                if wide:
-                    hq[bs, d:] += c * right.transpose(1, 2) @ Ql.flatten(1, 3)
+                Ql = X[:, :, None, lq] * (X[:, None, :, lq] - P[..., None, lq])  # Q[..., lq], [b, m, t, r, l]
+                G = A[..., None] * Ql
+                Gs = G.sum(3, keepdim=True)
+                # K Q_l without forming K [b, m, t, r, r']: M G = (X vo^2 X^T) G - h sum_r G - sum_r h G + s sum_r G
+                MG = (((X * vo2) @ XT) @ G.transpose(2, 3).reshape(b, m, n, n * k)).reshape(b, m, n, n, k)
+                MG = (MG.transpose(2, 3) - h[..., None] * Gs - (h[..., None] * G).sum(3, keepdim=True)
+                      + (P * P * vo2).sum(-1)[..., None, None] * Gs)
+                hq[bs, :, :d] += (c * c) * _contract_q(Z, X, P, A[..., None] * MG + Az[..., None] * Ql)
+                # H[vo_e, qk_l] = c sum_t V_te sum_r A_tr Q_trl X_re: for a few columns, rows (t, l) times X per
+                # sequence; for many (crossover near d / 5), one product with right_tre = A_tr X_re V_te
+                if 5 * k < d:
+                    GX = G.transpose(-1, -2).reshape(b, m, n * k, n) @ X
+                    hq[bs, :, d:] += c * (GX.reshape(b, m, n, k, d) * V[:, :, :, None, :]).sum((1, 2))
                 else:
-                    vq = ((Ql * A[..., None]).transpose(-1, -2) @ X[:, None]) * V[:, :, :, None, :]  # [b,m,t,l,e]
-                    hq[bs, d:] += c * vq.sum((1, 2)).transpose(1, 2)
-            if len(fv):
-                hv[bs, :d] += c * rows.transpose(1, 2) @ (right[..., fv] if wide else right)
-                hv[bs, d + fv, torch.arange(len(fv), device=fv.device)] += (P * P).sum((1, 2))[:, fv]
-        out = flat.new_empty(flat.shape[0], self.p, len(columns))
-        out[..., q_pos], out[..., v_pos] = hq, hv
+                    right = A[..., None] * (X[:, None, :, :] * V[:, :, :, None, :])
+                    hq[bs, :, d:] += c * (Ql.reshape(b, -1, k).transpose(1, 2) @ right.reshape(b, -1, d))
+            if len(fv) and not by_symmetry:
+                right = A[..., None] * X[:, None, :, fv] * V[:, :, :, None, fv]  # A_tr X_rf V_tf
+                hv[bs] += c * _contract_q(Z, X, P, right)
+            pp[bs] += (P * P).sum((1, 2))
+        if by_symmetry:
+            where = torch.empty(d, dtype=torch.long, device=lq.device)
+            where[lq] = torch.arange(len(lq), device=lq.device)
+            hv = hq[:, where][..., d + fv].transpose(1, 2)
+        out = flat.new_zeros(flat.shape[0], self.p, len(columns))
+        out[..., q_pos] = hq.transpose(1, 2)
+        out[:, :d, v_pos] = hv.transpose(1, 2)
+        out[:, d + fv, v_pos] = pp[:, fv]
         return (out / N).reshape(*beta.shape[:-1], self.p, len(columns))
+
+
+def _contract_q(Z: torch.Tensor, X: torch.Tensor, P: torch.Tensor, F: torch.Tensor) -> torch.Tensor:
+    """sum over sequences, queries t and keys r of Q_trj F_trk -> [b, k, d], with Q_trj = X_tj (X_rj - P_tj)
+    = Z_trj - X_tj P_tj: one matrix product with the pair products Z [m, n, n, d] (data only), and a
+    small one for the P part. X [m, n, d], P [b, m, n, d], F [b, m, n, n, k]."""
+    b, k = F.shape[0], F.shape[-1]
+    pairs = F.reshape(b, -1, k).transpose(1, 2) @ Z.reshape(-1, Z.shape[-1])
+    own = F.sum(3).reshape(b, -1, k).transpose(1, 2) @ (X * P).reshape(b, -1, X.shape[-1])
+    return pairs - own
+
+
+@functools.cache
+def _keep_freed_blocks() -> None:
+    """Every tile of the loops above allocates a few MB-sized tensors; glibc hands freed blocks of that size
+    back to the kernel (mmap threshold, heap trimming), so each new one page-faults afresh, ~40% of a
+    gradient on a CPU. Once per process, raise glibc's mmap and trim thresholds (M_MMAP_THRESHOLD = 32 MB,
+    its maximum; M_TRIM_THRESHOLD = 64 MB) so freed tiles are reused: at most 64 MB of free heap is kept.
+    A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+
+
+def _softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Row-wise softmax over the last dimension (for rows of a few entries this is ~3x faster on a CPU
+    than ``torch.softmax`` in float64)."""
+    e = (scores - scores.amax(-1, keepdim=True)).exp_()
+    return e.div_(e.sum(-1, keepdim=True))
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,3 +283,6 @@ class FullAttention(Model):
         """Wq Wk^T and Wv Wo^T, whose singular values the paper tracks (Figure 2, right)."""
         Wq, Wk, Wv, Wo = self.weights(theta)
         return Wq @ Wk.transpose(-1, -2), Wv @ Wo.transpose(-1, -2)
+
+    def product_names(self) -> tuple[str, ...]:
+        return ("Wq Wk^T", "Wv Wo^T")

@@ -37,6 +37,7 @@ class Model:
     # -- identity -------------------------------------------------------------------------------
     family = "model"
     diagonal = False
+    movable = True  # to_device works; a user's loss function holds its own tensors and cannot move (models/user.py)
 
     @property
     def device(self) -> torch.device:
@@ -96,6 +97,11 @@ class DiagonalModel(Model):
     def coordinate_names(self) -> list[str]:
         return [f"beta[{i}]" for i in range(self.p)]
 
+    def coordinate_structure(self) -> list[tuple[str, str, int]]:
+        """(group, pair, index) per coordinate: which weights of which part of the network it is (one group,
+        one pair here); limit/symmetry.py exchanges groups or indices entry by entry."""
+        return [("", "beta", i) for i in range(self.p)]
+
     def predict_beta(self, beta: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -138,8 +144,9 @@ class DiagonalModel(Model):
         passes, so callers ask only for the columns they need.
         """
         g = grad(self.loss_beta)
+        columns = torch.as_tensor(columns, device=beta.device)
         tangents = torch.zeros(len(columns), self.p, dtype=beta.dtype, device=beta.device)
-        tangents[torch.arange(len(columns)), columns] = 1.0
+        tangents[torch.arange(len(columns), device=beta.device), columns] = 1.0
 
         def hvp(b, t):
             return jvp(g, (b,), (t,))[1]

@@ -3,6 +3,13 @@
 L layers; each layer is  z <- z + sum_h attn_h(z)  then  z <- z + GELU(z A) B, with A, B frozen at
 their random initialisation; only the attention weights train. beta concatenates (q*k, vv*o) of every
 head of every layer: p = 2 * L * H * d.
+
+Head h of layer l reads the stream through a frozen projection P = ``head_proj[l, h]`` [d, d] (None: the
+identity): attn_h(z) = softmax(c (z P) diag(q*k) (z P)^T) (z P) diag(vv*o) P^T, i.e. Wq = P diag(q),
+Wk = P diag(k), Wv = P diag(vv), Wo = P diag(o), so Wq Wk^T = P diag(q*k) P^T: each head is diagonal in its
+own basis, as in multi-head attention where every head has its own projections, and Definition 3.1 holds.
+Without projections the heads of a layer have the same functional form: the loss is invariant under
+exchanging them, their coordinates tie exactly, and Example 4.6 ("at most one head per stage") cannot hold.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ class DiagTransformer(DiagonalModel):
 
     ff_in: torch.Tensor = None  # type: ignore[assignment]
     ff_out: torch.Tensor = None  # type: ignore[assignment]
+    head_proj: torch.Tensor | None = None  # [L, H, d, d] frozen per-head projections, None = identity
     heads: int = 1
     temperature: float = 1.0
     activation: str = "gelu"
@@ -50,14 +58,24 @@ class DiagTransformer(DiagonalModel):
             for i in range(self.d)
         ]
 
+    def coordinate_structure(self) -> list[tuple[str, str, int]]:
+        """(group, pair, index) per coordinate: the group is the head (limit/symmetry.py)."""
+        return [(f"head {h} of layer {l}", kind, i) for l in range(self.layers) for h in range(self.heads)
+                for kind in ("qk", "vo") for i in range(self.d)]
+
     def _sigma(self, z: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.gelu(z) if self.activation == "gelu" else torch.relu(z)
 
     def _forward(self, head) -> torch.Tensor:
-        """Run the layers; ``head(z, l, h)`` is the output of head h of layer l on the stream z."""
+        """Run the layers; ``head(zP, l, h)`` is the output of head h of layer l on its view zP of the stream
+        (P = head_proj[l, h]), written back through P^T."""
         z = self.X
         for l in range(self.layers):
-            z = z + sum(head(z, l, h) for h in range(self.heads))
+            if self.head_proj is None:
+                z = z + sum(head(z, l, h) for h in range(self.heads))
+            else:
+                P = self.head_proj[l]
+                z = z + sum(head(z @ P[h], l, h) @ P[h].T for h in range(self.heads))
             z = z + self._sigma(z @ self.ff_in[l]) @ self.ff_out[l]
         return z
 

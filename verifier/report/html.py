@@ -98,6 +98,20 @@ def _summary_rows(sections: list[dict]) -> list[dict]:
     return rows
 
 
+def _problem(problem) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """The run's problem (``run["problem"]``): table rows, and (title, source text) of any code it names."""
+    if not isinstance(problem, dict):
+        return [], []
+    code, rows = [], {}
+    for key, value in problem.items():
+        if isinstance(value, dict) and isinstance(value.get("code"), str):
+            code.append((f"Source of {value.get('name', key)} ({value.get('file', '?')})", value["code"]))
+            rows[key] = value.get("name", "?")
+        else:
+            rows[key] = value
+    return _flatten(rows), code
+
+
 def render_html(results: RunResults) -> str:
     """The whole report as one HTML string (no external resources)."""
     results = normalized(results)
@@ -109,6 +123,7 @@ def render_html(results: RunResults) -> str:
         drawn[c.id] = drawn.get(c.id, 0) + 1
         sections.append(_section(k, c, _anchor(c.id, seen), drawn[c.id] <= MAX_FIGURE_RESULTS, prov, config))
     title_bits = list(dict.fromkeys(str(v) for v in (run.get("model"), config.get("preset")) if v))
+    problem, problem_code = _problem(run.get("problem"))
     return _ENV.get_template("report.html").render(
         title="Verifier report" + (f": {' / '.join(title_bits)}" if title_bits else ""),
         verdict=results.verdict.value, counts=verdict_counts(results.checks), sections=sections,
@@ -116,4 +131,5 @@ def render_html(results: RunResults) -> str:
         notes=[str(n) for n in run.get("notes", [])] if isinstance(run.get("notes"), list) else [],
         command=str(prov.get("command", "")), timestamp=str(prov.get("timestamp", "")),
         claims=_summary_rows(sections), has_tests=any(s["test"] for s in sections),
+        problem=problem, problem_code=problem_code,
     )

@@ -1,0 +1,69 @@
+"""``--model-file PATH.py:FACTORY``: import a user's file and call ``FACTORY()``, which returns a model
+(``verifier.from_module``, ``verifier.from_loss`` or a built-in one). Every way this can go wrong is an
+InputError naming ``--model-file`` (CLI exit 2), raised before any check runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+
+FIELD = "--model-file"
+
+
+def parse_spec(spec: str) -> tuple[Path, str]:
+    """'path/to/file.py:make' -> (Path, 'make'); the file must exist."""
+    path, sep, factory = str(spec).rpartition(":")
+    if not sep or not path or not factory.isidentifier():
+        raise InputError(FIELD, f"{spec!r} is not PATH.py:FACTORY", "e.g. examples/attention_head.py:make")
+    file = Path(path)
+    if file.suffix != ".py":
+        raise InputError(FIELD, f"{path!r} is not a .py file", "PATH.py:FACTORY")
+    if not file.is_file():
+        raise InputError(FIELD, f"file not found: {path}")
+    return file, factory
+
+
+def load_model_file(spec: str):
+    """Import the file (as a fresh module, its folder first on sys.path while importing), call the factory,
+    and validate what it returns (a Model with float64 tensors and a finite loss at the start)."""
+    from .models import Model
+    from .models.user import validate
+
+    file, factory = parse_spec(spec)
+    name = f"verifier_model_file.{file.stem}"  # never a real module's name; classes read as <stem>.<Class>
+    module_spec = importlib.util.spec_from_file_location(name, file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # so that inspect finds the source of its classes (the report shows it)
+    sys.path.insert(0, str(file.resolve().parent))
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise InputError(FIELD, f"importing {file} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(str(file.resolve().parent))
+    make = getattr(module, factory, None)
+    if not callable(make):
+        raise InputError(FIELD, f"{file} has no function {factory!r}",
+                         ", ".join(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                                   and getattr(v, "__module__", None) == name) or "none")
+    try:
+        model = make()
+    except Exception as exc:
+        raise InputError(FIELD, f"{file}:{factory}() raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, Model):
+        raise InputError(FIELD, f"{file}:{factory}() returned {type(model).__name__}",
+                         "a model: verifier.from_module(...), verifier.from_loss(...) or a verifier.models class")
+    for attr, value in vars(model).items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64:
+            raise InputError(FIELD, f"{file}:{factory}() returned a model whose {attr} is {value.dtype}", "float64")
+    try:
+        validate(model, FIELD)
+    except InputError as exc:
+        raise InputError(FIELD, f"{file}:{factory}(): {str(exc).removeprefix(FIELD + ': ')}") from None
+    return model
