@@ -180,13 +180,19 @@ def integrate(flow: ReducedFlow, horizon: float, solver: SolverConfig = SolverCo
     """Integrate a :class:`ReducedFlow` (any batch of starting states) to rescaled time ``horizon``;
     ``Trajectory.b`` is then S / L, the log-scale change since the start. ``progress(fraction)`` is
     called now and then with the fraction of the horizon the slowest sample has covered."""
-    model = flow.model
-    B, p = flow.log_a0.shape
-    dev = model.device
-    S0 = torch.zeros(B, p, dtype=torch.float64, device=dev)
+    S0 = torch.zeros(flow.log_a0.shape, dtype=torch.float64, device=flow.model.device)
     sol = rosenbrock.solve(flow.rhs, flow.jac, S0, horizon, rtol=solver.rtol, atol=solver.atol,
                            max_steps=solver.max_steps, progress=progress,
                            max_step=flow.max_step)
+    return trajectory(flow, sol, horizon, n_out)
+
+
+def trajectory(flow: ReducedFlow, sol: rosenbrock.Solution, horizon: float, n_out: int = 241) -> Trajectory:
+    """A solve's accepted steps of ``flow`` (in rescaled time) as a :class:`Trajectory` on ``n_out`` rescaled
+    times from 0 to ``horizon``: states, beta and loss on the grid, crossing times from the steps."""
+    model = flow.model
+    B, p = flow.log_a0.shape
+    dev = model.device
     tau = torch.linspace(0.0, horizon, n_out, dtype=torch.float64, device=dev)
     S_grid = _dense(sol, tau)  # [B, T, p]
     idx = torch.arange(B, device=dev)[:, None].expand(B, n_out).reshape(-1)

@@ -16,13 +16,13 @@ so that one call evaluates every draw's rows (on an accelerator, one kernel laun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..config import SolverConfig
 from ..dynamics import rosenbrock
-from ..dynamics.flow import ReducedFlow, _crossings, _dense
+from ..dynamics.flow import ReducedFlow, trajectory
 from ..dynamics.trajectory import Trajectory
 
 LADDER_CHECKS = ("assumption-4.2", "theorem-4.5")  # the checks that read ctx.ladder
@@ -47,62 +47,48 @@ class StackedFlow:
         scale = torch.cat([torch.full((k,), float(h), dtype=torch.float64, device=dev) for k, h in zip(sizes, horizons)])
         return cls(tuple(flows), owner, local, scale)
 
-    def _per_draw(self, method: str, S: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _per_draw(self, idx: torch.Tensor, evaluate) -> torch.Tensor:
+        """``evaluate(flow, sel, rows, scale)`` for each draw's rows of ``idx`` (positions ``sel`` in idx, rows
+        ``local[idx[sel]]`` of that draw's flow, its horizon ``scale`` [k]), assembled in the order of idx."""
         owner = self.owner[idx]
         out = None
         for m in torch.unique(owner).tolist():
             sel = (owner == m).nonzero().squeeze(1)
-            rows = idx[sel]
-            val = getattr(self.flows[m], method)(S[sel], self.local[rows])
-            val = val * self.scale[rows].reshape(-1, *[1] * (val.dim() - 1))
+            val = evaluate(self.flows[m], sel, self.local[idx[sel]], self.scale[idx[sel]])
             if out is None:
                 out = val.new_empty(len(idx), *val.shape[1:])
             out[sel] = val
         return out
 
     def rhs(self, S: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return self._per_draw("rhs", S, idx)
+        """dS/dt' = H dS/dtau."""
+        return self._per_draw(idx, lambda flow, sel, rows, H: flow.rhs(S[sel], rows) * H[:, None])
 
     def jac(self, S: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return self._per_draw("jac", S, idx)
+        return self._per_draw(idx, lambda flow, sel, rows, H: flow.jac(S[sel], rows) * H[:, None, None])
+
+    def max_step(self, S: torch.Tensor, dS: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Each draw's :meth:`ReducedFlow.max_step` in the time t': slopes dS/dtau = (dS/dt') / H, and a step
+        of h in tau is h / H in t'."""
+        return self._per_draw(idx, lambda flow, sel, rows, H: flow.max_step(S[sel], dS[sel] / H[:, None], rows) / H)
 
 
 def solve_stacked(flows: list[ReducedFlow], horizons: list[float], solver: SolverConfig = SolverConfig(),
                   n_out: int = 241) -> list[Trajectory]:
     """:func:`verifier.dynamics.flow.integrate` of every flow to its own horizon, in one batched solve."""
     stack = StackedFlow.of(flows, horizons)
-    p = flows[0].log_a0.shape[1]
-    R = len(stack.owner)
-    S0 = torch.zeros(R, p, dtype=torch.float64, device=stack.scale.device)
+    S0 = torch.zeros(len(stack.owner), flows[0].log_a0.shape[1], dtype=torch.float64, device=stack.scale.device)
     sol = rosenbrock.solve(stack.rhs, stack.jac, S0, 1.0, rtol=solver.rtol, atol=solver.atol,
-                           max_steps=solver.max_steps)
+                           max_steps=solver.max_steps, max_step=stack.max_step)
     out = []
     for m, (flow, H) in enumerate(zip(flows, horizons)):
-        rows = (stack.owner == m).nonzero().squeeze(1).tolist()
+        rows = (stack.owner == m).nonzero().squeeze(1)
         # back to rescaled time tau = H t': times times H, slopes dS/dtau = (dS/dt') / H
-        t = [sol.t[r] * H for r in rows]
-        f = [sol.f[r] / H for r in rows]
-        y = [sol.y[r] for r in rows]
-        out.append(_trajectory(flow, t, y, f, [sol.status[r] for r in rows], sol.nfev[rows], sol.njev[rows],
-                               H, n_out))
+        draw = replace(sol, t=sol.t[rows] * H, y=sol.y[rows], f=sol.f[rows] / H, count=sol.count[rows],
+                       nfev=sol.nfev[rows], njev=sol.njev[rows], nsteps=sol.nsteps[rows],
+                       status=tuple(sol.status[r] for r in rows.tolist()))
+        out.append(trajectory(flow, draw, H, n_out))
     return out
-
-
-def _trajectory(flow: ReducedFlow, t, y, f, status, nfev, njev, horizon: float, n_out: int) -> Trajectory:
-    """A draw's accepted steps (t, S, dS/dtau per sample) on the grid of ``n_out`` rescaled times, as
-    ``integrate`` samples them."""
-    model, dev = flow.model, flow.model.device
-    B, p = flow.log_a0.shape
-    tau = torch.linspace(0.0, horizon, n_out, dtype=torch.float64, device=dev)
-    S_grid = torch.stack([_dense(t[b], y[b], f[b], tau) for b in range(B)])
-    idx = torch.arange(B, device=dev)[:, None].expand(B, n_out).reshape(-1)
-    beta = flow.beta(S_grid.reshape(-1, p), idx)[0].reshape(B, n_out, p)
-    loss = torch.cat([model.loss_b(chunk) for chunk in beta.reshape(-1, p).split(256)]).reshape(B, n_out)
-    cross = [_crossings(t[b].cpu(), y[b].cpu(), f[b].cpu(), float(flow.L[b])) for b in range(B)]
-    return Trajectory(method="flow", log_inv_alpha=flow.L.cpu(), tau=tau.cpu(), beta=beta.cpu(),
-                      b=(S_grid / flow.L[:, None, None]).cpu(), loss=loss.cpu(), nfev=nfev.cpu(), njev=njev.cpu(),
-                      status=tuple(status), crossing_tau=torch.stack([c[0] for c in cross]),
-                      crossing_sign=torch.stack([c[1] for c in cross]))
 
 
 def prefill_ladders(contexts: list, ids: list[str]) -> None:
