@@ -10,14 +10,18 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
-from verifier.checks import REGISTRY, run_check
+import verifier
+
+from verifier.checks import REGISTRY, Verdict, run_check
 from verifier.config import OptimizerConfig, RunConfig
 from verifier.context import Context
 from verifier.dynamics.flow import solve_flow
 from verifier.dynamics.optimizers import train
 from verifier.limit import algorithm1
 from verifier.presets import build_model
+from verifier.survey.stacked import prefill_ladders
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -133,3 +137,49 @@ def test_progress_on_cuda_needs_no_extra_synchronisation():
     assert all(ctx.ladder.ok)
     fractions = [f for label, f in seen if label == "alpha ladder"]
     assert fractions and all(isinstance(f, float) and 0 <= f <= 1 for f in fractions)
+
+
+class _LinearUV(nn.Module):
+    """A user's diagonal linear network X (u o v), written as a plain module."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.u, self.v = nn.Parameter(torch.ones(d, dtype=F64)), nn.Parameter(torch.ones(d, dtype=F64))
+
+    def forward(self, X):
+        return X @ (self.u * self.v)
+
+
+def _user_model(device: str):
+    gen = torch.Generator().manual_seed(5)
+    X = torch.randn(20, 4, generator=gen, dtype=F64)
+    y = X @ torch.tensor([2.0, -1.0, 0.0, 0.5], dtype=F64)
+    X, y = X.to(device), y.to(device)
+    module = _LinearUV(4).to(device)
+    return verifier.from_module(module, [("u", "v")], lambda m: 0.5 * (m(X) - y).pow(2).mean())
+
+
+@pytest.mark.parametrize("check_id", ["definition-3.1", "lemma-4.1", "assumption-4.2"])
+def test_a_user_module_on_cuda_gives_the_cpu_verdict(check_id):
+    """from_module on a module and data the user put on the GPU (issue 10's models on issue 11's device)."""
+    results = [run_check(check_id, Context(RunConfig(device=device), model=_user_model(device), argv=["pytest"]))
+               for device in ("cpu", "cuda")]
+    cpu, gpu = results
+    assert "raised" not in gpu.message, gpu.message
+    assert gpu.verdict == cpu.verdict == Verdict.PASS, (cpu.message, gpu.message)
+
+
+def test_stacked_survey_ladders_on_cuda_match_the_cpu():
+    """The survey's stacked ladders (two diag-linear draws in one solve) on the GPU equal the CPU's."""
+    def contexts(device):
+        return [Context(RunConfig(preset="diag-linear", seed=seed, device=device, log_inv_alphas=(math.log(1e8),)),
+                        argv=["pytest"]) for seed in (0, 1)]
+
+    cpu, gpu = contexts("cpu"), contexts("cuda")
+    for group in (cpu, gpu):
+        prefill_ladders(group, ["theorem-4.5"])
+    for a, b in zip(cpu, gpu):
+        ta, tb = a.__dict__["ladder"], b.__dict__["ladder"]
+        assert ta.status == tb.status and all(tb.ok)
+        assert (ta.beta - tb.beta).abs().max() <= 1e-5 * (1 + ta.beta.abs().max())
+        assert torch.equal(ta.crossing_sign, tb.crossing_sign)
