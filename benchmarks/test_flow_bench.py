@@ -5,7 +5,8 @@ counts and outcomes, never times (README: the target table).
 * one trajectory to tau = 12 at alpha = 1e-8, 1e-256 and exp(-10^4), side by side: gradient evaluations at
   1e-256 at most 1.5x those at 1e-8 (THEORY.md §3: an implicit method with the exact Jacobian crosses a
   plateau in a few steps however long it is), and exp(-10^4) makes the same transitions;
-* a batch of 8 initialisations in one solve against the same 8 solved one after the other (throughput ratio);
+* a batch of initialisations in one solve against the same ones solved one after the other (throughput ratio;
+  8 on a CPU, 64 where CUDA is present: issue 11's targets are >= 2x and >= 20x);
 * g(beta) and six Hessian columns by DiagAttention's closed forms against torch.func.
 """
 
@@ -22,7 +23,8 @@ from verifier.models import DiagonalModel
 
 HORIZON = 12.0  # rescaled time: past every transition of the toy (the last near tau = 7.0)
 ALPHAS = {"1e-8": 8 * math.log(10.0), "1e-256": 256 * math.log(10.0), "exp(-10000)": 1e4}
-BATCH, BATCH_HORIZON = 8, 1.0  # the toy's batch runs to tau = 1: its first three transitions
+BATCH = 64 if torch.cuda.is_available() else 8  # the default device is the GPU where there is one
+BATCH_HORIZON = 1.0  # the toy's batch runs to tau = 1: its first three transitions
 
 
 def _timed(fn):
@@ -51,9 +53,10 @@ def test_toy_trajectory_to_tau_12(benchmark, toy_context, machine_info):
 
 
 @pytest.mark.parametrize("preset", ["toy-attention", "diag-linear"])
-def test_batch_of_8_against_8_sequential_runs(benchmark, machine_info, preset):
-    """Eight initialisations (seeds) at alpha = 1e-8: one batched solve, then the same eight one by one.
-    ``throughput_ratio`` = sequential seconds / batched seconds (issue 11: >= 2 on a CPU). The toy's
+def test_batch_against_sequential_runs(benchmark, machine_info, preset):
+    """BATCH initialisations (seeds) at alpha = 1e-8: one batched solve, then the same ones one by one.
+    ``throughput_ratio`` = sequential seconds / batched seconds (issue 11: >= 2 for 8 on a CPU, >= 20 for 64
+    on a GPU). The toy's
     derivatives are compute-bound per sample (tiles of one beta), diag-linear's cost is the solver's own."""
     ctx = Context(RunConfig(preset=preset), argv=["pytest", "benchmarks"])
     model, solver = ctx.model, ctx.config.solver
