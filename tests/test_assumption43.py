@@ -96,3 +96,29 @@ def test_toy_attention_passes(tmp_path):
     m43, m44 = ({k: m["value"] for k, m in checks[c]["metrics"].items()} for c in ("assumption-4.3", "assumption-4.4"))
     assert m43["min_rel_eig"] > 1e-3 and m43["max_return_ratio"] < 0.1
     assert m44["max_spread"] < 1e-4 and m44["max_endpoint_ratio"] < 0.1
+
+
+def test_figure9_perturbs_only_plateaus_that_outlast_the_perturbed_run():
+    """Draw 5 of the diag-linear survey (docs/SURVEYS.md): its plateau epoch tau = 0.628 lies 10 units of plain
+    time before the next transition (T_2 = 0.641 at L = 589), the perturbed run's whole time, so it took part in
+    that transition and 'failed' to return. Such epochs are no longer chosen; every chosen one is followed by
+    PLATEAU_ROOM x the run's time without a transition, and the draw passes."""
+    from verifier.checks import _perturb as P
+    from verifier.checks.assumption43 import PLATEAU_ROOM
+
+    ctx = Context(RunConfig(preset="diag-linear", seed=3533508198), argv=["test"])
+    ref = P.reference_run(ctx)
+    T = P.perturb_time(ctx.config)
+    every, lasting = P.plateau_epochs(ref, ctx.config.negligible), P.plateau_epochs(ref, ctx.config.negligible,
+                                                                                      PLATEAU_ROOM * T)
+    crossings = ref.traj.crossing_tau[0][ref.traj.crossing_tau[0].isfinite()]
+    def gap(j):  # plain time from epoch j to the next transition (inf after the last)
+        ahead = crossings[crossings > ref.traj.tau[j]] - ref.traj.tau[j]
+        return float(ahead.min()) * ref.L if len(ahead) else float("inf")
+
+    gap = {j: gap(j) for j in every}
+    assert set(lasting) < set(every) and any(g <= PLATEAU_ROOM * T for g in gap.values())
+    assert all(gap[j] > PLATEAU_ROOM * T for j in lasting)
+    assert [j for j in every if gap[j] > PLATEAU_ROOM * T] == lasting  # nothing else is dropped here
+    res = run_check("assumption-4.3", ctx)
+    assert res.verdict is Verdict.PASS, res.message

@@ -111,9 +111,14 @@ def non_negligible(beta: torch.Tensor, threshold: float) -> torch.Tensor:
     return beta.abs() > threshold
 
 
-def plateau_epochs(ref: Reference, threshold: float) -> list[int]:
-    """Interior grid indices j on a plateau with at least one non-negligible coordinate."""
-    beta = ref.traj.beta[0]
+def plateau_epochs(ref: Reference, threshold: float, lasting: float = 0.0) -> list[int]:
+    """Interior grid indices j on a plateau with at least one non-negligible coordinate that lasts at least
+    the plain time ``lasting`` more: no coordinate's transition (``Trajectory.crossing_tau``) and no change
+    of the non-negligible set within rescaled time ``lasting / L`` after tau_j."""
+    beta, tau = ref.traj.beta[0], ref.traj.tau
+    crossings = ref.traj.crossing_tau[0]
+    crossings = crossings[torch.isfinite(crossings)]
+    room = lasting / ref.L
     out = []
     for j in range(1, beta.shape[0] - 1):
         if not bool(torch.isfinite(beta[j - 1 : j + 2]).all()):
@@ -121,7 +126,11 @@ def plateau_epochs(ref: Reference, threshold: float) -> list[int]:
         sets = [non_negligible(beta[i], threshold) for i in (j - 1, j, j + 1)]
         if not bool(sets[1].any()) or not (torch.equal(sets[0], sets[1]) and torch.equal(sets[1], sets[2])):
             continue
-        if float((beta[j + 1] - beta[j - 1]).norm()) <= PLATEAU_TOL * float(beta[j].norm()):
+        if float((beta[j + 1] - beta[j - 1]).norm()) > PLATEAU_TOL * float(beta[j].norm()):
+            continue
+        ahead = (tau > tau[j]) & (tau <= tau[j] + room)
+        same = all(torch.equal(non_negligible(beta[k], threshold), sets[1]) for k in torch.nonzero(ahead).squeeze(1).tolist())
+        if same and not bool(((crossings > tau[j]) & (crossings <= tau[j] + room)).any()):
             out.append(j)
     return out
 
