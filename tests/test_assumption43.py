@@ -4,6 +4,7 @@ data (no finite minimiser)."""
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,8 +110,8 @@ def test_figure9_perturbs_only_plateaus_that_outlast_the_perturbed_run():
     ctx = Context(RunConfig(preset="diag-linear", seed=3533508198), argv=["test"])
     ref = P.reference_run(ctx)
     T = P.perturb_time(ctx.config)
-    every, lasting = P.plateau_epochs(ref, ctx.config.negligible), P.plateau_epochs(ref, ctx.config.negligible,
-                                                                                      PLATEAU_ROOM * T)
+    every = P.plateau_epochs(ref, ctx.config.negligible)
+    lasting = P.plateau_epochs(ref, ctx.config.negligible, PLATEAU_ROOM * T, ctx.stages.stages[-1].T)
     crossings = ref.traj.crossing_tau[0][ref.traj.crossing_tau[0].isfinite()]
     def gap(j):  # plain time from epoch j to the next transition (inf after the last)
         ahead = crossings[crossings > ref.traj.tau[j]] - ref.traj.tau[j]
@@ -122,3 +123,16 @@ def test_figure9_perturbs_only_plateaus_that_outlast_the_perturbed_run():
     assert [j for j in every if gap[j] > PLATEAU_ROOM * T] == lasting  # nothing else is dropped here
     res = run_check("assumption-4.3", ctx)
     assert res.verdict is Verdict.PASS, res.message
+
+
+def test_figure9_without_a_lasting_plateau_is_inconclusive_not_a_pass():
+    """The run stops (horizon) before the last stage of Algorithm 1 and the perturbed runs (1000 time units)
+    are longer than any plateau before it (the whole run at alpha = 1e-256 is about 400): their return cannot
+    be judged, so Figure 9 says so instead of passing or failing on it."""
+    config = RunConfig(preset="diag-linear", seed=3533508198, perturb_epochs=10**5)
+    T_last = Context(config, argv=["test"]).stages.stages[-1].T
+    ctx = Context(replace(config, horizon=0.99 * T_last), argv=["test"])
+    res = run_check("assumption-4.3", ctx)
+    assert res.verdict is Verdict.INCONCLUSIVE, res.message
+    assert "so their return was not judged" in res.message
+    assert all(r["lambda_min"] > 0 for r in res.values["figure9"]["runs"])

@@ -111,10 +111,11 @@ def non_negligible(beta: torch.Tensor, threshold: float) -> torch.Tensor:
     return beta.abs() > threshold
 
 
-def plateau_epochs(ref: Reference, threshold: float, lasting: float = 0.0) -> list[int]:
+def plateau_epochs(ref: Reference, threshold: float, lasting: float = 0.0, final_after: float = math.inf) -> list[int]:
     """Interior grid indices j on a plateau with at least one non-negligible coordinate that lasts at least
     the plain time ``lasting`` more: no coordinate's transition (``Trajectory.crossing_tau``) and no change
-    of the non-negligible set within rescaled time ``lasting / L`` after tau_j."""
+    of the non-negligible set within rescaled time ``lasting / L`` after tau_j, and that window inside the
+    run unless tau_j is past ``final_after`` (the last stage of Algorithm 1: that plateau never ends)."""
     beta, tau = ref.traj.beta[0], ref.traj.tau
     crossings = ref.traj.crossing_tau[0]
     crossings = crossings[torch.isfinite(crossings)]
@@ -127,6 +128,8 @@ def plateau_epochs(ref: Reference, threshold: float, lasting: float = 0.0) -> li
         if not bool(sets[1].any()) or not (torch.equal(sets[0], sets[1]) and torch.equal(sets[1], sets[2])):
             continue
         if float((beta[j + 1] - beta[j - 1]).norm()) > PLATEAU_TOL * float(beta[j].norm()):
+            continue
+        if lasting > 0 and float(tau[j]) + room > float(tau[-1]) and float(tau[j]) <= final_after:
             continue
         ahead = (tau > tau[j]) & (tau <= tau[j] + room)
         same = all(torch.equal(non_negligible(beta[k], threshold), sets[1]) for k in torch.nonzero(ahead).squeeze(1).tolist())
