@@ -477,6 +477,13 @@ def test_limit_json_is_checked_first(tmp_path, capsys):
         assert capsys.readouterr().err.startswith("verifier: error: --json: ")
     assert main(["limit", "--model", "diag-linear", "--data", data, "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())
+    # refused after --json was checked (the model has full weights): none of --json's missing folders is made
+    nested = tmp_path / "new" / "deeper" / "s.json"
+    assert main(["limit", "--preset", "full-attention", "--json", str(nested)]) == 2
+    assert capsys.readouterr().err.startswith("verifier: error: --model: ")
+    assert not (tmp_path / "new").exists()
+    assert main(["limit", "--model", "diag-linear", "--data", data, "--json", str(nested)]) == 0
+    assert json.loads(nested.read_text())
 
 
 # ---- a crash is exit 4, one line, never a traceback, never exit 1 ------------------------------------------

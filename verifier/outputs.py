@@ -206,13 +206,19 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     if out.exists() and not out.is_file():
         raise InputError(flag, f"{path} is {'a folder' if out.is_dir() else 'not a regular file'}", "a file path")
     _check_ancestors(out, flag)
+    # Probe the nearest existing folder; missing ones are created only when the file is written, so that a
+    # refused run leaves nothing behind.
+    where = next(p for p in out.absolute().parents if p.exists())
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        os.unlink(probe)
+        if where == out.absolute().parent:
+            fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=where)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            probe = Path(tempfile.mkdtemp(prefix=".verifier-probe.", dir=where))
+            probe.rmdir()
     except OSError as exc:
-        raise InputError(flag, f"cannot write in {out.parent} ({exc.strerror or exc})", "a writable file path") from None
+        raise InputError(flag, f"cannot write in {where} ({exc.strerror or exc})", "a writable file path") from None
     return out
 
 
@@ -221,6 +227,7 @@ def write_output_file(path: Path, text: str, flag: str) -> None:
     from .results import atomic_write_text
 
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
     except OSError as exc:
         raise InputError(flag, f"cannot write {path} ({exc.strerror or exc})", "a writable file path") from None
