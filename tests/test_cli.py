@@ -535,3 +535,25 @@ exit 0
     assert proc.returncode == expected, proc.stderr
     assert calls[0].startswith("run ")
     assert any(c.startswith("gate ") for c in calls) == (expected == 0)
+
+
+def test_sigterm_during_a_run_discards_the_output_set_and_exits_130(tmp_path):
+    """SIGTERM (a CI job cancelled, `kill`) stops a run like Ctrl-C: no half-written set, no temporary folder
+    left beside --out, exit 130 (not 1, the code of a failed check)."""
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "verifier", "run", "--preset", "toy-attention", "--checks",
+                             "theorem-4.5", "--out", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".o.*.tmp")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".o.*.tmp")), "the run never opened its output set"
+    time.sleep(0.5)  # inside the checks now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -10,8 +10,11 @@ but some check was inconclusive; 4 internal error (a bug in verifier: one line n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from .errors import InputError
@@ -156,8 +159,6 @@ def _run(args, argv) -> int:
 def _survey(args, argv) -> int:
     """Exit codes as ``run``, over every draw: 0 all passed, 1 some check failed on some draw, 3 none failed
     but some was inconclusive; 130 when interrupted (Ctrl-C or SIGTERM: the draws that finished are written)."""
-    import signal
-
     from .outputs import OutputSet
     from .survey import SurveyConfig, run_survey
     from .survey.report import render_survey_html, survey_table
@@ -167,7 +168,6 @@ def _survey(args, argv) -> int:
                           batch=args.batch)
     output = OutputSet.for_out(args.out, root=SURVEY_ROOT)
     output.open()
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it like Ctrl-C
     try:
         results = run_survey(config, progress=not args.no_progress, argv=["verifier", *argv])
         if not results.draws:
@@ -175,7 +175,6 @@ def _survey(args, argv) -> int:
             return EXIT_INTERRUPTED
         paths = output.commit_texts({"results.json": results.to_json(), "report.html": render_survey_html(results)})
     finally:
-        signal.signal(signal.SIGTERM, previous)
         output.discard()
     print(survey_table(results))
     print(f"wrote {paths[0]} and {paths[1]}")
@@ -298,6 +297,25 @@ def _gate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _sigterm_as_interrupt():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops a command like Ctrl-C (KeyboardInterrupt): output sets are discarded (a survey keeps
+    the draws that finished) and the exit code is 130. Signal handlers can only be set in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
