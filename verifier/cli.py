@@ -301,6 +301,23 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
+def console() -> None:
+    """The ``verifier`` command: :func:`main`, then exit with its code. An interrupt that lands after main's
+    own handling (its output set is then complete or discarded) exits 130, and one during the interpreter's
+    shutdown is ignored: neither may print a traceback over a finished run."""
+    def settled():  # from here on nothing is left to interrupt
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    try:
+        code = main()
+        settled()
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+        settled()
+    sys.exit(code)
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM stops a command like Ctrl-C (KeyboardInterrupt): output sets are discarded (a survey keeps
