@@ -107,3 +107,28 @@ def test_simulated_order_differs_from_the_stages_fails(leave_ctx):
     r = run_check("assumption-4.2", with_stages(leave_ctx, bad))
     assert r.verdict is Verdict.FAIL
     assert "simulation at alpha=1e-32: activation order beta[2]-, beta[1]-, beta[0]+" in r.message
+
+
+class _Crossings:
+    """A trajectory reduced to its first activations (tau, coordinate, sign) for sample 0."""
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def first_crossings(self, sample):
+        return self.seen
+
+
+def test_simulated_activations_must_keep_the_predicted_gaps():
+    from verifier.checks.assumption42 import separation
+
+    name = "beta[{}]".format
+    predicted = [(0.5, 0, 1), (1.0, 1, -1), (4.9, 2, 1), (4.94, 3, 1)]
+    exact = _Crossings(predicted)
+    assert separation(_Crossings([(0.5, 0, 1), (1.0, 1, -1)]), 0, predicted[:2], 10.0, name) == []
+    closer = separation(_Crossings([(0.5, 0, 1), (0.6, 1, -1)]), 0, predicted[:2], 10.0, name)
+    assert closer == ["beta[0] and beta[1] activate 0.1 apart (Algorithm 1: 0.5): closer than 0.5 of the predicted gap"]
+    # 0.04 apart at T = 4.94 (< 1%): matched by the simulation, but below what transition times at one alpha resolve
+    unresolved = separation(exact, 0, predicted, 10.0, name)
+    assert len(unresolved) == 1 and unresolved[0].startswith("beta[2] and beta[3] activate 0.04 apart")
+    assert "below 0.01 of T = 4.94" in unresolved[0]

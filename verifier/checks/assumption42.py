@@ -74,9 +74,12 @@ def separation(traj, sample: int, predicted: list[tuple[float, int, int]], horiz
         return issues
     for j in range(1, len(seen)):
         gap, want_gap = seen[j][0] - seen[j - 1][0], predicted[j][0] - predicted[j - 1][0]
-        if gap < SEPARATION_FRACTION * want_gap or want_gap <= MARGIN_TOL * predicted[j][0]:
-            issues.append(f"{name(seen[j - 1][1])} and {name(seen[j][1])} activate {gap:.3g} apart "
-                          f"(Algorithm 1: {want_gap:.3g})")
+        pair = f"{name(seen[j - 1][1])} and {name(seen[j][1])} activate {gap:.3g} apart (Algorithm 1: {want_gap:.3g})"
+        if gap < SEPARATION_FRACTION * want_gap:
+            issues.append(f"{pair}: closer than {SEPARATION_FRACTION:g} of the predicted gap")
+        elif want_gap <= MARGIN_TOL * predicted[j][0]:
+            issues.append(f"{pair}: the predicted gap is below {MARGIN_TOL:g} of T = {predicted[j][0]:.3g}, which "
+                          "transition times at this alpha cannot resolve (their error is O(T / log(1/alpha)))")
     return issues
 
 
