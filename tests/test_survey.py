@@ -242,3 +242,49 @@ def test_one_draw_of_every_preset_through_the_cli(preset, tmp_path):
     res = read_survey(out / "results.json")
     assert code == 0 and [d.outcomes["lemma-4.1"].verdict for d in res.draws] == ["pass"]
     assert res.summary("lemma-4.1").metric is not None
+
+
+SEEDED_MODEL_FILE = '''
+import torch
+import verifier
+from verifier.models import DiagLinear
+
+
+def make(seed):
+    """A user's diagonal linear problem: data and a sparse teacher drawn from the seed."""
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    teacher = torch.zeros(4, dtype=torch.float64)
+    teacher[torch.randperm(4, generator=gen)[:2]] = 1.0 + torch.rand(2, generator=gen, dtype=torch.float64)
+    return DiagLinear(X, X @ teacher)
+
+
+def fixed():
+    return make(0)
+'''
+
+
+def test_survey_of_a_model_file_draws_from_its_seed_and_each_draw_reruns_alone(tmp_path, capsys):
+    """`verifier survey --model-file F:make`: draw i is make(seed=draw_seed(S, i)) (different problems), and its
+    printed command `verifier run --model-file F:make --seed ...` gives the same verdict and value alone."""
+    (tmp_path / "user_model.py").write_text(SEEDED_MODEL_FILE)
+    spec = f"{tmp_path / 'user_model.py'}:make"
+    out = tmp_path / "survey"
+    assert main(["survey", "--model-file", spec, "--n", "2", "--checks", "assumption-4.2", "--out", str(out),
+                 "--no-progress"]) in (0, 1, 3)
+    res = read_survey(out / "results.json")
+    assert res.survey["config"]["model_file"] == spec and res.survey["config"]["preset"] is None
+    margins = [d.outcomes["assumption-4.2"].value for d in res.draws]
+    assert margins[0] != margins[1]  # two different problems
+    for d in res.draws:
+        assert shlex.split(d.command)[:5] == ["verifier", "run", "--model-file", spec, "--seed"]
+        alone = _rerun_verdict(d.command + " --checks assumption-4.2", tmp_path / f"alone{d.index}")
+        assert alone["verdict"] == d.outcomes["assumption-4.2"].verdict
+        assert alone["metrics"]["min_stage_margin"]["value"] == d.outcomes["assumption-4.2"].value
+    capsys.readouterr()
+    for argv, says in ((["--model-file", f"{tmp_path / 'user_model.py'}:fixed"], "takes no seed argument"),
+                       (["--model-file", spec, "--preset", "diag-linear"], "not both")):
+        assert main(["survey", *argv, "--n", "2", "--out", str(tmp_path / "refused"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("verifier: error: --model-file: ") and says in err, err
+        assert not (tmp_path / "refused").exists()

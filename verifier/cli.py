@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("survey", help="draw N problems of a preset, run the checks on each: rates with intervals, "
                                        "metric histograms, closest passes, every failure with its command")
-    sv.add_argument("--preset", default="toy-attention", help="the family to draw from (default toy-attention)")
+    sv.add_argument("--preset", help="the family to draw from (default toy-attention)")
+    sv.add_argument("--model-file", help="PATH.py:FACTORY, a factory that takes seed=S and draws your data and "
+                                         "teacher from it (instead of --preset)")
     sv.add_argument("--n", type=int, default=64, help="number of draws (default 64)")
     sv.add_argument("--checks", help="comma-separated check ids (default: every check that applies)")
     sv.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda")
@@ -165,7 +167,7 @@ def _survey(args, argv) -> int:
 
     checks = None if args.checks is None else tuple(c.strip() for c in args.checks.split(",") if c.strip())
     config = SurveyConfig(preset=args.preset, n=args.n, checks=checks, device=args.device, seed=args.seed,
-                          batch=args.batch)
+                          batch=args.batch, model_file=args.model_file)
     output = OutputSet.for_out(args.out, root=SURVEY_ROOT)
     output.open()
     try:

@@ -1,10 +1,13 @@
 """``--model-file PATH.py:FACTORY``: import a user's file and call ``FACTORY()``, which returns a model
-(``verifier.from_module``, ``verifier.from_loss`` or a built-in one). Every way this can go wrong is an
-InputError naming ``--model-file`` (CLI exit 2), raised before any check runs."""
+(``verifier.from_module``, ``verifier.from_loss`` or a built-in one). A factory with a parameter named
+``seed`` is called ``FACTORY(seed=S)`` with the run's ``--seed``, so that S draws its data and teacher as it does
+for a preset (``verifier survey --model-file`` needs one). Every way this can go wrong is an InputError naming
+``--model-file`` (CLI exit 2), raised before any check runs."""
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -28,12 +31,16 @@ def parse_spec(spec: str) -> tuple[Path, str]:
     return file, factory
 
 
-def load_model_file(spec: str):
-    """Import the file (as a fresh module, its folder first on sys.path while importing), call the factory,
-    and validate what it returns (a Model with float64 tensors and a finite loss at the start)."""
-    from .models import Model
-    from .models.user import validate
+def takes_seed(make) -> bool:
+    try:
+        return "seed" in inspect.signature(make).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
 
+
+def load_factory(spec: str):
+    """Import the file (as a fresh module, its folder first on sys.path while importing) and return
+    ``(file, factory name, factory)``."""
     file, factory = parse_spec(spec)
     name = f"verifier_model_file.{file.stem}"  # never a real module's name; classes read as <stem>.<Class>
     module_spec = importlib.util.spec_from_file_location(name, file)
@@ -52,8 +59,18 @@ def load_model_file(spec: str):
         raise InputError(FIELD, f"{file} has no function {factory!r}",
                          ", ".join(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
                                    and getattr(v, "__module__", None) == name) or "none")
+    return file, factory, make
+
+
+def load_model_file(spec: str, seed: int | None = None):
+    """Call the file's factory (with ``seed=seed`` if it takes a seed) and validate what it returns (a Model
+    with float64 tensors and a finite loss at the start)."""
+    from .models import Model
+    from .models.user import validate
+
+    file, factory, make = load_factory(spec)
     try:
-        model = make()
+        model = make(seed=seed) if seed is not None and takes_seed(make) else make()
     except Exception as exc:
         raise InputError(FIELD, f"{file}:{factory}() raised {type(exc).__name__}: {exc}") from None
     if not isinstance(model, Model):

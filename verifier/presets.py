@@ -204,7 +204,7 @@ def build_model(preset: str | None = None, family: str | None = None, data: str 
     if model_file is not None:
         from .model_file import load_model_file
 
-        return place(load_model_file(model_file), device)
+        return place(load_model_file(model_file, seed), device)
     if isinstance(device, str):
         from .config import resolve_device
 

@@ -2,6 +2,8 @@
 
 Draw i of a survey with seed S is the preset's problem (teacher, data and initialisation) at the seed
 ``draw_seed(S, i)``, so any single draw re-runs alone with ``verifier run --preset NAME --seed draw_seed(S, i)``.
+With ``--model-file PATH.py:FACTORY`` the factory must take a ``seed`` argument (it draws the user's data and
+teacher) and draw i re-runs with ``verifier run --model-file PATH.py:FACTORY --seed draw_seed(S, i)``.
 """
 
 from __future__ import annotations
@@ -33,25 +35,35 @@ BATCH = ("--batch", Allowed(int, 1, 1024))
 
 @dataclass(frozen=True)
 class SurveyConfig:
-    """``n`` draws of ``preset`` checked with ``checks`` (None: every check that applies to the family).
+    """``n`` draws of ``preset`` (or of a ``model_file`` factory that takes a seed) checked with ``checks``
+    (None: every check that applies to the family).
 
     ``batch``: draws whose flows share one batched solve (``ladder`` of every draw in one Rodas4 call);
     None chooses: 1 on a CPU (a draw re-run alone then reproduces bit for bit; a stacked draw only to the
     solver tolerance), 16 on an accelerator (docs/SURVEYS.md).
     """
 
-    preset: str = "toy-attention"
+    preset: str | None = None  # None: toy-attention, unless model_file is given
     n: int = 64
     checks: tuple[str, ...] | None = None
     device: str = AUTO
     seed: int = 0
     batch: int | None = None
+    model_file: str | None = None
 
     def __post_init__(self):
         from ..checks import check_ids
-        from ..presets import PRESETS
+        from ..presets import DEFAULT_PRESET, PRESETS
 
-        check_choice("--preset", self.preset, tuple(PRESETS))
+        if self.model_file is not None:
+            from ..model_file import parse_spec
+
+            if self.preset is not None:
+                raise InputError("--model-file", "give either --model-file or --preset, not both")
+            parse_spec(self.model_file)
+        else:
+            object.__setattr__(self, "preset", self.preset or DEFAULT_PRESET)
+            check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--device", self.device, DEVICES)
         validate_fields(self, RULES | ({"batch": BATCH} if self.batch is not None else {}))
         if self.checks is not None:
@@ -64,16 +76,23 @@ class SurveyConfig:
     def draw_seed(self, index: int) -> int:
         return draw_seed(self.seed, index)
 
+    @property
+    def family(self) -> str:
+        """What is drawn from, for titles and messages: the preset's name or the model file."""
+        return self.preset if self.model_file is None else self.model_file
+
     def run_config(self, index: int) -> RunConfig:
         """The configuration ``verifier run`` builds from :meth:`command` for draw ``index``."""
-        return RunConfig(preset=self.preset, seed=self.draw_seed(index), device=self.device)
+        return RunConfig(preset=self.preset, model_file=self.model_file, seed=self.draw_seed(index),
+                         device=self.device)
 
     def command(self, index: int) -> str:
         """The command that re-runs draw ``index`` alone (every check; results add ``--checks ID``)."""
-        argv = ["verifier", "run", "--preset", self.preset, "--seed", str(self.draw_seed(index))]
+        problem = ["--preset", self.preset] if self.model_file is None else ["--model-file", self.model_file]
+        argv = ["verifier", "run", *problem, "--seed", str(self.draw_seed(index))]
         argv += ["--device", self.device] if self.device != AUTO else []
         return shlex.join(argv)
 
     def as_dict(self) -> dict:
-        return {"preset": self.preset, "n": self.n, "checks": None if self.checks is None else list(self.checks),
+        return {"preset": self.preset, "model_file": self.model_file, "n": self.n, "checks": None if self.checks is None else list(self.checks),
                 "device": self.device, "seed": self.seed, "batch": self.batch}

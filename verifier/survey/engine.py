@@ -56,9 +56,20 @@ def check_ids_for(config: SurveyConfig, ctx: Context) -> list[str]:
     for i in ids:
         reason = REGISTRY[i].applies_to(ctx.model)
         if reason is not None:
-            raise InputError("--checks", f"{i} does not apply to preset {config.preset}: {reason}",
+            raise InputError("--checks", f"{i} does not apply to {config.family}: {reason}",
                              ", ".join(j for j in resolve_ids(None, ctx.model)))
     return ids
+
+
+def _require_seed_parameter(spec: str) -> None:
+    """A survey of a model file draws problem i as FACTORY(seed=draw_seed(S, i)); a factory without a seed
+    would give the same problem n times."""
+    from ..model_file import FIELD, load_factory, takes_seed
+
+    file, name, make = load_factory(spec)
+    if not takes_seed(make):
+        raise InputError(FIELD, f"{file}:{name}() takes no seed argument, so every draw would be the same problem",
+                         f"a factory with a parameter named seed, e.g. def {name}(seed): ...")
 
 
 def run_survey(config: SurveyConfig, progress: bool = True, argv: list[str] | None = None) -> SurveyResults:
@@ -72,11 +83,13 @@ def run_survey(config: SurveyConfig, progress: bool = True, argv: list[str] | No
     def context(i: int) -> Context:
         return Context(config.run_config(i), argv=shlex.split(config.command(i)))
 
+    if config.model_file is not None:
+        _require_seed_parameter(config.model_file)
     first = context(0)
     ids = check_ids_for(config, first)
     draws: list[Draw] = []
     failed = {"fail": 0, "inconclusive": 0}
-    bar = tqdm(total=config.n, desc=f"survey {config.preset}", unit="draw", file=sys.stderr,
+    bar = tqdm(total=config.n, desc=f"survey {config.family}", unit="draw", file=sys.stderr,
                disable=not progress, leave=False)
     interrupted = None
     try:

@@ -97,7 +97,7 @@ def render_survey_html(results: SurveyResults) -> str:
         })
     interrupted = sv.get("interrupted")
     return _ENV.get_template("survey.html").render(
-        title=f"Survey: {config.get('preset', '?')}, {len(results.draws)} draws", sections=sections,
+        title=f"Survey: {config.get('preset') or config.get('model_file') or '?'}, {len(results.draws)} draws", sections=sections,
         interval=INTERVAL, command=str(sv.get("command", "")), machine=str(sv.get("machine", "")),
         seed_rule=str(sv.get("seed_rule", "")), interrupted=interrupted,
         meta=[(k, fmt(v, 400)) for k, v in sv.items() if k not in ("config", "command", "seed_rule")]
