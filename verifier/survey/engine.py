@@ -77,6 +77,7 @@ def run_survey(config: SurveyConfig, progress: bool = True, argv: list[str] | No
     one batched solve (:func:`~verifier.survey.stacked.prefill_ladders`). Interrupted (KeyboardInterrupt),
     it returns the draws that finished, with ``survey["interrupted"]`` saying so."""
     start, started = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
+    sha = git_sha()  # the code that runs: taken now, a long survey may outlive the checkout's HEAD
     device = resolve_device(config.device)
     size = batch_size(config)
 
@@ -118,7 +119,7 @@ def run_survey(config: SurveyConfig, progress: bool = True, argv: list[str] | No
     survey = {
         "config": config.as_dict(), "batch_used": size, "seed_rule": SEED_RULE,
         "command": shlex.join(argv) if argv is not None else shlex.join(sys.argv),
-        "device": str(device), "dtype": "float64", "versions": versions(), "git_sha": git_sha(),
+        "device": str(device), "dtype": "float64", "versions": versions(), "git_sha": sha,
         "machine": _machine(device), "started": started.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - start, 1), "checks": ids,
     } | ({"interrupted": interrupted} if interrupted else {})
