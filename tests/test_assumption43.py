@@ -111,7 +111,7 @@ def test_figure9_perturbs_only_plateaus_that_outlast_the_perturbed_run():
     ref = P.reference_run(ctx)
     T = P.perturb_time(ctx.config)
     every = P.plateau_epochs(ref, ctx.config.negligible)
-    lasting = P.plateau_epochs(ref, ctx.config.negligible, PLATEAU_ROOM * T, ctx.stages.stages[-1].T)
+    lasting = P.lasting_epochs(ref, every, ctx.config.negligible, PLATEAU_ROOM * T, ctx.stages.stages[-1].T)
     crossings = ref.traj.crossing_tau[0][ref.traj.crossing_tau[0].isfinite()]
     def gap(j):  # plain time from epoch j to the next transition (inf after the last)
         ahead = crossings[crossings > ref.traj.tau[j]] - ref.traj.tau[j]

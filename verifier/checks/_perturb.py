@@ -111,28 +111,37 @@ def non_negligible(beta: torch.Tensor, threshold: float) -> torch.Tensor:
     return beta.abs() > threshold
 
 
-def plateau_epochs(ref: Reference, threshold: float, lasting: float = 0.0, final_after: float = math.inf) -> list[int]:
-    """Interior grid indices j on a plateau with at least one non-negligible coordinate that lasts at least
-    the plain time ``lasting`` more: no coordinate's transition (``Trajectory.crossing_tau``) and no change
-    of the non-negligible set within rescaled time ``lasting / L`` after tau_j, and that window inside the
-    run unless tau_j is past ``final_after`` (the last stage of Algorithm 1: that plateau never ends)."""
-    beta, tau = ref.traj.beta[0], ref.traj.tau
-    crossings = ref.traj.crossing_tau[0]
-    crossings = crossings[torch.isfinite(crossings)]
-    room = lasting / ref.L
+def plateau_epochs(ref: Reference, threshold: float) -> list[int]:
+    """Interior grid indices j on a plateau with at least one non-negligible coordinate."""
+    beta = ref.traj.beta[0]
+    big = non_negligible(beta, threshold)
     out = []
     for j in range(1, beta.shape[0] - 1):
         if not bool(torch.isfinite(beta[j - 1 : j + 2]).all()):
             continue
-        sets = [non_negligible(beta[i], threshold) for i in (j - 1, j, j + 1)]
-        if not bool(sets[1].any()) or not (torch.equal(sets[0], sets[1]) and torch.equal(sets[1], sets[2])):
+        if not bool(big[j].any()) or not (torch.equal(big[j - 1], big[j]) and torch.equal(big[j], big[j + 1])):
             continue
-        if float((beta[j + 1] - beta[j - 1]).norm()) > PLATEAU_TOL * float(beta[j].norm()):
-            continue
-        if lasting > 0 and float(tau[j]) + room > float(tau[-1]) and float(tau[j]) <= final_after:
+        if float((beta[j + 1] - beta[j - 1]).norm()) <= PLATEAU_TOL * float(beta[j].norm()):
+            out.append(j)
+    return out
+
+
+def lasting_epochs(ref: Reference, epochs: list[int], threshold: float, duration: float,
+                   final_after: float = math.inf) -> list[int]:
+    """The plateau ``epochs`` whose plateau lasts at least the plain time ``duration`` more: no coordinate's
+    transition (``Trajectory.crossing_tau``) and no change of the non-negligible set within rescaled time
+    ``duration / L`` after tau_j, and that window inside the run unless tau_j is past ``final_after`` (the
+    last stage of Algorithm 1: that plateau never ends)."""
+    tau, big = ref.traj.tau, non_negligible(ref.traj.beta[0], threshold)
+    crossings = ref.traj.crossing_tau[0]
+    crossings = crossings[torch.isfinite(crossings)]
+    room = duration / ref.L
+    out = []
+    for j in epochs:
+        if float(tau[j]) + room > float(tau[-1]) and float(tau[j]) <= final_after:
             continue
         ahead = (tau > tau[j]) & (tau <= tau[j] + room)
-        same = all(torch.equal(non_negligible(beta[k], threshold), sets[1]) for k in torch.nonzero(ahead).squeeze(1).tolist())
+        same = bool((big[ahead] == big[j]).all())
         if same and not bool(((crossings > tau[j]) & (crossings <= tau[j] + room)).any()):
             out.append(j)
     return out

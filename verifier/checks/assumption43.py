@@ -15,7 +15,8 @@ move), Lb(beta) >= Lb(beta^k) + c |beta - beta^k|^2. We measure it three ways:
    and Hessian can pass for a stationary point), and the check fails saying so.
 3. Dynamic, the paper's Figure 9: on the reference run (smallest alpha) pick ``n_perturb`` random plateau
    epochs that last PLATEAU_ROOM x the perturbed run's time (no transition in that window; where none does,
-   any plateau epochs, whose Hessians are judged but not the runs' return: inconclusive at best), perturb every non-negligible coordinate (``_perturb`` conventions), train on for
+   any plateau epochs, whose Hessians are judged but not the runs' return: inconclusive at best), perturb
+   every non-negligible coordinate (``_perturb`` conventions), train on for
    ``perturb_epochs`` epochs (flow time perturb_epochs * lr) and measure the relative distance to the
    unperturbed point. Pass: it falls to RETURN_RATIO of its initial value. Fail: it stalls above that
    (the distance at the end is more than half of that at mid-time). Otherwise inconclusive (still
@@ -204,8 +205,9 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
     final = ctx.stages.stages[-1].T if ctx.stages.status == "complete" else math.inf
 
     def epochs(ref):  # plateaus that outlast the perturbed runs; else every plateau, for the Hessians alone
-        lasting.extend(P.plateau_epochs(ref, cfg.negligible, PLATEAU_ROOM * T, final))
-        return lasting or P.plateau_epochs(ref, cfg.negligible)
+        every = P.plateau_epochs(ref, cfg.negligible)
+        lasting.extend(P.lasting_epochs(ref, every, cfg.negligible, PLATEAU_ROOM * T, final))
+        return lasting or every
 
     sample, reason = P.sample_reference(
         ctx, "Figure 9", epochs, f"the run at alpha={{alpha}} has no plateau with a coordinate above "
