@@ -13,6 +13,7 @@ from markupsafe import Markup
 from ..figures import Figure, Mark, Series
 from ..report.figures import render_figure
 from ..report.format import fmt
+from ..results import Verdict
 from .results import VERDICTS, CheckSummary, SurveyResults
 from .stats import INTERVAL
 
@@ -20,7 +21,7 @@ _ENV = jinja2.Environment(
     loader=jinja2.ChoiceLoader([jinja2.PackageLoader("verifier.survey", "templates"),
                                 jinja2.PackageLoader("verifier.report", "templates")]),
     autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-STYLES = {"pass": "-", "fail": "--", "inconclusive": ":"}
+STYLES = {Verdict.PASS: "-", Verdict.FAIL: "--", Verdict.INCONCLUSIVE: ":"}
 
 
 def histogram_figure(s: CheckSummary) -> Figure:
@@ -29,14 +30,14 @@ def histogram_figure(s: CheckSummary) -> Figure:
     h = s.histogram
     series = []
     for verdict in VERDICTS:
-        counts = h.counts.get(verdict)
+        counts = h.counts.get(verdict.value)
         if not counts or not any(counts):
             continue
         x, y = [h.edges[0]], [0]
         for j, c in enumerate(counts):
             x += [h.edges[j], h.edges[j + 1]]
             y += [c, c]
-        series.append(Series(f"{verdict} ({sum(counts)})", x + [h.edges[-1]], y + [0], STYLES[verdict]))
+        series.append(Series(f"{verdict.value} ({sum(counts)})", x + [h.edges[-1]], y + [0], STYLES[verdict]))
     missing = sum(h.not_finite.values())
     scaled = s.threshold is None and s.thresholds is not None
     at = 1.0 if scaled else s.threshold
@@ -90,7 +91,8 @@ def render_survey_html(results: SurveyResults) -> str:
         sections.append({
             "id": cid, "anchor": f"check-{k}", "claim": s.claim, "metric": s.metric or "-",
             "threshold": _threshold_text(s),
-            "rates": {v: s.rates[v].text() for v in VERDICTS}, "spread": _spread(_values(results, cid)),
+            "rates": {v.value: s.rates[v].text() for v in VERDICTS}, "spread": _spread(_values(results, cid)),
+            "reasons": _reason_rows(s),
             "figure": {"svg": Markup(fig.svg), "caption": fig.caption, "notes": fig.notes},
             "closest": [_row(x) for x in s.closest_passes], "failures": [_row(x) for x in s.failures],
             "inconclusive": [_row(x) for x in s.inconclusive],
@@ -110,16 +112,28 @@ def _row(x) -> dict:
             "message": x.outcome.message, "command": x.command}
 
 
+def _reason_rows(s: CheckSummary) -> list[tuple[str, str, str]]:
+    """(verdict, reason, rate) for every failure reason seen: the fail and inconclusive rates broken down."""
+    return [(v.value, r, rate.text()) for v, rates in s.reasons.items() for r, rate in rates.items()]
+
+
 def survey_table(results: SurveyResults, failures_shown: int = 10) -> str:
     """The terminal summary: per check the rates with intervals and the key metric's median [min, max];
     then the commands of the first failures."""
     rows = [("check", "pass", "fail", "inconclusive", "key metric: median [min, max]")]
+    notes: list[list[str]] = [[]]  # under each check: its fail and inconclusive rates by reason
     for cid in results.check_ids:
         s = results.summary(cid)
         rows.append((cid, *(s.rates[v].text() for v in VERDICTS),
                      f"{s.metric} = {_spread(_values(results, cid))} ({_threshold_text(s)})"))
+        by: dict[str, list[str]] = {}
+        for verdict, reason, rate in _reason_rows(s):
+            by.setdefault(verdict, []).append(f"{reason} {rate}")
+        notes.append([f"  {verdict} by reason: {'; '.join(parts)}" for verdict, parts in by.items()])
     widths = [max(len(r[j]) for r in rows) for j in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows]
+    lines = []
+    for row, under in zip(rows, notes):
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4], *under]
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"rates over {len(results.draws)} draws with the {INTERVAL}")
     fails = [x for cid in results.check_ids for x in results.summary(cid).failures]

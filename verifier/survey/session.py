@@ -1,0 +1,66 @@
+"""``verifier survey`` from options to files: the executor (``--workers``, ``--scheduler``), the journal
+(new, or ``--resume``), the run, and the output set (results.json, report.html, and the journal beside them).
+
+Everything that can be refused is refused before any draw runs (exit 2, nothing written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..errors import InputError
+from ..outputs import OutputSet
+from .config import SurveyConfig
+from .journal import Journal, refuse_existing
+from .results import SurveyResults
+
+
+def survey_session(config: SurveyConfig, output: OutputSet, workers="1", scheduler: str | None = None,
+                   resume: bool = False, progress: bool = True, argv: list[str] | None = None):
+    """Run the survey and write its set; returns (results or None when nothing finished, written paths,
+    interrupted?)."""
+    from .engine import survey_checks
+    from .report import render_survey_html
+    from .workers import LocalPool, dask_executor, describe_executor, local_workers, threads_per_worker
+
+    if scheduler is not None and str(workers) != "1":
+        raise InputError("--workers", "give either --workers (local processes) or --scheduler (a Dask cluster)",
+                         "--scheduler alone: the cluster's workers run the draws")
+    count, gpus = local_workers(workers, config.device) if scheduler is None else (1, None)
+    if resume and output.target is None:
+        raise InputError("--resume", "needs --out DIR, the folder of the survey to finish")
+    if not resume:
+        refuse_existing(output.target)
+    checks = survey_checks(config)  # bad input (checks, model file) refused before any work
+    options = config.as_dict()
+    with contextlib.ExitStack() as stack:
+        client = None
+        if scheduler is not None:
+            client, executor = dask_executor(scheduler)
+            stack.callback(client.close)
+        elif count > 1:
+            executor = LocalPool(count, threads_per_worker(count), gpus)
+            stack.callback(executor.shutdown)  # after an interrupt the engine has stopped it already
+        else:
+            executor = None
+        if resume:
+            journal, done = Journal.resume(output.target, options, checks)
+        else:
+            done = []
+        output.open()
+        stack.callback(output.discard)
+        if not resume:
+            journal = Journal.create(output.target, options, checks)
+        stack.callback(journal.close)
+        info = describe_executor(executor, len(client.scheduler_info()["workers"]) if client else None, scheduler)
+        from .engine import run_survey
+
+        results: SurveyResults = run_survey(config, executor, progress=progress, argv=argv, journal=journal,
+                                            done=done, checks=checks, executor_info=info)
+        if isinstance(executor, LocalPool):
+            results.survey["executor"] = describe_executor(executor)  # restarts counted at the end
+        if not results.draws:
+            return None, [], True
+        journal.close()
+        paths = output.commit_texts({"results.json": results.to_json(), "report.html": render_survey_html(results)})
+    return results, paths, bool(results.survey.get("interrupted"))
