@@ -227,3 +227,21 @@ def test_a_factory_that_raises_for_one_seed_is_that_draws_user_code_error(tmp_pa
         assert "killer.py:make(" in x.message and f"draw {i}, seed {draw_seed(seed, i)}" in x.message
     assert "ValueError: no data for this seed" in o[1].message and "SystemExit(3)" in o[2].message
     assert "user-code-error 2/3" in printed  # the terminal table breaks the rate down by reason
+
+
+@pytest.mark.parametrize("given,expected", [("1", (1, None)), ("3", (3, None)), (2, (2, None)),
+                                            ("auto", (os.cpu_count(), None))])
+def test_workers_option(given, expected):
+    from verifier.survey.workers import local_workers
+
+    assert local_workers(given, "cpu") == expected
+
+
+@pytest.mark.parametrize("argv", [["--workers", "0"], ["--workers", "two"], ["--workers", "1.5"],
+                                  ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--resume"]])
+def test_bad_executor_options_exit_2_before_work(argv, tmp_path, capsys):
+    out = [] if argv == ["--resume"] else ["--out", str(tmp_path / "o")]
+    code = main(["survey", "--preset", "diag-linear", "--n", "1", "--checks", "lemma-4.1", *argv, *out, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.split(": ")[2] in ("--workers", "--resume"), err
+    assert not (tmp_path / "o").exists()

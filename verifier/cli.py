@@ -188,6 +188,8 @@ def _survey(args, argv) -> int:
     print(survey_table(results))
     print(f"wrote {paths[0]} and {paths[1]}")
     if interrupted:
+        print(f"verifier: interrupted; the same command with --out {paths[0].parent} --resume runs the "
+              f"{results.survey['config']['n'] - len(results.draws)} draw(s) left", file=sys.stderr)
         return EXIT_INTERRUPTED
     verdicts = {o.verdict for d in results.draws for o in d.outcomes.values()}
     return EXIT_FAIL if Verdict.FAIL in verdicts else EXIT_INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else EXIT_OK

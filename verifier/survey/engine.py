@@ -173,6 +173,16 @@ def _collect(executor: cf.Executor, tasks: list[DrawTask], sink: _Collector) -> 
     (their marker files) are the suspects, the others go back as they were. Dask names the task whose worker
     died (KilledWorker, after the scheduler's own retries)."""
     pending = {executor.submit(run_task, t): t for t in tasks}
+    try:
+        _drain(executor, tasks, pending, sink)
+    except BaseException:  # an interrupt or an error: what has not started is not started
+        for fut in pending:
+            fut.cancel()
+        raise
+
+
+def _drain(executor: cf.Executor, tasks: list[DrawTask], pending: dict, sink: _Collector) -> None:
+    """:func:`_collect`'s loop; ``pending`` (future -> task) is kept current so that the caller can cancel."""
     while pending:
         finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
         suspects, lost, death = [], [], None
@@ -191,7 +201,7 @@ def _collect(executor: cf.Executor, tasks: list[DrawTask], sink: _Collector) -> 
             if not hasattr(executor, "restart"):
                 raise death
             lost += pending.values()
-            pending = {}
+            pending.clear()
             running = _running(tasks[0].markers)
             for task in lost:
                 (suspects if running is None or task.indices[0] in running else resubmit).append(task)
@@ -267,8 +277,8 @@ def run_survey(config: SurveyConfig, executor: cf.Executor | None = None, progre
         else:
             _collect(executor, tasks, sink)
     except KeyboardInterrupt:  # keep what finished: a long survey can be stopped and still reported
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
+        if isinstance(executor, LocalPool):
+            executor.shutdown(wait=False)  # its running draws are stopped, not waited for
         interrupted = (f"interrupted after {len(sink.draws)} of {config.n} draws: the rates are over the "
                        f"{len(sink.draws)} draws that finished")
     finally:

@@ -7,6 +7,7 @@ Everything that can be refused is refused before any draw runs (exit 2, nothing 
 from __future__ import annotations
 
 import contextlib
+import sys
 
 from ..errors import InputError
 from ..outputs import OutputSet
@@ -52,6 +53,7 @@ def survey_session(config: SurveyConfig, output: OutputSet, workers="1", schedul
         if not resume:
             journal = Journal.create(output.target, options, checks)
         stack.callback(journal.close)
+        stack.push(_resume_hint(journal))
         info = describe_executor(executor, len(client.scheduler_info()["workers"]) if client else None, scheduler)
         from .engine import run_survey
 
@@ -60,7 +62,24 @@ def survey_session(config: SurveyConfig, output: OutputSet, workers="1", schedul
         if isinstance(executor, LocalPool):
             results.survey["executor"] = describe_executor(executor)  # restarts counted at the end
         if not results.draws:
+            if not resume:  # nothing finished: no journal left behind either
+                journal.close()
+                journal.path.unlink(missing_ok=True)
             return None, [], True
         journal.close()
         paths = output.commit_texts({"results.json": results.to_json(), "report.html": render_survey_html(results)})
     return results, paths, bool(results.survey.get("interrupted"))
+
+
+def _resume_hint(journal: Journal):
+    """An exit handler: when the survey stops on an error, say where its finished draws are kept and how to
+    finish it (an interrupt says so in results.json and the exit code; an error has only stderr)."""
+    def hint(kind, exc, tb) -> bool:
+        if kind is not None and not issubclass(kind, (KeyboardInterrupt, InputError)) and journal.path.exists():
+            with contextlib.suppress(OSError):
+                kept = max(0, len(journal.path.read_bytes().splitlines()) - 1)
+                print(f"verifier: the journal {journal.path} keeps the {kept} draw(s) that finished; after the fix, "
+                      f"the same command with --out {journal.path.parent} --resume runs the others", file=sys.stderr)
+        return False
+
+    return hint
