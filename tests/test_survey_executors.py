@@ -245,3 +245,28 @@ def test_bad_executor_options_exit_2_before_work(argv, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.split(": ")[2] in ("--workers", "--resume"), err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_workers_pinned_to_gpus_give_the_in_process_verdicts():
+    """``--workers auto --device cuda``: one process per GPU, each pinned (CUDA_VISIBLE_DEVICES); the draws'
+    verdicts equal those of the same survey in this process on the GPU."""
+    import torch
+
+    from verifier.survey.workers import local_workers
+
+    config = SurveyConfig(preset="diag-linear", n=2, checks=CHEAP, device="cuda", seed=11, batch=1)
+    count, gpus = local_workers("auto", "cuda")
+    gpus = gpus or [0]  # one GPU: pin the single worker to it anyway
+    pool = LocalPool(len(gpus), threads=1, gpus=gpus)
+    try:
+        res = run_survey(config, pool, progress=False)
+    finally:
+        pool.shutdown()
+    alone = run_survey(config, progress=False)
+    assert [{c: o.verdict for c, o in d.outcomes.items()} for d in res.draws] == \
+        [{c: o.verdict for c, o in d.outcomes.items()} for d in alone.draws]
+    assert all("/gpu:" in d.worker for d in res.draws)
+    if torch.cuda.device_count() > 1:
+        assert count == torch.cuda.device_count() and gpus == list(range(count))
