@@ -270,3 +270,12 @@ def test_workers_pinned_to_gpus_give_the_in_process_verdicts():
     assert all("/gpu:" in d.worker for d in res.draws)
     if torch.cuda.device_count() > 1:
         assert count == torch.cuda.device_count() and gpus == list(range(count))
+
+
+def test_a_survey_folder_with_other_files_beside_its_journal_is_refused(tmp_path, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / NAME).write_text("{}\n")
+    (out / "notes.txt").write_text("mine")
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 2
+    assert "holds other files" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"

@@ -168,14 +168,13 @@ def _survey(args, argv) -> int:
     """Exit codes as ``run``, over every draw: 0 all passed, 1 some check failed on some draw, 3 none failed
     but some was inconclusive; 130 when interrupted (Ctrl-C or SIGTERM: the draws that finished are written,
     and DIR/draws.jsonl keeps them for --resume)."""
-    from .outputs import OutputSet
     from .survey import SurveyConfig
-    from .survey.session import survey_session
+    from .survey.session import SurveyOutput, survey_session
 
     checks = None if args.checks is None else tuple(c.strip() for c in args.checks.split(",") if c.strip())
     config = SurveyConfig(preset=args.preset, n=args.n, checks=checks, device=args.device, seed=args.seed,
                           batch=args.batch, model_file=args.model_file)
-    output = OutputSet.for_out(args.out, root=SURVEY_ROOT, journal=True)
+    output = SurveyOutput.for_survey(args.out, root=SURVEY_ROOT)
     results, paths, interrupted = survey_session(config, output, workers=args.workers, scheduler=args.scheduler,
                                                  resume=args.resume, progress=not args.no_progress,
                                                  argv=["verifier", *argv])

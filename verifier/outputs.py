@@ -24,7 +24,6 @@ from pathlib import Path
 from .errors import InputError
 
 SET_FILES = ("results.json", "report.html")
-JOURNAL = "draws.jsonl"  # a survey's journal (verifier.survey.journal): kept with the set, carried into the new one
 WHERE = "a new folder, an empty one, or one holding only a previous results.json and report.html"
 
 
@@ -44,9 +43,9 @@ def _blocked_signals():
     return held()
 
 
-def _is_previous_set(folder: Path, names: tuple[str, ...] = SET_FILES) -> bool:
-    """True when ``folder`` is empty or holds only results.json / report.html (``names``) as plain files."""
-    return all(e.name in names and e.is_file() and not e.is_symlink() for e in folder.iterdir())
+def _is_previous_set(folder: Path) -> bool:
+    """True when ``folder`` is empty or holds only results.json / report.html as plain files."""
+    return all(e.name in SET_FILES and e.is_file() and not e.is_symlink() for e in folder.iterdir())
 
 
 def _check_ancestors(path: Path, flag: str) -> None:
@@ -62,25 +61,23 @@ class OutputSet:
     """One run's output folder; see the module docstring. Use :meth:`for_out`, then :meth:`open` before the
     checks run, then :meth:`commit` (or :meth:`discard`)."""
 
-    def __init__(self, target: Path | None, root: Path, names: tuple[str, ...] = SET_FILES):
-        self.target, self.root, self.names = target, root, names
+    def __init__(self, target: Path | None, root: Path):
+        self.target, self.root = target, root
         self.new_run = target is None  # a fresh folder under root (reports/), with root/latest linking to it
         self.tmp: Path | None = None
         self.reserved = False
         self.warnings: list[str] = []
 
     @classmethod
-    def for_out(cls, out: str | None, root: str | Path = "reports", journal: bool = False) -> "OutputSet":
-        """Check ``--out`` (or, without it, ``root``) without touching anything. ``journal``: the folder may
-        also hold a survey's draws.jsonl, which a commit carries into the new set."""
+    def for_out(cls, out: str | None, root: str | Path = "reports") -> "OutputSet":
+        """Check ``--out`` (or, without it, ``root``) without touching anything."""
         root = Path(root)
-        names = SET_FILES + ((JOURNAL,) if journal else ())
         if out is None:
             if root.exists() and not root.is_dir():
                 raise InputError("--out", f"{root} exists and is not a folder, so runs cannot be written there",
                                  "give --out DIR")
             _check_ancestors(root, "--out")
-            return cls(None, root, names)
+            return cls(None, root)
         target = Path(out)
         if out == "" or "\x00" in out or target.absolute() == Path("/"):
             raise InputError("--out", f"{out!r} cannot hold a run", WHERE)
@@ -90,13 +87,13 @@ class OutputSet:
             if not target.is_dir():
                 raise InputError("--out", f"{target} exists and is not a folder", WHERE)
             try:
-                ok = _is_previous_set(target, names)
+                ok = _is_previous_set(target)
             except OSError as exc:
                 raise InputError("--out", f"cannot list {target} ({exc.strerror})", WHERE) from None
             if not ok:
                 raise InputError("--out", f"{target} holds other files; refusing to replace them", WHERE)
         _check_ancestors(target, "--out")
-        return cls(target, root, names)
+        return cls(target, root)
 
     def open(self) -> None:
         """Reserve the run folder (without --out) and create the temporary folder next to the target."""
@@ -136,9 +133,6 @@ class OutputSet:
         try:
             for name in SET_FILES:
                 (self.tmp / name).write_text(texts[name], encoding="utf-8")
-            for name in self.names[len(SET_FILES):]:  # a journal written beside the set goes with it
-                if (self.target / name).is_file():
-                    shutil.copy2(self.target / name, self.tmp / name)
             os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; a run folder is meant to be shared
             with _blocked_signals():
                 self._place()

@@ -7,13 +7,40 @@ Everything that can be refused is refused before any draw runs (exit 2, nothing 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+from pathlib import Path
 
 from ..errors import InputError
-from ..outputs import OutputSet
+from ..outputs import SET_FILES, OutputSet
 from .config import SurveyConfig
-from .journal import Journal, refuse_existing
+from .journal import NAME, Journal, refuse_existing
 from .results import SurveyResults
+
+
+class SurveyOutput(OutputSet):
+    """A survey's output set: results.json and report.html (written whole, as a run's) with the journal
+    draws.jsonl beside them, which a commit carries into the new set."""
+
+    @classmethod
+    def for_survey(cls, out: str | None, root: str) -> "SurveyOutput":
+        """``--out`` checked as for a run; a folder that holds a survey's journal (and nothing but a previous
+        set besides) is accepted too: it is the folder to resume, or to refuse without --resume."""
+        folder = None if out is None else Path(out)
+        if folder is not None and not folder.is_symlink() and folder.is_dir() and (folder / NAME).is_file():
+            held = {e.name: e.is_file() and not e.is_symlink() for e in folder.iterdir()}
+            if not all(ok and name in (*SET_FILES, NAME) for name, ok in held.items()):
+                raise InputError("--out", f"{folder} holds other files besides a survey; refusing to replace them",
+                                 "a new folder, or the folder of an earlier survey")
+            return cls(folder, Path(root))
+        plain = OutputSet.for_out(out, root=root)
+        return cls(plain.target, Path(root))
+
+    def commit_texts(self, texts: dict[str, str]) -> list[Path]:
+        journal = self.target / NAME
+        if self.tmp is not None and journal.is_file():
+            shutil.copy2(journal, self.tmp / NAME)
+        return super().commit_texts(texts)
 
 
 def survey_session(config: SurveyConfig, output: OutputSet, workers="1", scheduler: str | None = None,
