@@ -225,7 +225,7 @@ def test_a_factory_that_raises_for_one_seed_is_that_draws_user_code_error(tmp_pa
     assert o[1].reason == o[2].reason == "user-code-error"
     for i, x in ((1, o[1]), (2, o[2])):
         assert "killer.py:make(" in x.message and f"draw {i}, seed {draw_seed(seed, i)}" in x.message
-    assert "ValueError: no data for this seed" in o[1].message and "SystemExit(3)" in o[2].message
+    assert "ValueError: no data for this seed" in o[1].message and "sys.exit(3)" in o[2].message
     assert "user-code-error 2/3" in printed  # the terminal table breaks the rate down by reason
 
 

@@ -76,12 +76,17 @@ def failed_draw(config: SurveyConfig, index: int, checks, message: str, reason: 
 def user_code_error(config: SurveyConfig, index: int, exc: BaseException) -> str:
     """What a draw's message says when the user's factory raised (or called sys.exit) for its seed: the file,
     the function, the draw and its seed."""
-    from ..model_file import parse_spec
+    from ..model_file import FIELD, parse_spec
 
     file, factory = parse_spec(config.model_file)
     seed = config.draw_seed(index)
-    what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
-    return f"{file}:{factory}(seed={seed}) raised {what} (draw {index}, seed {seed}); the other draws go on"
+    if isinstance(exc, SystemExit):
+        what = f"{file}:{factory}(seed={seed}) called sys.exit({exc.code!r})"
+    elif getattr(exc, "problem", None) is not None and getattr(exc, "function", None):  # errors.UserCodeError
+        what = f"{exc.file}:{exc.function}(seed={seed}) {exc.problem}"
+    else:  # the loader's InputError: its text names the file and the function
+        what = str(exc).removeprefix(f"{FIELD}: ")
+    return f"{what} (draw {index}, seed {seed}); the other draws go on"
 
 
 def is_worker_death(exc: BaseException) -> bool:
