@@ -130,8 +130,8 @@ def run_draws(config: SurveyConfig, indices, ids: list[str], worker: str) -> lis
         t0 = time.perf_counter()
         try:
             results = run_checks(ctx, ids, progress=False)
-        except (InputError, SystemExit) as exc:  # user code that raised a usage error or exited mid-check
-            if config.model_file is None and not isinstance(exc, SystemExit):
+        except (InputError, SystemExit) as exc:  # the user's code refused or exited while a check ran it
+            if config.model_file is None:
                 raise
             draws[i] = failed_draw(config, i, ids, user_code_error(config, i, exc), USER_CODE_ERROR, worker,
                                    time.perf_counter() - t0)
