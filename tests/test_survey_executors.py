@@ -32,17 +32,18 @@ def in_process():
     return run_survey(CONFIG, progress=False)
 
 
-def test_two_local_workers_give_the_in_process_draws_bit_for_bit(in_process):
-    pool = LocalPool(2, threads=1)
-    try:
-        res = run_survey(CONFIG, pool, progress=False)
-    finally:
-        pool.shutdown()
+def test_two_local_workers_give_the_in_process_draws_bit_for_bit(in_process, tmp_path):
+    """``verifier survey --workers 2`` against ``run_survey`` in this process (what ``--workers 1`` does)."""
+    out = tmp_path / "survey"
+    assert main(["survey", "--preset", "diag-linear", "--n", "3", "--checks", ",".join(CHEAP), "--device", "cpu",
+                 "--seed", "11", "--workers", "2", "--out", str(out), "--no-progress"]) == 0
+    res = read_survey(out / "results.json")
     assert [d.index for d in res.draws] == [0, 1, 2]
     assert _key(res) == _key(in_process)
     assert all(o.verdict is Verdict.PASS for d in res.draws for o in d.outcomes.values())
-    assert res.survey["executor"] == {"kind": "local-processes", "workers": 2, "torch_threads": 1, "gpus": None,
-                                      "restarts": 0}
+    assert res.survey["executor"] == {"kind": "local-processes", "workers": 2, "gpus": None, "restarts": 0,
+                                      "torch_threads": max(1, os.cpu_count() // 2)}  # the cores shared out
+    assert in_process.survey["executor"] == {"kind": "in-process", "workers": 1}
     workers = {d.worker for d in res.draws}
     assert all(w and w.split(":")[-1] != str(os.getpid()) for w in workers)  # ran in the pool's processes
     assert all(d.duration_s > 0 for d in res.draws)
