@@ -311,3 +311,17 @@ def test_report_histograms_are_filled_bars_on_whole_number_counts_and_seeds_do_n
     assert '<td class="num" style="white-space: nowrap">4294967292</td>' in html
     assert "<code>tie</code> 1/4 = 25%" in html and "local-processes, 2 worker(s)" in html
     assert res.summary("c").reasons[Verdict.FAIL]["tie"].k == 1
+
+
+def test_a_version_1_survey_file_still_reads_with_unspecified_reasons(tmp_path):
+    draws = [{"index": 0, "seed": 5, "command": "verifier run --preset diag-linear --seed 5", "duration_s": 1.0,
+              "checks": {"c": {"verdict": "fail", "message": "m", "metric": "x", "value": 0.001, "threshold": 0.01,
+                               "better": "higher", "duration_s": 1.0}}}]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"schema": "verifier-survey", "schema_version": 1, "survey": {}, "claims": {"c": "claim"},
+                                "summary": [], "draws": draws}))
+    res = read_survey(path)
+    o = res.draws[0].outcomes["c"]
+    assert o.verdict is Verdict.FAIL and o.reason is None and res.draws[0].worker is None
+    assert {r: x.k for r, x in res.summary("c").reasons[Verdict.FAIL].items()} == {"unspecified": 1}
+    assert json.loads(res.to_json())["schema_version"] == 2
