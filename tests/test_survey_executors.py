@@ -264,8 +264,8 @@ def test_workers_pinned_to_gpus_give_the_in_process_verdicts():
 
     config = SurveyConfig(preset="diag-linear", n=2, checks=CHEAP, device="cuda", seed=11, batch=1)
     count, gpus = local_workers("auto", "cuda")
-    gpus = gpus or [0]  # one GPU: pin the single worker to it anyway
-    pool = LocalPool(len(gpus), threads=1, gpus=gpus)
+    assert count == torch.cuda.device_count() and gpus == list(range(count))
+    pool = LocalPool(count, threads=1, gpus=gpus)  # one GPU: the command runs in-process; here a pinned process
     try:
         res = run_survey(config, pool, progress=False)
     finally:
@@ -274,8 +274,6 @@ def test_workers_pinned_to_gpus_give_the_in_process_verdicts():
     assert [{c: o.verdict for c, o in d.outcomes.items()} for d in res.draws] == \
         [{c: o.verdict for c, o in d.outcomes.items()} for d in alone.draws]
     assert all("/gpu:" in d.worker for d in res.draws)
-    if torch.cuda.device_count() > 1:
-        assert count == torch.cuda.device_count() and gpus == list(range(count))
 
 
 def test_a_survey_folder_with_other_files_beside_its_journal_is_refused(tmp_path, capsys):

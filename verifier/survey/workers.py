@@ -148,7 +148,8 @@ class LocalPool(cf.Executor):
 
 def local_workers(workers: str | int, device: str) -> tuple[int, list[int] | None]:
     """``--workers N|auto`` -> (number of processes, the GPU of each or None). ``auto``: one per GPU when the
-    survey runs on CUDA and several GPUs are present, else one per CPU core."""
+    survey runs on CUDA (one GPU: one worker, whose batched solves use it; processes sharing a GPU would
+    compete for it), else one per CPU core."""
     if workers != "auto":
         try:
             n = int(workers)
@@ -161,8 +162,8 @@ def local_workers(workers: str | int, device: str) -> tuple[int, list[int] | Non
 
     from ..config import resolve_device
 
-    if resolve_device(device).type == "cuda" and torch.cuda.device_count() > 1:
-        count = torch.cuda.device_count()
+    if resolve_device(device).type == "cuda":
+        count = max(1, torch.cuda.device_count())
         return count, list(range(count))
     return max(1, os.cpu_count() or 1), None
 
