@@ -1,6 +1,7 @@
 """Surveys on executors: in-process, local worker processes and a Dask cluster give the same draws bit for
 bit; the journal and --resume; a worker killed mid-draw; a model file's factory that raises for one seed."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -59,34 +60,28 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def test_a_dask_cluster_of_two_worker_processes_gives_the_same_draws(in_process, tmp_path):
-    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (started here, stopped at the end),
-    driven through ``verifier survey --scheduler``."""
+@contextlib.contextmanager
+def dask_cluster(folder: Path, workers: int = 2):
+    """``dask scheduler`` and ``workers`` ``dask worker`` processes on 127.0.0.1 (a free port), started here and
+    always stopped; yields the scheduler's address once the workers have joined."""
     pytest.importorskip("distributed")
+    from distributed import Client
+
     dask = str(Path(sys.executable).with_name("dask"))
-    file = tmp_path / "scheduler.json"
+    file = folder / "scheduler.json"
     procs = [_start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
-                     str(file)], tmp_path / "scheduler.log")]
+                     str(file)], folder / "scheduler.log")]
     try:
         deadline = time.monotonic() + 300
         while not file.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         address = json.loads(file.read_text())["address"]
-        for k in range(2):
+        for k in range(workers):
             procs.append(_start([dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
-                                 "--name", f"w{k}"], tmp_path / f"worker{k}.log"))
-        from distributed import Client
-
+                                 "--name", f"w{k}"], folder / f"worker{k}.log"))
         with Client(address, timeout="120s") as client:
-            client.wait_for_workers(2, timeout=300)
-        out = tmp_path / "survey"
-        code = main(["survey", "--preset", "diag-linear", "--n", "3", "--checks", ",".join(COMPARED), "--device", "cpu",
-                     "--seed", "11", "--scheduler", address, "--out", str(out), "--no-progress"])
-        assert code == _exit_code(in_process)
-        res = read_survey(out / "results.json")
-        assert _key(res) == _key(in_process)
-        assert res.survey["executor"] == {"kind": "dask", "workers": 2, "scheduler": address}
-        assert len({d.worker for d in res.draws}) >= 1 and all(d.worker for d in res.draws)
+            client.wait_for_workers(workers, timeout=300)
+        yield address
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -96,6 +91,20 @@ def test_a_dask_cluster_of_two_worker_processes_gives_the_same_draws(in_process,
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def test_a_dask_cluster_of_two_worker_processes_gives_the_same_draws(in_process, tmp_path):
+    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (started here, stopped at the end),
+    driven through ``verifier survey --scheduler``."""
+    with dask_cluster(tmp_path) as address:
+        out = tmp_path / "survey"
+        code = main(["survey", "--preset", "diag-linear", "--n", "3", "--checks", ",".join(COMPARED), "--device", "cpu",
+                     "--seed", "11", "--scheduler", address, "--out", str(out), "--no-progress"])
+        assert code == _exit_code(in_process)
+        res = read_survey(out / "results.json")
+        assert _key(res) == _key(in_process)
+        assert res.survey["executor"] == {"kind": "dask", "workers": 2, "scheduler": address}
+        assert all(d.worker for d in res.draws)
 
 
 def test_scheduler_without_distributed_is_refused_with_what_to_install(monkeypatch, tmp_path, capsys):
@@ -283,3 +292,21 @@ def test_a_survey_folder_with_other_files_beside_its_journal_is_refused(tmp_path
     (out / "notes.txt").write_text("mine")
     assert main([*ARGS, "--out", str(out), "--resume"]) == 2
     assert "holds other files" in capsys.readouterr().err and (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_dask_worker_killed_mid_draw_does_not_lose_the_survey(tmp_path):
+    """On Dask: draw 1 kills its worker once (the scheduler reschedules it), draw 2 kills every worker that runs
+    it (KilledWorker after the scheduler's retries, then our one retry): recorded worker-died; the rest pass."""
+    seed = 3
+    spec = _model_file(tmp_path, once=draw_seed(seed, 1), always=draw_seed(seed, 2))
+    with dask_cluster(tmp_path) as address:
+        from distributed import Client
+
+        with Client(address) as client:
+            res = run_survey(SurveyConfig(model_file=spec, n=4, checks=("lemma-4.1",), device="cpu", seed=seed),
+                             client.get_executor(pure=False), progress=False)
+    verdicts = [d.outcomes["lemma-4.1"].verdict for d in res.draws]
+    assert verdicts == [Verdict.PASS, Verdict.PASS, Verdict.INCONCLUSIVE, Verdict.PASS]
+    dead = res.draws[2].outcomes["lemma-4.1"]
+    assert dead.reason == WORKER_DIED and "KilledWorker" in dead.message
