@@ -124,7 +124,16 @@ def render_survey_html(results: SurveyResults) -> str:
         interval=INTERVAL, command=str(sv.get("command", "")), machine=str(sv.get("machine", "")),
         seed_rule=str(sv.get("seed_rule", "")), interrupted=interrupted, executor=_executor_text(sv.get("executor")),
         meta=[(k, fmt(v, 400)) for k, v in sv.items() if k not in ("config", "command", "seed_rule")]
-        + [(f"config.{k}", fmt(v, 400)) for k, v in config.items()])
+        + [(f"config.{k}", fmt(v, 400)) for k, v in config.items()] + _draw_times(results))
+
+
+def _draw_times(results: SurveyResults) -> list[tuple[str, str]]:
+    """Per-draw wall time (median [min, max]) and how many workers ran draws: what a cluster's user sizes
+    the next survey by."""
+    times = [d.duration_s for d in results.draws if d.duration_s > 0]
+    workers = {d.worker for d in results.draws if d.worker}
+    out = [("draw wall time, s", _spread(times))] if times else []
+    return out + ([("workers that ran draws", str(len(workers)))] if workers else [])
 
 
 def _executor_text(info) -> str:
