@@ -24,7 +24,7 @@ from ..results import CheckResult, Metric, Verdict, combine
 from .figures import change_vs_initial, spectrum_over_training, stable_rank_over_training
 from .judge import (LOSS_WINDOW, MATCH_LEVELS, MIN_JUDGED_RANK, MIN_LOSS_DECREASE, RANK_FRACTION_MAX,
                     RANK_RATIO_MAX, SIZE_FLOOR, RankSummary, matched_ranks, summarize)
-from .tracker import RankHistory
+from .history import RankHistory
 
 LOW_RANK = "low-rank-perturbation"
 GRADUAL = "gradual-rank-increase"

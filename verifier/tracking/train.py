@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from .. import seeds
 from .config import TrackConfig
-from .tracker import RankHistory, RankTracker
+from .history import RankHistory
+from .tracker import RankTracker
 from .vit import ViT
 
 TEST_FRACTION = 0.2
