@@ -249,3 +249,14 @@ def test_tracker_spectra_equal_full_svdvals_on_gpt2():
     assert (np.abs(h.delta_spectra[1] - full_change[:, :r]) / scale).max() < 1e-10
     rk = D // 2
     assert (np.abs(h.initial_spectra[:, :rk] - full_initial[:, :rk]) / full_initial[:, :1]).max() < 1e-10
+
+
+def test_a_non_finite_head_gets_nan_and_the_others_their_values():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(3, 10, 2, generator=g), torch.randn(3, 9, 2, generator=g)
+    want = product_svdvals(a, b)
+    a[1, 4, 0] = float("nan")
+    b[2, 0, 1] = float("inf")
+    got = product_svdvals(a, b)
+    assert torch.isnan(got[1:]).all()
+    torch.testing.assert_close(got[0], want[0])

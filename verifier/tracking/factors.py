@@ -9,8 +9,8 @@ at GPT-2-small width (d = 768, k = 64) about 25x fewer operations than ``svdvals
 
 Everything is batched over the leading axis and stays on the factors' device (no host synchronisation).
 Half-precision factors are computed in float32 (QR has no half kernels). A matrix with a non-finite factor
-entry gets NaN singular values (its factors are zeroed before the QR, so one diverged head cannot stop the
-batch).
+entry gets NaN singular values: the QR carries the NaN into the small core, which is checked (cheap, k x k)
+and zeroed before the SVD, so one diverged head cannot stop the batch.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ def product_svdvals(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[N, min(d1, d2, k)] singular values (descending) of a_i b_i^T, for a [N, d1, k] and b [N, d2, k]."""
     if a.dtype not in (torch.float32, torch.float64):
         a, b = a.float(), b.float()
-    finite = torch.isfinite(a).flatten(1).all(1) & torch.isfinite(b).flatten(1).all(1)
-    zero = torch.zeros((), dtype=a.dtype, device=a.device)
-    a = torch.where(finite[:, None, None], a, zero)
-    b = torch.where(finite[:, None, None], b, zero)
-    ra = torch.linalg.qr(a, mode="r").R  # [N, min(d1, k), k]
+    ra = torch.linalg.qr(a, mode="r").R  # [N, min(d1, k), k]; a non-finite input gives a non-finite R
     rb = torch.linalg.qr(b, mode="r").R
-    s = torch.linalg.svdvals(ra @ rb.transpose(1, 2))
+    core = ra @ rb.transpose(1, 2)
+    finite = torch.isfinite(core).flatten(1).all(1)
+    s = torch.linalg.svdvals(torch.where(finite[:, None, None], core, torch.zeros((), dtype=core.dtype,
+                                                                                  device=core.device)))
     return torch.where(finite[:, None], s, torch.full((), float("nan"), dtype=s.dtype, device=s.device))
 
 

@@ -39,12 +39,18 @@ def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool
         "train_s": round(r.train_s, 3), "record_s": round(r.record_s, 3),
         "record_ms_per_record": round(1e3 * r.record_s / max(1, len(r.history.steps) - 1), 3),
         "record_overhead": round(r.record_s / r.train_s, 4) if r.train_s > 0 else float("nan"),
-        "median_final_stable_rank": float(np.nanmedian(r.history.stable_rank()[-1])),
+        "median_final_stable_rank": _finite_median(r.history.stable_rank()[-1]),
+        "diverged_step": r.history.diverged_step,
     } for r in runs}
     stamped = tuple(_stamp(c, config, provenance) for c in checks)
     run = {"config": config.as_dict(), "provenance": provenance, "model": f"vit ({config.preset})",
            "checks": [c.id for c in checks], "training": training}
     return RunResults(run=run, checks=stamped)
+
+
+def _finite_median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
 
 
 def _stamp(check, config: TrackConfig, provenance: dict):
