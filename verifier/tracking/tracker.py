@@ -177,6 +177,24 @@ class RankTracker:
     def tracked(self) -> tuple[Tracked, ...]:
         return tuple(self._tracked)
 
+    @property
+    def last_step(self) -> int | None:
+        """The step of the last ``record`` call (None before the first)."""
+        return self._last_step
+
+    @property
+    def n_records(self) -> int:
+        return len(self._steps)
+
+    def set_loss(self, step: int, loss) -> bool:
+        """Attach the training loss to the record at ``step`` when it is the last one (a loss logged after
+        the record, as the Hugging Face Trainer logs); returns whether it did."""
+        loss = _scalar_loss(loss)
+        if not self._steps or self._steps[-1] != step or loss is None:
+            return False
+        self._losses[-1], self._loss_given[-1] = loss, True
+        return True
+
     def describe(self) -> str:
         """One line per tracked product: name (module path + qk/vo), layout, heads, d1 x d2, head dim."""
         return "\n".join(str(t) for t in self._tracked)
