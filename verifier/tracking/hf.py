@@ -29,14 +29,15 @@ STATE_FILE = "rank_tracker.pt"
 class RankTrackerCallback(TrainerCallback):
     """``every``: record every N optimizer steps. ``products``, ``init_scale``, ``tensorboard``: see
     :class:`~verifier.tracking.session.TrackingSession` (``tensorboard=True`` logs to ``args.logging_dir``, or ``<output_dir>/runs``).
-    ``output_dir``: where results.json and report.html go (default ``<args.output_dir>/verifier``)."""
+    ``output_dir``: where results.json and report.html go (default ``<args.output_dir>/verifier``); ``write``:
+    False to write nothing at the end (call :meth:`results` yourself)."""
 
     def __init__(self, every: int = 1, *, products: Mapping | None = None, init_scale: float = 1.0,
-                 tensorboard=None, output_dir: str | os.PathLike | None = None):
+                 tensorboard=None, output_dir: str | os.PathLike | None = None, write: bool = True):
         self._tensorboard = tensorboard
         self.session = TrackingSession(every, products, init_scale,
                                        None if tensorboard is True else tensorboard)
-        self.output_dir = output_dir
+        self.output_dir, self.write = output_dir, write
         self.written: Path | None = None
 
     @property
@@ -73,7 +74,7 @@ class RankTrackerCallback(TrainerCallback):
             torch.save(self.tracker.state_dict(), folder / STATE_FILE)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and self.tracker is not None and self.tracker.n_records:
+        if self.write and state.is_world_process_zero and self.tracker is not None and self.tracker.n_records:
             folder = Path(self.output_dir) if self.output_dir is not None else Path(args.output_dir) / "verifier"
             self.session.write(folder, "transformers", model)
             self.written = folder

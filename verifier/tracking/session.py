@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,7 @@ class TrackingSession:
         self.tracker: RankTracker | None = None
         self.sink: TensorBoardSink | None = None
         self._pending_state: dict | None = None
+        self.record_s = 0.0  # wall time inside RankTracker.record (host time: on a GPU, launch time)
 
     def start(self, model: torch.nn.Module, step: int) -> None:
         """Build the tracker (restoring a loaded state) and, on a fresh history, record the reference."""
@@ -62,7 +64,9 @@ class TrackingSession:
         t = self.tracker
         if t is None or (t.last_step is not None and step <= t.last_step):
             return False
+        start = time.perf_counter()
         done = t.record(step, loss)
+        self.record_s += time.perf_counter() - start
         if done and self.sink is not None:
             self.sink.write(t)
         return done
@@ -86,6 +90,7 @@ class TrackingSession:
                "checks": [c.id for c in checks], "tracked": self.tracker.describe().splitlines(),
                "training": {f"{self.init_scale:g}": {"records": len(history.steps), "last_step": int(history.steps[-1]),
                                                       "tracked_matrices": len(history.names),
+                                                      "record_s": round(self.record_s, 3),
                                                       "diverged_step": history.diverged_step}}}
         results = RunResults(run=run, checks=tuple(replace(c, config=config, provenance=provenance) for c in checks))
         output = OutputSet.for_out(str(folder))

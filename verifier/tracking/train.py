@@ -63,7 +63,7 @@ def build_vit(config: TrackConfig, scale: float, device: torch.device) -> ViT:
     """The preset's ViT with the seed's initial weights, every layer but the patch embedding times ``scale``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + seeds.TRACK_INIT)
-        vit = ViT(image_size=8, channels=1, classes=10, **config.spec.vit)
+        vit = ViT(image_size=8, channels=1, classes=10, **config.spec.architecture)
     return vit.scale_init(scale).to(device)
 
 
