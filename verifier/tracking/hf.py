@@ -21,12 +21,12 @@ from typing import Mapping
 import torch
 from transformers import TrainerCallback
 
-from .session import TrackingSession
+from .session import TrackingCallback, TrackingSession
 
 STATE_FILE = "rank_tracker.pt"
 
 
-class RankTrackerCallback(TrainerCallback):
+class RankTrackerCallback(TrackingCallback, TrainerCallback):
     """``every``: record every N optimizer steps. ``products``, ``init_scale``, ``tensorboard``: see
     :class:`~verifier.tracking.session.TrackingSession` (``tensorboard=True`` logs to ``args.logging_dir``, or ``<output_dir>/runs``).
     ``output_dir``: where results.json and report.html go (default ``<args.output_dir>/verifier``); ``write``:
@@ -39,14 +39,6 @@ class RankTrackerCallback(TrainerCallback):
                                        None if tensorboard is True else tensorboard)
         self.output_dir, self.write = output_dir, write
         self.written: Path | None = None
-
-    @property
-    def tracker(self):
-        return self.session.tracker
-
-    def results(self) -> list:
-        """Both checks on what was recorded so far (CheckResults)."""
-        return self.session.results()
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if not state.is_world_process_zero:

@@ -25,10 +25,10 @@ try:
 except ImportError:  # the standalone package
     from pytorch_lightning import Callback
 
-from .session import TrackingSession
+from .session import TrackingCallback, TrackingSession
 
 
-class RankTrackerCallback(Callback):
+class RankTrackerCallback(TrackingCallback, Callback):
     """``every``: record every N optimizer steps. ``products``, ``init_scale``, ``tensorboard``: see
     :class:`~verifier.tracking.session.TrackingSession`. ``log``: log per-head stable ranks through
     ``pl_module.log_dict`` (one host transfer per record). ``output_dir``: where results.json and report.html
@@ -39,14 +39,6 @@ class RankTrackerCallback(Callback):
         self.session = TrackingSession(every, products, init_scale, tensorboard)
         self.log, self.output_dir = log, output_dir
         self.written: Path | None = None
-
-    @property
-    def tracker(self):
-        return self.session.tracker
-
-    def results(self) -> list:
-        """Both checks on what was recorded so far (CheckResults)."""
-        return self.session.results()
 
     def on_train_start(self, trainer, pl_module):
         if trainer.is_global_zero:

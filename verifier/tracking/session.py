@@ -104,6 +104,20 @@ class TrackingSession:
         return results
 
 
+class TrackingCallback:
+    """What a framework callback exposes: ``.tracker`` (None before training starts) and ``.results()``."""
+
+    session: TrackingSession
+
+    @property
+    def tracker(self) -> RankTracker | None:
+        return self.session.tracker
+
+    def results(self) -> list:
+        """Both checks on what was recorded so far (CheckResults)."""
+        return self.session.results()
+
+
 def _version(package: str) -> str:
     try:
         return __import__(package).__version__
