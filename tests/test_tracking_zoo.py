@@ -260,3 +260,16 @@ def test_a_non_finite_head_gets_nan_and_the_others_their_values():
     got = product_svdvals(a, b)
     assert torch.isnan(got[1:]).all()
     torch.testing.assert_close(got[0], want[0])
+
+
+def test_t5_self_and_cross_attention():
+    model = _from_config(transformers.T5Config(d_model=D, d_kv=K, num_heads=H, num_layers=1, d_ff=8,
+                                               vocab_size=11))
+    tracker = RankTracker(model)
+    modules = [t.module for t in tracker.tracked][::2]
+    assert modules == ["encoder.block.0.layer.0.SelfAttention", "decoder.block.0.layer.0.SelfAttention",
+                       "decoder.block.0.layer.1.EncDecAttention"]
+    a = model.decoder.block[0].layer[1].EncDecAttention
+    qk, vo = _linear_qkvo(a.q.weight, a.k.weight, a.v.weight, a.o.weight, H, H)
+    _close(tracker, modules[2] + ".qk", qk)
+    _close(tracker, modules[2] + ".vo", vo)

@@ -20,7 +20,8 @@ Built-in layouts, matched by structure (nothing imports transformers or timm): t
 ``nn.MultiheadAttention`` (by type), timm's fused ``qkv``/``proj``, Hugging Face GPT-2 (``c_attn``/``c_proj``),
 BERT/RoBERTa (``self.query``/... and the sibling ``output.dense``), the pre-5 Hugging Face ViT
 (``attention.query``/... and ``output.dense``), and ``q_proj``/``k_proj``/``v_proj`` with ``o_proj`` or
-``out_proj`` (LLaMA, Mistral, Qwen, ViT in transformers 5, BART, OPT, Whisper). Cross-attention whose shapes do
+``out_proj`` (LLaMA, Mistral, Qwen, ViT in transformers 5, BART, OPT, Whisper), and T5's ``q``/``k``/``v``/``o``
+(self- and cross-attention). Cross-attention whose shapes do
 not fit a layout is skipped. :func:`register_attention` adds a layout for a module type, tried before these.
 """
 
@@ -200,9 +201,11 @@ VIT_LEGACY = AttentionSpec("hf-vit", q="attention.query.weight", k="attention.ke
 QKV_PROJ = AttentionSpec("q_proj/k_proj/v_proj/o_proj", q="q_proj.weight", k="k_proj.weight", v="v_proj.weight",
                          o=("o_proj.weight", "out_proj.weight"), head_dim=("head_dim", "config.head_dim"),
                          heads=("num_heads", "num_attention_heads", "config.num_attention_heads"))
+T5 = AttentionSpec("hf-t5", q="q.weight", k="k.weight", v="v.weight", o="o.weight", heads="n_heads",
+                   head_dim="key_value_proj_dim")
 
 _REGISTERED: dict[type, AttentionSpec] = {torch.nn.MultiheadAttention: MHA}
-STRUCTURAL = (TIMM, GPT2, BERT, VIT_LEGACY, QKV_PROJ)
+STRUCTURAL = (TIMM, GPT2, BERT, VIT_LEGACY, QKV_PROJ, T5)
 
 
 def register_attention(module_type: type, spec: AttentionSpec) -> None:
