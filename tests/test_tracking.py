@@ -221,3 +221,20 @@ def test_tracker_on_cuda_matches_cpu():
     a, b = cpu.history(), gpu.history()
     np.testing.assert_allclose(b.delta_spectra, a.delta_spectra, rtol=1e-3, atol=1e-5)
     np.testing.assert_array_equal(b.losses, [np.nan, 1.0])
+
+
+def test_bfloat16_model_tracked_in_float32():
+    """The change of a bfloat16 weight is formed in float32 from the stored values: 1 + 2^-7 -> -1 is a step of
+    -2.0078125, which bfloat16 (8 significant bits) would round to -2 or -2.015625."""
+    mha = _mha().to(torch.bfloat16)
+    with torch.no_grad():
+        mha.in_proj_weight[0, 0] = 1 + 2**-7
+    tracker = RankTracker(mha)
+    tracker.record(0)
+    with torch.no_grad():
+        mha.in_proj_weight[0, 0] = -1.0  # one entry: a rank-one change of head 0's qk
+    tracker.record(1)
+    h = tracker.history()
+    np.testing.assert_allclose(h.numerical_rank()[1, 0], 1)
+    Wk = mha.in_proj_weight[12:16].float()
+    np.testing.assert_allclose(h.delta_spectra[1, 0, 0], 2.0078125 * torch.linalg.norm(Wk[0]).item(), rtol=1e-6)

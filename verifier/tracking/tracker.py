@@ -209,7 +209,13 @@ class RankTracker:
         return out
 
     def _factors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [tuple(f.detach().to(self.device) for f in t.factors()) for t in self._tracked]
+        """Current factors on the tracker's device; half precision (float16, bfloat16) in float32, so that the
+        change A - A0 is not rounded to 8 or 11 bits."""
+        def cast(f: torch.Tensor) -> torch.Tensor:
+            wide = f.dtype in (torch.float16, torch.bfloat16)
+            return f.detach().to(self.device, torch.float32 if wide else f.dtype)
+
+        return [tuple(cast(f) for f in t.factors()) for t in self._tracked]
 
     def _check_step(self, step) -> int:
         try:
