@@ -62,19 +62,27 @@ def _full_svdvals_record(factors, reference):
     return torch.linalg.svdvals(torch.cat(changes))
 
 
-def _clocks():
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _clocks(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter(), time.process_time()
 
 
-def test_record_cost_gpt2_small(benchmark, machine_info):
+@pytest.mark.parametrize("device", DEVICES)
+def test_record_cost_gpt2_small(benchmark, machine_info, device):
     """One Adam training step of Hugging Face GPT-2 small (built from its config, random tokens) against
     one record() of all 288 tracked matrices (thin factors) and the previous full-svdvals record, side by
-    side in one process. Wall and CPU seconds go to extra_info; asserted: the spectra agree."""
+    side in one process (on a GPU, timed between synchronisations). Wall and CPU seconds go to extra_info;
+    asserted: the spectra agree."""
     transformers = pytest.importorskip("transformers")
+    device = torch.device(device)
     torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=GPT2_TOKENS))
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=GPT2_TOKENS)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, model.config.vocab_size, (GPT2_BATCH, GPT2_TOKENS))
+    tokens = torch.randint(0, model.config.vocab_size, (GPT2_BATCH, GPT2_TOKENS), device=device)
     tracker = RankTracker(model)
     assert len(tracker.tracked) == 24 and sum(t.heads for t in tracker.tracked) == 288
     tracker.record(0)
@@ -88,9 +96,9 @@ def test_record_cost_gpt2_small(benchmark, machine_info):
         return loss
 
     def timed(name, fn):
-        w0, c0 = _clocks()
+        w0, c0 = _clocks(device)
         out = fn()
-        w1, c1 = _clocks()
+        w1, c1 = _clocks(device)
         times[f"{name}_wall_s"], times[f"{name}_cpu_s"] = w1 - w0, c1 - c0
         return out
 
@@ -110,7 +118,7 @@ def test_record_cost_gpt2_small(benchmark, machine_info):
     machine_info.update(times)
     print({k: round(v, 4) for k, v in times.items()})
     factors = tracker._factors()[:2]
-    full = _full_svdvals_record(factors, tracker._reference[:2]).double()
+    full = _full_svdvals_record(factors, tracker._reference[:2]).double().cpu()
     thin = tracker.history().delta_spectra[1, :24]
     r = thin.shape[-1]
     assert np.abs(full[:, :r].numpy() - thin).max() <= 1e-4 * full[:, 0].max().item()

@@ -273,3 +273,15 @@ def test_t5_self_and_cross_attention():
     qk, vo = _linear_qkvo(a.q.weight, a.k.weight, a.v.weight, a.o.weight, H, H)
     _close(tracker, modules[2] + ".qk", qk)
     _close(tracker, modules[2] + ".vo", vo)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_factor_spectra_on_cuda_equal_cpu():
+    g = torch.Generator().manual_seed(5)
+    a, a0 = (torch.randn(7, 96, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    b, b0 = (torch.randn(7, 80, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    cpu = change_svdvals(a, b, a0, b0)
+    gpu = change_svdvals(*(t.cuda() for t in (a, b, a0, b0)))
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-12)
