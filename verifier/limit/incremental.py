@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -73,10 +74,18 @@ class Stage:
                 "left": list(self.left)}
 
 
+class StageStatus(str, Enum):
+    """Why Algorithm 1 stopped."""
+
+    COMPLETE = "complete"  # no coordinate can activate: T_{K+1} = inf
+    MAX_STAGES = "max_stages"  # the stage budget ran out
+    STAGE_B_FAILED = "stage_b_failed"  # a stage B found no stationary point
+
+
 @dataclass(frozen=True)
 class StageSequence:
-    """The stages of Algorithm 1 in time order; ``status`` says why it stopped: ``complete`` (no
-    coordinate can activate: T_{K+1} = inf), ``max_stages`` or ``stage_b_failed``; ``message`` says more.
+    """The stages of Algorithm 1 in time order; ``status`` (a :class:`StageStatus`; text is converted) says
+    why it stopped; ``message`` says more.
     A tie (Assumption 4.2b) or a coordinate that left with its gradient pointing outward (4.2c) shows as
     a Delta of 0 and a ``margin`` of 0; the stages go on so a check can name them."""
 
@@ -85,6 +94,9 @@ class StageSequence:
     message: str
     gtol: float
     names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", StageStatus(self.status))
 
     def name(self, i: int | None) -> str:
         if i is None:
@@ -147,7 +159,7 @@ class StageSequence:
             support = " ".join(f"{'+' if s.beta[i] > 0 else '-'}{self.name(i)}" for i in s.support[:8])
             support += f" (+{len(s.support) - 8} more)" if len(s.support) > 8 else ""
             lines.append(f"{s.k:>3} {s.T:>10.5g} {new:>12} {s.loss:>11.4e} {margin:>9} {left:>12}  {support or '-'}")
-        lines.append(f"status: {self.status} ({self.message})")
+        lines.append(f"status: {self.status.value} ({self.message})")
         return "\n".join(lines)
 
 
@@ -185,13 +197,13 @@ def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int |
     stage = Stage(0, 0.0, None, 0, b.cpu(), beta.cpu(), G.cpu(), (), float(model.loss_b(beta)), None, ())
     stages = [stage]
     names = tuple(model.coordinate_names())
-    status, message = "complete", "no coordinate can activate (every Delta is infinite)"
+    status, message = StageStatus.COMPLETE, "no coordinate can activate (every Delta is infinite)"
     while True:
         delta = time_to_activate(b, G, stage.support, gtol)
         if not bool(torch.isfinite(delta).any()):
             break
         if len(stages) > max_stages:
-            status, message = "max_stages", f"stopped after {max_stages} stages"
+            status, message = StageStatus.MAX_STAGES, f"stopped after {max_stages} stages"
             break
         i = int(torch.argmin(delta))
         d = float(delta[i])
@@ -210,7 +222,7 @@ def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int |
         beta, left, ok, why = stage_b(model, start, support, i, gtol, scale, newton, max_flow_time,
                                       None if progress is None else (lambda f, label=label: progress(label, f)))
         if not ok:
-            status, message = "stage_b_failed", f"stage {stage.k + 1} (activating {names[i]}): {why}"
+            status, message = StageStatus.STAGE_B_FAILED, f"stage {stage.k + 1} (activating {names[i]}): {why}"
             break
         for j in left:
             b[j] = 1.0 if start[j] > 0 else -1.0
