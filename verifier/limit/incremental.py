@@ -33,7 +33,15 @@ from ..models.base import DiagonalModel
 # to ~1e-13, far below it, so rounding cannot start a spurious stage.
 GTOL_REL = 1e-8
 # A coordinate leaves the support when |beta_i| <= LEAVE_TOL * max(1, max|beta|) and the flow shrinks it
-# (sign(beta_i) g_i > 0); the balanced flow then only decays it further, exponentially.
+# (sign(beta_i) g_i > 0). How fast it got there depends on the stage (THEORY.md §5.3), and so does what decides
+# the leave. At a stationary point with a positive loss the leaver's gradient tends to a nonzero G_i pointing
+# inward, and the balanced flow beta_i' = -2 |beta_i| g_i decays it exponentially, at rate 2 |G_i|: it reaches
+# LEAVE_TOL within a few chunks of stage B's flow. At a zero-loss minimum (the last stage of a realisable
+# teacher) every gradient vanishes there: g_i ~ S beta_i (S the Schur complement of the Hessian on the support
+# and i), so beta_i ~ 1 / (2 S t) and g_i t -> 1/2, an algebraic decay that would need t ~ 1 / (2 S LEAVE_TOL)
+# to reach LEAVE_TOL. There the leave is decided by newton_polish's active set (Newton sends beta_i through
+# zero; the KKT condition sign_i g_i >= -gtol holds with g = 0), not by this threshold, and the leaver's G_i
+# is 0: assumption-4.2 reports it as ``zero-loss-last-stage`` and measures the 1/t law.
 LEAVE_TOL = 1e-7
 # A coordinate below LEAVING * max(1, max|beta|) that the flow shrinks is a candidate to leave: Newton's
 # active set decides (it leaves if Newton would send it through zero and the KKT sign condition holds).
