@@ -11,6 +11,7 @@ import pytest
 from verifier.cli import main
 from verifier.config import OptimizerConfig, RunConfig, SolverConfig, parse_alphas
 from verifier.errors import InputError
+from verifier.results import Verdict
 
 
 def _npz(tmp_path, name="d.npz", **arrays):
