@@ -44,8 +44,8 @@ def test_an_undeclared_reason_is_refused(monkeypatch):
 def _zero_loss_results(with_theorem: bool):
     from verifier.results import Metric, RunResults
 
-    a42 = CheckResult("assumption-4.2", "claim", Verdict.FAIL, "(c) stage 7: qk[14] left ...", reason="zero-loss-last-stage",
-                      metrics={"theorem_45_on_this_run": Metric.info(
+    a42 = CheckResult("assumption-4.2", "claim", Verdict.FAIL, "(c) stage 7: qk[14] left ...",
+                      reason="zero-loss-last-stage", metrics={"theorem_45_on_this_run": Metric.info(
                           {"verdict": "pass", "reason": None, "message": "recorded by 4.2"})})
     t45 = CheckResult("theorem-4.5", "claim", Verdict.PASS, "ran in this run")
     run = {"config": {}, "provenance": {}}
