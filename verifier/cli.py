@@ -98,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--out", help="output folder (default reports/surveys/<timestamp>, linked from reports/surveys/latest)")
     sv.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    track = sub.add_parser("track", help="train a small ViT at several init scales, track the rank of its attention "
-                                         "changes, write DIR/results.json and DIR/report.html")
+    track = sub.add_parser("track", help="train a small ViT (or GPT-2) at several init scales, track the rank of its "
+                                         "attention changes, write DIR/results.json and DIR/report.html")
     track.add_argument("--preset", default="vit-digits", help="vit-digits (default, CPU), vit-digits-wide (GPU), "
-                                                              "vit-digits-tiny (seconds)")
+                                                              "vit-digits-tiny (seconds), gpt2-tiny (Hugging Face "
+                                                              "Trainer, hf extra)")
     track.add_argument("--init-scales", help="factors of the initial weights, e.g. 1,0.3,0.1 (default: the preset's)")
     track.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
     track.add_argument("--epochs", type=int, help="training epochs per init scale (default: the preset's)")
