@@ -134,15 +134,39 @@ def _given(args, names) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+# The optimizers an option of ``run`` acts on (given with another one, it would be silently ignored: refused).
+OPTIMIZER_OPTIONS = {"lr": ("gd", "sgd", "adam"), "steps": ("gd", "sgd", "adam"), "batch_size": ("sgd",),
+                     "momentum": ("gd", "sgd"), "weight_decay": ("gd", "sgd")}
+
+
+def _refuse_ignored(args) -> None:
+    """Every option applies or is refused, naming it and why (an option that silently does nothing would be
+    recorded in results.json as if it had been used)."""
+    if getattr(args, "model_file", None) is not None and args.loss is not None:
+        raise InputError("--loss", "a --model-file model computes its own loss, so --loss would be ignored",
+                         "leave --loss out (write the loss in the model file)")
+    optimizer = getattr(args, "optimizer", None)
+    if optimizer is None and args.command != "run":
+        return
+    for name, users in OPTIMIZER_OPTIONS.items():
+        if getattr(args, name, None) is not None and (optimizer or "flow") not in users:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(flag, f"does nothing with --optimizer {optimizer or 'flow'}",
+                             f"{flag} with --optimizer {' or '.join(users)}")
+
+
 def _config(args):
     """The RunConfig of ``args`` (``run`` and ``limit``): every value checked there, once."""
     from .config import OptimizerConfig, RunConfig, SolverConfig, parse_alphas
 
     if args.command == "limit":
-        return RunConfig(**_given(args, PROBLEM_FIELDS))
-    opt = {key: getattr(args, name) for name, key in OPTIMIZER_FIELDS.items() if getattr(args, name) is not None}
-    return RunConfig(**_given(args, PROBLEM_FIELDS + RUN_FIELDS), log_inv_alphas=parse_alphas(args.alphas),
-                     solver=SolverConfig(**_given(args, SOLVER_FIELDS)), optimizer=OptimizerConfig(**opt))
+        config = RunConfig(**_given(args, PROBLEM_FIELDS))
+    else:
+        opt = {key: getattr(args, name) for name, key in OPTIMIZER_FIELDS.items() if getattr(args, name) is not None}
+        config = RunConfig(**_given(args, PROBLEM_FIELDS + RUN_FIELDS), log_inv_alphas=parse_alphas(args.alphas),
+                           solver=SolverConfig(**_given(args, SOLVER_FIELDS)), optimizer=OptimizerConfig(**opt))
+    _refuse_ignored(args)  # after the values are checked: a bad value is named as such first
+    return config
 
 
 def _run(args, argv) -> int:
@@ -211,7 +235,7 @@ def _write(output, compute) -> int:
     finally:
         output.discard()
     print(summary_table(results))
-    latest = f" ({output.root / 'latest'} links to it)" if output.new_run and not output.warnings else ""
+    latest = f" ({output.shown_root / 'latest'} links to it)" if output.new_run and not output.warnings else ""
     print(f"wrote {paths[0]} and {paths[1]}{latest}")
     for warning in output.warnings:
         print(f"verifier: warning: {warning}", file=sys.stderr)
@@ -337,7 +361,10 @@ def _sigterm_as_interrupt():
 def _main(argv: list[str]) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse's --help (its errors are InputErrors, see _Parser.error)
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command is None:
             parser.print_help()
             return EXIT_OK
@@ -352,14 +379,16 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("verifier: interrupted (nothing half-written)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as exc:  # argparse's --help
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except Exception as exc:  # a bug: one line, its own exit code (never 1, the code of a failed check)
-        print(f"verifier: internal error: {type(exc).__name__}: {_one_line(exc)} -- this is a bug in verifier, "
-              "please report it with the command line (VERIFIER_TRACEBACK=1 prints the traceback)", file=sys.stderr)
-        if os.environ.get("VERIFIER_TRACEBACK"):
-            traceback.print_exc()
-        return EXIT_INTERNAL
+    except (Exception, SystemExit) as exc:  # a bug: one line, its own exit code (never 0/1/3, a verdict's);
+        return _internal_error(exc)  # a SystemExit here escaped the guards around user code
+
+
+def _internal_error(exc: BaseException) -> int:
+    print(f"verifier: internal error: {type(exc).__name__}: {_one_line(exc)} -- this is a bug in verifier, "
+          "please report it with the command line (VERIFIER_TRACEBACK=1 prints the traceback)", file=sys.stderr)
+    if os.environ.get("VERIFIER_TRACEBACK"):
+        traceback.print_exc()
+    return EXIT_INTERNAL
 
 
 def _one_line(exc: BaseException) -> str:

@@ -62,7 +62,10 @@ class OutputSet:
     checks run, then :meth:`commit` (or :meth:`discard`)."""
 
     def __init__(self, target: Path | None, root: Path):
-        self.target, self.root = target, root
+        # Absolute from the start: user code that runs later (a model file, a loss) cannot move the output.
+        self.shown_root = root  # as the user gave it, for messages
+        self.target = None if target is None else Path(os.path.abspath(target))
+        self.root = Path(os.path.abspath(root))
         self.new_run = target is None  # a fresh folder under root (reports/), with root/latest linking to it
         self.tmp: Path | None = None
         self.reserved = False
@@ -164,14 +167,14 @@ class OutputSet:
     def _point_latest(self) -> None:
         """``root/latest`` -> the new run folder: a symlink made beside it and renamed over it (atomic).
         Something else in the way (not a link, not an old copy of a run) is left alone, with a warning."""
-        latest = self.root / "latest"
+        latest, shown = self.root / "latest", self.shown_root / "latest"
         if latest.is_dir() and not latest.is_symlink():
             if not _is_previous_set(latest):
-                self.warnings.append(f"{latest} not updated: it is a folder holding other files")
+                self.warnings.append(f"{shown} not updated: it is a folder holding other files")
                 return
             shutil.rmtree(latest)  # an older verifier's copy of a run
         elif latest.exists() and not latest.is_symlink():
-            self.warnings.append(f"{latest} not updated: a file is in the way")
+            self.warnings.append(f"{shown} not updated: a file is in the way")
             return
         link = self.root / f".latest.{os.getpid()}.tmp"
         try:
@@ -180,7 +183,7 @@ class OutputSet:
             os.replace(link, latest)
         except OSError as exc:
             link.unlink(missing_ok=True)
-            self.warnings.append(f"{latest} not updated ({exc.strerror or exc})")
+            self.warnings.append(f"{shown} not updated ({exc.strerror or exc})")
 
     def discard(self) -> None:
         """Remove the temporary folder and an unused reserved run folder."""
@@ -206,6 +209,7 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     if out.exists() and not out.is_file():
         raise InputError(flag, f"{path} is {'a folder' if out.is_dir() else 'not a regular file'}", "a file path")
     _check_ancestors(out, flag)
+    out = Path(os.path.abspath(out))  # user code that runs later cannot move it
     # Probe the nearest existing folder; missing ones are created only when the file is written, so that a
     # refused run leaves nothing behind.
     where = next(p for p in out.absolute().parents if p.exists())

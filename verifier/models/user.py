@@ -33,10 +33,19 @@ from typing import Callable, Sequence
 import torch
 from torch.func import functional_call, grad, vmap
 
-from ..errors import InputError
+from ..errors import InputError, UserCodeExit
 from .base import DiagonalModel, Model
 
 F64 = torch.float64
+
+
+def _user_call(fn, *args):
+    """``fn(*args)`` for a user's loss: a ``sys.exit`` in it is an error of the check evaluating it
+    (:class:`UserCodeExit`), never the tool's exit code."""
+    try:
+        return fn(*args)
+    except SystemExit as exc:
+        raise UserCodeExit(f"the user's loss {getattr(fn, '__qualname__', fn)!s} called sys.exit({exc.code!r})") from None
 
 
 class _LossOf(torch.nn.Module):
@@ -49,7 +58,7 @@ class _LossOf(torch.nn.Module):
         self.loss_fn = loss
 
     def forward(self) -> torch.Tensor:
-        return self.loss_fn(self.net)
+        return _user_call(self.loss_fn, self.net)
 
 
 def _source(obj) -> dict:
@@ -102,10 +111,10 @@ class LossModel(_Fixed, DiagonalModel):
         return list(self.names) if self.names else super().coordinate_names()
 
     def loss_beta(self, beta: torch.Tensor) -> torch.Tensor:
-        return self.fn(beta)
+        return _user_call(self.fn, beta)
 
     def loss_params(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.fn(theta[: self.p] * theta[self.p :])
+        return _user_call(self.fn, theta[: self.p] * theta[self.p :])
 
     def source(self) -> dict:
         return {"kind": "from_loss", "p": self.p, "loss": _source(self.fn)}
