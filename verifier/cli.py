@@ -202,8 +202,7 @@ def _survey(args, argv) -> int:
         paths = output.commit_texts({"results.json": results.to_json(), "report.html": render_survey_html(results)})
     finally:
         output.discard()
-    print(survey_table(results))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    _say(survey_table(results), f"wrote {paths[0]} and {paths[1]}")
     if results.survey.get("interrupted"):
         return EXIT_INTERRUPTED
     verdicts = {o.verdict for d in results.draws for o in d.outcomes.values()}
@@ -234,34 +233,44 @@ def _write(output, compute) -> int:
         paths = output.commit(results)
     finally:
         output.discard()
-    print(summary_table(results))
     latest = f" ({output.shown_root / 'latest'} links to it)" if output.new_run and not output.warnings else ""
-    print(f"wrote {paths[0]} and {paths[1]}{latest}")
+    _say(summary_table(results), f"wrote {paths[0]} and {paths[1]}{latest}")
     for warning in output.warnings:
-        print(f"verifier: warning: {warning}", file=sys.stderr)
+        print(f"verifier: warning: {_printable(warning)}", file=sys.stderr)
     return {Verdict.PASS: EXIT_OK, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}[results.verdict]
+
+
+def _say(*lines: str, written: bool = True) -> None:
+    """Print to stdout. After a command's files are ``written``, stdout that cannot take the closing lines (a
+    full disk, a closed pipe) is a warning on stderr, never a failure that would hide the finished work; when
+    stdout is the only output, it is an InputError naming stdout."""
+    try:
+        print(_printable("\n".join(lines)), flush=True)
+    except OSError as exc:
+        if not written:
+            raise InputError("stdout", f"cannot be written ({exc.strerror or exc})", "a stdout with room") from None
+        print(f"verifier: warning: could not print the summary to stdout ({exc.strerror or exc}); "
+              "the output is written", file=sys.stderr)
 
 
 def _presets() -> int:
     from .config import defaults_table
     from .presets import PRESETS
 
-    for p in PRESETS.values():
-        defaults = ", ".join(f"{k}={v}" for k, v in p.defaults.items())
-        print(f"{p.name:18} {p.description}\n{'':18} defaults: {defaults}")
+    lines = [f"{p.name:18} {p.description}\n{'':18} defaults: {', '.join(f'{k}={v}' for k, v in p.defaults.items())}"
+             for p in PRESETS.values()]
     rows = defaults_table()
     width = max(len(name) for name, _, _ in rows)
-    print("\nsettings (verifier run --OPTION; the library's RunConfig, SolverConfig, OptimizerConfig):")
-    for name, default, allowed in rows:
-        print(f"  {name:{width}}  default {default}; allowed: {allowed}")
+    lines.append("\nsettings (verifier run --OPTION; the library's RunConfig, SolverConfig, OptimizerConfig):")
+    lines += [f"  {name:{width}}  default {default}; allowed: {allowed}" for name, default, allowed in rows]
+    _say(*lines, written=False)
     return EXIT_OK
 
 
 def _checks() -> int:
     from .checks import REGISTRY, check_ids
 
-    for i in check_ids():
-        print(f"{i:16} {REGISTRY[i].claim}")
+    _say(*(f"{i:16} {REGISTRY[i].claim}" for i in check_ids()), written=False)
     return EXIT_OK
 
 
@@ -281,15 +290,19 @@ def _limit(args) -> int:
                          f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
                          "diag-linear, toy-attention, diag-transformer")
     stages = algorithm1(model)
-    print(stages.table())
     if out is not None:
         write_output_file(out, json.dumps(stages.to_dict(), indent=1), "--json")
+    _say(stages.table(), written=out is not None)
     return EXIT_OK
 
 
 def _input_file(path: str, field: str) -> str:
+    """A results file to read: a name the file system can hold (checked before any file-system call)."""
+    from .outputs import check_name
+
     if "\x00" in path:
         raise InputError(field, f"{path!r} is not a file path", "a results.json")
+    check_name(path, field)
     return path
 
 
@@ -304,7 +317,7 @@ def _report(args) -> int:
     except ResultsFormatError as exc:
         raise InputError("RESULTS.json", str(exc)) from None
     write_output_file(out, render_html(results), "-o")
-    print(f"wrote {out}")
+    _say(f"wrote {out}")
     return EXIT_OK
 
 
@@ -316,8 +329,11 @@ def _gate(args) -> int:
         base, new = read_results(_input_file(args.baseline, "--baseline")), read_results(_input_file(args.new, "NEW.json"))
     except ResultsFormatError as exc:
         raise InputError("gate", str(exc)) from None
+    if not base.checks:
+        raise InputError("--baseline", f"{args.baseline} holds no checks: nothing to compare",
+                         "a results.json with at least one check")
     outcome = compare(base, new)
-    print(outcome.table())
+    _say(outcome.table(), written=False)
     return EXIT_OK if outcome.ok else EXIT_FAIL
 
 
@@ -341,6 +357,11 @@ def console() -> None:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
         settled()
+    try:
+        sys.stdout.flush()
+    except OSError:  # stdout cannot take what is left (a full disk): drop it rather than exit 120 at shutdown
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(code)
 
 
@@ -391,8 +412,14 @@ def _internal_error(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
+def _printable(text: str) -> str:
+    """``text`` with a non-UTF-8 path's bytes (surrogate escapes, os.fsdecode) as \\xNN escapes: printable on
+    any stream, never a UnicodeEncodeError after the work is done."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _printable(" ".join(str(exc).split()))
     return text if len(text) <= 500 else text[:497] + "..."
 
 

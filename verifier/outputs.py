@@ -24,6 +24,8 @@ from pathlib import Path
 from .errors import InputError
 
 SET_FILES = ("results.json", "report.html")
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of one path component and of a whole path (Linux, macOS; os.fsencode)
+TEMP_NAME_ROOM = 200  # bytes of a target's name kept in its temporary sibling's name (".NAME.XXXXXXXX.tmp")
 WHERE = "a new folder, an empty one, or one holding only a previous results.json and report.html"
 
 
@@ -41,6 +43,27 @@ def _blocked_signals():
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     return held()
+
+
+def check_name(path: str | os.PathLike, flag: str) -> None:
+    """A path the file system can hold: no NUL, every component at most NAME_MAX bytes and the whole at most
+    PATH_MAX (as os.fsencode gives them: a non-UTF-8 name counts its own bytes); else InputError naming
+    ``flag``, before any file-system call could fail with 'File name too long'."""
+    raw = os.fsencode(path)
+    if not raw or b"\x00" in raw:
+        raise InputError(flag, f"{os.fsdecode(raw)!r} is not a path", "a file or folder path")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise InputError(flag, f"a name of {len(longest)} bytes ({os.fsdecode(longest[:40])}...)",
+                         f"names of at most {NAME_MAX} bytes")
+    if len(raw) > PATH_MAX:
+        raise InputError(flag, f"a path of {len(raw)} bytes", f"paths of at most {PATH_MAX} bytes")
+
+
+def temp_prefix(name: str) -> str:
+    """'.NAME.' for a temporary sibling of NAME, cut to TEMP_NAME_ROOM bytes so that the temporary name stays
+    within NAME_MAX even when NAME itself is near it (a legal 250-byte --out)."""
+    return "." + os.fsdecode(os.fsencode(name)[:TEMP_NAME_ROOM]) + "."
 
 
 def _is_previous_set(folder: Path) -> bool:
@@ -76,6 +99,7 @@ class OutputSet:
         """Check ``--out`` (or, without it, ``root``) without touching anything."""
         root = Path(root)
         if out is None:
+            check_name(root, "--out")
             if root.exists() and not root.is_dir():
                 raise InputError("--out", f"{root} exists and is not a folder, so runs cannot be written there",
                                  "give --out DIR")
@@ -84,6 +108,7 @@ class OutputSet:
         target = Path(out)
         if out == "" or "\x00" in out or target.absolute() == Path("/"):
             raise InputError("--out", f"{out!r} cannot hold a run", WHERE)
+        check_name(out, "--out")
         if target.is_symlink():
             raise InputError("--out", f"{target} is a symbolic link", WHERE)
         if target.exists():
@@ -104,7 +129,7 @@ class OutputSet:
             if self.target is None:
                 self.target = self._reserve()
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=self.target.parent))
         except OSError as exc:
             self.discard()
             raise InputError("--out", f"cannot write next to {self.target or self.root} ({exc.strerror or exc})",
@@ -135,7 +160,8 @@ class OutputSet:
         assert self.tmp is not None and self.target is not None, "open() first"
         try:
             for name in SET_FILES:
-                (self.tmp / name).write_text(texts[name], encoding="utf-8")
+                # surrogateescape: a non-UTF-8 path named in a report is written as its own bytes (os.fsencode)
+                (self.tmp / name).write_text(texts[name], encoding="utf-8", errors="surrogateescape")
             os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; a run folder is meant to be shared
             with _blocked_signals():
                 self._place()
@@ -153,7 +179,7 @@ class OutputSet:
     def _place(self) -> None:
         target = self.target
         if target.exists() and any(target.iterdir()):  # a previous set: swap it out, then drop it
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
             try:
                 os.replace(self.tmp, target)
@@ -202,6 +228,7 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     out = Path(path)
     if path == "" or "\x00" in path:
         raise InputError(flag, f"{path!r} is not a file path", "a file path")
+    check_name(path, flag)
     for src in inputs:
         if src is not None and "\x00" not in str(src) and (out.absolute() == Path(src).absolute()
                                 or (out.exists() and Path(src).exists() and os.path.samefile(out, src))):
@@ -215,7 +242,7 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     where = next(p for p in out.absolute().parents if p.exists())
     try:
         if where == out.absolute().parent:
-            fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=where)
+            fd, probe = tempfile.mkstemp(prefix=temp_prefix(out.name), dir=where)
             os.close(fd)
             os.unlink(probe)
         else:
