@@ -179,7 +179,24 @@ def _run(args, argv) -> int:
     output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
     ids = resolve_ids(args.checks, ctx.model)
+    _require_memory(config, ctx.model, ids)
     return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress))
+
+
+def _problem_field(config) -> str:
+    return "--model-file" if config.model_file else "--data" if config.data else "--preset"
+
+
+def _require_memory(config, model, ids) -> None:
+    """Refuse before work a model too large for the dense flow the chosen checks integrate (verifier/memory.py)."""
+    from .memory import FLOW_FREE, require_dense_fits
+
+    flow_free = FLOW_FREE | ({"lemma-4.1"} if config.optimizer.name != "flow" else set())
+    dense = [i for i in ids if i not in flow_free]
+    if dense:
+        require_dense_fits(model, _problem_field(config), f"the gradient flow of {', '.join(dense)}",
+                           "checks that integrate no flow: --checks definition-3.1, or lemma-4.1 with "
+                           "--optimizer gd/sgd/adam")
 
 
 def _survey(args, argv) -> int:
@@ -278,6 +295,7 @@ def _limit(args) -> int:
     import json
 
     from .limit import algorithm1
+    from .memory import require_dense_fits
     from .outputs import check_output_file, write_output_file
     from .presets import build_model
 
@@ -289,6 +307,8 @@ def _limit(args) -> int:
         raise InputError("--model-file" if config.model_file else "--model",
                          f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
                          "diag-linear, toy-attention, diag-transformer")
+    require_dense_fits(model, _problem_field(config), "Algorithm 1 (its stage B is a gradient flow)",
+                       "a smaller p, or `verifier run --checks definition-3.1`, which needs no flow")
     stages = algorithm1(model)
     if out is not None:
         write_output_file(out, json.dumps(stages.to_dict(), indent=1), "--json")

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
@@ -292,10 +293,21 @@ class ModuleMatrixModel(_ModuleLoss, Model):
         return alpha * torch.cat(parts).to(self.device)
 
 
+def _torch_device(device, field_name: str) -> torch.device:
+    """``torch.device(device)``, or InputError naming the field (torch raises RuntimeError or TypeError)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(field_name, f"{device!r} is not a device ({exc})", "cpu, cuda, cuda:N") from None
+
+
 def _device_of(module: torch.nn.Module, device) -> torch.device:
     found = {t.device for t in list(module.parameters()) + list(module.buffers())}
+    if any(d.type == "meta" for d in found):  # shapes without values: nothing to evaluate
+        raise InputError("module", "its tensors are on the meta device (shapes without values)",
+                         "a module with real weights: module.to_empty(device='cpu') and load them first")
     if device is not None:
-        want = torch.device(device)
+        want = _torch_device(device, "device")
         if found and found != {want}:
             raise InputError("device", f"the module's tensors are on {sorted(map(str, found))}, not {want}",
                              "the device of the module's parameters")
@@ -333,12 +345,18 @@ def from_loss(loss_beta: Callable[[torch.Tensor], torch.Tensor], p: int, *, name
     module docstring). ``names``: one label per coordinate (default ``beta[i]``)."""
     if not callable(loss_beta):
         raise InputError("loss_beta", f"{type(loss_beta).__name__} is not callable", "a function beta -> scalar")
-    if not (isinstance(p, int) and p >= 1):
+    if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:  # True is an int to Python
         raise InputError("p", f"{p!r} is not a positive integer", "an int >= 1")
+    p = int(p)
+    if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Iterable)):
+        raise InputError("names", f"{names!r} is not a sequence of labels", f"{p} strings")
     names = tuple(str(n) for n in names) if names is not None else ()
     if names and len(names) != p:
         raise InputError("names", f"{len(names)} names for p = {p} coordinates", f"{p} names")
-    model = LossModel(fn=loss_beta, size=p, names=names, where=torch.device(device))
+    where = _torch_device(device, "device")
+    if where.type == "meta":
+        raise InputError("device", "the meta device holds no values", "cpu, cuda")
+    model = LossModel(fn=loss_beta, size=p, names=names, where=where)
     validate(model, "loss_beta")
     return model
 
