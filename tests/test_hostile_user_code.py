@@ -129,3 +129,24 @@ def test_options_that_apply_still_run(tmp_path):
     path = _file(tmp_path, GOOD)
     code, out = _run(tmp_path, f"{path}:make")
     assert code == 0 and (out / "results.json").is_file()
+
+
+# ---- messages that name the real cause ------------------------------------------------------------------
+
+def test_a_loss_cut_off_from_autograd_is_named_as_such(tmp_path, capsys):
+    path = _file(tmp_path, "import torch, verifier\nT = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)\n"
+                           "def make():\n    return verifier.from_loss(lambda b: (b.detach() - T).pow(2).sum(), 3)\n")
+    code, out = _run(tmp_path, f"{path}:make")
+    err = capsys.readouterr().err
+    assert code == 2 and "cut off from autograd" in err and "built an invalid model: loss_beta:" in err, err
+
+
+def test_theorem45_on_a_constant_loss_says_there_is_no_stage(tmp_path):
+    """Was an OverflowError from the error figure's fit line (and without it, a vacuous pass)."""
+    import json
+
+    path = _file(tmp_path, "import torch, verifier\ndef make():\n    return verifier.from_loss(lambda b: (b * 0).sum() + 1.0, 3)\n")
+    out = tmp_path / "o"
+    assert main(["run", "--model-file", f"{path}:make", "--checks", "theorem-4.5", "--no-progress", "--out", str(out)]) == 3
+    [check] = json.loads((out / "results.json").read_text())["checks"]
+    assert check["verdict"] == "inconclusive" and check["message"].startswith("Algorithm 1 has no stage")

@@ -51,6 +51,8 @@ def user_code(file, function: str | None, seed: int | None = None):
         raise
     except UserCodeError:
         raise
+    except InputError as exc:  # verifier's own builders refused what the user code gave them
+        raise UserCodeError(str(file), function, f"built an invalid model: {exc}", seed) from None
     except SystemExit as exc:
         raise UserCodeError(str(file), function, f"called sys.exit({exc.code!r})", seed) from None
     except BaseException as exc:

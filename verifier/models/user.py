@@ -392,3 +392,10 @@ def validate(model: Model, field_name: str) -> None:
                                      "ops on parameters") from None
     if not bool(torch.isfinite(g).all()):
         raise InputError(field_name, "the gradient at the start is not finite", "a finite gradient")
+    if not bool(g.any()):  # exactly zero: a constant loss (then the checks say so), or one cut off autograd
+        a, b = model.loss_params(theta), model.loss_params(0.5 * theta)
+        if bool(a != b):
+            raise InputError(field_name, f"the loss changes with the weights ({float(a):.6g} at theta, {float(b):.6g} "
+                                         "at theta / 2) but its gradient is exactly zero: it is cut off from autograd",
+                             "a loss computed with torch operations on the weights (no .detach(), .item(), "
+                             "torch.no_grad() or numpy)")
