@@ -108,6 +108,8 @@ def test_output_paths_are_fixed_before_user_code_runs(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv,field", [
     (["--loss", "logistic"], "--loss"), (["--loss", "square"], "--loss"),
     (["--lr", "0.1"], "--lr"), (["--steps", "5"], "--steps"), (["--momentum", "0.5", "--optimizer", "adam"], "--momentum"),
+    (["--noise", "0.2"], "--noise"), (["--perturb-epochs", "9"], "--perturb-epochs"), (["--alphas", "1e-4"], "--alphas"),
+    (["--horizon", "2"], "--horizon"), (["--rtol", "1e-6"], "--rtol"),
     (["--batch-size", "4", "--optimizer", "gd"], "--batch-size"), (["--weight-decay", "0.1", "--optimizer", "adam"],
                                                                     "--weight-decay"),
 ])

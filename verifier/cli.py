@@ -139,15 +139,29 @@ OPTIMIZER_OPTIONS = {"lr": ("gd", "sgd", "adam"), "steps": ("gd", "sgd", "adam")
                      "momentum": ("gd", "sgd"), "weight_decay": ("gd", "sgd")}
 
 
+# The checks a run option acts on ("*": every check but definition-3.1, which integrates nothing); with
+# --checks naming none of them, the option would be recorded but never used: refused.
+CHECK_OPTIONS = {"noise": {"assumption-4.3", "assumption-4.4"}, "negligible": {"assumption-4.3", "assumption-4.4"},
+                 "perturb_epochs": {"assumption-4.3", "assumption-4.4"}, "alphas": "*", "horizon": "*",
+                 "rtol": "*", "atol": "*"}
+
+
 def _refuse_ignored(args) -> None:
     """Every option applies or is refused, naming it and why (an option that silently does nothing would be
     recorded in results.json as if it had been used)."""
     if getattr(args, "model_file", None) is not None and args.loss is not None:
         raise InputError("--loss", "a --model-file model computes its own loss, so --loss would be ignored",
                          "leave --loss out (write the loss in the model file)")
-    optimizer = getattr(args, "optimizer", None)
-    if optimizer is None and args.command != "run":
+    if args.command != "run":
         return
+    chosen = {c.strip() for c in args.checks.split(",") if c.strip()} if args.checks else None
+    for name, users in CHECK_OPTIONS.items():
+        if getattr(args, name) is not None and chosen is not None and not (
+                chosen - {"definition-3.1"} if users == "*" else chosen & users):
+            flag = "--" + name.replace("_", "-")
+            raise InputError(flag, f"no check in --checks {args.checks} uses it",
+                             f"{flag} with {'any check but definition-3.1' if users == '*' else ' or '.join(sorted(users))}")
+    optimizer = args.optimizer
     for name, users in OPTIMIZER_OPTIONS.items():
         if getattr(args, name, None) is not None and (optimizer or "flow") not in users:
             flag = "--" + name.replace("_", "-")
