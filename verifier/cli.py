@@ -276,7 +276,7 @@ def _say(*lines: str, written: bool = True) -> None:
     full disk, a closed pipe) is a warning on stderr, never a failure that would hide the finished work; when
     stdout is the only output, it is an InputError naming stdout."""
     try:
-        print(_printable("\n".join(lines)), flush=True)
+        print(_printable("\n".join(lines), sys.stdout), flush=True)
     except OSError as exc:
         if not written:
             raise InputError("stdout", f"cannot be written ({exc.strerror or exc})", "a stdout with room") from None
@@ -446,10 +446,16 @@ def _internal_error(exc: BaseException) -> int:
     return EXIT_INTERNAL
 
 
-def _printable(text: str) -> str:
-    """``text`` with a non-UTF-8 path's bytes (surrogate escapes, os.fsdecode) as \\xNN escapes: printable on
-    any stream, never a UnicodeEncodeError after the work is done."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+def _printable(text: str, stream=None) -> str:
+    """``text`` with a non-UTF-8 path's bytes (surrogate escapes, os.fsdecode) as \\xNN escapes, and what the
+    stream's encoding lacks (PYTHONIOENCODING=ascii) as escapes too: never a UnicodeEncodeError after the
+    work is done."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text
 
 
 def _one_line(exc: BaseException) -> str:
