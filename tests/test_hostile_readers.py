@@ -180,3 +180,14 @@ def test_an_array_header_that_promises_more_than_the_member_holds_is_refused(tmp
         zf.writestr("y.npy", _npy(np.zeros(3)))
     with pytest.raises(InputError, match="header promises"):
         D.load_npz(path, "diag-linear")
+
+
+def test_printed_text_fits_any_stream_encoding():
+    from verifier.cli import _printable
+
+    class Ascii(io.StringIO):
+        encoding = "ascii"
+
+    text = "wrote r\u00e9/" + os.fsdecode(b"\xff") + "/results.json"
+    assert _printable(text, Ascii()) == "wrote r\\xe9/\\xff/results.json"
+    assert _printable(text, None) == "wrote r\u00e9/\\xff/results.json"

@@ -152,3 +152,14 @@ def test_theorem45_on_a_constant_loss_says_there_is_no_stage(tmp_path):
     assert main(["run", "--model-file", f"{path}:make", "--checks", "theorem-4.5", "--no-progress", "--out", str(out)]) == 3
     [check] = json.loads((out / "results.json").read_text())["checks"]
     assert check["verdict"] == "inconclusive" and check["message"].startswith("Algorithm 1 has no stage")
+
+
+def test_a_system_exit_past_the_guards_is_a_bug_never_a_verdict(monkeypatch, capsys):
+    import verifier.cli as cli
+
+    def escaped():
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "_checks", escaped)
+    assert main(["checks"]) == 4
+    assert "internal error: SystemExit" in capsys.readouterr().err
