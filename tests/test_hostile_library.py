@@ -72,3 +72,14 @@ def test_from_loss_raises_input_error_or_builds(p, names, device):
         assert str(exc).split(":")[0] in {"p", "names", "device", "loss_beta"}, str(exc)
         return
     assert not isinstance(p, bool) and model.p == int(p) >= 1 and model.device.type == "cpu"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_memory_check_reads_the_gpus_free_memory():
+    free = memory.available_bytes(torch.device("cuda"))
+    assert free is not None and 0 < free <= torch.cuda.get_device_properties(0).total_memory
+    n = int((free / 24) ** 0.5) + 1000  # just past what fits
+    model = verifier.from_loss(lambda b: (b - 1).pow(2).sum(), n, device="cuda")
+    with pytest.raises(InputError, match="available on cuda"):
+        memory.require_dense_fits(model, "--model-file", "Algorithm 1", "a smaller p")
