@@ -50,6 +50,10 @@ def test_two_local_workers_give_the_in_process_draws_bit_for_bit(in_process, tmp
     assert res.survey["executor"] == {"kind": "local-processes", "workers": 2, "gpus": None, "restarts": 0,
                                       "torch_threads": max(1, os.cpu_count() // 2)}  # the cores shared out
     assert in_process.survey["executor"] == {"kind": "in-process", "workers": 1}
+    failed = [o for d in res.draws for o in d.outcomes.values() if o.verdict is not Verdict.PASS]
+    assert all(o.reason for o in failed)  # every fail carries its check's reason through the worker
+    for o in failed:
+        assert res.summary("assumption-4.2").reasons[o.verdict][o.reason].k >= 1
     workers = {d.worker for d in res.draws}
     assert all(w and w.split(":")[-1] != str(os.getpid()) for w in workers)  # ran in the pool's processes
     assert all(d.duration_s > 0 for d in res.draws)
