@@ -15,7 +15,8 @@ from verifier.cli import main
 from verifier.results import Verdict
 from verifier.survey import SurveyConfig, draw_seed, read_survey, run_survey
 from verifier.survey.journal import NAME
-from verifier.survey.workers import WORKER_DIED, LocalPool
+from verifier.survey.results import WORKER_DIED
+from verifier.survey.workers import LocalPool
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = ("definition-3.1", "lemma-4.1")  # seconds a draw on diag-linear
@@ -246,6 +247,7 @@ def test_a_factory_that_raises_for_one_seed_is_that_draws_user_code_error(tmp_pa
         assert "killer.py:make(" in x.message and f"draw {i}, seed {draw_seed(seed, i)}" in x.message
     assert "ValueError: no data for this seed" in o[1].message and "sys.exit(3)" in o[2].message
     assert "user-code-error 2/3" in printed  # the terminal table breaks the rate down by reason
+    assert f"ERROR draw 1: {o[1].message}" in printed and f"ERROR draw 2: {o[2].message}" in printed
 
 
 @pytest.mark.parametrize("given,expected", [("1", (1, None)), ("3", (3, None)), (2, (2, None)),

@@ -28,10 +28,10 @@ from ..results import CheckResult, Metric, Verdict
 from ..runner import run_checks
 from .config import SurveyConfig
 from .journal import Journal
-from .results import Draw, Outcome, SurveyResults
+from .results import USER_CODE_ERROR, WORKER_DIED, Draw, Outcome, SurveyResults
 from .stacked import prefill_ladders
-from .workers import (USER_CODE_ERROR, WORKER_DIED, DrawTask, LocalPool, describe_executor, failed_draw,
-                      is_worker_death, run_task, user_code_error, worker_name)
+from .workers import (DrawTask, LocalPool, describe_executor, failed_draw, is_worker_death, run_task, user_code_error,
+                      worker_name)
 
 SEED_RULE = ("draw i uses seed int.from_bytes(sha256(f'verifier-survey:{S}:{i}')[:4], 'big'), "
              "S the survey seed (verifier.survey.config.draw_seed)")

@@ -18,7 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from ..report.figures import _RC, Rendered, _inline, _log_axis
 from ..report.format import fmt
 from ..results import Verdict
-from .results import VERDICTS, CheckSummary, SurveyResults
+from .results import DRAW_ERRORS, VERDICTS, CheckSummary, SurveyResults
 from .stats import INTERVAL
 
 _ENV = jinja2.Environment(
@@ -179,4 +179,9 @@ def survey_table(results: SurveyResults, failures_shown: int = 10) -> str:
         lines.append(f"FAIL draw {x.index}: {x.command}")
     if len(fails) > failures_shown:
         lines.append(f"... {len(fails) - failures_shown} more failures in the report")
+    errors = [d for d in results.draws if d.outcomes and all(o.reason in DRAW_ERRORS for o in d.outcomes.values())]
+    for d in errors[:failures_shown]:  # draws that gave no check result: user code that raised, a worker lost
+        lines.append(f"ERROR draw {d.index}: {next(iter(d.outcomes.values())).message}")
+    if len(errors) > failures_shown:
+        lines.append(f"... {len(errors) - failures_shown} more draws without a result in the report")
     return "\n".join(lines)

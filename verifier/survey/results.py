@@ -22,6 +22,9 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 VERDICTS = tuple(Verdict)
 NO_REASON = "unspecified"  # a fail or inconclusive outcome whose check gave no reason (older files)
+USER_CODE_ERROR = "user-code-error"  # a draw whose --model-file factory raised or exited for its seed
+WORKER_DIED = "worker-died"  # a draw whose worker died on both tries
+DRAW_ERRORS = (USER_CODE_ERROR, WORKER_DIED)  # reasons of a draw that produced no check result at all
 CLOSEST = 5  # closest passes listed per check
 
 

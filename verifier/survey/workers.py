@@ -21,9 +21,6 @@ from ..errors import InputError
 from ..results import Verdict
 from .config import SurveyConfig
 from .results import Draw, Outcome
-
-USER_CODE_ERROR = "user-code-error"  # the reason of a draw whose --model-file factory raised (COMMON contract)
-WORKER_DIED = "worker-died"  # the reason of a draw whose worker died on both tries
 DISTRIBUTED_EXTRA = "pip install 'verifier[distributed]'  (dask[distributed])"
 
 
