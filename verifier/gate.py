@@ -74,7 +74,7 @@ def _number(x: Any) -> float | None:
         return None
     try:
         return float(x)  # also "nan", "inf" as written by results.json
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # an int beyond float64 (read_results refuses those)
         return None
 
 

@@ -24,6 +24,8 @@ import json
 import math
 import os
 import re
+import stat
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
@@ -331,9 +333,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    from .outputs import temp_prefix
+
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:  # a non-UTF-8 path: its bytes
             f.write(text)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and reports are meant to be shared
         os.replace(tmp, path)
@@ -353,14 +357,30 @@ def write_results(results: RunResults, path: str | Path) -> None:
 MAX_BYTES = 256 * 2**20  # a results file larger than this is refused before it is parsed
 
 
+def _json_int(text: str) -> int:
+    """An integer of results.json: every number in it must fit a float64 (the gate and the report compare and
+    format them as floats); a larger one (a 400-digit integer) is refused, never an OverflowError later."""
+    value = int(text)
+    if len(text) > 308 and abs(value) > sys.float_info.max:
+        raise ResultsFormatError(f"an integer of {len(text.lstrip('-'))} digits does not fit a float64")
+    return value
+
+
 def read_results(path: str | Path) -> RunResults:
     """Read and validate a results.json of any readable schema version; every problem is a
     :class:`ResultsFormatError` that names the file and the place (never another exception)."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_BYTES:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end: refused, not read
+            raise ResultsFormatError(f"{path}: {'is a folder, not a results file' if stat.S_ISDIR(st.st_mode) else 'not a regular file (a FIFO, socket or device)'}")
+        if st.st_size > MAX_BYTES:
             raise ResultsFormatError(f"{path}: larger than {MAX_BYTES // 2**20} MiB")
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_int=_json_int)
+    except ResultsFormatError as exc:
+        if str(exc).startswith(f"{path}: "):
+            raise
+        raise ResultsFormatError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise ResultsFormatError(f"{path}: file not found") from None
     except IsADirectoryError:
