@@ -22,6 +22,7 @@ from .errors import InputError
 OPTIMIZERS = ("flow", "gd", "sgd", "adam")
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("square", "logistic")
+SOLVER_METHODS = ("rodas4", "ros34pw2")
 # Theorem 4.5's default ladder, as log(1/alpha): alpha = 1e-4, 1e-8, ..., 1e-256.
 DEFAULT_LOG_INV_ALPHAS = tuple(math.log(10.0) * e for e in (4, 8, 16, 32, 64, 128, 256))
 # Seeds are int64. Every generator seed is seed + a fixed offset in [0, 2**63) (verifier/seeds.py: the data
@@ -118,11 +119,13 @@ class SolverConfig:
     rtol: float = 1e-8
     atol: float = 1e-7
     max_steps: int = 5000
+    method: str = "rodas4"  # or "ros34pw2", a W-method that reuses its Jacobian (dynamics/rosenbrock.py)
 
     RULES = {"rtol": ("--rtol", UNIT), "atol": ("--atol", UNIT), "max_steps": ("SolverConfig.max_steps", COUNT)}
 
     def __post_init__(self):
         validate_fields(self, self.RULES)
+        check_choice("SolverConfig.method", self.method, SOLVER_METHODS)
 
 
 @dataclass(frozen=True)
