@@ -310,7 +310,7 @@ def thread_policy(environ, cores: int, load: float) -> dict[str, str]:
     threads take the cores the others need. So: when the 1-minute load average leaves at least two cores
     idle, a team of that many threads (at most ``cores``) with the default (active) waiting; otherwise one
     thread, PASSIVE (nothing left to spin). Returns the variables to set."""
-    idle = int(cores - load)
+    idle = int(cores - load + 0.5)  # the nearest whole number of idle cores
     if idle >= 2:
         want = {"OMP_NUM_THREADS": str(min(cores, idle))}
     else:
