@@ -140,3 +140,48 @@ def test_generic_hessian_columns(benchmark, machine_info, which):
                                      for n in cols}})
     for n in cols:
         assert torch.allclose(out[(n, "forward-over-reverse")][0], out[(n, "reverse-over-reverse")][0], rtol=1e-10, atol=1e-12)
+
+
+_THREAD_WORK = """
+import json, os, time, torch
+from verifier.config import RunConfig
+from verifier.context import Context
+from verifier.dynamics.flow import solve_flow
+ctx = Context(RunConfig(), argv=["bench"])
+x = torch.randn(256, 256, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+wall, cpu = time.perf_counter(), time.process_time()
+s = [torch.linalg.svdvals(x) for _ in range(20)][-1]
+svd = (time.perf_counter() - wall, time.process_time() - cpu)
+wall, cpu = time.perf_counter(), time.process_time()
+tr = solve_flow(ctx.model, ctx.theta0(1), [18.42], 0.8, ctx.config.solver)
+flow = (time.perf_counter() - wall, time.process_time() - cpu)
+print(json.dumps({"threads": torch.get_num_threads(), "svd20": svd, "flow": flow, "nfev": int(tr.nfev[0]),
+                  "check": float(s.sum()) + float(tr.beta[0, -1].sum()), "load": os.getloadavg()[0]}))
+"""
+
+
+def test_thread_policies(benchmark, machine_info):
+    """The same work (20 svdvals of 256 x 256; the toy's flow at alpha = 1e-8 to tau = 0.8: its first
+    transitions) in fresh processes under each OpenMP policy, one after the other: wall and CPU seconds, and
+    the load average at the end of each (the machine may be shared: say so with the figures)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    policies = {"1 thread": {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"},
+                "2 threads, active": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"},
+                "2 threads, passive": {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}}
+    out = {}
+
+    def every_policy():
+        for name, env in policies.items():
+            full = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+            done = subprocess.run([sys.executable, "-c", _THREAD_WORK], env=full, capture_output=True, text=True,
+                                  check=True, cwd=ROOT)
+            out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    benchmark.pedantic(every_policy, rounds=1, iterations=1)
+    machine_info.update({"policies": out, "cores": os.cpu_count()})
+    checks = [r["check"] for r in out.values()]
+    assert max(checks) - min(checks) <= 1e-9 * abs(checks[0]), out  # threads change times, never results
