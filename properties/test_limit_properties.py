@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from verifier.checks import Verdict, run_check
 from verifier.config import RunConfig, parse_alphas
 from verifier.context import Context
-from verifier.limit import algorithm1
+from verifier.limit import StageStatus, algorithm1
 from verifier.testing import attention_problems, linear_problems
 
 COMFORTABLE_MARGIN = 0.1  # ten times assumption-4.2's tie threshold
@@ -47,7 +47,7 @@ def test_every_stage_is_a_signed_stationary_point(model):
         assert bool((s.b[off].abs() <= 1 + 1e-9).all()) and bool((s.beta[off] == 0).all())
         assert s.coordinate in s.support or s.coordinate in s.left
         assert s.loss <= prev.loss + 1e-9 * max(1.0, prev.loss)
-    if seq.status == "complete":
+    if seq.status is StageStatus.COMPLETE:
         last = seq.stages[-1]
         off = [i for i in range(model.p) if i not in last.support]
         assert amax(last.grad[off]) <= seq.gtol
@@ -59,7 +59,7 @@ def test_theorem_45_holds_where_the_margin_is_comfortable(model):
     ctx = Context(RunConfig(preset=None, model="diag-linear", log_inv_alphas=parse_alphas("1e-8,1e-16,1e-32")),
                   model=model, argv=["property"])
     m = min_margin(ctx.stages)
-    assume(ctx.stages.status == "complete" and m >= COMFORTABLE_MARGIN)
+    assume(ctx.stages.status is StageStatus.COMPLETE and m >= COMFORTABLE_MARGIN)
     target(-math.log10(m) if math.isfinite(m) else 0.0, label="-log10(smallest comfortable margin)")
     assert run_check("assumption-4.2", ctx).verdict is not Verdict.FAIL
     r = run_check("theorem-4.5", ctx)

@@ -11,6 +11,11 @@ timeout, and the output set (the ``--out`` folder, ``reports/``, ``-o``, ``--jso
 
 Needs only numpy (to write the .npz files), so it runs against any installed ``verifier`` (e.g. another
 checkout's venv: ``--verifier /work/main/.venv/bin/verifier``). Exits 1 when any case was mishandled.
+
+Besides the command line, the cases reach what users bring: ``--model-file`` files that exit, raise or
+chdir (classes modelfile, options, size, library), ``survey`` and ``track`` (survey, track), the library's
+``RankTracker`` and builders run by the ``python`` beside ``verifier`` (library), the pytest plugin (plugin),
+odd names and readers (names, readers, npz) and the environment (env: HOME, TMPDIR, locale, full stdout).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -27,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -49,6 +56,9 @@ class Case:
     target: str | None = None  # the output whose state is judged (default: --out, -o, --json or reports/)
     setup: Callable[[Path], None] | None = None
     custom: Callable[["Case", Path, dict], dict] | None = None  # several processes (races, signals)
+    cmd: str = "verifier"  # or "python": args after the python beside verifier (-c CODE, -m pytest ...)
+    env: dict | None = None  # environment changes (a value None removes the variable)
+    limit_mib: int = 0  # peak_memory: the most resident memory the run may reach
 
 
 @dataclass
@@ -168,8 +178,10 @@ def cases() -> list[Case]:
         C.append(bad("alphas", f"--alphas {text!r}", run_lin("--alphas", text), "--alphas"))
     C.append(bad("alphas", "--alphas 1e-400 (underflows)", run_lin("--alphas", "1e-400"), "--alphas",
                  need="exp(-921"))
-    C.append(Case("alphas", "--alphas 1e-323 (subnormal, valid)", run_lin("--alphas", "1e-323"), {0}))
-    C.append(Case("alphas", "--alphas ' 1e-4 , exp(-50) '", run_lin("--alphas", " 1e-4 , exp(-50) "), {0}))
+    flow41 = ["--checks", "lemma-4.1", "--no-progress"]  # a check that uses --alphas (definition-3.1 refuses it)
+    C.append(Case("alphas", "--alphas 1e-323 (subnormal, valid)", run_lin("--alphas", "1e-323", checks=flow41), {0}))
+    C.append(Case("alphas", "--alphas ' 1e-4 , exp(-50) '", run_lin("--alphas", " 1e-4 , exp(-50) ", checks=flow41),
+                  {0}))
     # --- seeds
     for text in ["18446744073709551616", "99999999999999999999999", "-9223372036854775809",
                  "-18446744073709551615", "1e3", "", "0x10", "1.0"]:
@@ -344,6 +356,217 @@ def cases() -> list[Case]:
     return C
 
 
+# ---- what users bring: model files, surveys, tracking, the library, the plugin, the environment ----------
+
+SQUARE = "import torch, verifier\n\n\ndef make(seed=None):\n    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3)\n"
+MODEL_FILES = {
+    "exit0_import": "import sys\nsys.exit(0)\n",
+    "exit1_import": "import sys\nsys.exit(1)\n",
+    "exit3_factory": "import sys\n\n\ndef make(seed=None):\n    sys.exit(3)\n",
+    "exit0_factory": "import sys\n\n\ndef make(seed=None):\n    sys.exit(0)\n",
+    "base_exc": "def make(seed=None):\n    raise GeneratorExit('odd')\n",
+    "kbd": "def make(seed=None):\n    raise KeyboardInterrupt\n",
+    "chdir_import": "import os\nos.chdir('/')\n" + SQUARE,
+    "chdir_factory": SQUARE.replace("def make(seed=None):\n", "def make(seed=None):\n    import os\n    os.chdir('..')\n"),
+    "returns_none": "def make(seed=None):\n    return None\n",
+    "square": SQUARE,
+    "constant": "import torch, verifier\n\n\ndef make(seed=None):\n    return verifier.from_loss(lambda b: (b * 0).sum() + 1.0, 3)\n",
+    "detached": "import torch, verifier\nT = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)\n\n\ndef make(seed=None):\n"
+                "    return verifier.from_loss(lambda b: (b.detach() - T).pow(2).sum(), 3)\n",
+    "big": "import torch, verifier\n\n\ndef make(seed=None):\n    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 10**6)\n",
+    "p_true": "import verifier\n\n\ndef make(seed=None):\n    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), p=True)\n",
+    "p_float": "import verifier\n\n\ndef make(seed=None):\n    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), p=3.0)\n",
+    "device_tpu": "import verifier\n\n\ndef make(seed=None):\n    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3, device='tpu')\n",
+    "meta": "import torch, verifier\n\n\nclass P(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            "        self.u = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))\n"
+            "        self.v = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))\n\n\ndef make(seed=None):\n"
+            "    with torch.device('meta'):\n        m = P()\n    return verifier.from_module(m, [('u', 'v')], lambda m: (m.u * m.v).sum())\n",
+    "draw1_raises": "import torch, verifier\n\n\ndef make(seed):\n    if make.calls == 1:\n        make.calls += 1\n"
+                    "        raise RuntimeError(f'no data for seed {seed}')\n    make.calls += 1\n"
+                    "    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3)\n\n\nmake.calls = 0\n",
+    "draw1_exits": "import sys, torch, verifier\n\n\ndef make(seed):\n    make.calls += 1\n    if make.calls == 2:\n"
+                   "        sys.exit(0)\n    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3)\n\n\nmake.calls = 0\n",
+}
+TRACKER = """
+import sys, torch
+from verifier.tracking import RankTracker
+torch.manual_seed(0)
+m = torch.nn.MultiheadAttention(4, 1, dtype=torch.float64)
+t = RankTracker(m)
+try:
+    {body}
+    t.results()
+except (ValueError, TypeError) as exc:  # InputError is a ValueError: refused, naming the field
+    print("refused:", exc)
+    sys.exit(0)
+print("accepted")
+sys.exit(1)
+"""
+PLUGIN_TEST = "def test_ok():\\n    assert True\\n"
+PROBLEM_TEST = ("from verifier.pytest_plugin import Problem, parametrize_with_checks\\n\\n\\n"
+                "@parametrize_with_checks([Problem('a', model='not a model')])\\n"
+                "def test_theory(problem, check):\\n    check(problem)\\n")
+
+
+def make_user_fixtures(fx: Path) -> None:
+    mf = fx / "mf"
+    mf.mkdir(exist_ok=True)
+    for name, text in MODEL_FILES.items():
+        (mf / f"{name}.py").write_text(text)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((12, 3))
+    y = X @ np.array([1.0, -0.5, 0.0])
+    np.savez(fx / "lin_yY.npz", X=X, y=y, Y=y)
+    with zipfile.ZipFile(fx / "lin_noext.npz", "w") as z:
+        for name, a in (("X", X), ("y.npy", y)):
+            buf = io.BytesIO()
+            np.save(buf, a)
+            z.writestr(name, buf.getvalue())
+    with zipfile.ZipFile(fx / "lin_bomb.npz", "w", compression=zipfile.ZIP_DEFLATED) as z:  # 2 GiB unused
+        for name, a in (("X.npy", X), ("y.npy", y)):
+            buf = io.BytesIO()
+            np.save(buf, a)
+            z.writestr(name, buf.getvalue())
+        with z.open("unused.npy", "w", force_zip64=True) as f:
+            head = io.BytesIO()
+            np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (2**28,)})
+            f.write(head.getvalue())
+            chunk = bytes(2**24)
+            for _ in range(2**31 // 2**24):
+                f.write(chunk)
+    os.mkfifo(fx / "fifo")
+    os.mkfifo(fx / "fifo.npz")
+    os.mkfifo(fx / "fifo.py")
+
+
+def big_int_json(fx: Path) -> None:
+    raw = json.loads((fx / "valid.json").read_text())
+    name = next(iter(raw["checks"][0]["metrics"]))
+    raw["checks"][0]["metrics"][name]["value"] = 10**400
+    (fx / "bigint.json").write_text(json.dumps(raw))
+    raw = json.loads((fx / "valid.json").read_text())
+    raw["checks"] = []
+    (fx / "nochecks_real.json").write_text(json.dumps(raw))
+
+
+def user_cases() -> list[Case]:
+    C: list[Case] = []
+    MF = "{fx}/mf/"
+    cheap = ["--checks", "definition-3.1", "--no-progress"]
+
+    def run_mf(name, *extra, checks=cheap, out="{case}/o"):
+        return ["run", "--model-file", MF + name + ".py:make", *checks, *extra, "--out", out]
+
+    M = "modelfile"
+    for name in ("exit0_import", "exit1_import", "exit3_factory", "exit0_factory", "base_exc", "chdir_import",
+                 "returns_none"):
+        C.append(bad(M, f"run --model-file {name}", run_mf(name), "--model-file"))
+        C.append(bad(M, f"limit --model-file {name}", ["limit", "--model-file", MF + name + ".py:make"], "--model-file"))
+    C.append(Case(M, "run --model-file chdir_factory, relative --out", run_mf("chdir_factory", out="rel"), {2},
+                  field="--model-file", target="{case}/rel"))
+    C.append(Case(M, "run --model-file raising KeyboardInterrupt", run_mf("kbd"), {130}))
+    C.append(Case(M, "run --model-file square (valid)", run_mf("square"), {0}))
+    C.append(Case(M, "theorem-4.5 on a constant loss (no OverflowError)",
+                  run_mf("constant", checks=["--checks", "theorem-4.5", "--no-progress"]), {3}, forbid="OverflowError"))
+    C.append(bad(M, "a loss cut off from autograd", run_mf("detached"), "--model-file", need="autograd"))
+    O = "options"
+    for extra, flag in ((["--loss", "logistic"], "--loss"), (["--loss", "hinge"], "--loss"),
+                        (["--loss", "square"], "--loss"), (["--lr", "0.1"], "--lr"), (["--steps", "7"], "--steps"),
+                        (["--momentum", "0.5", "--optimizer", "adam"], "--momentum"),
+                        (["--batch-size", "3", "--optimizer", "gd"], "--batch-size"),
+                        (["--noise", "0.2"], "--noise"), (["--alphas", "1e-4"], "--alphas")):
+        C.append(bad(O, f"model file with {' '.join(extra)}", run_mf("square", *extra), flag))
+    C.append(bad(O, "limit model file --loss logistic", ["limit", "--model-file", MF + "square.py:make", "--loss",
+                                                         "logistic"], "--loss"))
+    S = "size"
+    C.append(bad(S, "limit from_loss p=10**6", ["limit", "--model-file", MF + "big.py:make"], "--model-file",
+                 need="TiB"))
+    C.append(bad(S, "run from_loss p=10**6 (flow checks)", run_mf("big", checks=["--no-progress"]), "--model-file"))
+    C.append(Case(S, "run from_loss p=10**6 definition-3.1 (no flow)", run_mf("big"), {0}))
+    LB = "library"
+    for name in ("p_true", "p_float", "device_tpu", "meta"):
+        C.append(bad(LB, f"builder {name}", run_mf(name), "--model-file"))
+    for what, body in (("loss a vector", "t.record(0, loss=torch.ones(3))"),
+                       ("non-monotone steps", "t.record(5); t.record(3)"),
+                       ("loss a string", "t.record(0, loss='low')"),
+                       ("step a float", "t.record(0.5)")):
+        C.append(Case(LB, f"RankTracker.record {what}", ["-c", TRACKER.replace("{body}", body)], {0}, cmd="python",
+                      need="refused"))
+    SV = "survey"
+    sv = ["--n", "2", "--checks", "definition-3.1", "--no-progress", "--out", "{case}/o"]
+    C.append(Case(SV, "survey factory raising for draw 1", ["survey", "--model-file", MF + "draw1_raises.py:make", *sv],
+                  {1, 3}, need="draw 1"))
+    C.append(Case(SV, "survey factory sys.exit for draw 1", ["survey", "--model-file", MF + "draw1_exits.py:make", *sv],
+                  {1, 3}))
+    C.append(bad(SV, "survey --model-file exit0_import", ["survey", "--model-file", MF + "exit0_import.py:make", *sv],
+                 "--model-file"))
+    C.append(Case(SV, "survey --model-file square (valid)", ["survey", "--model-file", MF + "square.py:make", *sv], {0}))
+    T = "track"
+    tr = ["track", "--preset", "vit-digits-tiny", "--epochs", "1", "--no-progress", "--out", "{case}/o"]
+    C.append(Case(T, "track --lr 1e6 (diverges)", [*tr, "--lr", "1e6"], {1, 3}))
+    C.append(Case(T, "track --init-scales 1e300 (diverges)", [*tr, "--init-scales", "1e300"], {1, 3}))
+    N = "names"
+    long = "a" * 300
+    C.append(bad(N, "--data 300-char name", run_lin(data="{case}/" + long + ".npz"), "--data"))
+    C.append(bad(N, "--out 300-char name", run_lin("--out", "{case}/" + long), "--out"))
+    C.append(bad(N, "report -o 300-char name", ["report", "{fx}/valid.json", "-o", "{case}/" + long + ".html"], "-o"))
+    C.append(bad(N, "report 300-char input", ["report", "{case}/" + long + ".json", "-o", "{case}/r.html"],
+                 "RESULTS.json"))
+    C.append(bad(N, "limit --json 300-char name", ["limit", "--preset", "diag-linear", "--json",
+                                                   "{case}/" + long + ".json"], "--json"))
+    C.append(bad(N, "--model-file 300-char name", run_mf("x", out="{case}/o")[:2] + ["{case}/" + long + ".py:make",
+                                                                                  *cheap], "--model-file"))
+    C.append(Case(N, "--out legal 250-char name", run_lin("--out", "{case}/" + "b" * 250), {0}))
+    C.append(Case(N, "--out with a non-UTF-8 byte", run_lin("--out", "{case}/r" + os.fsdecode(b"\xff\xfe")), {0}))
+    C.append(Case(N, "--data with a non-UTF-8 name", run_lin(data="{case}/d" + os.fsdecode(b"\xff") + ".npz"), {0},
+                  setup=lambda d: shutil.copy(d.parent.parent / "fx" / "lin.npz",
+                                              os.fsencode(str(d)) + b"/d\xff.npz")))
+    C.append(Case(N, "stdout on a full disk after the set is written", run_lin("--out", "{case}/o"), {0},
+                  custom=full_stdout))
+    RD = "readers"
+    C.append(bad(RD, "report a 400-digit integer", ["report", "{fx}/bigint.json", "-o", "{case}/r.html"], "RESULTS.json"))
+    C.append(bad(RD, "gate a 400-digit integer", ["gate", "--baseline", "{fx}/bigint.json", "{fx}/valid.json"], "gate"))
+    C.append(bad(RD, "gate a baseline without checks", ["gate", "--baseline", "{fx}/nochecks_real.json",
+                                                        "{fx}/valid.json"], "--baseline"))
+    C.append(bad(RD, "report a FIFO", ["report", "{fx}/fifo", "-o", "{case}/r.html"], "RESULTS.json"))
+    C.append(bad(RD, "gate a FIFO", ["gate", "--baseline", "{fx}/fifo", "{fx}/valid.json"], "gate"))
+    C.append(bad(RD, "report /dev/zero", ["report", "/dev/zero", "-o", "{case}/r.html"], "RESULTS.json"))
+    C.append(bad(RD, "--data a FIFO", run_lin(data="{fx}/fifo.npz"), "--data"))
+    C.append(bad(RD, "--model-file a FIFO", run_mf("x")[:2] + ["{fx}/fifo.py:make", *cheap], "--model-file"))
+    C.append(bad(RD, "--data /dev/zero", run_lin(data="/dev/zero"), "--data"))
+    Z = "npz"
+    C.append(Case(Z, "member X without .npy", run_lin(data="{fx}/lin_noext.npz"), {0}))
+    C.append(bad(Z, "both y and Y", run_lin(data="{fx}/lin_yY.npz"), "--data"))
+    C.append(Case(Z, "an unused 2 GiB array beside X, y", run_lin(data="{fx}/lin_bomb.npz", checks=cheap), {0},
+                  custom=peak_memory, limit_mib=1500))
+    P = "plugin"
+    C.append(Case(P, "--verifier-report under an existing file",
+                  ["-c", f"open('test_a.py', 'w').write('{PLUGIN_TEST}'); import pytest, sys; "
+                         "open('a_file', 'w').write('x'); sys.exit(pytest.main(['-q', 'test_a.py', "
+                         "'--verifier-report', 'a_file/r.html', '-p', 'no:cacheprovider']))"],
+                  {4}, cmd="python", need="--verifier-report"))
+    C.append(Case(P, "--verifier-report r.json (would overwrite the HTML)",
+                  ["-c", f"open('test_a.py', 'w').write('{PLUGIN_TEST}'); import pytest, sys; "
+                         "sys.exit(pytest.main(['-q', 'test_a.py', '--verifier-report', 'r.json', "
+                         "'-p', 'no:cacheprovider']))"],
+                  {4}, cmd="python", need="--verifier-report"))
+    C.append(Case(P, "Problem('a', model='not a model')",
+                  ["-c", f"open('test_p.py', 'w').write(\"{PROBLEM_TEST}\"); import pytest, sys; "
+                         "sys.exit(pytest.main(['-q', 'test_p.py', '-p', 'no:cacheprovider']))"],
+                  {2}, cmd="python", need="Problem.model", forbid="AttributeError"))
+    E = "env"
+    C.append(Case(E, "HOME unset", run_lin("--out", "{case}/o"), {0}, env={"HOME": None}))
+    C.append(Case(E, "HOME not writable", run_lin("--out", "{case}/o"), {0}, env={"HOME": "/proc"}))
+    C.append(Case(E, "TMPDIR missing", run_lin("--out", "{case}/o"), {0}, env={"TMPDIR": "/nonexistent/tmp"}))
+    C.append(Case(E, "LC_ALL=C with a non-ASCII --out", run_lin("--out", "{case}/r\u00e9"), {0},
+                  env={"LC_ALL": "C", "LANG": "C"}))
+    C.append(Case(E, "PYTHONIOENCODING=ascii with a non-ASCII --out", run_lin("--out", "{case}/r\u00e9"), {0},
+                  env={"PYTHONIOENCODING": "ascii"}))
+    C.append(bad(E, "bad input under HOME unset", run_lin("--alphas", "2"), "--alphas", env={"HOME": None}))
+    C.append(Case(E, "OMP_NUM_THREADS=garbage", run_lin("--out", "{case}/o"), {0}, env={"OMP_NUM_THREADS": "lots"}))
+    return C
+
+
 # ---- running and judging -----------------------------------------------------------------------------------
 
 def fingerprint(path: Path):
@@ -431,7 +654,7 @@ def judge(case: Case, code, out: str, err: str, cdir: Path, target: Path | None,
         problems.append(f"exit {code}, expected {'/'.join(map(str, sorted(case.codes)))}")
     if tb:
         problems.append("traceback")
-    if code == 2:
+    if code == 2 and case.cmd == "verifier":
         lines = err.strip().splitlines()
         if len(lines) != 1 or not lines[0].startswith("verifier: error: "):
             problems.append(f"stderr is {len(lines)} lines, not one 'verifier: error:' line")
@@ -439,13 +662,13 @@ def judge(case: Case, code, out: str, err: str, cdir: Path, target: Path | None,
             problems.append(f"blames {lines[0][17:].split(':')[0]!r}, not {case.field}")
     if case.need and case.need not in out + err:
         problems.append(f"message lacks {case.need!r}")
-    if case.forbid and case.forbid in err:
+    if case.forbid and case.forbid in out + err:
         problems.append(f"message mentions {case.forbid!r}")
     state = "-"
     if target is not None:
         now = fingerprint(target)
         kind = ("reports" if case.target is None and target == cdir / "reports" else
-                "set" if case.target is None and case.args[0] == "run" else
+                "set" if case.target is None and case.args[0] in ("run", "survey", "track") else
                 "file" if case.target is None else "other")
         if kind == "reports":
             state, probs = describe_reports(target)
@@ -494,8 +717,9 @@ def run_case(case: Case, k: int, ctx: dict) -> Row:
         before = fingerprint(target) if target else None
         parent_before = listing(target.parent) if target else set()
         try:
-            proc = subprocess.run([ctx["verifier"], *argv], capture_output=True, text=True, cwd=cdir,
-                                  timeout=ctx["timeout"], env=ctx["env"], stdin=subprocess.DEVNULL)
+            proc = subprocess.run([ctx[case.cmd], *argv], capture_output=True, text=True, cwd=cdir,
+                                  timeout=ctx["timeout"], env=case_env(case, ctx), stdin=subprocess.DEVNULL,
+                                  errors="replace")
             code, out, err = proc.returncode, proc.stdout, proc.stderr
         except subprocess.TimeoutExpired as exc:
             code = None
@@ -504,6 +728,52 @@ def run_case(case: Case, k: int, ctx: dict) -> Row:
         row = judge(case, code, out, err, cdir, target, before, parent_before)
         row.err = err  # type: ignore[attr-defined]
     row.seconds = time.monotonic() - start
+    return row
+
+
+def case_env(case: Case, ctx: dict) -> dict:
+    env = dict(ctx["env"])
+    for k, v in (case.env or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def full_stdout(case: Case, cdir: Path, ctx: dict) -> Row:
+    """stdout is /dev/full: the output set is written first, so the run keeps its verdict (and its set)."""
+    argv = subst(case.args, ctx["fx"], cdir)
+    target = target_of(case, argv, cdir)
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([ctx["verifier"], *argv], stdout=full, stderr=subprocess.PIPE, text=True, cwd=cdir,
+                              timeout=ctx["timeout"], env=ctx["env"], stdin=subprocess.DEVNULL)
+    return judge(case, proc.returncode, "", proc.stderr, cdir, target, None, set())
+
+
+def peak_memory(case: Case, cdir: Path, ctx: dict) -> Row:
+    """The run's peak resident memory (VmHWM, polled) must stay below case.need MiB: an unused array in an
+    .npz must never be inflated."""
+    argv = subst(case.args, ctx["fx"], cdir)
+    target = target_of(case, argv, cdir)
+    p = subprocess.Popen([ctx["verifier"], *argv], cwd=cdir, env=ctx["env"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    peak, deadline = 0, time.monotonic() + ctx["timeout"]
+    while p.poll() is None and time.monotonic() < deadline:
+        try:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) // 1024)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    if p.poll() is None:
+        p.kill()
+    out, err = p.communicate()
+    row = judge(case, p.returncode, out, err, cdir, target, None, set())
+    if peak > case.limit_mib:
+        row.problems.append(f"peak memory {peak} MiB > {case.limit_mib} MiB")
+    row.state += f" {peak}MiB"
     return row
 
 
@@ -585,11 +855,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="hostile-"))
     fx = work / "fx"
     make_fixtures(fx)
+    make_user_fixtures(fx)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "ignore"}
     env.pop("VERIFIER_TRACEBACK", None)
-    ctx = {"work": work, "fx": fx, "verifier": a.verifier, "timeout": a.timeout, "env": env}
+    python = Path(a.verifier).with_name("python")
+    ctx = {"work": work, "fx": fx, "verifier": a.verifier, "timeout": a.timeout, "env": env,
+           "python": str(python) if python.exists() else sys.executable}
     valid_results(fx, a.verifier, a.timeout)
-    selected = [c for c in cases() if (a.only is None or c.cls == a.only) and (a.k is None or a.k in c.name)]
+    big_int_json(fx)
+    selected = [c for c in cases() + user_cases() if (a.only is None or c.cls == a.only) and (a.k is None or a.k in c.name)]
     rows: list[Row | None] = [None] * len(selected)
     with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
         futures = {pool.submit(run_case, c, k, ctx): k for k, c in enumerate(selected)}

@@ -5,6 +5,9 @@
 * ``generic_linear_context``: a correlated diagonal linear network on which Assumptions 4.3 and 4.4 hold;
   session-scoped, so Algorithm 1 and the reference run are computed once for both checks.
 * ``valley_context``: duplicated features, the flat-valley counterexample of Assumptions 4.3 and 4.4.
+* ``zero_loss_context``: a realisable teacher whose first coordinate to activate is not in its support: it
+  leaves at the zero-loss last stage (assumption-4.2's ``zero-loss-last-stage``; THEORY.md §5.3), and
+  theorem-4.5's beta error on the last plateau converges only like 1/log(1/alpha) (the adaptive ladder).
 """
 
 import pytest
@@ -47,6 +50,19 @@ def generic_linear_context() -> Context:
     return Context(RunConfig(preset=None, model="diag-linear"),
                    model=DiagLinear(X, X @ torch.tensor([1.5, -1.0, 0.0, 0.7, 0.0], dtype=F64)),
                    argv=["test"])
+
+
+@pytest.fixture(scope="session")
+def zero_loss_context() -> Context:
+    """N = 20, p = 3: x2 = (x0 + x1) / sqrt(2) + 0.3 noise, y = x0 + x1 (beta* = (1, 1, 0)). Algorithm 1:
+    beta[2] activates first (it correlates most with y), then beta[1], then beta[0], which brings the loss to 0
+    and sends beta[2] back to 0. Default ladder."""
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(20, 2, generator=gen, dtype=F64)
+    x2 = (X[:, 0] + X[:, 1]) / 2**0.5 + 0.3 * torch.randn(20, generator=gen, dtype=F64)
+    X = torch.cat([X, x2[:, None]], 1)
+    return Context(RunConfig(preset=None, model="diag-linear"),
+                   model=DiagLinear(X, X @ torch.tensor([1.0, 1.0, 0.0], dtype=F64)), argv=["test"])
 
 
 @pytest.fixture(scope="session")

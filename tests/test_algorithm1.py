@@ -142,3 +142,20 @@ def test_cli_limit_prints_the_table_and_writes_json(tmp_path, capsys, leave_reen
     stages = json.loads(out.read_text())["stages"]
     assert [s["coordinate"] for s in stages] == [None, 2, 1, 0, 1]
     assert stages[3]["left"] == [1]
+
+
+def test_a_leave_at_the_zero_loss_last_stage_is_decided_by_newtons_active_set(zero_loss_context, monkeypatch):
+    """At a zero-loss minimum the leaver decays like 1/t, so the flow alone leaves it far above LEAVE_TOL
+    (THEORY.md §5.3): Newton's active set sends it to zero, and its gradient there is 0, not inward."""
+    import verifier.limit.incremental as I
+
+    calls = []
+    polish = I.newton_polish
+    monkeypatch.setattr(I, "newton_polish", lambda model, beta, active, gtol, max_iter=12: calls.append(
+        (beta.clone(), polish(model, beta, active, gtol, max_iter))) or calls[-1][1])
+    seq = I.algorithm1(zero_loss_context.model)
+    last = seq.stages[-1]
+    assert [s.coordinate for s in seq.stages[1:]] == [2, 1, 0] and last.left == (2,)
+    assert last.loss <= 1e-20 and abs(float(last.grad[2])) <= seq.gtol
+    start, (beta, left) = calls[-1]
+    assert left == [2] and float(start[2]) > 1e3 * I.LEAVE_TOL  # the flow had not brought it near LEAVE_TOL

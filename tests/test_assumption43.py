@@ -50,7 +50,7 @@ def test_generic_linear_runs_return_to_the_plateau(generic):
 def test_flat_valley_fails_naming_the_eigenvalue(valley_context):
     ctx = valley_context
     res = run_check("assumption-4.3", ctx)
-    assert res.verdict is Verdict.FAIL
+    assert res.verdict is Verdict.FAIL and res.reason == "not-strict-minimum"
     lam = [r["lambda_min"] for r in res.values["stages"]]
     assert all(abs(v) < 1e-12 for v in lam)  # x0 - x0 = 0: the direction e0 - e1 is exactly flat
     assert re.search(r"stage 1: smallest eigenvalue -?[0-9.e+-]+ of the Hessian on A_1 = \{beta\[0\], beta\[1\]\}",
@@ -72,7 +72,7 @@ def test_logistic_on_separable_data_has_no_finite_minimiser(tmp_path):
                "--checks", "assumption-4.3", "--out", str(out), "--no-progress"])
     assert rc == 1
     res = json.loads((out / "results.json").read_text())["checks"][0]
-    assert res["verdict"] == "fail"
+    assert res["verdict"] == "fail" and res["reason"] == "weights-diverge"
     assert "no finite minimiser exists (weights diverge)" in res["message"]
     for probe in res["metrics"]["existence"]["value"]:
         loss, growth = probe["loss"], probe["growth_per_decade"]
@@ -83,7 +83,7 @@ def test_logistic_on_separable_data_has_no_finite_minimiser(tmp_path):
 def test_full_attention_is_not_applicable():
     model = build_model("full-attention")
     res = run_check("assumption-4.3", Context(RunConfig(preset="full-attention"), model=model, argv=["test"]))
-    assert res.verdict is Verdict.INCONCLUSIVE
+    assert res.verdict is Verdict.INCONCLUSIVE and res.reason == "not-applicable"
     assert res.message.startswith("not applicable")
 
 
@@ -134,5 +134,5 @@ def test_figure9_without_a_lasting_plateau_is_inconclusive_not_a_pass():
     ctx = Context(replace(config, horizon=0.99 * T_last), argv=["test"])
     res = run_check("assumption-4.3", ctx)
     assert res.verdict is Verdict.INCONCLUSIVE, res.message
-    assert "so their return was not judged" in res.message
+    assert "so their return was not judged" in res.message and res.reason == "no-lasting-plateau"
     assert all(r["lambda_min"] > 0 for r in res.values["figure9"]["runs"])

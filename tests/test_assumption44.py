@@ -43,7 +43,7 @@ def test_generic_linear_onsets_agree_at_the_endpoints(generic):
 def test_flat_valley_stage_b_depends_on_the_perturbation(valley_context):
     ctx = valley_context
     res = run_check("assumption-4.4", ctx)
-    assert res.verdict is Verdict.FAIL
+    assert res.verdict is Verdict.FAIL and res.reason == "stage-b-not-robust"  # the first failing part's
     rows = {(r["k"], r["run"]): r for r in res.values["limit_level"]["runs"]}
     # Unperturbed runs keep beta_0 = beta_1 and land on the hand-built beta^k ...
     assert rows[(1, "eps=1e-08")]["distance"] < 1e-6
@@ -62,5 +62,5 @@ def test_flat_valley_stage_b_depends_on_the_perturbation(valley_context):
 def test_full_attention_is_not_applicable():
     model = build_model("full-attention")
     res = run_check("assumption-4.4", Context(RunConfig(preset="full-attention"), model=model, argv=["test"]))
-    assert res.verdict is Verdict.INCONCLUSIVE
+    assert res.verdict is Verdict.INCONCLUSIVE and res.reason == "not-applicable"
     assert res.message.startswith("not applicable")

@@ -11,6 +11,7 @@ import pytest
 from verifier.cli import main
 from verifier.config import OptimizerConfig, RunConfig, SolverConfig, parse_alphas
 from verifier.errors import InputError
+from verifier.results import Verdict
 
 
 def _npz(tmp_path, name="d.npz", **arrays):
@@ -103,9 +104,9 @@ def test_byo_linear_data_lemma41_gd_passes_and_adam_fails(tmp_path):
     assert main(base + ["--optimizer", "gd", "--out", str(tmp_path / "gd")]) == 0
     assert main(base + ["--optimizer", "adam", "--out", str(tmp_path / "adam")]) == 1
     saved = json.loads((tmp_path / "adam" / "results.json").read_text())
-    assert saved["schema_version"] == 2
+    assert saved["schema_version"] == 3
     [check] = saved["checks"]
-    assert check["id"] == "lemma-4.1" and check["verdict"] == "fail"
+    assert check["id"] == "lemma-4.1" and check["verdict"] == "fail" and check["reason"] == "conservation-broken"
     assert saved["run"]["provenance"]["seed"] == 0 and saved["run"]["provenance"]["dtype"] == "float64"
     assert (tmp_path / "adam" / "report.html").is_file()
 
@@ -331,7 +332,8 @@ def test_definition31_overflow_is_inconclusive_not_a_kink():
 
     X = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e300
     res = _definition31(DiagLinear(X, X[:, 0]))
-    assert res.verdict.value == "inconclusive" and "overflow" in res.message and "kink" not in res.message
+    assert res.verdict is Verdict.INCONCLUSIVE and "overflow" in res.message and "kink" not in res.message
+    assert res.reason == "overflow"
 
 
 def test_definition31_nan_is_never_hidden():
@@ -342,7 +344,7 @@ def test_definition31_nan_is_never_hidden():
     X = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     X[0, 0] = float("nan")
     res = _definition31(DiagLinear(X, torch.ones(8, dtype=torch.float64)))
-    assert res.verdict.value == "inconclusive" and "not finite" in res.message
+    assert res.verdict is Verdict.INCONCLUSIVE and "not finite" in res.message and res.reason == "overflow"
 
 
 def test_definition31_constant_loss_is_inconclusive():
@@ -351,7 +353,7 @@ def test_definition31_constant_loss_is_inconclusive():
     from verifier.models import DiagLinear
 
     res = _definition31(DiagLinear(torch.zeros(8, 3, dtype=torch.float64), torch.ones(8, dtype=torch.float64)))
-    assert res.verdict.value == "inconclusive" and "exactly zero" in res.message
+    assert res.verdict is Verdict.INCONCLUSIVE and "exactly zero" in res.message and res.reason == "nothing-to-test"
 
 
 # ---- output sets: whole or absent ------------------------------------------------------------------------------

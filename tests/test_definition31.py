@@ -52,7 +52,7 @@ def test_smooth_diagonal_networks_pass():
 
 def test_relu_is_flagged_as_not_c2():
     r = _run("definition-3.1", _transformer("relu"))
-    assert r.verdict is Verdict.FAIL
+    assert r.verdict is Verdict.FAIL and r.reason == "not-c2"
     assert r.values["taylor_order"] < 1.5
     assert "not twice continuously differentiable" in r.message
 
@@ -63,7 +63,7 @@ def test_relu_is_flagged_whichever_probes_are_drawn():
     relu, gelu = _transformer("relu"), _transformer("gelu")
     for seed in range(6):
         r = _run("definition-3.1", relu, seed=seed)
-        assert r.verdict is Verdict.FAIL, (seed, r.values["taylor_orders"])
+        assert r.verdict is Verdict.FAIL and r.reason == "not-c2", (seed, r.values["taylor_orders"])
         assert r.values["taylor_order"] < 1.5 or r.values["max_taylor_order"] > 2.5
         assert _run("definition-3.1", gelu, seed=seed).verdict is Verdict.PASS
 
@@ -71,8 +71,8 @@ def test_relu_is_flagged_whichever_probes_are_drawn():
 def test_a_loss_not_through_uv_is_flagged_by_definition_and_lemma():
     model = _linear(NotDiagonal)
     r = _run("definition-3.1", model)
-    assert r.verdict is Verdict.FAIL and "only through u*v" in r.message
+    assert r.verdict is Verdict.FAIL and "only through u*v" in r.message and r.reason == "not-a-product"
     assert r.values["max_param_mismatch"] > 1e-3
     lemma = _run("lemma-4.1", model, log_inv_alphas=(math.log(10.0),))
-    assert lemma.verdict is Verdict.FAIL
+    assert lemma.verdict is Verdict.FAIL and lemma.reason == "conservation-broken"
     assert lemma.values["max_drift"] > 1e3 * lemma.metrics["max_drift"].threshold

@@ -167,8 +167,8 @@ def test_cli_gate_exit_codes(tmp_path, capsys):
 
 @pytest.mark.parametrize("content, says", [
     ("", "not readable JSON"),
-    (json.dumps({"schema_version": 99, "run": {}, "checks": []}), "schema_version is 99, allowed: 1, 2"),
-    (json.dumps({"schema_version": True, "run": {}, "checks": []}), "schema_version is True, allowed: 1, 2"),
+    (json.dumps({"schema_version": 99, "run": {}, "checks": []}), "schema_version is 99, allowed: 1, 2, 3"),
+    (json.dumps({"schema_version": True, "run": {}, "checks": []}), "schema_version is True, allowed: 1, 2, 3"),
     (json.dumps({"schema_version": 2, "run": {}, "checks": [{"verdict": "pass"}]}), "checks[0] must be an object"),
     (json.dumps({"schema_version": 2, "run": {}, "checks": [{"id": "a", "verdict": "pass", "metrics": {"m": 3}}]}),
      "checks[0].metrics.m must be an object with a 'value'"),

@@ -77,7 +77,7 @@ def test_symmetric_tied_teacher_is_flagged():
     model = symmetric_tied_teacher()
     assert model.product_names() == ("Wq Wk^T", "Wv Wo^T")
     res = _run(model)
-    assert res.verdict is Verdict.FAIL, res.message
+    assert res.verdict is Verdict.FAIL and res.reason == "jumps-not-separated", res.message
     assert "jumps do not separate" in res.message and "raises the rank of Wv Wo^T by two" in res.message
     gap = res.values["gaps"][0]
     assert gap["between"] == ["sigma_1(Wv Wo^T)", "sigma_2(Wv Wo^T)"]
@@ -114,3 +114,4 @@ def test_nothing_learned_is_inconclusive():
     zero = verifier.from_module(FullHead(4, 0.5), [("Wq", "Wk"), ("Wv", "Wo")], lambda m: m(X).pow(2).sum())
     res = _run(zero)
     assert res.verdict is Verdict.INCONCLUSIVE and "nothing is learned" in res.message
+    assert res.reason == "nothing-to-test"

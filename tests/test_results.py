@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from verifier.figures import Figure, Mark, Series
-from verifier.results import (CheckResult, Gate, Metric, RunResults, Verdict, combine, jsonable, parse_results,
+from verifier.results import (CheckResult, CommonReason, Gate, Metric, ResultsFormatError, RunResults, Verdict, combine,
+                              decide, jsonable, parse_results,
                               results_json)
 
 
@@ -56,6 +57,37 @@ def test_verdicts_combine_one_way():
     assert Verdict.worst([P, P]) is P and Verdict.worst([P, I]) is I
 
 
+def test_decide_gives_the_reason_of_the_first_part_with_the_worst_verdict():
+    P, F, I = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
+    assert decide([(P, "a"), (I, "b", "solver-failed"), (F, "c", "tie"), (F, "d", "other")]) == \
+        (F, "c | d | b | a", "tie")
+    assert decide([(I, "b", "ladder-exhausted"), (P, "a")]) == (I, "b | a", "ladder-exhausted")
+    assert decide([(P, "a", "ignored")]) == (P, "a", None)  # a pass has no reason
+    assert decide([]) == (I, "", None)
+
+
+def test_reason_is_kebab_case_and_only_for_fail_or_inconclusive():
+    assert CheckResult("x", "c", Verdict.FAIL, "m", reason=CommonReason.SOLVER_FAILED).reason == "solver-failed"
+    assert type(CheckResult("x", "c", Verdict.FAIL, "m", reason=CommonReason.SOLVER_FAILED).reason) is str
+    with pytest.raises(ValueError, match="a pass has no failure reason"):
+        CheckResult("x", "c", Verdict.PASS, "m", reason="tie")
+    with pytest.raises(ValueError, match="kebab-case"):
+        CheckResult("x", "c", Verdict.FAIL, "m", reason="Not Kebab")
+
+
+def test_reasons_round_trip_in_schema_3_and_older_versions_read_without_one():
+    c = CheckResult("x", "claim", Verdict.FAIL, "why", reason="zero-loss-last-stage")
+    raw = json.loads(results_json(RunResults({"config": {}}, (c,))))
+    assert raw["checks"][0]["reason"] == "zero-loss-last-stage"
+    assert parse_results(raw).checks[0].reason == "zero-loss-last-stage"
+    for version in (1, 2):  # a reason key in an old file is not part of its schema: ignored
+        old = {**raw, "schema_version": version}
+        assert parse_results(old).checks[0].reason is None
+    bad = {**raw, "checks": [{**raw["checks"][0], "verdict": "pass"}]}
+    with pytest.raises(ResultsFormatError, match="reason"):
+        parse_results(bad)
+
+
 def test_results_json_round_trips_the_declarations():
     c = CheckResult("x", "claim", Verdict.PASS, "ok",
                     metrics={"err": Metric.at_most(0.01, 0.05, Gate(2.0, 1e-9)), "n": Metric.info([1, 2]),
@@ -63,7 +95,7 @@ def test_results_json_round_trips_the_declarations():
                     key_metric="err", settings={"noise": 0.1}, evidence={"figures": [
                         Figure("f", "t", "line", "x", "y", series=(Series("s", [0, 1], [1, 0]),))]})
     raw = json.loads(results_json(RunResults({"config": {}}, (c,))))
-    assert raw["schema_version"] == 2
+    assert raw["schema_version"] == 3 and raw["checks"][0]["reason"] is None
     assert raw["checks"][0]["metrics"]["err"] == {"value": 0.01, "threshold": 0.05, "better": "lower",
                                                   "gate": {"factor": 2.0, "atol": 1e-9}}
     assert raw["checks"][0]["metrics"]["margin"] == {"value": "inf", "threshold": 0.1, "better": "higher"}

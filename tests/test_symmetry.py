@@ -87,14 +87,14 @@ def symmetric_context():
 
 def test_assumption42_names_the_symmetry(symmetric_context):
     res = run_check("assumption-4.2", symmetric_context)
-    assert res.verdict is Verdict.FAIL
+    assert res.verdict is Verdict.FAIL and res.reason == "tie"
     assert "margin 0 < 0.01: heads 0 and 1 of layer 0 are exchangeable (the loss is invariant" in res.message
     assert res.values["symmetries"][0]["exchange"] == "heads 0 and 1 of layer 0 are exchangeable"
 
 
 def test_theorem45_says_algorithm1_is_undefined_after_the_tie(symmetric_context):
     res = run_check("theorem-4.5", symmetric_context)
-    assert res.verdict is Verdict.FAIL
+    assert res.verdict is Verdict.FAIL and res.reason == "tie"
     assert res.message.startswith("Algorithm 1 is undefined after stage 0: at T_1 = ")
     assert "heads 0 and 1 of layer 0 are exchangeable" in res.message and "stalls" not in res.message
     assert res.values["undefined_after_stage"] == 0
@@ -102,7 +102,7 @@ def test_theorem45_says_algorithm1_is_undefined_after_the_tie(symmetric_context)
 
 def test_assumption43_names_the_flat_direction_and_its_symmetry(symmetric_context):
     res = run_check("assumption-4.3", symmetric_context)
-    assert res.verdict is Verdict.FAIL
+    assert res.verdict is Verdict.FAIL and res.reason == "not-strict-minimum"
     assert "a flat direction the run sits in along L0H0.vo[0] and L0H1.vo[0]: heads 0 and 1 of layer 0 are " \
            "exchangeable (the loss is invariant" in res.message
     assert res.message.count("the loss is invariant") == 1  # explained once, then named

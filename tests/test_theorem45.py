@@ -45,8 +45,8 @@ def test_a_wrong_limit_stalls_and_fails(ctx, leave_reenter_model, leave_beta_sta
     other = leave_reenter_model
     wrong = algorithm1(DiagLinear(other.X, 1.2 * other.Y))
     assert [s.coordinate for s in wrong.stages] == [s.coordinate for s in ctx.stages.stages]
-    verdict, message, metrics, _ = evaluate(wrong, ctx.ladder, ctx.horizon)
-    assert verdict is Verdict.FAIL
+    verdict, message, reason, metrics, _ = evaluate(wrong, ctx.ladder, ctx.horizon)
+    assert verdict is Verdict.FAIL and reason == "errors-not-shrinking"
     assert "transition_time_error stalls" in message and "beta_error stalls" in message
     # on the last plateau the flow sits at beta*, the wrong limit at 1.2 beta*
     assert metrics["beta_error"][-1] >= 0.2 * max(abs(x) for x in leave_beta_star) * (1 - 1e-3)
@@ -54,8 +54,8 @@ def test_a_wrong_limit_stalls_and_fails(ctx, leave_reenter_model, leave_beta_sta
 
 def test_solver_failure_is_inconclusive(ctx):
     traj = dataclasses.replace(ctx.ladder, status=(Status.SUCCESS, Status.STEP_TOO_SMALL, Status.SUCCESS))
-    verdict, message, _, _ = evaluate(ctx.stages, traj, ctx.horizon)
-    assert verdict is Verdict.INCONCLUSIVE and "alpha=1e-16" in message
+    verdict, message, reason, _, _ = evaluate(ctx.stages, traj, ctx.horizon)
+    assert verdict is Verdict.INCONCLUSIVE and "alpha=1e-16" in message and reason == "solver-failed"
 
 
 def test_fit_rate_and_judge_on_exact_series():
@@ -78,3 +78,28 @@ def test_a_short_ladder_that_is_still_converging_is_inconclusive_not_a_stall():
     assert judge(L, [0.552, 0.506, 0.285], 0.01)[0] is Verdict.INCONCLUSIVE
     assert judge(L, [0.975, 0.984, 0.984], 0.01)[0] is Verdict.FAIL
     assert judge(L, [0.3, 0.2, 0.005], 0.01)[0] is Verdict.PASS
+
+
+def test_the_ladder_extends_itself_while_an_error_still_shrinks(zero_loss_context):
+    """At the zero-loss last stage the leaver decays like 1/t, so beta's error on the last plateau shrinks only
+    like 1/log(1/alpha) (~33 / L): above its tolerance at 1e-256, the check adds rungs until it is decided."""
+    r = run_check("theorem-4.5", zero_loss_context)
+    assert r.verdict is Verdict.PASS and r.reason is None, r.message
+    added = r.values["rungs_added"]
+    assert [a["alpha"] for a in added] == ["exp(-2000)", "exp(-5000)"]
+    assert all(a["why"].startswith("beta_error shrinks but is still above") for a in added)
+    beta = r.values["beta_error"]
+    assert len(beta) == len(zero_loss_context.log_inv_alphas) + 2  # the finished rungs are reused, not re-solved
+    L = r.values["log_inv_alphas"]
+    assert beta[-1] * L[-1] == pytest.approx(beta[-3] * L[-3], rel=0.1)  # the 1/L law from 1e-256 to exp(-5000)
+    assert "the ladder was extended to alpha=exp(-5000)" in r.message
+
+
+def test_at_the_ladder_cap_an_error_still_shrinking_is_inconclusive(zero_loss_context, monkeypatch):
+    from verifier.checks import _ladder
+
+    monkeypatch.setattr(_ladder, "EXTENSION_LOG_INV_ALPHAS", (2000.0,))
+    monkeypatch.setattr(_ladder, "CAP_LOG_INV_ALPHA", 2000.0)
+    r = run_check("theorem-4.5", zero_loss_context)
+    assert r.verdict is Verdict.INCONCLUSIVE and r.reason == "ladder-exhausted", r.message
+    assert "the ladder reached its cap alpha=exp(-2000)" in r.message

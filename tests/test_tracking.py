@@ -9,8 +9,9 @@ from verifier.tracking import Product, RankTracker
 from verifier.tracking.spectra import effective_rank, numerical_rank, stable_rank
 
 
-def _svdvals(matrices):
-    return np.stack([np.linalg.svd(m.detach().double().numpy(), compute_uv=False) for m in matrices])
+def _svdvals(matrices, r=None):
+    """The singular values of each matrix, the first r (the tracker keeps min(d1, d2, 2k): the rest are 0)."""
+    return np.stack([np.linalg.svd(m.detach().double().numpy(), compute_uv=False)[:r] for m in matrices])
 
 
 def _mha(E=12, H=3, seed=0):
@@ -65,9 +66,9 @@ def test_mha_slicing_matches_explicit_per_head_matrices():
     assert h.heads == (0, 1, 2, 0, 1, 2)
     assert h.max_rank == (8,) * 6  # min(d1, d2, 2k): a change of both k-column factors has rank <= 2k
     assert h.product_rank == (4,) * 6
-    np.testing.assert_allclose(h.initial_spectra[:, :12], _svdvals(qk0 + vo0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(h.initial_spectra, _svdvals(qk0 + vo0, 8), rtol=1e-4, atol=1e-6)
     changes = [a - b for a, b in zip(qk1 + vo1, qk0 + vo0)]
-    np.testing.assert_allclose(h.delta_spectra[1, :, :12], _svdvals(changes), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(h.delta_spectra[1], _svdvals(changes, 8), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(h.delta_spectra[0], 0.0)
     assert np.isnan(h.stable_rank()[0]).all()  # the zero change has no rank
 
@@ -116,7 +117,7 @@ def test_hand_written_attention_named_products():
     qk = [m.query[:, c] @ m.key[:, c].T for c in cols]
     vo = [m.value[:, c] @ m.output[:, c].T for c in cols]
     changes = [a - b for a, b in zip(qk + vo, qk0 + vo0)]
-    np.testing.assert_allclose(h.delta_spectra[1], _svdvals(changes), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(h.delta_spectra[1], _svdvals(changes, 6), rtol=1e-4, atol=1e-5)
     assert h.labels == ["qk[h0]", "qk[h1]", "vo[h0]", "vo[h1]"]
     assert h.max_rank == (6,) * 4
 
@@ -220,3 +221,20 @@ def test_tracker_on_cuda_matches_cpu():
     a, b = cpu.history(), gpu.history()
     np.testing.assert_allclose(b.delta_spectra, a.delta_spectra, rtol=1e-3, atol=1e-5)
     np.testing.assert_array_equal(b.losses, [np.nan, 1.0])
+
+
+def test_bfloat16_model_tracked_in_float32():
+    """The change of a bfloat16 weight is formed in float32 from the stored values: 1 + 2^-7 -> -1 is a step of
+    -2.0078125, which bfloat16 (8 significant bits) would round to -2 or -2.015625."""
+    mha = _mha().to(torch.bfloat16)
+    with torch.no_grad():
+        mha.in_proj_weight[0, 0] = 1 + 2**-7
+    tracker = RankTracker(mha)
+    tracker.record(0)
+    with torch.no_grad():
+        mha.in_proj_weight[0, 0] = -1.0  # one entry: a rank-one change of head 0's qk
+    tracker.record(1)
+    h = tracker.history()
+    np.testing.assert_allclose(h.numerical_rank()[1, 0], 1)
+    Wk = mha.in_proj_weight[12:16].float()
+    np.testing.assert_allclose(h.delta_spectra[1, 0, 0], 2.0078125 * torch.linalg.norm(Wk[0]).item(), rtol=1e-6)

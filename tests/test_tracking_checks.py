@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from verifier.errors import InputError
 from verifier.results import Verdict
 from verifier.cli import main
 from verifier.tracking import GRADUAL, LOW_RANK, RankTracker, rank_checks
@@ -193,3 +194,58 @@ def test_smoothed_loss_is_a_trailing_mean_ignoring_missing_losses():
     for t in range(3):
         tracker.record(t)
     assert np.isnan(smoothed_loss(tracker.history())).all()
+
+
+@pytest.mark.parametrize("loss", [torch.ones(3), torch.ones(2, 1), "0.5", [0.5], True])
+def test_record_refuses_a_loss_that_is_not_a_scalar(loss):
+    """Refused at record time, naming the argument (not later, in results())."""
+    tracker = RankTracker(_factors()[0], {"ab": ("A", "B")})
+    with pytest.raises(InputError, match=r"record\(loss=...\).*allowed: a scalar"):
+        tracker.record(0, loss)
+    assert tracker.record(0, torch.ones(1)) and tracker.record(1, np.float32(0.5))
+    np.testing.assert_array_equal(tracker.history().losses, [1.0, 0.5])
+
+
+def test_record_refuses_steps_that_do_not_increase():
+    tracker = RankTracker(_factors()[0], {"ab": ("A", "B")}, every=2)
+    tracker.record(4)
+    tracker.record(5)  # not a multiple of every: skipped, but it counts as the last step
+    for bad in (5, 3, 4.0):
+        with pytest.raises(InputError, match=r"record\(step\)"):
+            tracker.record(bad)
+    assert tracker.record(6)
+    np.testing.assert_array_equal(tracker.history().steps, [4, 6])
+
+
+@pytest.mark.parametrize("how", ["weights", "loss"])
+def test_a_diverged_run_is_inconclusive_naming_the_step(how):
+    """Non-finite weights (a NaN factor) or a non-finite loss at step 7: both checks inconclusive, naming it;
+    a run that stays finite is judged."""
+    def update(m, gen, t):
+        m.A.add_(0.01 * torch.randn(D, 1, generator=gen) @ torch.randn(1, D, generator=gen))
+        if how == "weights" and t == 7:
+            m.A[0, 0] = float("inf")
+
+    loss = (lambda t: float("nan") if t >= 7 else 1.0 - t / 120) if how == "loss" else (lambda t: 1.0 - t / 120)
+    tracker = _train(update, steps=20, loss=loss)
+    assert tracker.history().diverged_step == 7
+    results = tracker.results()
+    assert [r.verdict for r in results] == [Verdict.INCONCLUSIVE] * 2
+    assert all("diverged (init scale 1 at step 7)" in r.message for r in results)
+    finite = _train(lambda m, gen, t: update(m, gen, t) if t < 7 else None, steps=20)
+    assert finite.history().diverged_step is None
+    assert not any("diverged" in r.message for r in finite.results())
+
+
+@pytest.mark.parametrize("argv", [["--lr", "1e6"], ["--init-scales", "1e300"]])
+def test_verifier_track_that_diverges_is_a_result(tmp_path, argv):
+    """A diverging run is a result (exit 3, inconclusive naming the step), never an internal error (4); the
+    output set is written."""
+    out = tmp_path / "run"
+    code = main(["track", "--preset", "vit-digits-tiny", "--epochs", "1", *argv, "--out", str(out), "--no-progress"])
+    data = json.loads((out / "results.json").read_text())
+    assert code == 3 and (out / "report.html").exists()
+    assert {c["verdict"] for c in data["checks"]} == {"inconclusive"}
+    steps = [run["diverged_step"] for run in data["run"]["training"].values()]
+    assert all(isinstance(s, int) for s in steps)
+    assert all(f"at step {steps[0]}" in c["message"] for c in data["checks"])

@@ -122,10 +122,10 @@ def test_definition31_and_lemma41_run_on_the_module_itself():
     X, Y = _toy_data()
     twice = verifier.from_module(QTwice(X.shape[-1], 0.5), [("q", "k"), ("v", "o")], _square(X, Y))
     res = _run("definition-3.1", twice)
-    assert res.verdict is Verdict.FAIL and res.values["max_param_mismatch"] > 1e-3
+    assert res.verdict is Verdict.FAIL and res.values["max_param_mismatch"] > 1e-3 and res.reason == "not-a-product"
     assert "does not depend on (u, v) only through u*v" in res.message
     lemma = _run("lemma-4.1", twice, log_inv_alphas=(math.log(10.0),))
-    assert lemma.verdict is Verdict.FAIL
+    assert lemma.verdict is Verdict.FAIL and lemma.reason == "conservation-broken"
 
 
 def test_matrix_pairs_give_a_full_weight_model_with_matrix_balancedness():

@@ -98,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--out", help="output folder (default reports/surveys/<timestamp>, linked from reports/surveys/latest)")
     sv.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    track = sub.add_parser("track", help="train a small ViT at several init scales, track the rank of its attention "
-                                         "changes, write DIR/results.json and DIR/report.html")
+    track = sub.add_parser("track", help="train a small ViT (or GPT-2) at several init scales, track the rank of its "
+                                         "attention changes, write DIR/results.json and DIR/report.html")
     track.add_argument("--preset", default="vit-digits", help="vit-digits (default, CPU), vit-digits-wide (GPU), "
-                                                              "vit-digits-tiny (seconds)")
+                                                              "vit-digits-tiny (seconds), gpt2-tiny (Hugging Face "
+                                                              "Trainer, hf extra)")
     track.add_argument("--init-scales", help="factors of the initial weights, e.g. 1,0.3,0.1 (default: the preset's)")
     track.add_argument("--optimizer", default="adam", help="adam (default) or sgd")
     track.add_argument("--epochs", type=int, help="training epochs per init scale (default: the preset's)")
@@ -134,15 +135,53 @@ def _given(args, names) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
+# The optimizers an option of ``run`` acts on (given with another one, it would be silently ignored: refused).
+OPTIMIZER_OPTIONS = {"lr": ("gd", "sgd", "adam"), "steps": ("gd", "sgd", "adam"), "batch_size": ("sgd",),
+                     "momentum": ("gd", "sgd"), "weight_decay": ("gd", "sgd")}
+
+
+# The checks a run option acts on ("*": every check but definition-3.1, which integrates nothing); with
+# --checks naming none of them, the option would be recorded but never used: refused.
+CHECK_OPTIONS = {"noise": {"assumption-4.3", "assumption-4.4"}, "negligible": {"assumption-4.3", "assumption-4.4"},
+                 "perturb_epochs": {"assumption-4.3", "assumption-4.4"}, "alphas": "*", "horizon": "*",
+                 "rtol": "*", "atol": "*"}
+
+
+def _refuse_ignored(args) -> None:
+    """Every option applies or is refused, naming it and why (an option that silently does nothing would be
+    recorded in results.json as if it had been used)."""
+    if getattr(args, "model_file", None) is not None and args.loss is not None:
+        raise InputError("--loss", "a --model-file model computes its own loss, so --loss would be ignored",
+                         "leave --loss out (write the loss in the model file)")
+    if args.command != "run":
+        return
+    chosen = {c.strip() for c in args.checks.split(",") if c.strip()} if args.checks else None
+    for name, users in CHECK_OPTIONS.items():
+        if getattr(args, name) is not None and chosen is not None and not (
+                chosen - {"definition-3.1"} if users == "*" else chosen & users):
+            flag = "--" + name.replace("_", "-")
+            raise InputError(flag, f"no check in --checks {args.checks} uses it",
+                             f"{flag} with {'any check but definition-3.1' if users == '*' else ' or '.join(sorted(users))}")
+    optimizer = args.optimizer
+    for name, users in OPTIMIZER_OPTIONS.items():
+        if getattr(args, name, None) is not None and (optimizer or "flow") not in users:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(flag, f"does nothing with --optimizer {optimizer or 'flow'}",
+                             f"{flag} with --optimizer {' or '.join(users)}")
+
+
 def _config(args):
     """The RunConfig of ``args`` (``run`` and ``limit``): every value checked there, once."""
     from .config import OptimizerConfig, RunConfig, SolverConfig, parse_alphas
 
     if args.command == "limit":
-        return RunConfig(**_given(args, PROBLEM_FIELDS))
-    opt = {key: getattr(args, name) for name, key in OPTIMIZER_FIELDS.items() if getattr(args, name) is not None}
-    return RunConfig(**_given(args, PROBLEM_FIELDS + RUN_FIELDS), log_inv_alphas=parse_alphas(args.alphas),
-                     solver=SolverConfig(**_given(args, SOLVER_FIELDS)), optimizer=OptimizerConfig(**opt))
+        config = RunConfig(**_given(args, PROBLEM_FIELDS))
+    else:
+        opt = {key: getattr(args, name) for name, key in OPTIMIZER_FIELDS.items() if getattr(args, name) is not None}
+        config = RunConfig(**_given(args, PROBLEM_FIELDS + RUN_FIELDS), log_inv_alphas=parse_alphas(args.alphas),
+                           solver=SolverConfig(**_given(args, SOLVER_FIELDS)), optimizer=OptimizerConfig(**opt))
+    _refuse_ignored(args)  # after the values are checked: a bad value is named as such first
+    return config
 
 
 def _run(args, argv) -> int:
@@ -155,7 +194,24 @@ def _run(args, argv) -> int:
     output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
     ids = resolve_ids(args.checks, ctx.model)
+    _require_memory(config, ctx.model, ids)
     return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress))
+
+
+def _problem_field(config) -> str:
+    return "--model-file" if config.model_file else "--data" if config.data else "--preset"
+
+
+def _require_memory(config, model, ids) -> None:
+    """Refuse before work a model too large for the dense flow the chosen checks integrate (verifier/memory.py)."""
+    from .memory import FLOW_FREE, require_dense_fits
+
+    flow_free = FLOW_FREE | ({"lemma-4.1"} if config.optimizer.name != "flow" else set())
+    dense = [i for i in ids if i not in flow_free]
+    if dense:
+        require_dense_fits(model, _problem_field(config), f"the gradient flow of {', '.join(dense)}",
+                           "checks that integrate no flow: --checks definition-3.1, or lemma-4.1 with "
+                           "--optimizer gd/sgd/adam")
 
 
 def _survey(args, argv) -> int:
@@ -178,8 +234,7 @@ def _survey(args, argv) -> int:
         paths = output.commit_texts({"results.json": results.to_json(), "report.html": render_survey_html(results)})
     finally:
         output.discard()
-    print(survey_table(results))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    _say(survey_table(results), f"wrote {paths[0]} and {paths[1]}")
     if results.survey.get("interrupted"):
         return EXIT_INTERRUPTED
     verdicts = {o.verdict for d in results.draws for o in d.outcomes.values()}
@@ -210,34 +265,44 @@ def _write(output, compute) -> int:
         paths = output.commit(results)
     finally:
         output.discard()
-    print(summary_table(results))
-    latest = f" ({output.root / 'latest'} links to it)" if output.new_run and not output.warnings else ""
-    print(f"wrote {paths[0]} and {paths[1]}{latest}")
+    latest = f" ({output.shown_root / 'latest'} links to it)" if output.new_run and not output.warnings else ""
+    _say(summary_table(results), f"wrote {paths[0]} and {paths[1]}{latest}")
     for warning in output.warnings:
-        print(f"verifier: warning: {warning}", file=sys.stderr)
+        print(f"verifier: warning: {_printable(warning)}", file=sys.stderr)
     return {Verdict.PASS: EXIT_OK, Verdict.FAIL: EXIT_FAIL, Verdict.INCONCLUSIVE: EXIT_INCONCLUSIVE}[results.verdict]
+
+
+def _say(*lines: str, written: bool = True) -> None:
+    """Print to stdout. After a command's files are ``written``, stdout that cannot take the closing lines (a
+    full disk, a closed pipe) is a warning on stderr, never a failure that would hide the finished work; when
+    stdout is the only output, it is an InputError naming stdout."""
+    try:
+        print(_printable("\n".join(lines), sys.stdout), flush=True)
+    except OSError as exc:
+        if not written:
+            raise InputError("stdout", f"cannot be written ({exc.strerror or exc})", "a stdout with room") from None
+        print(f"verifier: warning: could not print the summary to stdout ({exc.strerror or exc}); "
+              "the output is written", file=sys.stderr)
 
 
 def _presets() -> int:
     from .config import defaults_table
     from .presets import PRESETS
 
-    for p in PRESETS.values():
-        defaults = ", ".join(f"{k}={v}" for k, v in p.defaults.items())
-        print(f"{p.name:18} {p.description}\n{'':18} defaults: {defaults}")
+    lines = [f"{p.name:18} {p.description}\n{'':18} defaults: {', '.join(f'{k}={v}' for k, v in p.defaults.items())}"
+             for p in PRESETS.values()]
     rows = defaults_table()
     width = max(len(name) for name, _, _ in rows)
-    print("\nsettings (verifier run --OPTION; the library's RunConfig, SolverConfig, OptimizerConfig):")
-    for name, default, allowed in rows:
-        print(f"  {name:{width}}  default {default}; allowed: {allowed}")
+    lines.append("\nsettings (verifier run --OPTION; the library's RunConfig, SolverConfig, OptimizerConfig):")
+    lines += [f"  {name:{width}}  default {default}; allowed: {allowed}" for name, default, allowed in rows]
+    _say(*lines, written=False)
     return EXIT_OK
 
 
 def _checks() -> int:
     from .checks import REGISTRY, check_ids
 
-    for i in check_ids():
-        print(f"{i:16} {REGISTRY[i].claim}")
+    _say(*(f"{i:16} {REGISTRY[i].claim}" for i in check_ids()), written=False)
     return EXIT_OK
 
 
@@ -245,6 +310,7 @@ def _limit(args) -> int:
     import json
 
     from .limit import algorithm1
+    from .memory import require_dense_fits
     from .outputs import check_output_file, write_output_file
     from .presets import build_model
 
@@ -256,16 +322,22 @@ def _limit(args) -> int:
         raise InputError("--model-file" if config.model_file else "--model",
                          f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
                          "diag-linear, toy-attention, diag-transformer")
+    require_dense_fits(model, _problem_field(config), "Algorithm 1 (its stage B is a gradient flow)",
+                       "a smaller p, or `verifier run --checks definition-3.1`, which needs no flow")
     stages = algorithm1(model)
-    print(stages.table())
     if out is not None:
         write_output_file(out, json.dumps(stages.to_dict(), indent=1), "--json")
+    _say(stages.table(), written=out is not None)
     return EXIT_OK
 
 
 def _input_file(path: str, field: str) -> str:
+    """A results file to read: a name the file system can hold (checked before any file-system call)."""
+    from .outputs import check_name
+
     if "\x00" in path:
         raise InputError(field, f"{path!r} is not a file path", "a results.json")
+    check_name(path, field)
     return path
 
 
@@ -280,7 +352,7 @@ def _report(args) -> int:
     except ResultsFormatError as exc:
         raise InputError("RESULTS.json", str(exc)) from None
     write_output_file(out, render_html(results), "-o")
-    print(f"wrote {out}")
+    _say(f"wrote {out}")
     return EXIT_OK
 
 
@@ -292,8 +364,11 @@ def _gate(args) -> int:
         base, new = read_results(_input_file(args.baseline, "--baseline")), read_results(_input_file(args.new, "NEW.json"))
     except ResultsFormatError as exc:
         raise InputError("gate", str(exc)) from None
+    if not base.checks:
+        raise InputError("--baseline", f"{args.baseline} holds no checks: nothing to compare",
+                         "a results.json with at least one check")
     outcome = compare(base, new)
-    print(outcome.table())
+    _say(outcome.table(), written=False)
     return EXIT_OK if outcome.ok else EXIT_FAIL
 
 
@@ -345,6 +420,11 @@ def console() -> None:
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
         settled()
+    try:
+        sys.stdout.flush()
+    except OSError:  # stdout cannot take what is left (a full disk): drop it rather than exit 120 at shutdown
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(code)
 
 
@@ -365,7 +445,10 @@ def _sigterm_as_interrupt():
 def _main(argv: list[str]) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse's --help (its errors are InputErrors, see _Parser.error)
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command is None:
             parser.print_help()
             return EXIT_OK
@@ -380,18 +463,32 @@ def _main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("verifier: interrupted (nothing half-written)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as exc:  # argparse's --help
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
-    except Exception as exc:  # a bug: one line, its own exit code (never 1, the code of a failed check)
-        print(f"verifier: internal error: {type(exc).__name__}: {_one_line(exc)} -- this is a bug in verifier, "
-              "please report it with the command line (VERIFIER_TRACEBACK=1 prints the traceback)", file=sys.stderr)
-        if os.environ.get("VERIFIER_TRACEBACK"):
-            traceback.print_exc()
-        return EXIT_INTERNAL
+    except (Exception, SystemExit) as exc:  # a bug: one line, its own exit code (never 0/1/3, a verdict's);
+        return _internal_error(exc)  # a SystemExit here escaped the guards around user code
+
+
+def _internal_error(exc: BaseException) -> int:
+    print(f"verifier: internal error: {type(exc).__name__}: {_one_line(exc)} -- this is a bug in verifier, "
+          "please report it with the command line (VERIFIER_TRACEBACK=1 prints the traceback)", file=sys.stderr)
+    if os.environ.get("VERIFIER_TRACEBACK"):
+        traceback.print_exc()
+    return EXIT_INTERNAL
+
+
+def _printable(text: str, stream=None) -> str:
+    """``text`` with a non-UTF-8 path's bytes (surrogate escapes, os.fsdecode) as \\xNN escapes, and what the
+    stream's encoding lacks (PYTHONIOENCODING=ascii) as escapes too: never a UnicodeEncodeError after the
+    work is done."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = _printable(" ".join(str(exc).split()))
     return text if len(text) <= 500 else text[:497] + "..."
 
 

@@ -12,16 +12,11 @@ import decimal
 import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    import torch
-
+from .choices import DEVICES, LOSSES, check_choice, resolve_device  # noqa: F401  (re-exported)
 from .errors import InputError
 
 OPTIMIZERS = ("flow", "gd", "sgd", "adam")
-DEVICES = ("auto", "cpu", "cuda")
-LOSSES = ("square", "logistic")
 SOLVER_METHODS = ("rodas4", "ros34pw2")
 # Theorem 4.5's default ladder, as log(1/alpha): alpha = 1e-4, 1e-8, ..., 1e-256.
 DEFAULT_LOG_INV_ALPHAS = tuple(math.log(10.0) * e for e in (4, 8, 16, 32, 64, 128, 256))
@@ -102,10 +97,6 @@ def validate_fields(obj, rules: dict[str, tuple[str, Allowed]]) -> None:
     for attr, (name, allowed) in rules.items():
         object.__setattr__(obj, attr, allowed.check(name, getattr(obj, attr)))
 
-
-def check_choice(name: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(name, f"unknown value {value!r}", ", ".join(choices))
 
 
 @dataclass(frozen=True)
@@ -198,17 +189,6 @@ def format_alpha(L: float) -> str:
     """The alpha with log(1/alpha) = L, as text ('1e-16', or 'exp(-10000)' where it underflows)."""
     a = math.exp(-L)
     return f"{a:.3g}" if a > 1e-300 else f"exp(-{L:.6g})"
-
-
-def resolve_device(name: str) -> "torch.device":
-    import torch
-
-    check_choice("--device", name, DEVICES)
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device", "cuda requested but torch.cuda.is_available() is False", "auto, cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass(frozen=True)

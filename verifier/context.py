@@ -18,7 +18,7 @@ import scipy
 import torch
 
 from . import seeds
-from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig, resolve_device
+from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig
 from .errors import InputError
 from .presets import build_model
 
@@ -72,7 +72,9 @@ class Context:
         self.progress = progress
         self.model = model if model is not None else build_model(
             config.preset, config.model, config.data, config.loss, config.seed, config.device, config.model_file)
-        self.device = self.model.device if model is None else resolve_device(config.device)
+        # The device is resolved once, where the model is built (build_model: the name -> a torch.device); a
+        # model handed in is already on its device. Every tensor of the run is created on the model's device.
+        self.device = self.model.device
         if config.optimizer.name == "sgd" and self.model.X is None:
             raise InputError("--optimizer", "sgd draws minibatches from the model's data set, and this model's loss "
                                             "holds its own data", "flow, gd, adam")

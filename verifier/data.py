@@ -58,15 +58,15 @@ def load_npz(path: str | Path, family: str) -> tuple[torch.Tensor, torch.Tensor]
     Linear models: X [N, p], y [N]. Attention models: X [N, n, d], Y [N, n, d]. Every dimension >= 1;
     real numbers (integers or floats up to float64), finite, largest magnitude within ``DATA_SCALE``.
     """
+    from .outputs import check_name
+
+    check_name(path, "--data")
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "is not a regular file" if path.exists() else "file not found"
         raise InputError("--data", f"{what}: {path}", "an .npz file")
     arrays = _read_npz(path)
-    X = arrays.get("X")
-    Y = arrays.get("Y", arrays.get("y"))
-    if X is None or Y is None:
-        raise InputError("--data", f"{path} has arrays {sorted(arrays)}", "X and Y (or y)")
+    X, Y = arrays["X"], arrays["Y"]
     for name, a in (("X", X), ("Y", Y)):
         _check_values(name, a)
     if family == "diag-linear":
@@ -84,7 +84,16 @@ def load_npz(path: str | Path, family: str) -> tuple[torch.Tensor, torch.Tensor]
     return torch.as_tensor(X, dtype=F64), torch.as_tensor(Y, dtype=F64)
 
 
+MAX_ARRAY_BYTES = 2**31  # one X or Y larger than this (2 GiB) is refused before it is inflated
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays X and Y (or y) of an .npz, read by name: members are listed from the zip directory, each
+    used member's .npy header is read first and its size checked against MAX_ARRAY_BYTES, and no other member
+    is inflated (an unused 2 GiB array beside X and y costs nothing). ``Y`` and ``y`` both present (or ``X``
+    and ``X.npy``) is ambiguous and refused. Object arrays (pickles) are never loaded."""
+    import zipfile
+
     try:
         with path.open("rb") as f:
             head = f.read(6)
@@ -95,14 +104,52 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     if not head.startswith(_NPZ_MAGIC):
         raise InputError("--data", f"{path} is not an .npz file (no zip header)", "an .npz: numpy.savez(path, X=X, Y=Y)")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):  # object arrays are pickles: never unpickled (arbitrary code)
-            raise InputError("--data", f"{path} holds an array of Python objects", "numeric arrays") from None
-        raise InputError("--data", f"cannot read {path} as .npz ({exc})") from None
-    except Exception as exc:  # numpy and zipfile raise several types for a corrupt file
+        with zipfile.ZipFile(path) as zf:
+            members: dict[str, list[zipfile.ZipInfo]] = {}
+            for info in zf.infolist():
+                members.setdefault(info.filename.removesuffix(".npy"), []).append(info)
+            wanted = {"X": ["X"], "Y": [k for k in ("Y", "y") if k in members]}
+            if len(wanted["Y"]) > 1:
+                raise InputError("--data", f"{path} has both Y and y: ambiguous", "one of Y or y")
+            out = {}
+            for name, keys in wanted.items():
+                if not keys or keys[0] not in members:
+                    continue
+                infos = members[keys[0]]
+                if len(infos) > 1:
+                    raise InputError("--data", f"{path} has {len(infos)} members named {keys[0]} "
+                                               f"({', '.join(i.filename for i in infos)}): ambiguous", "one each")
+                out[name] = _read_member(zf, infos[0], path)
+            if len(out) < 2:
+                raise InputError("--data", f"{path} has arrays {sorted(members)}", "X and Y (or y)")
+            return out
+    except InputError:
+        raise
+    except Exception as exc:  # zipfile and numpy raise several types for a corrupt file
         raise InputError("--data", f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from None
+
+
+def _read_member(zf, info, path: Path) -> np.ndarray:
+    """One .npy member: header first (dtype, shape), size checked, then the data."""
+    from numpy.lib import format as npy
+
+    where = f"{path} member {info.filename}"
+    with zf.open(info) as f:
+        try:
+            version = npy.read_magic(f)
+            shape, _order, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(f)
+        except ValueError as exc:
+            raise InputError("--data", f"{where} is not a .npy array ({exc})", "numeric arrays") from None
+    if dtype.hasobject:  # a pickle: never unpickled (arbitrary code)
+        raise InputError("--data", f"{where} holds an array of Python objects", "numeric arrays")
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if nbytes > MAX_ARRAY_BYTES:
+        raise InputError("--data", f"{where} is {nbytes / 2**30:.1f} GiB", f"arrays up to {MAX_ARRAY_BYTES // 2**30} GiB")
+    if nbytes > info.file_size:
+        raise InputError("--data", f"{where}: its header promises {nbytes} bytes, the member holds {info.file_size}",
+                         "a well-formed .npz")
+    with zf.open(info) as f:
+        return npy.read_array(f, allow_pickle=False)
 
 
 def _check_values(name: str, a: np.ndarray) -> None:

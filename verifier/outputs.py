@@ -24,6 +24,8 @@ from pathlib import Path
 from .errors import InputError
 
 SET_FILES = ("results.json", "report.html")
+NAME_MAX, PATH_MAX = 255, 4095  # bytes of one path component and of a whole path (Linux, macOS; os.fsencode)
+TEMP_NAME_ROOM = 200  # bytes of a target's name kept in its temporary sibling's name (".NAME.XXXXXXXX.tmp")
 WHERE = "a new folder, an empty one, or one holding only a previous results.json and report.html"
 
 
@@ -41,6 +43,27 @@ def _blocked_signals():
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     return held()
+
+
+def check_name(path: str | os.PathLike, flag: str) -> None:
+    """A path the file system can hold: no NUL, every component at most NAME_MAX bytes and the whole at most
+    PATH_MAX (as os.fsencode gives them: a non-UTF-8 name counts its own bytes); else InputError naming
+    ``flag``, before any file-system call could fail with 'File name too long'."""
+    raw = os.fsencode(path)
+    if not raw or b"\x00" in raw:
+        raise InputError(flag, f"{os.fsdecode(raw)!r} is not a path", "a file or folder path")
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise InputError(flag, f"a name of {len(longest)} bytes ({os.fsdecode(longest[:40])}...)",
+                         f"names of at most {NAME_MAX} bytes")
+    if len(raw) > PATH_MAX:
+        raise InputError(flag, f"a path of {len(raw)} bytes", f"paths of at most {PATH_MAX} bytes")
+
+
+def temp_prefix(name: str) -> str:
+    """'.NAME.' for a temporary sibling of NAME, cut to TEMP_NAME_ROOM bytes so that the temporary name stays
+    within NAME_MAX even when NAME itself is near it (a legal 250-byte --out)."""
+    return "." + os.fsdecode(os.fsencode(name)[:TEMP_NAME_ROOM]) + "."
 
 
 def _is_previous_set(folder: Path) -> bool:
@@ -62,7 +85,10 @@ class OutputSet:
     checks run, then :meth:`commit` (or :meth:`discard`)."""
 
     def __init__(self, target: Path | None, root: Path):
-        self.target, self.root = target, root
+        # Absolute from the start: user code that runs later (a model file, a loss) cannot move the output.
+        self.shown_root = root  # as the user gave it, for messages
+        self.target = None if target is None else Path(os.path.abspath(target))
+        self.root = Path(os.path.abspath(root))
         self.new_run = target is None  # a fresh folder under root (reports/), with root/latest linking to it
         self.tmp: Path | None = None
         self.reserved = False
@@ -73,6 +99,7 @@ class OutputSet:
         """Check ``--out`` (or, without it, ``root``) without touching anything."""
         root = Path(root)
         if out is None:
+            check_name(root, "--out")
             if root.exists() and not root.is_dir():
                 raise InputError("--out", f"{root} exists and is not a folder, so runs cannot be written there",
                                  "give --out DIR")
@@ -81,6 +108,7 @@ class OutputSet:
         target = Path(out)
         if out == "" or "\x00" in out or target.absolute() == Path("/"):
             raise InputError("--out", f"{out!r} cannot hold a run", WHERE)
+        check_name(out, "--out")
         if target.is_symlink():
             raise InputError("--out", f"{target} is a symbolic link", WHERE)
         if target.exists():
@@ -101,7 +129,7 @@ class OutputSet:
             if self.target is None:
                 self.target = self._reserve()
             self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent))
+            self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=self.target.parent))
         except OSError as exc:
             self.discard()
             raise InputError("--out", f"cannot write next to {self.target or self.root} ({exc.strerror or exc})",
@@ -132,7 +160,8 @@ class OutputSet:
         assert self.tmp is not None and self.target is not None, "open() first"
         try:
             for name in SET_FILES:
-                (self.tmp / name).write_text(texts[name], encoding="utf-8")
+                # surrogateescape: a non-UTF-8 path named in a report is written as its own bytes (os.fsencode)
+                (self.tmp / name).write_text(texts[name], encoding="utf-8", errors="surrogateescape")
             os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; a run folder is meant to be shared
             with _blocked_signals():
                 self._place()
@@ -150,7 +179,7 @@ class OutputSet:
     def _place(self) -> None:
         target = self.target
         if target.exists() and any(target.iterdir()):  # a previous set: swap it out, then drop it
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
             try:
                 os.replace(self.tmp, target)
@@ -164,14 +193,14 @@ class OutputSet:
     def _point_latest(self) -> None:
         """``root/latest`` -> the new run folder: a symlink made beside it and renamed over it (atomic).
         Something else in the way (not a link, not an old copy of a run) is left alone, with a warning."""
-        latest = self.root / "latest"
+        latest, shown = self.root / "latest", self.shown_root / "latest"
         if latest.is_dir() and not latest.is_symlink():
             if not _is_previous_set(latest):
-                self.warnings.append(f"{latest} not updated: it is a folder holding other files")
+                self.warnings.append(f"{shown} not updated: it is a folder holding other files")
                 return
             shutil.rmtree(latest)  # an older verifier's copy of a run
         elif latest.exists() and not latest.is_symlink():
-            self.warnings.append(f"{latest} not updated: a file is in the way")
+            self.warnings.append(f"{shown} not updated: a file is in the way")
             return
         link = self.root / f".latest.{os.getpid()}.tmp"
         try:
@@ -180,7 +209,7 @@ class OutputSet:
             os.replace(link, latest)
         except OSError as exc:
             link.unlink(missing_ok=True)
-            self.warnings.append(f"{latest} not updated ({exc.strerror or exc})")
+            self.warnings.append(f"{shown} not updated ({exc.strerror or exc})")
 
     def discard(self) -> None:
         """Remove the temporary folder and an unused reserved run folder."""
@@ -199,6 +228,7 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     out = Path(path)
     if path == "" or "\x00" in path:
         raise InputError(flag, f"{path!r} is not a file path", "a file path")
+    check_name(path, flag)
     for src in inputs:
         if src is not None and "\x00" not in str(src) and (out.absolute() == Path(src).absolute()
                                 or (out.exists() and Path(src).exists() and os.path.samefile(out, src))):
@@ -206,12 +236,13 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     if out.exists() and not out.is_file():
         raise InputError(flag, f"{path} is {'a folder' if out.is_dir() else 'not a regular file'}", "a file path")
     _check_ancestors(out, flag)
+    out = Path(os.path.abspath(out))  # user code that runs later cannot move it
     # Probe the nearest existing folder; missing ones are created only when the file is written, so that a
     # refused run leaves nothing behind.
     where = next(p for p in out.absolute().parents if p.exists())
     try:
         if where == out.absolute().parent:
-            fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", dir=where)
+            fd, probe = tempfile.mkstemp(prefix=temp_prefix(out.name), dir=where)
             os.close(fd)
             os.unlink(probe)
         else:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from . import data as D
-from .config import LOSSES
+from .choices import LOSSES, resolve_device
 from .errors import InputError
 from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention, Model
 from .models.attention import attention
@@ -188,8 +188,6 @@ def resolve_problem(preset: str | None, family: str | None, data, loss: str,
 def place(model: Model, device: str | torch.device) -> Model:
     """``model`` on ``device`` (a name: auto, cpu, cuda; or a torch.device). A model that cannot move (a user's
     loss holds its own tensors) stays where it is under ``auto``; any other device must be its own."""
-    from .config import resolve_device
-
     if device == "auto" and not model.movable:
         return model
     return model.to_device(resolve_device(device) if isinstance(device, str) else device)
@@ -206,8 +204,6 @@ def build_model(preset: str | None = None, family: str | None = None, data: str 
 
         return place(load_model_file(model_file, seed), device)
     if isinstance(device, str):
-        from .config import resolve_device
-
         device = resolve_device(device)
     if preset is not None:
         return PRESETS[preset].build(seed=seed, loss=loss, device=device)

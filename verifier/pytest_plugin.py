@@ -56,12 +56,16 @@ class _Session:
     """What one pytest session records; nested in-process sessions (pytester) get their own."""
 
     def __init__(self, report: Path | None, device: str, args: Iterable[str]):
-        self.report, self.device, self.args = report, device, list(args)
+        # Written at the end of the session, after tests that may chdir: absolute now; shown as given.
+        self.shown = report
+        self.report = None if report is None else Path(os.path.abspath(report))
+        self.device, self.args = device, list(args)
         self.results: list[CheckResult] = []
         self.omitted: dict[str, int] = {}
         self.cache: dict[tuple[str, int], tuple[Problem, Any]] = {}  # keeps the problem alive: id() stays unique
         self.outcomes: dict[str, str] = {}  # test node id -> passed, failed, skipped, xfailed, xpassed
         self.final = None
+        self.write_error: str | None = None
 
     def add(self, result: CheckResult) -> None:
         passed = result.verdict == Verdict.PASS
@@ -106,6 +110,32 @@ class Problem:
     config: Any = None  # a verifier.config.RunConfig; None: the defaults
     expected_failures: Mapping[str, str] = field(default_factory=dict)
     checks: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        """Checked when the problem is made (at collection): an InputError naming the field, not an
+        AttributeError from deep inside a check. A model is a verifier Model (or, for test doubles, has its
+        ``diagonal`` and ``family``)."""
+        from .errors import InputError
+
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError("Problem.name", f"{self.name!r} is not a non-empty string", "a test id prefix")
+        if self.model is not None:
+            from .models import Model
+
+            if not isinstance(self.model, Model) and not all(hasattr(self.model, a) for a in ("diagonal", "family")):
+                raise InputError("Problem.model", f"{self.model!r} is a {type(self.model).__name__}, not a model",
+                                 "verifier.from_module(...), verifier.from_loss(...), a verifier.models class, or None")
+        if self.config is not None:
+            from .config import RunConfig
+
+            if not isinstance(self.config, RunConfig):
+                raise InputError("Problem.config", f"{type(self.config).__name__} is not a RunConfig",
+                                 "verifier.config.RunConfig(...) or None")
+        if not isinstance(self.expected_failures, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.expected_failures.items()):
+            raise InputError("Problem.expected_failures", f"{self.expected_failures!r}", "a dict check id -> reason")
+        if self.checks is not None and (isinstance(self.checks, str) or not all(isinstance(c, str) for c in self.checks)):
+            raise InputError("Problem.checks", f"{self.checks!r}", "a tuple of check ids, or None")
 
     def run_config(self):
         from .config import RunConfig
@@ -220,6 +250,8 @@ def pytest_configure(config):
         except InputError as exc:
             raise pytest.UsageError(f"--verifier-device: {exc}") from None
     report = config.getoption("--verifier-report", default=None)
+    if report and not hasattr(config, "workerinput"):
+        report = _checked_report_path(report)
     if report and hasattr(config, "workerinput"):  # an xdist worker: results go to the controller, not a file
         report = os.devnull
     session = _Session(Path(report) if report else None, device, config.invocation_params.args)
@@ -227,6 +259,23 @@ def pytest_configure(config):
     _SESSIONS.append(session)
     if record not in OBSERVERS:  # every run_check result of the session, property suites included
         OBSERVERS.append(record)
+
+
+def _checked_report_path(report: str) -> str:
+    """Refuse, before any test runs, a ``--verifier-report`` the session could not write at its end: a path
+    whose results.json (suffix .json) would overwrite the HTML itself, a folder, a path under a file, an
+    unwritable folder (a pytest usage error naming the option)."""
+    from .errors import InputError
+    from .outputs import check_output_file
+
+    if Path(report).suffix == ".json":
+        raise pytest.UsageError(f"--verifier-report: {report} ends in .json, where the session's results.json goes, "
+                                "so it would overwrite the HTML report (allowed: an .html path, e.g. report.html)")
+    try:
+        check_output_file(report, "--verifier-report")
+    except InputError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return report
 
 
 def pytest_unconfigure(config):
@@ -279,8 +328,11 @@ def pytest_sessionfinish(session):
     from .results import write_results
 
     results = state.final = _session_results(state)
-    write_report(results, state.report)
-    write_results(results, state.report.with_suffix(".json"))
+    try:
+        write_report(results, state.report)
+        write_results(results, state.report.with_suffix(".json"))
+    except OSError as exc:  # checked at the start; the disk may still fill or the folder vanish
+        state.write_error = f"could not write {state.report} ({exc.strerror or exc})"
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -311,7 +363,10 @@ def pytest_terminal_summary(terminalreporter, config):
     for check_id in sorted({c.id for c in checks}) if len(checks) > MAX_SUMMARY_ROWS else ():
         counts = verdict_counts(c for c in checks if c.id == check_id)
         terminalreporter.write_line(f"{check_id}: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
-    terminalreporter.write_line(f"verifier report: {state.report} ({len(state.results)} check results)")
+    if state.write_error is not None:
+        terminalreporter.write_line(f"verifier report: {state.write_error}", red=True)
+        return
+    terminalreporter.write_line(f"verifier report: {state.shown} ({len(state.results)} check results)")
 
 
 @pytest.fixture

@@ -4,15 +4,18 @@ Measurement and judgement stay apart (docs/THEORY.md §5): a check measures valu
 the threshold it was judged against, which direction is better, and whether (and how loosely) the regression
 gate watches it. The report and the gate read those declarations only; nothing is guessed from a name.
 
-results.json, ``schema_version`` 2::
+results.json, ``schema_version`` 3::
 
-    {"schema_version": 2, "run": {...},
-     "checks": [{"id", "claim", "verdict", "message", "key_metric",
+    {"schema_version": 3, "run": {...},
+     "checks": [{"id", "claim", "verdict", "reason", "message", "key_metric",
                  "metrics": {"name": {"value": v, "threshold": t, "better": "lower", "gate": {"factor", "atol"}}},
                  "settings": {...}, "evidence": {"figures": [...], ...}, "config", "provenance", "duration_s"}]}
 
-Version 1 files (values in ``metrics``, thresholds beside them, directions implied by names) are still read:
-:func:`_from_v1` turns them into declarations with the rules version 1 used. This module imports no torch.
+``reason`` (new in version 3): for a fail or an inconclusive verdict, the kind of failure, a kebab-case value of
+the check's own ``Reason`` enum or of :class:`CommonReason` (docs/THEORY.md §5.0 lists them); null for a pass.
+Version 2 files are version 3 without reasons (read with reason None). Version 1 files (values in ``metrics``,
+thresholds beside them, directions implied by names) are still read: :func:`_from_v1` turns them into
+declarations with the rules version 1 used. This module imports no torch.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import stat
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 LOWER, HIGHER = "lower", "higher"
 
 
@@ -52,12 +58,36 @@ class Verdict(str, Enum):
 _SEVERITY = {Verdict.FAIL: 0, Verdict.INCONCLUSIVE: 1, Verdict.PASS: 2}
 
 
-def combine(parts: Iterable[tuple[Verdict, str]], sep: str = " | ") -> tuple[Verdict, str]:
-    """The one way verdicts of a check's parts combine: the worst verdict, and the parts' messages, failures
-    first, then inconclusive ones, then passes (a stable order within each)."""
-    parts = list(parts)
+class CommonReason(str, Enum):
+    """Failure kinds any check can have (a check's own ``Reason`` enum lists the rest; docs/THEORY.md §5.0)."""
+
+    CHECK_RAISED = "check-raised"  # the check raised an exception (a defect or an unforeseen input): inconclusive
+    NOT_APPLICABLE = "not-applicable"  # the check does not apply to this model family
+    SOLVER_FAILED = "solver-failed"  # a flow the verdict needs did not reach its end
+    ALGORITHM1_STOPPED = "algorithm1-stopped"  # Algorithm 1 stopped early: no limit path to judge against
+    NOTHING_TO_TEST = "nothing-to-test"  # a vacuous case (zero gradient at 0, no stage, no coordinates)
+    USER_CODE_ERROR = "user-code-error"  # a user's model code raised or returned something invalid
+
+
+REASON_PATTERN = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+
+
+def decide(parts: Iterable[tuple], sep: str = " | ") -> tuple[Verdict, str, str | None]:
+    """The one way verdicts of a check's parts combine. Each part is ``(verdict, message)`` or ``(verdict,
+    message, reason)``. Returns the worst verdict; the parts' messages, failures first, then inconclusive
+    ones, then passes (a stable order within each); and the reason of the first part with the worst verdict
+    (None for a pass)."""
+    parts = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in parts]
     ordered = sorted(parts, key=lambda p: _SEVERITY[p[0]])
-    return Verdict.worst(v for v, _ in parts), sep.join(m for _, m in ordered if m)
+    verdict = Verdict.worst(v for v, _, _ in parts)
+    reason = None if verdict is Verdict.PASS else next((r for v, _, r in ordered if v is verdict), None)
+    return verdict, sep.join(m for _, m, _ in ordered if m), reason
+
+
+def combine(parts: Iterable[tuple], sep: str = " | ") -> tuple[Verdict, str]:
+    """:func:`decide` without the reason."""
+    verdict, message, _ = decide(parts, sep)
+    return verdict, message
 
 
 @dataclass(frozen=True)
@@ -186,8 +216,16 @@ class CheckResult:
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     duration_s: float = 0.0
+    reason: str | None = None
 
     def __post_init__(self):
+        if self.reason is not None:
+            reason = self.reason.value if isinstance(self.reason, Enum) else self.reason
+            if not (isinstance(reason, str) and REASON_PATTERN.fullmatch(reason)):
+                raise ValueError(f"{self.id}: reason must be a kebab-case string, got {self.reason!r}")
+            if self.verdict is Verdict.PASS:
+                raise ValueError(f"{self.id}: a pass has no failure reason (got {reason!r})")
+            object.__setattr__(self, "reason", reason)
         bad = [k for k, m in self.metrics.items() if not isinstance(m, Metric)]
         if bad:
             raise TypeError(f"{self.id}: metrics must be Metric declarations, not raw values: {bad}")
@@ -204,6 +242,7 @@ class CheckResult:
             "id": self.id,
             "claim": self.claim,
             "verdict": self.verdict.value,
+            "reason": self.reason,
             "message": self.message,
             "key_metric": self.key_metric,
             "metrics": {k: m.to_dict() for k, m in self.metrics.items()},
@@ -220,8 +259,14 @@ class CheckResult:
         if not isinstance(metrics, dict):
             raise ResultsFormatError(f"{where}.metrics must be an object")
         key = d.get("key_metric")
+        verdict = Verdict(d["verdict"])
+        reason = d.get("reason")
+        if reason is not None and (verdict is Verdict.PASS or not isinstance(reason, str)
+                                   or not REASON_PATTERN.fullmatch(reason)):
+            raise ResultsFormatError(f"{where}.reason is {reason!r}: a kebab-case string for a fail or an "
+                                     "inconclusive verdict, null for a pass")
         return cls(
-            id=d["id"], claim=_text(d.get("claim")), verdict=Verdict(d["verdict"]), message=_text(d.get("message")),
+            id=d["id"], claim=_text(d.get("claim")), verdict=verdict, message=_text(d.get("message")), reason=reason,
             metrics={str(k): Metric.from_dict(m, f"{where}.metrics.{k}") for k, m in metrics.items()},
             key_metric=key if isinstance(key, str) and key in metrics else None,
             settings=_obj(d.get("settings")), evidence=_obj(d.get("evidence")), config=_obj(d.get("config")),
@@ -288,9 +333,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    from .outputs import temp_prefix
+
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:  # a non-UTF-8 path: its bytes
             f.write(text)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and reports are meant to be shared
         os.replace(tmp, path)
@@ -310,14 +357,30 @@ def write_results(results: RunResults, path: str | Path) -> None:
 MAX_BYTES = 256 * 2**20  # a results file larger than this is refused before it is parsed
 
 
+def _json_int(text: str) -> int:
+    """An integer of results.json: every number in it must fit a float64 (the gate and the report compare and
+    format them as floats); a larger one (a 400-digit integer) is refused, never an OverflowError later."""
+    value = int(text)
+    if len(text) > 308 and abs(value) > sys.float_info.max:
+        raise ResultsFormatError(f"an integer of {len(text.lstrip('-'))} digits does not fit a float64")
+    return value
+
+
 def read_results(path: str | Path) -> RunResults:
     """Read and validate a results.json of any readable schema version; every problem is a
     :class:`ResultsFormatError` that names the file and the place (never another exception)."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_BYTES:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end: refused, not read
+            raise ResultsFormatError(f"{path}: {'is a folder, not a results file' if stat.S_ISDIR(st.st_mode) else 'not a regular file (a FIFO, socket or device)'}")
+        if st.st_size > MAX_BYTES:
             raise ResultsFormatError(f"{path}: larger than {MAX_BYTES // 2**20} MiB")
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_int=_json_int)
+    except ResultsFormatError as exc:
+        if str(exc).startswith(f"{path}: "):
+            raise
+        raise ResultsFormatError(f"{path}: {exc}") from None
     except FileNotFoundError:
         raise ResultsFormatError(f"{path}: file not found") from None
     except IsADirectoryError:
@@ -351,6 +414,8 @@ def parse_results(raw: Any, where: str = "results") -> RunResults:
                                      f"allowed: {', '.join(v.value for v in Verdict)}")
         if not isinstance(c.get("metrics", {}), dict):
             raise ResultsFormatError(f"{at}.metrics must be an object")
+        if version < 3:
+            c = {k: v for k, v in c.items() if k != "reason"}  # reasons came with version 3
         checks.append(CheckResult.from_dict(_from_v1(c) if version == 1 else c, at))
     return RunResults(run=raw["run"], checks=tuple(checks))
 

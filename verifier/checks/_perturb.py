@@ -25,7 +25,7 @@ from ..config import SolverConfig, format_alpha
 from ..dynamics.flow import ReducedFlow, integrate, solve_flow
 from ..dynamics.trajectory import Status, Trajectory
 from ..figures import Figure, Series
-from ..results import Verdict
+from ..results import CommonReason, Verdict
 
 # A grid epoch is a plateau when its non-negligible set equals its neighbours' and beta moved by less than
 # this (relative) between the neighbouring grid points.
@@ -33,6 +33,8 @@ PLATEAU_TOL = 1e-3
 # Figure 9/10 pass criterion: the distance left after training on is at most this fraction of the
 # distance the perturbation made.
 RETURN_RATIO = 0.1
+# The reason a perturbation protocol gives when its reference run has no epoch to perturb (inconclusive).
+NO_PLATEAU = "no-plateau"
 # Restricted Hessians (Assumption 4.3): lambda_min must exceed REL_EIG * max|lambda|. Stationary points are
 # located to a gradient of ~1e-8 of the loss scale (Algorithm 1, STAGE_B tolerances), which moves Hessian
 # eigenvalues by ~1e-8 of the spectrum's scale for smooth models; 1e-6 is 100x above that, so a smaller
@@ -157,14 +159,15 @@ def onset_events(ref: Reference, threshold: float) -> list[tuple[int, int]]:
 def sample_reference(ctx, figure: str, events_of, empty: str, seed_offset: int):
     """The reference run and up to ``n_perturb`` of its events ``events_of(ref)``, drawn reproducibly, with
     the generator (which goes on to draw the noise). Returns ``((ref, chosen, gen), None)``, or
-    ``(None, (INCONCLUSIVE, reason))`` when the run failed or has no event; ``empty`` may use {alpha}."""
+    ``(None, (INCONCLUSIVE, message, reason))`` when the run failed (``solver-failed``) or has no event
+    (``no-plateau``); ``empty`` may use {alpha}."""
     ref = reference_run(ctx)
     if failed := failed_runs(ref.traj):
         return None, (Verdict.INCONCLUSIVE, f"{figure}: the reference run at alpha={ref.alpha} did not finish "
-                                            f"({failed[0]})")
+                                            f"({failed[0]})", CommonReason.SOLVER_FAILED)
     events = events_of(ref)
     if not events:
-        return None, (Verdict.INCONCLUSIVE, f"{figure}: " + empty.format(alpha=ref.alpha))
+        return None, (Verdict.INCONCLUSIVE, f"{figure}: " + empty.format(alpha=ref.alpha), NO_PLATEAU)
     gen = torch.Generator().manual_seed(ctx.config.seed + seed_offset)
     chosen = sorted(events[int(k)] for k in torch.randperm(len(events), generator=gen)[: ctx.config.n_perturb])
     return (ref, chosen, gen), None

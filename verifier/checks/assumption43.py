@@ -28,14 +28,15 @@ move), Lb(beta) >= Lb(beta^k) + c |beta - beta^k|^2. We measure it three ways:
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 
 from . import _perturb as P
 from .. import seeds
 from ..figures import Figure, Mark, Series
-from ..limit import symmetry
-from ..results import CheckResult, Metric, Verdict, combine
+from ..limit import StageStatus, symmetry
+from ..results import CheckResult, CommonReason, Metric, Verdict, decide
 from .registry import register
 
 ID = "assumption-4.3"
@@ -52,38 +53,52 @@ PLATEAU_ROOM = 2.0
 LOG_GROWTH = 0.25  # diverging: |beta| grows in the last decade by >= this fraction of the first decade's
 
 
-@register(ID, CLAIM, order=30)
+class Reason(str, Enum):
+    """assumption-4.3's failure kinds (docs/THEORY.md §5.0)."""
+
+    NOT_STRICT_MINIMUM = "not-strict-minimum"  # fail: a flat or negative direction of a restricted Hessian
+    WEIGHTS_DIVERGE = "weights-diverge"  # fail: no finite minimiser (|beta| ~ log t, loss falling)
+    PERTURBED_RUN_LEFT = "perturbed-run-left"  # fail: a Figure 9 run stalls away from its plateau point
+    NOT_LOCATED = "not-located"  # inconclusive: no located stationary point, no divergence either
+    NO_LASTING_PLATEAU = "no-lasting-plateau"  # inconclusive: no plateau outlasts the perturbed runs
+    STILL_RETURNING = "still-returning"  # inconclusive: Figure 9 runs return, not yet to RETURN_RATIO
+    NO_PLATEAU = P.NO_PLATEAU  # inconclusive: the reference run has no plateau to perturb
+    SOLVER_FAILED = CommonReason.SOLVER_FAILED.value
+    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # Algorithm 1 found no stage with a support
+
+
+@register(ID, CLAIM, reasons=Reason, order=30)
 def check(ctx) -> CheckResult:
     names = ctx.model.coordinate_names()
     parts, metrics, figures = [], {}, []
 
-    verdict, msg, stage_rows, probes = _stages(ctx, names, metrics)
-    parts.append((verdict, msg))
+    verdict, msg, reason, stage_rows, probes = _stages(ctx, names, metrics)
+    parts.append((verdict, msg, reason))
     if stage_rows:
         figures.append(P.spectra_figure(
             stage_rows, "Hessian spectra on the supports (Assumption 4.3)",
             f"Eigenvalues of the Hessian of Lb restricted to A_k at beta^k, per stage; pass needs "
             f"lambda_min > {P.REL_EIG:g} max|lambda|."))
-    if ctx.stages.status == "stage_b_failed":
+    if ctx.stages.status is StageStatus.STAGE_B_FAILED:
         probes.append(_failed_stage_start(ctx, names))
     if probes:
         parts.append(_existence(ctx, probes, metrics, figures))
 
     parts.append(_figure9(ctx, names, metrics, figures))
-    verdict, message = combine(parts)
+    verdict, message, reason = decide(parts)
     settings = {"negligible": ctx.config.negligible, "noise": ctx.config.noise,
                 "perturb_time": P.perturb_time(ctx.config), "newton_tol": NEWTON_TOL, "log_growth": LOG_GROWTH}
     key = next((k for k in ("min_rel_eig", "max_return_ratio") if k in metrics), None)
-    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures})
+    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures}, reason=reason)
 
 
 def _support_names(names, support) -> str:
     return "{" + ", ".join(names[i] for i in support) + "}"
 
 
-def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
+def _stages(ctx, names, metrics) -> tuple[Verdict, str, Reason | None, list, list]:
     """Part 1: restricted Hessians at every beta^k of Algorithm 1, and the Newton step H_A^-1 g_A that says
-    whether beta^k is a located stationary point. Returns the verdict, message, spectra rows, and the
+    whether beta^k is a located stationary point. Returns the verdict, message, reason, spectra rows, and the
     (stage label, start beta, time scale) of stages whose stationary point is not located."""
     model = ctx.model
     rows, per_stage, bad, unlocated, said = [], [], [], [], set()
@@ -115,14 +130,15 @@ def _stages(ctx, names, metrics) -> tuple[Verdict, str, list, list]:
         metrics["lambda_min"] = Metric.higher(min(r["lambda_min"] for r in per_stage))
         metrics["max_condition"] = Metric.lower(max(r["condition"] for r in per_stage))
     if bad:
-        return Verdict.FAIL, "; ".join(bad), rows, unlocated
+        return Verdict.FAIL, "; ".join(bad), Reason.NOT_STRICT_MINIMUM, rows, unlocated
     if not per_stage:
-        return Verdict.INCONCLUSIVE, f"Algorithm 1 found no stage with a support ({ctx.stages.message})", rows, unlocated
+        return (Verdict.INCONCLUSIVE, f"Algorithm 1 found no stage with a support ({ctx.stages.message})",
+                Reason.NOTHING_TO_TEST, rows, unlocated)
     return Verdict.PASS, (f"{len(per_stage)} stages: restricted Hessians positive definite, lambda_min = "
                           f"{metrics['lambda_min'].value:.3g}, largest condition number "
                           f"{metrics['max_condition'].value:.3g}"
                           + (f"; {len(unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)" if unlocated else "")
-                          ), rows, unlocated
+                          ), None, rows, unlocated
 
 
 def _direction(ctx, vec: torch.Tensor, support: list[int], said: set[str]) -> str:
@@ -152,7 +168,7 @@ def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
             math.log(1 / PROBE_EPS) / (2 * abs(float(last.grad[i]))))
 
 
-def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
+def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str, Reason]:
     """Part 2: the flow on the support from each (label, beta, time scale t0) for plain times t0 10^d,
     d in PROBE_DECADES, all in one batch: does beta settle (a finite minimiser) or grow like log t?"""
     model = ctx.model
@@ -190,19 +206,19 @@ def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str]:
                 f"vanishes at a finite point")
     metrics["existence"] = Metric.info(out)
     if diverged:
-        return Verdict.FAIL, "; ".join(diverged)
+        return Verdict.FAIL, "; ".join(diverged), Reason.WEIGHTS_DIVERGE
     if failed:
-        return Verdict.INCONCLUSIVE, f"the existence probe did not finish ({failed[0]})"
+        return Verdict.INCONCLUSIVE, f"the existence probe did not finish ({failed[0]})", Reason.SOLVER_FAILED
     return Verdict.INCONCLUSIVE, ("; ".join(p[0] for p in probes) + ": no located stationary point "
-                                  f"({ctx.stages.message}), but no log-growth divergence either")
+                                  f"({ctx.stages.message}), but no log-growth divergence either"), Reason.NOT_LOCATED
 
 
-def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
+def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]:
     """Part 3: the dynamic protocol of Figure 9 on the reference run."""
     cfg, model = ctx.config, ctx.model
     T = P.perturb_time(cfg)
     lasting: list[int] = []
-    final = ctx.stages.stages[-1].T if ctx.stages.status == "complete" else math.inf
+    final = ctx.stages.stages[-1].T if ctx.stages.status is StageStatus.COMPLETE else math.inf
 
     def epochs(ref):  # plateaus that outlast the perturbed runs; else every plateau, for the Hessians alone
         every = P.plateau_epochs(ref, cfg.negligible)
@@ -223,11 +239,11 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         U.append(up), V.append(vp), points.append(ref.traj.beta[0, j]), masks.append(mask)
     _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver, progress=ctx.progress)
     if failed := P.failed_runs(traj):
-        return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({failed[0]})"
+        return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({failed[0]})", Reason.SOLVER_FAILED
     dist = P.rel_distance(traj.beta, torch.stack(points)[:, None])  # [n, n_out]
     mid = dist.shape[1] // 2
     ratio = (dist[:, -1] / dist[:, 0]).tolist()
-    runs, bad, slow, series, said = [], [], [], [], set()
+    runs, bad, slow, series, said, flat = [], [], [], [], set(), False
     for n, j in enumerate(pick):
         tau = float(ref.traj.tau[j])
         support = torch.nonzero(masks[n]).squeeze(1).tolist()
@@ -238,6 +254,7 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         series.append((f"tau={tau:.3g}", traj.tau * T, dist[n]))
         where = f"epoch tau={tau:.3g} (non-negligible {_support_names(names, support)})"
         if not P.is_strict(eigs):
+            flat = True
             bad.append(f"{where}: smallest eigenvalue {float(eigs[0]):.3g} of the Hessian on the run's support "
                        f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in"
                        + _direction(ctx, vecs[:, 0], support, said))
@@ -258,14 +275,16 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str]:
                           series=(Series("loss", P.subsample(ref.traj.tau), P.subsample(ref.traj.loss[0]), "-"),),
                           vlines=tuple(Mark(r["tau"], "perturbed") for r in runs)))
     if bad:
-        return Verdict.FAIL, "Figure 9: " + "; ".join(bad)
+        return (Verdict.FAIL, "Figure 9: " + "; ".join(bad),
+                Reason.NOT_STRICT_MINIMUM if flat else Reason.PERTURBED_RUN_LEFT)
     if not lasting:
-        return Verdict.INCONCLUSIVE, (
+        return (Verdict.INCONCLUSIVE, (
             f"Figure 9: no plateau of the run at alpha={ref.alpha} lasts {PLATEAU_ROOM:g} x the perturbed runs' "
             f"time {T:g} before the next transition, so their return was not judged (the Hessians on the runs' "
-            "supports were: strict); raise --horizon, lower --perturb-epochs or the smallest alpha")
+            "supports were: strict); raise --horizon, lower --perturb-epochs or the smallest alpha"),
+            Reason.NO_LASTING_PLATEAU)
     if slow:
         return Verdict.INCONCLUSIVE, ("Figure 9: " + "; ".join(slow) + f" after {cfg.perturb_epochs} epochs "
-                                      "(raise --perturb-epochs)")
+                                      "(raise --perturb-epochs)"), Reason.STILL_RETURNING
     return Verdict.PASS, (f"Figure 9 at alpha={ref.alpha}: {len(pick)} perturbed plateau runs return, distance "
-                          f"ratio <= {max(ratio):.3g} after {cfg.perturb_epochs} epochs")
+                          f"ratio <= {max(ratio):.3g} after {cfg.perturb_epochs} epochs"), None

@@ -24,6 +24,7 @@ small perturbation supported on A_k + {i_k}, converges to the same beta^{k+1}.
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 
@@ -31,7 +32,7 @@ from . import _perturb as P
 from .. import seeds
 from ..figures import Figure, Mark, Series
 from ..limit.incremental import STAGE_B_EPS
-from ..results import CheckResult, Gate, Metric, Verdict, combine
+from ..results import CheckResult, CommonReason, Gate, Metric, Verdict, decide
 from .registry import register
 
 ID = "assumption-4.4"
@@ -45,16 +46,28 @@ ONSET_RES = 400
 SPREAD_GATE = Gate(factor=5.0, atol=1e-12)
 
 
-@register(ID, CLAIM, order=40)
+class Reason(str, Enum):
+    """assumption-4.4's failure kinds (docs/THEORY.md §5.0)."""
+
+    NO_DECAY = "no-decay"  # fail: nothing decays towards beta^k (|G| = 0 or no settling time)
+    STAGE_B_NOT_ROBUST = "stage-b-not-robust"  # fail: stage B from another eps / noise ends elsewhere
+    PERTURBED_RUN_LEFT = "perturbed-run-left"  # fail: a Figure 10 run ends away from the unperturbed one
+    NOT_CONVERGED = "not-converged"  # inconclusive: stage-B runs have not converged
+    NO_PLATEAU = P.NO_PLATEAU  # inconclusive: no onset epoch (followed by a plateau) to perturb
+    SOLVER_FAILED = CommonReason.SOLVER_FAILED.value
+    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # Algorithm 1 has no stage B
+
+
+@register(ID, CLAIM, reasons=Reason, order=40)
 def check(ctx) -> CheckResult:
     names = ctx.model.coordinate_names()
     metrics, figures = {}, []
     parts = [_limit_level(ctx, names, metrics, figures), _figure10(ctx, names, metrics, figures)]
-    verdict, message = combine(parts)
+    verdict, message, reason = decide(parts)
     settings = {"eps": [*EPS, STAGE_B_EPS], "negligible": ctx.config.negligible, "noise": ctx.config.noise,
                 "perturb_time": P.perturb_time(ctx.config)}
     key = next((k for k in ("max_spread", "max_endpoint_ratio") if k in metrics), None)
-    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures})
+    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures}, reason=reason)
 
 
 def _settle_time(model, stage, gtol: float) -> float:
@@ -89,10 +102,11 @@ def _settle_time(model, stage, gtol: float) -> float:
     return max(times)
 
 
-def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
+def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]:
     model, cfg, seq = ctx.model, ctx.config, ctx.stages.stages
     if len(seq) < 2:
-        return Verdict.INCONCLUSIVE, f"limit level: Algorithm 1 has no stage B to repeat ({ctx.stages.message})"
+        return (Verdict.INCONCLUSIVE, f"limit level: Algorithm 1 has no stage B to repeat ({ctx.stages.message})",
+                Reason.NOTHING_TO_TEST)
     gen = torch.Generator().manual_seed(cfg.seed + seeds.STAGE_B_NOISE)
     starts, durations, owners, bad_rate = [], [], [], []
     for prev, stage in zip(seq[:-1], seq[1:]):
@@ -116,12 +130,12 @@ def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
             durations.append(2 * math.log(1 / eps) / (2 * G) + settle)
             owners.append((stage, region, f"eps={eps:g}" + (", perturbed" if n == 0 else "")))
     if bad_rate:
-        return Verdict.FAIL, "limit level: " + "; ".join(bad_rate)
+        return Verdict.FAIL, "limit level: " + "; ".join(bad_rate), Reason.NO_DECAY
     U = torch.stack([s[0] for s in starts]).to(model.device)
     V = torch.stack([s[1] for s in starts]).to(model.device)
     _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2, progress=ctx.progress)
     if failed := P.failed_runs(traj):
-        return Verdict.INCONCLUSIVE, f"limit level: a stage-B run did not finish ({failed[0]})"
+        return Verdict.INCONCLUSIVE, f"limit level: a stage-B run did not finish ({failed[0]})", Reason.SOLVER_FAILED
     end = traj.beta[:, -1]
     scale = max(1.0, float(seq[0].grad.abs().max()))
     g_end = model.grad_b(end.to(model.device)).cpu()
@@ -149,12 +163,14 @@ def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         caption=f"eps {EPS[0]:g} with relative noise {cfg.noise:g}, and eps {EPS[1]:g}; pass needs every bar below "
                 f"{SPREAD_TOL:g}."))
     if far:
-        return Verdict.FAIL, "limit level: stage B ends at another stationary point: " + "; ".join(far)
+        return (Verdict.FAIL, "limit level: stage B ends at another stationary point: " + "; ".join(far),
+                Reason.STAGE_B_NOT_ROBUST)
     if unconverged:
-        return Verdict.INCONCLUSIVE, "limit level: stage B has not converged: " + "; ".join(unconverged)
+        return (Verdict.INCONCLUSIVE, "limit level: stage B has not converged: " + "; ".join(unconverged),
+                Reason.NOT_CONVERGED)
     return Verdict.PASS, (f"limit level: {len(spread)} stages x {len(EPS)} runs (eps {EPS[0]:g} perturbed, "
                           f"eps {EPS[1]:g}) end at Algorithm 1's beta^k (eps {STAGE_B_EPS:g}), spread <= "
-                          f"{metrics['max_spread'].value:.3g}")
+                          f"{metrics['max_spread'].value:.3g}"), None
 
 
 def _onsets(ctx, ref, events) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -183,7 +199,7 @@ def _onsets(ctx, ref, events) -> tuple[list, torch.Tensor, torch.Tensor, torch.T
     return out, U, V, torch.stack([traj.beta[e, k] for e, k in keep])
 
 
-def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str]:
+def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]:
     """Part 2. The unperturbed run from an onset state is the reference run itself, so each perturbed run
     lasts until a plateau grid point of the reference at least ``perturb_epochs`` epochs later, and its
     endpoint is compared with the reference there (solver error ~1e-6, far below the thresholds)."""
@@ -206,10 +222,10 @@ def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         durations.append((float(tau[later[0]]) - t_on) * ref.L)
     if not kept:
         return Verdict.INCONCLUSIVE, (f"Figure 10: no onset epoch is followed by a plateau of the run at "
-                                      f"alpha={ref.alpha} (raise --horizon)")
+                                      f"alpha={ref.alpha} (raise --horizon)"), Reason.NO_PLATEAU
     _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), durations, cfg.solver, progress=ctx.progress)
     if failed := P.failed_runs(traj):
-        return Verdict.INCONCLUSIVE, f"Figure 10: a run did not finish ({failed[0]})"
+        return Verdict.INCONCLUSIVE, f"Figure 10: a run did not finish ({failed[0]})", Reason.SOLVER_FAILED
     runs, bad, series = [], [], []
     for n, (e, j, i, t_on, q) in enumerate(kept):
         target = ref.traj.beta[0, q]
@@ -231,6 +247,6 @@ def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str]:
         f"crossed it, trained to the unperturbed run's next plateau; pass needs the endpoint distance below "
         f"{P.RETURN_RATIO:g} of the perturbation's size."))
     if bad:
-        return Verdict.FAIL, "Figure 10: " + "; ".join(bad)
+        return Verdict.FAIL, "Figure 10: " + "; ".join(bad), Reason.PERTURBED_RUN_LEFT
     return Verdict.PASS, (f"Figure 10 at alpha={ref.alpha}: {len(runs)} onset epochs, perturbed and "
-                          f"unperturbed endpoints agree, ratio <= {metrics['max_endpoint_ratio'].value:.3g}")
+                          f"unperturbed endpoints agree, ratio <= {metrics['max_endpoint_ratio'].value:.3g}"), None

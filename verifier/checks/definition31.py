@@ -19,13 +19,14 @@ Definition 3.1 asks two things, and both are measured:
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import torch
 from torch.func import grad, jvp
 
 from .. import seeds
 from ..figures import Figure, Series
-from ..results import CheckResult, Gate, Metric, Verdict
+from ..results import CheckResult, CommonReason, Gate, Metric, Verdict
 from .registry import register
 
 ID = "definition-3.1"
@@ -58,16 +59,26 @@ def taylor_orders(model, betas: torch.Tensor, directions: torch.Tensor
     return orders, remainders, grad_norms
 
 
-def _inconclusive(reason: str) -> CheckResult:
-    return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, reason)
+class Reason(str, Enum):
+    """definition-3.1's failure kinds (docs/THEORY.md §5.0)."""
+
+    NOT_A_PRODUCT = "not-a-product"  # fail: the network's loss is not a function of u*v
+    NOT_C2 = "not-c2"  # fail: the gradient's Taylor remainder is not O(eps^2) (a kink)
+    OVERFLOW = "overflow"  # inconclusive: the loss or gradient is not finite at the probes
+    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # inconclusive: p = 0 or a constant loss
 
 
-@register(ID, CLAIM, order=5)
+def _inconclusive(message: str, reason: Reason) -> CheckResult:
+    return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, message, reason=reason)
+
+
+@register(ID, CLAIM, reasons=Reason, order=5)
 def check_definition_31(ctx) -> CheckResult:
     model = ctx.model
     p = model.p
     if p == 0:
-        return _inconclusive("the model has no coordinates (p = 0): there is nothing to test")
+        return _inconclusive("the model has no coordinates (p = 0): there is nothing to test",
+                             Reason.NOTHING_TO_TEST)
     gen = torch.Generator().manual_seed(ctx.config.seed + seeds.DEFINITION_31)
     u = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
     v = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
@@ -79,7 +90,7 @@ def check_definition_31(ctx) -> CheckResult:
             lp = model.loss_params(torch.cat([uu, vv]))
             if not (torch.isfinite(lp) and torch.isfinite(lb)):
                 return _inconclusive(f"the loss is not finite at the probes (network {float(lp):.3g}, Lb(u*v) "
-                                     f"{float(lb):.3g}): the data's scale overflows float64")
+                                     f"{float(lb):.3g}): the data's scale overflows float64", Reason.OVERFLOW)
             mismatches.append(float((lp - lb).abs() / (lb.abs() + 1e-300)))
     mismatch = max(mismatches)
     betas = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE
@@ -88,21 +99,25 @@ def check_definition_31(ctx) -> CheckResult:
     orders, remainders, grad_norms = taylor_orders(model, betas, dirs)
     if not all(math.isfinite(r) for rs in remainders for r in rs) or not all(map(math.isfinite, grad_norms)):
         return _inconclusive("the gradient or its Taylor remainder overflowed float64 at the probes (largest "
-                             f"|gradient| {max(grad_norms):.3g}): the data's scale is too large to measure")
+                             f"|gradient| {max(grad_norms):.3g}): the data's scale is too large to measure",
+                             Reason.OVERFLOW)
     if max(grad_norms) == 0.0:
         return _inconclusive("the gradient of Lb is exactly zero at every probe (a constant loss, e.g. X = 0): "
-                             "there is no dependence on beta to test")
+                             "there is no dependence on beta to test", Reason.NOTHING_TO_TEST)
     order = min(orders)
     finite = [o for o in orders if math.isfinite(o)]
     top = max(finite) if finite else None
-    problems = []
+    problems, reasons = [], []
     if not mismatch <= MISMATCH_TOL:
+        reasons.append(Reason.NOT_A_PRODUCT)
         problems.append(f"the network's loss differs from Lb(u*v) by {mismatch:.1e} (relative): it does not "
                         "depend on (u, v) only through u*v")
     if not order >= MIN_ORDER:
+        reasons.append(Reason.NOT_C2)
         problems.append(f"the gradient's Taylor remainder shrinks like eps^{order:.2f}, not eps^2: the loss is not "
                         "twice continuously differentiable in beta (a ReLU or another kink?)")
     if top is not None and not top <= MAX_ORDER:
+        reasons.append(Reason.NOT_C2)
         problems.append(f"the gradient's Taylor remainder falls like eps^{top:.2f} from eps = {EPSILONS[0]:g} to "
                         f"{EPSILONS[1]:g}, faster than the eps^2 of a C^2 loss: a kink lies between the two probe "
                         "sizes (a ReLU?)")
@@ -111,7 +126,7 @@ def check_definition_31(ctx) -> CheckResult:
         f"the loss is a function of u*v (mismatch {mismatch:.1e}) and C^2 in beta (Taylor orders of the gradient "
         f"in [{order:.2f}, {top if top is not None else math.inf:.2f}])")
     return CheckResult(
-        ID, CLAIM, verdict, message,
+        ID, CLAIM, verdict, message, reason=reasons[0] if reasons else None,
         metrics={"max_param_mismatch": Metric.at_most(mismatch, MISMATCH_TOL, MISMATCH_GATE),
                  "taylor_order": Metric.at_least(order, MIN_ORDER),
                  "max_taylor_order": Metric.at_most(top, MAX_ORDER, None), "taylor_orders": Metric.info(orders)},

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from enum import Enum
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from ..config import format_alpha
 from ..dynamics import param_flow
 from ..dynamics.optimizers import train
 from ..figures import Figure, Mark, Series
-from ..results import CheckResult, Gate, Metric, Verdict
+from ..results import CheckResult, CommonReason, Gate, Metric, Verdict
 from .registry import register
 
 ID = "lemma-4.1"
@@ -43,6 +44,16 @@ FLOW_MAX_LOG_INV_ALPHA = math.log(1e8)
 ROUNDING_GATE = Gate(factor=5.0, atol=1e-15)
 
 
+class Reason(str, Enum):
+    """lemma-4.1's failure kinds (docs/THEORY.md §5.0)."""
+
+    CONSERVATION_BROKEN = "conservation-broken"  # fail: the conserved quantities drift beyond rounding
+    OPTIMIZER_DIVERGED = "optimizer-diverged"  # inconclusive: gd/sgd/adam reached non-finite weights
+    UNDERFLOW = "underflow"  # inconclusive: u^2 + v^2 underflows float64 at the smallest alpha
+    SOLVER_FAILED = CommonReason.SOLVER_FAILED.value  # inconclusive: the reference integrator failed
+    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # inconclusive: the gradient vanishes at zero
+
+
 def growth_rate(model) -> float:
     """How fast the first coordinate grows from theta = 0: max |g_i(0)| for diagonal weights; for full weights
     the largest |eigenvalue| of the Hessian at zero, the top singular value of dL/d(U V^T) over the products
@@ -57,7 +68,7 @@ def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
     rate = growth_rate(model)
     if not rate > 0:
         return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, "the gradient vanishes at zero: nothing moves, so "
-                           "there is no flow to test (is the teacher zero?)")
+                           "there is no flow to test (is the teacher zero?)", reason=Reason.NOTHING_TO_TEST)
     theta0 = ctx.theta0(1)[0].to(model.device)
     loss_grad = grad(model.loss_params)
     drifts, curves, nfev = [], [], []
@@ -73,7 +84,7 @@ def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
                         atol=FLOW_RTOL * alpha * 1e-3, dense_output=False)
         if sol.status != 0:
             return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"scipy DOP853 failed at alpha={format_alpha(L)}: "
-                               f"{sol.message}")
+                               f"{sol.message}", reason=Reason.SOLVER_FAILED)
         th = torch.as_tensor(sol.y.T, dtype=torch.float64)
         C = model.conserved(th)
         scale = model.conserved_scale(th).amax(dim=0).clamp_min(np.finfo(float).tiny)
@@ -91,7 +102,7 @@ def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
     if verdict is Verdict.FAIL:
         msg += ": the loss does not depend on the weights only through the products u*v (Definition 3.1)"
     return CheckResult(
-        ID, CLAIM, verdict, msg,
+        ID, CLAIM, verdict, msg, reason=Reason.CONSERVATION_BROKEN if verdict is Verdict.FAIL else None,
         metrics={"max_drift": Metric.at_most(worst, threshold, ROUNDING_GATE), "drift": Metric.info(drifts),
                  "nfev": Metric.lower(nfev), "alphas": Metric.info([format_alpha(L) for L in log_inv_alphas])},
         key_metric="max_drift", settings={"optimizer": "flow", "integrator": "DOP853", "integrator_rtol": FLOW_RTOL},
@@ -107,11 +118,13 @@ def _discrete(ctx, log_inv_alphas) -> CheckResult:
     run = train(model, alphas[:, None] * theta0, opt, seed=ctx.config.seed)
     if any(s.value != "success" for s in run.status):
         return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"{opt.name} diverged (non-finite weights): "
-                           "lower --lr", settings={"optimizer": opt.name, "lr": opt.lr})
+                           "lower --lr", settings={"optimizer": opt.name, "lr": opt.lr},
+                           reason=Reason.OPTIMIZER_DIVERGED)
     if not bool((run.scale > np.finfo(float).tiny).all()):
         return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"{opt.name}: u^2 + v^2 underflows float64 at "
                            f"alpha={format_alpha(max(log_inv_alphas))}: the conservation law cannot be measured "
-                           "(use a larger alpha)", settings={"optimizer": opt.name, "lr": opt.lr})
+                           "(use a larger alpha)", settings={"optimizer": opt.name, "lr": opt.lr},
+                           reason=Reason.UNDERFLOW)
     scale = run.scale
     law_error = ((run.conserved[:, -1] - run.predicted).abs() / scale).amax(dim=1)  # [B]
     drift = ((run.conserved[:, -1] - run.conserved[:, 0]).abs() / scale).amax(dim=1)
@@ -131,7 +144,7 @@ def _discrete(ctx, log_inv_alphas) -> CheckResult:
                      ((run.conserved[b] - run.conserved[b, :1]).abs() / scale[b]).amax(dim=1).clamp_min(1e-18))
               for b, L in enumerate(log_inv_alphas)]
     return CheckResult(
-        ID, CLAIM, Verdict.PASS if ok else Verdict.FAIL, msg,
+        ID, CLAIM, Verdict.PASS if ok else Verdict.FAIL, msg, reason=None if ok else Reason.CONSERVATION_BROKEN,
         metrics={"max_law_error": Metric.at_most(worst, threshold, ROUNDING_GATE),
                  "law_error": Metric.info(law_error.tolist()), "drift": Metric.info(drift.tolist()),
                  "alphas": Metric.info([format_alpha(L) for L in log_inv_alphas])},
@@ -146,7 +159,7 @@ def _figure(curves: list[Series], xlabel: str, threshold: float | None, title: s
                   caption="Lemma 4.1: C = u^2 - v^2 (or Wq^T Wq - Wk^T Wk) relative to u^2 + v^2.")
 
 
-@register(ID, CLAIM, diagonal_only=False, order=10)
+@register(ID, CLAIM, reasons=Reason, diagonal_only=False, order=10)
 def check_lemma_41(ctx) -> CheckResult:
     log_inv_alphas = ctx.config.log_inv_alphas or (DEFAULT_LOG_INV_ALPHA,)
     if ctx.config.optimizer.name == "flow":

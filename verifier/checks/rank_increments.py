@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from ..dynamics.param_flow import ATOL_FRACTION, ParamTrajectory, growth_rate, s
 from ..config import format_alpha
 from ..dynamics.trajectory import Status
 from ..figures import Figure, Mark, Series
-from ..results import CheckResult, Metric, Verdict
+from ..results import CheckResult, CommonReason, Metric, Verdict
 from .registry import register
 
 ID = "rank-increments"
@@ -47,6 +48,16 @@ MAX_CHUNKS = 24
 SETTLED_LOSS = 1e-2  # a chunk is settled when the loss fell by less than this fraction of the initial loss ...
 GROWTH_FLOOR = 1e-6  # ... and no singular value between GROWTH_FLOOR x largest and the level grew 2x
 N_OUT_PER_CHUNK = 200
+
+
+class Reason(str, Enum):
+    """rank-increments' failure kinds (docs/THEORY.md §5.0)."""
+
+    JUMPS_NOT_SEPARATED = "jumps-not-separated"  # fail: two rank changes merge into one jump as alpha -> 0
+    NO_JUMP = "no-jump"  # inconclusive: no singular value crossed the level by the horizon
+    LADDER_TOO_SHORT = "ladder-too-short"  # inconclusive: a gap is seen at fewer than two alphas
+    SOLVER_FAILED = CommonReason.SOLVER_FAILED.value
+    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # the gradient vanishes at zero
 
 
 @dataclass(frozen=True)
@@ -232,18 +243,19 @@ def describe(m: RankMeasurement, e: Event) -> str:
     return f"{sigma(m, e)} {'rises above' if e.up else 'falls below'} the level"
 
 
-def judge(m: RankMeasurement) -> tuple[Verdict, str, list[Gap]]:
-    """Verdict and message from a measurement (module docstring)."""
+def judge(m: RankMeasurement) -> tuple[Verdict, str, Reason | None, list[Gap]]:
+    """Verdict, message and reason from a measurement (module docstring)."""
     L = [float(x) for x in m.traj.log_inv_alpha]
     small = int(np.argmax(L))
     if m.growth_rate == 0:
-        return Verdict.INCONCLUSIVE, "the gradient vanishes at zero: nothing is learned (is the teacher zero?)", []
+        return Verdict.INCONCLUSIVE, "the gradient vanishes at zero: nothing is learned (is the teacher zero?)", \
+            Reason.NOTHING_TO_TEST, []
     if m.traj.status is not Status.SUCCESS:
-        return Verdict.INCONCLUSIVE, f"the flow did not reach the horizon: {m.traj.message}", []
+        return Verdict.INCONCLUSIVE, f"the flow did not reach the horizon: {m.traj.message}", Reason.SOLVER_FAILED, []
     evs = m.events[small]
     if not evs:
         return (Verdict.INCONCLUSIVE, f"no singular value crossed {RANK_FRACTION:g} x the largest by tau = "
-                f"{m.horizon:.3g} at alpha={format_alpha(L[small])} (raise --horizon)", [])
+                f"{m.horizon:.3g} at alpha={format_alpha(L[small])} (raise --horizon)", Reason.NO_JUMP, [])
     gs = gaps(m)
     ties, short = [], []
     for gp in gs:
@@ -263,16 +275,16 @@ def judge(m: RankMeasurement) -> tuple[Verdict, str, list[Gap]]:
     note = (f"; {len(falls)} rank decrease(s): " + ", ".join(f"{describe(m, e)} at tau={e.tau:.3g}" for e in falls)
             if falls else "")
     if ties:
-        return Verdict.FAIL, "jumps do not separate: " + "; ".join(ties) + note, gs
+        return Verdict.FAIL, "jumps do not separate: " + "; ".join(ties) + note, Reason.JUMPS_NOT_SEPARATED, gs
     if short:
-        return Verdict.INCONCLUSIVE, "cannot extrapolate: " + "; ".join(short) + " (widen the ladder)", gs
+        return Verdict.INCONCLUSIVE, "cannot extrapolate: " + "; ".join(short) + " (widen the ladder)", Reason.LADDER_TOO_SHORT, gs
     ranks = [int((s[small, -1] > m.levels[small]).sum()) for s in m.sv]
     worst = min((gp.ratio for gp in gs), default=math.inf)
     return Verdict.PASS, (
         f"{len(evs)} jump(s) at alpha={format_alpha(L[small])}, each raising the rank of one product by one ("
         + ", ".join(f"{sigma(m, e)} at tau={e.tau:.3g}" for e in evs)
         + "); final ranks " + ", ".join(f"{n} {r}" for n, r in zip(m.names, ranks))
-        + (f"; gaps between jumps keep >= {worst:.2f} of their size as alpha -> 0" if gs else "") + note), gs
+        + (f"; gaps between jumps keep >= {worst:.2f} of their size as alpha -> 0" if gs else "") + note), None, gs
 
 
 def _subsample(tau: torch.Tensor, y: torch.Tensor, n: int = 300) -> tuple[list[float], list[float]]:
@@ -324,11 +336,11 @@ def _event_rows(m: RankMeasurement, b: int) -> list[dict]:
              "tau": e.tau} for e in m.events[b]]
 
 
-@register(ID, CLAIM, diagonal_only=False, full_only=True, order=60)
+@register(ID, CLAIM, reasons=Reason, diagonal_only=False, full_only=True, order=60)
 def check_rank_increments(ctx) -> CheckResult:
     Ls = ctx.config.log_inv_alphas or LADDER
     m = measure(ctx.model, ctx.theta0(1)[0], Ls, ctx.config.horizon)
-    verdict, message, gs = judge(m)
+    verdict, message, reason, gs = judge(m)
     ratios = [gp.ratio for gp in gs if gp.ratio is not None]
     small = int(np.argmax([float(L) for L in Ls]))
     alphas = [format_alpha(float(L)) for L in Ls]
@@ -349,4 +361,4 @@ def check_rank_increments(ctx) -> CheckResult:
                 "atol": f"rtol x {ATOL_FRACTION:g} x alpha", "integrator": "scipy DOP853 on theta, batched over alphas",
                 "growth_rate": m.growth_rate, "horizon": "given" if ctx.config.horizon else "automatic"}
     return CheckResult(ID, CLAIM, verdict, message, metrics, "min_limit_gap_ratio", settings,
-                       {"figures": figures(m, gs)})
+                       {"figures": figures(m, gs)}, reason=reason)

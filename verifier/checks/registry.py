@@ -1,7 +1,13 @@
 """One registry of checks feeds the CLI, the library call and ``pytest.mark.parametrize`` (stable ids).
 
-A check is a plain function ``(ctx: Context) -> CheckResult``; :func:`run_check` turns an exception
-into an ``inconclusive`` result that names it (never a pass), and stamps config, provenance, duration.
+A check is a plain function ``(ctx: Context) -> CheckResult`` registered with its own ``Reason`` enum (the
+failure kinds it can give, besides :class:`~verifier.results.CommonReason`; docs/THEORY.md §5.0).
+:func:`run_check` turns an exception into an ``inconclusive`` result that names it (never a pass; reason
+``check-raised``), refuses a reason the check did not declare, and stamps config, provenance, duration.
+
+Every check module has the same shape (theorem45.py is the template): constants with their derivation, then
+``measure`` (numbers only), ``judge`` (verdict, message, reason from the numbers), ``declare`` (the numbers as
+:class:`~verifier.results.Metric` s), ``figures``, and the registered function that chains them.
 """
 
 from __future__ import annotations
@@ -9,10 +15,11 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Callable
 
 from ..errors import InputError
-from ..results import OBSERVERS, CheckResult, Verdict
+from ..results import OBSERVERS, CheckResult, CommonReason, Verdict
 
 
 @dataclass(frozen=True)
@@ -20,9 +27,14 @@ class CheckSpec:
     id: str
     claim: str
     func: Callable[..., CheckResult]
+    reasons: type[Enum] = CommonReason
     diagonal_only: bool = True
     order: int = 0
     full_only: bool = False
+
+    def reason_values(self) -> tuple[str, ...]:
+        """Every reason this check may give: its own enum's values, then the common ones."""
+        return tuple(dict.fromkeys([r.value for r in self.reasons] + [r.value for r in CommonReason]))
 
     def applies_to(self, model) -> str | None:
         """None when the check applies to ``model``, else the reason it does not."""
@@ -37,9 +49,13 @@ class CheckSpec:
 REGISTRY: dict[str, CheckSpec] = {}
 
 
-def register(id: str, claim: str, *, diagonal_only: bool = True, order: int = 0, full_only: bool = False):
+def register(id: str, claim: str, *, reasons: type[Enum] = CommonReason, diagonal_only: bool = True,
+             order: int = 0, full_only: bool = False):
+    """Register ``func`` as check ``id``; ``reasons``: the check's ``Reason`` enum (str values, kebab-case)."""
     def deco(func):
-        REGISTRY[id] = CheckSpec(id, claim, func, diagonal_only, order, full_only)
+        if id in REGISTRY and REGISTRY[id].func is not func:
+            raise ValueError(f"check id {id!r} registered twice")
+        REGISTRY[id] = CheckSpec(id, claim, func, reasons, diagonal_only, order, full_only)
         return func
 
     return deco
@@ -65,18 +81,23 @@ def resolve_ids(text: str | None, model) -> list[str]:
 def run_check(check_id: str, ctx) -> CheckResult:
     spec = REGISTRY[check_id]
     start = time.perf_counter()
-    reason = spec.applies_to(ctx.model)
-    if reason is not None:
-        result = CheckResult(check_id, spec.claim, Verdict.INCONCLUSIVE, f"not applicable: {reason}")
+    why_not = spec.applies_to(ctx.model)
+    if why_not is not None:
+        result = CheckResult(check_id, spec.claim, Verdict.INCONCLUSIVE, f"not applicable: {why_not}",
+                             reason=CommonReason.NOT_APPLICABLE)
     else:
         try:
             result = spec.func(ctx)
+            if result.reason is not None and result.reason not in spec.reason_values():
+                raise ValueError(f"reason {result.reason!r} is not one of {check_id}'s declared reasons "
+                                 f"({', '.join(spec.reason_values())})")
         except InputError:
             raise
         except Exception as exc:  # a crash is a result, never a pass
             tb = traceback.format_exc(limit=3)
             result = CheckResult(check_id, spec.claim, Verdict.INCONCLUSIVE,
-                                 f"the check raised {type(exc).__name__}: {exc}", evidence={"traceback": tb})
+                                 f"the check raised {type(exc).__name__}: {exc}", evidence={"traceback": tb},
+                                 reason=CommonReason.CHECK_RAISED)
     result = replace(result, claim=result.claim or spec.claim, config=ctx.config.as_dict(),
                      provenance=ctx.provenance, duration_s=time.perf_counter() - start)
     for observe in OBSERVERS:

@@ -14,8 +14,9 @@ Each error series is fitted as C (1/log(1/alpha))^rate; the theorem gives rate 1
 times (THEORY.md §5) and faster for beta on windows. Verdict per series: pass when it is at most its tolerance at
 the smallest alpha and does not grow along the ladder; fail when it stalls above the tolerance (no decrease
 from the largest to the smallest alpha, or a rate below RATE_MIN both over the ladder and between its two
-smallest alphas); inconclusive when it shrinks but is still above the tolerance (the ladder should go
-further) or a run did not reach the horizon.
+smallest alphas); when it shrinks but is still above the tolerance the ladder extends itself (_ladder.py:
+alpha = exp(-2000), exp(-5000), ... up to exp(-1e5)), and the verdict is inconclusive only when the cap is
+reached (``ladder-exhausted``) or a run did not reach the horizon (``solver-failed``).
 Tolerances: transitions within TRANSITION_FRACTION of the shortest stage (so every stage is resolved and
 its window is non-empty); b within B_TOL (b lives in [-1, 1]); beta within BETA_TOL x max(1, max|beta^k|).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from enum import Enum
 
 import numpy as np
 import torch
@@ -32,8 +34,9 @@ from .. import seeds
 from ..config import format_alpha
 from ..dynamics.flow import CROSSING_MARGIN
 from ..figures import Figure, Mark, Series
-from ..limit import symmetry
-from ..results import CheckResult, Metric, Verdict
+from ..limit import StageStatus, symmetry
+from ..results import CheckResult, CommonReason, Metric, Verdict, decide
+from . import _ladder
 from .assumption42 import MARGIN_TOL
 from .registry import register
 
@@ -45,6 +48,16 @@ TRANSITION_FRACTION = 0.25
 B_TOL = 0.05
 BETA_TOL = 1e-2
 RATE_MIN = 0.5
+
+
+class Reason(str, Enum):
+    """theorem-4.5's failure kinds (docs/THEORY.md §5.0)."""
+
+    ERRORS_NOT_SHRINKING = "errors-not-shrinking"  # fail: an error stalls above its tolerance along the ladder
+    TIE = "tie"  # fail: an exact tie makes Algorithm 1 undefined after a stage (no limit path)
+    LADDER_EXHAUSTED = "ladder-exhausted"  # inconclusive: still shrinking above tolerance at the ladder's cap
+    SOLVER_FAILED = CommonReason.SOLVER_FAILED.value  # inconclusive: a run did not reach the horizon
+    ALGORITHM1_STOPPED = CommonReason.ALGORITHM1_STOPPED.value  # inconclusive: Algorithm 1 stopped early
 
 
 def windows(seq, horizon: float) -> list[tuple[int, float, float]]:
@@ -160,8 +173,9 @@ def judge(L: list[float], err: list[float], tol: float) -> tuple[Verdict, float 
     return (Verdict.INCONCLUSIVE if shrinking else Verdict.FAIL), rate
 
 
-def evaluate(seq, traj, horizon: float) -> tuple[Verdict, str, dict, dict]:
-    """Measure and judge; returns (verdict, message, the measured values, the tolerance of each error)."""
+def evaluate(seq, traj, horizon: float) -> tuple[Verdict, str, Reason | None, dict, dict]:
+    """Measure and judge; returns (verdict, message, reason, the measured values, the tolerance of each
+    error)."""
     L = [float(x) for x in traj.log_inv_alpha]
     m = measure(seq, traj, horizon)
     T = [s.T for s in seq.stages]
@@ -171,22 +185,22 @@ def evaluate(seq, traj, horizon: float) -> tuple[Verdict, str, dict, dict]:
         "b_error": B_TOL,
         "beta_error": BETA_TOL * max(1.0, max(float(s.beta.abs().max()) for s in seq.stages)),
     }
-    verdicts, rates, notes = [], {}, []
+    parts, rates = [(Verdict.PASS, "")], {}  # every error measured: a pass unless a part says otherwise
+    if seq.status is not StageStatus.COMPLETE:
+        parts.append((Verdict.INCONCLUSIVE, f"Algorithm 1 stopped early ({seq.status.value}: {seq.message})",
+                      Reason.ALGORITHM1_STOPPED))
+    failed = [f"alpha={format_alpha(l)}: {s.message}" for l, s, ok in zip(L, traj.status, traj.ok) if not ok]
+    if failed:
+        parts.append((Verdict.INCONCLUSIVE, "the flow did not reach the horizon at " + "; ".join(failed),
+                      Reason.SOLVER_FAILED))
     for key, tol in tols.items():
         v, rates[key] = judge(L, m[key], tol)
-        verdicts.append(v)
         if v is not Verdict.PASS:
             trend = ", ".join(f"{e:.3g}" for _, e in sorted(zip(L, m[key])))
             what = "stalls" if v is Verdict.FAIL else "shrinks but is still"
-            notes.append(f"{key} {what} above {tol:.3g} (largest to smallest alpha: {trend})")
-    failed = [f"alpha={format_alpha(l)}: {s.message}" for l, s, ok in zip(L, traj.status, traj.ok) if not ok]
-    if failed:
-        verdicts.append(Verdict.INCONCLUSIVE)
-        notes.insert(0, "the flow did not reach the horizon at " + "; ".join(failed))
-    if seq.status != "complete":
-        verdicts.append(Verdict.INCONCLUSIVE)
-        notes.insert(0, f"Algorithm 1 stopped early ({seq.status}: {seq.message})")
-    verdict = Verdict.worst(verdicts)
+            parts.append((v, f"{key} {what} above {tol:.3g} (largest to smallest alpha: {trend})",
+                          Reason.ERRORS_NOT_SHRINKING if v is Verdict.FAIL else Reason.LADDER_EXHAUSTED))
+    verdict, notes, reason = decide(parts, "; ")
     values = {"alphas": [format_alpha(l) for l in L], "log_inv_alphas": L,
                "transition_time_error": m["transition_time_error"], "beta_error": m["beta_error"],
                "b_error": m["b_error"], "nfev": [int(x) for x in traj.nfev], "njev": [int(x) for x in traj.njev],
@@ -199,8 +213,8 @@ def evaluate(seq, traj, horizon: float) -> tuple[Verdict, str, dict, dict]:
                    f"{m['windows_measured']} plateau windows; fitted rates "
                    + ", ".join(f"{k} {r:.2f}" for k, r in rates.items() if r is not None))
     else:
-        message = "; ".join(notes)
-    return verdict, message, values, tols
+        message = notes
+    return verdict, message, reason, values, tols
 
 
 def error_table(values: dict) -> str:
@@ -233,26 +247,42 @@ def exact_tie(ctx):
     return next((t for t in candidates if t.exact), None)
 
 
-@register(ID, CLAIM, order=50)
+@register(ID, CLAIM, reasons=Reason, order=50)
 def check_theorem_45(ctx) -> CheckResult:
     """Theorem 4.5 along the ladder; with an exact tie (Assumption 4.2 fails) the errors are measured up to the
     tie only, and the verdict is fail with a message saying that Algorithm 1 is undefined after it."""
-    seq, traj = ctx.stages, ctx.ladder
+    seq = ctx.stages
+    if len(seq.stages) < 2:  # errors of 0 against a limit that never moves would be a vacuous pass
+        return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE,
+                           "Algorithm 1 has no stage: g(0) vanishes off every support (a constant loss, or a zero "
+                           "teacher?), so there is no transition for the flow to converge to")
+    traj = ctx.ladder
     tie = exact_tie(ctx)
     horizon = ctx.horizon
     if tie is not None:  # up to the tie, less the window margin of the last well-defined plateau
         T0, T1 = seq.stages[tie.k - 1].T, seq.stages[tie.k].T
         horizon = min(horizon, T1 - WINDOW_MARGIN * (T1 - T0))
     measured = seq if tie is None else replace(seq, stages=seq.stages[: tie.k])
-    verdict, message, values, tols = evaluate(measured, traj, horizon)
+    values = evaluate(measured, traj, horizon)[3]
     if ctx.refine_ladder(unresolved(measured, traj, values)):  # the error budget (THEORY.md §3)
         traj = ctx.ladder
-        verdict, message, values, tols = evaluate(measured, traj, horizon)
+
+    def undecided(t):  # only an error still shrinking above its tolerance asks for more rungs
+        _, why, reason, _, _ = evaluate(measured, t, horizon)
+        return why if reason is Reason.LADDER_EXHAUSTED else None
+
+    traj, added = _ladder.extend(ctx, undecided)
+    verdict, message, reason, values, tols = evaluate(measured, traj, horizon)
+    if added:
+        message += f"; {_ladder.describe(added)}"
+    if reason is Reason.LADDER_EXHAUSTED:
+        message += f"; the ladder reached its cap alpha={format_alpha(_ladder.CAP_LOG_INV_ALPHA)}"
     metrics = declare(values, tols)
+    metrics["rungs_added"] = Metric.info(added)
     if tie is not None:
         T = seq.stages[tie.k].T
         why = f": {symmetry.explain(tie.symmetry)}" if tie.symmetry is not None else ""
-        verdict = Verdict.FAIL
+        verdict, reason = Verdict.FAIL, Reason.TIE
         message = (f"Algorithm 1 is undefined after stage {tie.k - 1}: at T_{tie.k} = {T:.4g} {seq.name(tie.i)} and "
                    f"{seq.name(tie.j)} tie exactly (argmin margin {tie.margin:.3g}){why}. The alpha -> 0 limit has "
                    "no unique next stage, so there is no limit path to converge to (Assumption 4.2 fails and "
@@ -260,7 +290,7 @@ def check_theorem_45(ctx) -> CheckResult:
         metrics["undefined_after_stage"] = Metric.info(tie.k - 1)
     evidence = {"figures": figures(measured, traj, values), "table": error_table(values)}
     return CheckResult(ID, CLAIM, verdict, message, metrics, "transition_time_error_at_smallest_alpha",
-                       {"rate_min": RATE_MIN, "window_margin": WINDOW_MARGIN}, evidence)
+                       {"rate_min": RATE_MIN, "window_margin": WINDOW_MARGIN}, evidence, reason=reason)
 
 
 def figures(seq, traj, values: dict) -> list[Figure]:
@@ -288,8 +318,10 @@ def figures(seq, traj, values: dict) -> list[Figure]:
     for key, style in (("transition_time_error", "o-"), ("b_error", "s-"), ("beta_error", "^-")):
         err_series.append(Series(key, x, values[key], style))
         rate = values["rate"].get(key)
-        if rate is not None:
-            jj = int(np.argmax(x))
+        jj = int(np.argmax(x))
+        # no fit line where the rate or C is not a float (errors of 0 on a constant loss fit any rate): the
+        # verdict's message, not an OverflowError from this figure, is what the check reports
+        if rate is not None and math.isfinite(rate) and rate * math.log(x[jj]) < 700:
             C = values[key][jj] * x[jj] ** rate
             err_series.append(Series(f"fit ~ L^-{rate:.2f}", x, [C * l ** -rate for l in x], "k--"))
     errors = Figure("errors-vs-alpha", "Theorem 4.5 errors against log(1/alpha)", "line", "log(1/alpha)", "error",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 
@@ -32,7 +33,15 @@ from ..models.base import DiagonalModel
 # to ~1e-13, far below it, so rounding cannot start a spurious stage.
 GTOL_REL = 1e-8
 # A coordinate leaves the support when |beta_i| <= LEAVE_TOL * max(1, max|beta|) and the flow shrinks it
-# (sign(beta_i) g_i > 0); the balanced flow then only decays it further, exponentially.
+# (sign(beta_i) g_i > 0). How fast it got there depends on the stage (THEORY.md §5.3), and so does what decides
+# the leave. At a stationary point with a positive loss the leaver's gradient tends to a nonzero G_i pointing
+# inward, and the balanced flow beta_i' = -2 |beta_i| g_i decays it exponentially, at rate 2 |G_i|: it reaches
+# LEAVE_TOL within a few chunks of stage B's flow. At a zero-loss minimum (the last stage of a realisable
+# teacher) every gradient vanishes there: g_i ~ S beta_i (S the Schur complement of the Hessian on the support
+# and i), so beta_i ~ 1 / (2 S t) and g_i t -> 1/2, an algebraic decay that would need t ~ 1 / (2 S LEAVE_TOL)
+# to reach LEAVE_TOL. There the leave is decided by newton_polish's active set (Newton sends beta_i through
+# zero; the KKT condition sign_i g_i >= -gtol holds with g = 0), not by this threshold, and the leaver's G_i
+# is 0: assumption-4.2 reports it as ``zero-loss-last-stage`` and measures the 1/t law.
 LEAVE_TOL = 1e-7
 # A coordinate below LEAVING * max(1, max|beta|) that the flow shrinks is a candidate to leave: Newton's
 # active set decides (it leaves if Newton would send it through zero and the KKT sign condition holds).
@@ -73,10 +82,18 @@ class Stage:
                 "left": list(self.left)}
 
 
+class StageStatus(str, Enum):
+    """Why Algorithm 1 stopped."""
+
+    COMPLETE = "complete"  # no coordinate can activate: T_{K+1} = inf
+    MAX_STAGES = "max_stages"  # the stage budget ran out
+    STAGE_B_FAILED = "stage_b_failed"  # a stage B found no stationary point
+
+
 @dataclass(frozen=True)
 class StageSequence:
-    """The stages of Algorithm 1 in time order; ``status`` says why it stopped: ``complete`` (no
-    coordinate can activate: T_{K+1} = inf), ``max_stages`` or ``stage_b_failed``; ``message`` says more.
+    """The stages of Algorithm 1 in time order; ``status`` (a :class:`StageStatus`; text is converted) says
+    why it stopped; ``message`` says more.
     A tie (Assumption 4.2b) or a coordinate that left with its gradient pointing outward (4.2c) shows as
     a Delta of 0 and a ``margin`` of 0; the stages go on so a check can name them."""
 
@@ -85,6 +102,9 @@ class StageSequence:
     message: str
     gtol: float
     names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "status", StageStatus(self.status))
 
     def name(self, i: int | None) -> str:
         if i is None:
@@ -147,7 +167,7 @@ class StageSequence:
             support = " ".join(f"{'+' if s.beta[i] > 0 else '-'}{self.name(i)}" for i in s.support[:8])
             support += f" (+{len(s.support) - 8} more)" if len(s.support) > 8 else ""
             lines.append(f"{s.k:>3} {s.T:>10.5g} {new:>12} {s.loss:>11.4e} {margin:>9} {left:>12}  {support or '-'}")
-        lines.append(f"status: {self.status} ({self.message})")
+        lines.append(f"status: {self.status.value} ({self.message})")
         return "\n".join(lines)
 
 
@@ -185,13 +205,13 @@ def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int |
     stage = Stage(0, 0.0, None, 0, b.cpu(), beta.cpu(), G.cpu(), (), float(model.loss_b(beta)), None, ())
     stages = [stage]
     names = tuple(model.coordinate_names())
-    status, message = "complete", "no coordinate can activate (every Delta is infinite)"
+    status, message = StageStatus.COMPLETE, "no coordinate can activate (every Delta is infinite)"
     while True:
         delta = time_to_activate(b, G, stage.support, gtol)
         if not bool(torch.isfinite(delta).any()):
             break
         if len(stages) > max_stages:
-            status, message = "max_stages", f"stopped after {max_stages} stages"
+            status, message = StageStatus.MAX_STAGES, f"stopped after {max_stages} stages"
             break
         i = int(torch.argmin(delta))
         d = float(delta[i])
@@ -210,7 +230,7 @@ def algorithm1(model: DiagonalModel, eps: float = STAGE_B_EPS, max_stages: int |
         beta, left, ok, why = stage_b(model, start, support, i, gtol, scale, newton, max_flow_time,
                                       None if progress is None else (lambda f, label=label: progress(label, f)))
         if not ok:
-            status, message = "stage_b_failed", f"stage {stage.k + 1} (activating {names[i]}): {why}"
+            status, message = StageStatus.STAGE_B_FAILED, f"stage {stage.k + 1} (activating {names[i]}): {why}"
             break
         for j in left:
             b[j] = 1.0 if start[j] > 0 else -1.0

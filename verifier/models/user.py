@@ -27,16 +27,26 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
 
-from ..errors import InputError
+from ..errors import InputError, UserCodeExit
 from .base import DiagonalModel, Model
 
 F64 = torch.float64
+
+
+def _user_call(fn, *args):
+    """``fn(*args)`` for a user's loss: a ``sys.exit`` in it is an error of the check evaluating it
+    (:class:`UserCodeExit`), never the tool's exit code."""
+    try:
+        return fn(*args)
+    except SystemExit as exc:
+        raise UserCodeExit(f"the user's loss {getattr(fn, '__qualname__', fn)!s} called sys.exit({exc.code!r})") from None
 
 
 class _LossOf(torch.nn.Module):
@@ -49,7 +59,7 @@ class _LossOf(torch.nn.Module):
         self.loss_fn = loss
 
     def forward(self) -> torch.Tensor:
-        return self.loss_fn(self.net)
+        return _user_call(self.loss_fn, self.net)
 
 
 def _source(obj) -> dict:
@@ -102,10 +112,10 @@ class LossModel(_Fixed, DiagonalModel):
         return list(self.names) if self.names else super().coordinate_names()
 
     def loss_beta(self, beta: torch.Tensor) -> torch.Tensor:
-        return self.fn(beta)
+        return _user_call(self.fn, beta)
 
     def loss_params(self, theta: torch.Tensor) -> torch.Tensor:
-        return self.fn(theta[: self.p] * theta[self.p :])
+        return _user_call(self.fn, theta[: self.p] * theta[self.p :])
 
     def source(self) -> dict:
         return {"kind": "from_loss", "p": self.p, "loss": _source(self.fn)}
@@ -283,10 +293,21 @@ class ModuleMatrixModel(_ModuleLoss, Model):
         return alpha * torch.cat(parts).to(self.device)
 
 
+def _torch_device(device, field_name: str) -> torch.device:
+    """``torch.device(device)``, or InputError naming the field (torch raises RuntimeError or TypeError)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(field_name, f"{device!r} is not a device ({exc})", "cpu, cuda, cuda:N") from None
+
+
 def _device_of(module: torch.nn.Module, device) -> torch.device:
     found = {t.device for t in list(module.parameters()) + list(module.buffers())}
+    if any(d.type == "meta" for d in found):  # shapes without values: nothing to evaluate
+        raise InputError("module", "its tensors are on the meta device (shapes without values)",
+                         "a module with real weights: module.to_empty(device='cpu') and load them first")
     if device is not None:
-        want = torch.device(device)
+        want = _torch_device(device, "device")
         if found and found != {want}:
             raise InputError("device", f"the module's tensors are on {sorted(map(str, found))}, not {want}",
                              "the device of the module's parameters")
@@ -324,12 +345,18 @@ def from_loss(loss_beta: Callable[[torch.Tensor], torch.Tensor], p: int, *, name
     module docstring). ``names``: one label per coordinate (default ``beta[i]``)."""
     if not callable(loss_beta):
         raise InputError("loss_beta", f"{type(loss_beta).__name__} is not callable", "a function beta -> scalar")
-    if not (isinstance(p, int) and p >= 1):
+    if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:  # True is an int to Python
         raise InputError("p", f"{p!r} is not a positive integer", "an int >= 1")
+    p = int(p)
+    if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, Iterable)):
+        raise InputError("names", f"{names!r} is not a sequence of labels", f"{p} strings")
     names = tuple(str(n) for n in names) if names is not None else ()
     if names and len(names) != p:
         raise InputError("names", f"{len(names)} names for p = {p} coordinates", f"{p} names")
-    model = LossModel(fn=loss_beta, size=p, names=names, where=torch.device(device))
+    where = _torch_device(device, "device")
+    if where.type == "meta":
+        raise InputError("device", "the meta device holds no values", "cpu, cuda")
+    model = LossModel(fn=loss_beta, size=p, names=names, where=where)
     validate(model, "loss_beta")
     return model
 
@@ -365,3 +392,10 @@ def validate(model: Model, field_name: str) -> None:
                                      "ops on parameters") from None
     if not bool(torch.isfinite(g).all()):
         raise InputError(field_name, "the gradient at the start is not finite", "a finite gradient")
+    if not bool(g.any()):  # exactly zero: a constant loss (then the checks say so), or one cut off autograd
+        a, b = model.loss_params(theta), model.loss_params(0.5 * theta)
+        if bool(a != b):
+            raise InputError(field_name, f"the loss changes with the weights ({float(a):.6g} at theta, {float(b):.6g} "
+                                         "at theta / 2) but its gradient is exactly zero: it is cut off from autograd",
+                             "a loss computed with torch operations on the weights (no .detach(), .item(), "
+                             "torch.no_grad() or numpy)")

@@ -16,7 +16,7 @@ from markupsafe import Markup
 from ..figures import Figure
 from ..results import RunResults
 from .figures import render_figure
-from .format import MEANING, fmt, key_metric, normalized, verdict_counts
+from .format import CORNERS, MEANING, fmt, key_metric, normalized, verdict_counts
 
 MAX_FIGURE_RESULTS = 3  # results of one check id beyond this are listed without their figures
 MAX_EVIDENCE_CHARS = 4000
@@ -64,6 +64,22 @@ def _evidence_text(evidence: dict) -> str:
     return text if len(text) <= MAX_EVIDENCE_CHARS else text[:MAX_EVIDENCE_CHARS] + f"\n... ({len(text)} characters)"
 
 
+def _corner(c, results: RunResults) -> dict | None:
+    """The explanation of a corner-case failure kind (``CORNERS``) and the companion check's verdict on the same
+    run: from this run's results if it ran, else as the check recorded it."""
+    corner = CORNERS.get((c.id, c.reason))
+    if corner is None:
+        return None
+    text, companion_id, metric = corner
+    ran = next((r for r in results.checks if r.id == companion_id), None)
+    if ran is not None:
+        verdict, reason, message = ran.verdict.value, ran.reason, ran.message
+    else:
+        rec = c.metrics[metric].value if metric in c.metrics and isinstance(c.metrics[metric].value, dict) else {}
+        verdict, reason, message = str(rec.get("verdict", "not run")), rec.get("reason"), str(rec.get("message", ""))
+    return {"text": text, "check": companion_id, "verdict": verdict, "reason": reason or "", "message": message}
+
+
 def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dict) -> dict:
     """The view of one check result; provenance and config are shown where they differ from the run's."""
     ev = c.evidence
@@ -76,7 +92,8 @@ def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dic
                 if run_prov.get(kk) != v and kk not in ("timestamp", "test", "test_outcome")}
     own_config = {kk: v for kk, v in c.config.items() if run_config.get(kk) != v}
     return {
-        "anchor": anchor, "id": c.id, "claim": c.claim, "verdict": c.verdict.value, "message": c.message,
+        "anchor": anchor, "id": c.id, "claim": c.claim, "verdict": c.verdict.value, "reason": c.reason or "",
+        "message": c.message,
         "meaning": MEANING[c.verdict], "key": km.text() if km else "-",
         "figures": [{"title": f.title, "caption": f.caption, "notes": f.notes, "svg": Markup(f.svg)} for f in figures],
         "figures_omitted": 0 if draw else len(specs),
@@ -121,7 +138,8 @@ def render_html(results: RunResults) -> str:
     sections = []
     for k, c in enumerate(results.checks):
         drawn[c.id] = drawn.get(c.id, 0) + 1
-        sections.append(_section(k, c, _anchor(c.id, seen), drawn[c.id] <= MAX_FIGURE_RESULTS, prov, config))
+        sections.append({**_section(k, c, _anchor(c.id, seen), drawn[c.id] <= MAX_FIGURE_RESULTS, prov, config),
+                         "corner": _corner(c, results)})
     title_bits = list(dict.fromkeys(str(v) for v in (run.get("model"), config.get("preset")) if v))
     problem, problem_code = _problem(run.get("problem"))
     return _ENV.get_template("report.html").render(

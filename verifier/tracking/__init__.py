@@ -1,6 +1,9 @@
 """Track the rank of learned perturbations of attention products in any training run (THEORY.md §6)."""
 
 from .checks import GRADUAL, LOW_RANK, rank_checks
-from .tracker import Product, RankHistory, RankTracker
+from .history import RankHistory
+from .layouts import AttentionSpec, Weight, register_attention
+from .tracker import Product, RankTracker
 
-__all__ = ["GRADUAL", "LOW_RANK", "Product", "RankHistory", "RankTracker", "rank_checks"]
+__all__ = ["GRADUAL", "LOW_RANK", "AttentionSpec", "Product", "RankHistory", "RankTracker", "Weight", "rank_checks",
+           "register_attention"]

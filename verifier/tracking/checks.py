@@ -24,7 +24,7 @@ from ..results import CheckResult, Metric, Verdict, combine
 from .figures import change_vs_initial, spectrum_over_training, stable_rank_over_training
 from .judge import (LOSS_WINDOW, MATCH_LEVELS, MIN_JUDGED_RANK, MIN_LOSS_DECREASE, RANK_FRACTION_MAX,
                     RANK_RATIO_MAX, SIZE_FLOOR, RankSummary, matched_ranks, summarize)
-from .tracker import RankHistory
+from .history import RankHistory
 
 LOW_RANK = "low-rank-perturbation"
 GRADUAL = "gradual-rank-increase"
@@ -138,11 +138,27 @@ def gradual_rank_increase(summaries: dict[float, RankSummary], runs: Mapping[flo
                        else "max_step_fraction", settings=SETTINGS, evidence={"figures": figures})
 
 
+def _diverged(runs: Mapping[float, RankHistory]) -> str | None:
+    """Why nothing can be judged when a run diverged (non-finite weights or loss), naming the step."""
+    diverged = {s: h.diverged_step for s, h in sorted(runs.items(), reverse=True) if h.diverged_step is not None}
+    if not diverged:
+        return None
+    where = ", ".join(f"init scale {_scale(s)} at step {step}" for s, step in diverged.items())
+    return (f"training diverged ({where}): non-finite weights or loss, so the rank of the learned change is not "
+            "defined; lower the step size or the init scale")
+
+
 def rank_checks(runs: Mapping[float, RankHistory]) -> list[CheckResult]:
     """Both checks on runs keyed by init scale (the factor each run's init was multiplied by; 1.0 is the
-    default init). One run is judged alone; several are also compared at matched training loss."""
+    default init). One run is judged alone; several are also compared at matched training loss. A run that
+    diverged makes both inconclusive (the message names the step)."""
     if not runs:
         raise ValueError("rank_checks needs at least one RankHistory")
+    diverged = _diverged(runs)
+    if diverged is not None:
+        step = {_scale(s): h.diverged_step for s, h in runs.items()}
+        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, diverged, settings=SETTINGS,
+                            metrics={"diverged_step_per_scale": Metric.info(step)}) for i in CLAIMS]
     summaries = _summaries(runs)
     if isinstance(summaries, str):
         return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, summaries, settings=SETTINGS) for i in CLAIMS]

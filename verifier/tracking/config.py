@@ -15,17 +15,20 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass(frozen=True)
 class TrackPreset:
-    """A ViT and its training on scikit-learn's digits (1797 images of 8 x 8 pixels, 10 classes; shipped
-    with scikit-learn, nothing is downloaded)."""
+    """A model and its training: ``model`` "vit", a ViT on scikit-learn's digits (1797 images of 8 x 8 pixels,
+    10 classes; shipped with scikit-learn, nothing is downloaded), or "gpt2", a Hugging Face GPT-2 built from
+    a config and trained with the Trainer and :class:`verifier.tracking.hf.RankTrackerCallback` on a copying
+    task generated in-process (:mod:`.gpt2`). ``architecture``: the ViT's arguments or the GPT2Config's."""
 
     name: str
     description: str
-    vit: dict[str, int]
+    architecture: dict[str, int]
     epochs: int
     batch_size: int
     lr: dict[str, float]  # per optimizer
     init_scales: tuple[float, ...] = (1.0, 0.3, 0.1)
     every: int = 1  # record every N optimizer steps
+    model: str = "vit"
 
 
 TRACK_PRESETS = {
@@ -42,6 +45,10 @@ TRACK_PRESETS = {
                     "init scales down to 0.03 (for a GPU)",
                     dict(patch=2, dim=256, depth=6, heads=8, mlp_dim=512), epochs=100, batch_size=128,
                     lr={"adam": 3e-4, "sgd": 0.05}, init_scales=(1.0, 0.3, 0.1, 0.03), every=5),
+        TrackPreset("gpt2-tiny", "GPT-2 2 layers x 4 heads, width 64 (head dim 16), built from a config; the Hugging "
+                    "Face Trainer with the RankTrackerCallback on a synthetic copying task (needs the hf extra)",
+                    dict(n_embd=64, n_layer=2, n_head=4, vocab_size=16, n_positions=32), epochs=6, batch_size=32,
+                    lr={"adam": 1e-3, "sgd": 0.3}, init_scales=(1.0, 0.3), every=2, model="gpt2"),
     )
 }
 
@@ -112,5 +119,5 @@ class TrackConfig:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(init_scales=list(self.scales), epochs=self.n_epochs, lr=self.step_size, every=self.record_every,
-                 vit=dict(self.spec.vit), batch_size=self.spec.batch_size)
+                 model=self.spec.model, architecture=dict(self.spec.architecture), batch_size=self.spec.batch_size)
         return d

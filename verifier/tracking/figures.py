@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from ..figures import Figure, Series
-from .tracker import RankHistory
+from .history import RankHistory
 
 TOP_VALUES = 8  # singular values drawn in Figure 3
 MAX_POINTS = 300

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .tracker import RankHistory
+from .history import RankHistory
 
 SIZE_FLOOR = 0.1
 RANK_FRACTION_MAX = 0.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import sys
+import tempfile
 import time
 from dataclasses import replace
 
@@ -20,15 +21,12 @@ from .train import TrainedRun, load_digits, train
 def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool = True) -> RunResults:
     device = resolve_device(config.device)
     start = time.perf_counter()
-    data = load_digits(config.seed, device)
-    runs: list[TrainedRun] = [train(config, s, data, device, progress) for s in config.scales]
+    runs, library = _train_runs(config, device, progress)
     checks = rank_checks({r.scale: r.history for r in runs})
     wall = time.perf_counter() - start
-    import sklearn
-
     provenance = {
         "command": " ".join(argv if argv is not None else sys.argv), "seed": config.seed,
-        "versions": {**versions(), "scikit-learn": sklearn.__version__}, "device": str(device),
+        "versions": {**versions(), library.__name__: library.__version__}, "device": str(device),
         "dtype": "float32", "git_sha": git_sha(),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "wall_s": round(wall, 2),
@@ -39,12 +37,33 @@ def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool
         "train_s": round(r.train_s, 3), "record_s": round(r.record_s, 3),
         "record_ms_per_record": round(1e3 * r.record_s / max(1, len(r.history.steps) - 1), 3),
         "record_overhead": round(r.record_s / r.train_s, 4) if r.train_s > 0 else float("nan"),
-        "median_final_stable_rank": float(np.nanmedian(r.history.stable_rank()[-1])),
+        "median_final_stable_rank": _finite_median(r.history.stable_rank()[-1]),
+        "diverged_step": r.history.diverged_step,
     } for r in runs}
     stamped = tuple(_stamp(c, config, provenance) for c in checks)
-    run = {"config": config.as_dict(), "provenance": provenance, "model": f"vit ({config.preset})",
+    run = {"config": config.as_dict(), "provenance": provenance, "model": f"{config.spec.model} ({config.preset})",
            "checks": [c.id for c in checks], "training": training}
     return RunResults(run=run, checks=stamped)
+
+
+def _train_runs(config: TrackConfig, device, progress: bool) -> tuple[list[TrainedRun], object]:
+    """One run per init scale, and the library the data or the trainer came from (for the provenance)."""
+    if config.spec.model == "gpt2":
+        import transformers
+
+        from .gpt2 import train_gpt2
+
+        with tempfile.TemporaryDirectory(prefix="verifier-track-") as workdir:
+            return [train_gpt2(config, s, device, workdir, progress) for s in config.scales], transformers
+    import sklearn
+
+    data = load_digits(config.seed, device)
+    return [train(config, s, data, device, progress) for s in config.scales], sklearn
+
+
+def _finite_median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if finite.size else float("nan")
 
 
 def _stamp(check, config: TrackConfig, provenance: dict):

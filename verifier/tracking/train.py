@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from .. import seeds
 from .config import TrackConfig
-from .tracker import RankHistory, RankTracker
+from .history import RankHistory
+from .tracker import RankTracker
 from .vit import ViT
 
 TEST_FRACTION = 0.2
@@ -62,7 +63,7 @@ def build_vit(config: TrackConfig, scale: float, device: torch.device) -> ViT:
     """The preset's ViT with the seed's initial weights, every layer but the patch embedding times ``scale``."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + seeds.TRACK_INIT)
-        vit = ViT(image_size=8, channels=1, classes=10, **config.spec.vit)
+        vit = ViT(image_size=8, channels=1, classes=10, **config.spec.architecture)
     return vit.scale_init(scale).to(device)
 
 
