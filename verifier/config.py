@@ -104,7 +104,11 @@ class SolverConfig:
     """Error control of the exact gradient flow (reduced coordinates, THEORY.md §3).
 
     The local error of S = -int g is held below atol + rtol * |S| per coordinate (RMS norm); an error in
-    S of e is a relative error of 2e in beta, so atol is the relative accuracy of active weights.
+    S of e is a relative error of 2e in beta, so atol is the relative accuracy of active weights. These are
+    the run's tolerances: the floor of the alpha ladder's error budget (context.py, THEORY.md §3), which
+    solves the smallest alpha here and the others as loosely as theorem-4.5's trends allow. ``method``:
+    "rodas4" (exact Jacobian every step) or "ros34pw2" (a W-method reusing its Jacobian; cheaper where a
+    Hessian costs many gradients, benchmarks/README.md).
     """
 
     rtol: float = 1e-8
