@@ -381,11 +381,12 @@ MODEL_FILES = {
             "        self.u = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))\n"
             "        self.v = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))\n\n\ndef make(seed=None):\n"
             "    with torch.device('meta'):\n        m = P()\n    return verifier.from_module(m, [('u', 'v')], lambda m: (m.u * m.v).sum())\n",
-    "draw1_raises": "import torch, verifier\n\n\ndef make(seed):\n    if make.calls == 1:\n        make.calls += 1\n"
-                    "        raise RuntimeError(f'no data for seed {seed}')\n    make.calls += 1\n"
-                    "    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3)\n\n\nmake.calls = 0\n",
-    "draw1_exits": "import sys, torch, verifier\n\n\ndef make(seed):\n    make.calls += 1\n    if make.calls == 2:\n"
-                   "        sys.exit(0)\n    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3)\n\n\nmake.calls = 0\n",
+    "draw1_raises": "import torch, verifier\nfrom verifier.survey import draw_seed\n\n\ndef make(seed):\n"
+                    "    if seed == draw_seed(0, 1):\n        raise RuntimeError(f'no data for seed {seed}')\n"
+                    "    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3)\n",
+    "draw1_exits": "import sys, torch, verifier\nfrom verifier.survey import draw_seed\n\n\ndef make(seed):\n"
+                   "    if seed == draw_seed(0, 1):\n        sys.exit(0)\n"
+                   "    return verifier.from_loss(lambda b: (b - 1).pow(2).sum(), 3)\n",
 }
 TRACKER = """
 import sys, torch

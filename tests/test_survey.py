@@ -15,6 +15,7 @@ from verifier.context import Context
 from verifier.errors import InputError
 from verifier.models import DiagLinear
 from verifier.presets import PRESETS
+from verifier.results import Verdict
 from verifier.survey import SurveyConfig, draw_seed, read_survey, run_survey
 from verifier.survey.engine import check_ids_for
 from verifier.survey.results import Draw, Outcome, SurveyResults
@@ -88,15 +89,15 @@ def test_headroom_and_closest_passes_order():
 
 
 def test_thresholds_scaled_per_draw_give_a_histogram_of_value_over_threshold():
-    from verifier.survey.report import histogram_figure, survey_table
+    from verifier.survey.report import render_histogram, survey_table
 
     draws = tuple(Draw(i, i, f"cmd {i}", {"t": Outcome(v, "m", "err", x, t, "lower")})
                   for i, (v, x, t) in enumerate([("pass", 0.001, 0.01), ("pass", 0.004, 0.02), ("fail", 0.05, 0.02)]))
     s = SurveyResults(survey={}, claims={"t": "claim"}, draws=draws).summary("t")
     assert s.threshold is None and s.thresholds == (0.01, 0.02) and s.histogram_of == "err / threshold"
     assert sum(s.histogram.counts["fail"]) == 1 and s.histogram.edges[0] <= 0.1 and s.histogram.edges[-1] >= 2.5
-    fig = histogram_figure(s)
-    assert [m.at for m in fig.vlines] == [1.0] and fig.xlabel == "err / threshold"
+    svg = render_histogram(s, "t").svg
+    assert "pass needs &lt;= its threshold" in svg and "err / threshold" in svg
     assert "(<= per draw, 0.01 to 0.02)" in survey_table(SurveyResults(survey={}, claims={"t": "c"}, draws=draws))
 
 
@@ -288,3 +289,39 @@ def test_survey_of_a_model_file_draws_from_its_seed_and_each_draw_reruns_alone(t
         err = capsys.readouterr().err
         assert err.startswith("verifier: error: --model-file: ") and says in err, err
         assert not (tmp_path / "refused").exists()
+
+
+def test_report_histograms_are_filled_bars_on_whole_number_counts_and_seeds_do_not_wrap():
+    """Four draws: the count axis has whole-number ticks only (no 0.25 draws), the bars are filled in the
+    verdict's colour, a failure's reason is listed, and a long seed stays on one line."""
+    import re
+
+    from verifier.survey.report import COLOURS, render_histogram, render_survey_html
+
+    draws = tuple(Draw(i, 4294967295 - i, f"cmd {i}", {"c": Outcome(v, "m", "margin", x, 0.01, "higher", reason=r)})
+                  for i, (v, x, r) in enumerate([("pass", 0.2, None), ("pass", 0.3, None), ("pass", 0.25, None),
+                                                 ("fail", 0.001, "tie")]))
+    res = SurveyResults(survey={"executor": {"kind": "local-processes", "workers": 2}}, claims={"c": "claim"},
+                        draws=draws)
+    svg = render_histogram(res.summary("c"), "h").svg
+    counts = re.findall(r'text-anchor: end"[^>]*>([^<]*)</text>', svg)  # the count axis's tick labels
+    assert counts and all(t.isdigit() for t in counts), counts
+    assert f"fill: {COLOURS[Verdict.PASS]}" in svg and f"fill: {COLOURS[Verdict.FAIL]}" in svg
+    html = render_survey_html(res)
+    assert '<td class="num" style="white-space: nowrap">4294967292</td>' in html
+    assert "<code>tie</code> 1/4 = 25%" in html and "local-processes, 2 worker(s)" in html
+    assert res.summary("c").reasons[Verdict.FAIL]["tie"].k == 1
+
+
+def test_a_version_1_survey_file_still_reads_with_unspecified_reasons(tmp_path):
+    draws = [{"index": 0, "seed": 5, "command": "verifier run --preset diag-linear --seed 5", "duration_s": 1.0,
+              "checks": {"c": {"verdict": "fail", "message": "m", "metric": "x", "value": 0.001, "threshold": 0.01,
+                               "better": "higher", "duration_s": 1.0}}}]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"schema": "verifier-survey", "schema_version": 1, "survey": {}, "claims": {"c": "claim"},
+                                "summary": [], "draws": draws}))
+    res = read_survey(path)
+    o = res.draws[0].outcomes["c"]
+    assert o.verdict is Verdict.FAIL and o.reason is None and res.draws[0].worker is None
+    assert {r: x.k for r, x in res.summary("c").reasons[Verdict.FAIL].items()} == {"unspecified": 1}
+    assert json.loads(res.to_json())["schema_version"] == 2

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--seed", type=int, default=0, help="survey seed S; draw i uses a seed derived from S and i")
     sv.add_argument("--batch", type=int, help="draws per batched flow solve (default: 1 on a CPU, 16 on a GPU)")
     sv.add_argument("--out", help="output folder (default reports/surveys/<timestamp>, linked from reports/surveys/latest)")
+    sv.add_argument("--workers", default="1", help="local worker processes: N (default 1: in this process) or auto "
+                                                   "(one per core; one per GPU with --device cuda and several GPUs)")
+    sv.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT) whose workers run the "
+                                        "draws (needs pip install 'verifier[distributed]')")
+    sv.add_argument("--resume", action="store_true", help="finish the survey whose journal is in --out DIR "
+                                                          "(DIR/draws.jsonl): only the missing draws run")
     sv.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     track = sub.add_parser("track", help="train a small ViT (or GPT-2) at several init scales, track the rank of its "
@@ -216,29 +222,31 @@ def _require_memory(config, model, ids) -> None:
 
 def _survey(args, argv) -> int:
     """Exit codes as ``run``, over every draw: 0 all passed, 1 some check failed on some draw, 3 none failed
-    but some was inconclusive; 130 when interrupted (Ctrl-C or SIGTERM: the draws that finished are written)."""
-    from .outputs import OutputSet
-    from .survey import SurveyConfig, run_survey
-    from .survey.report import render_survey_html, survey_table
+    but some was inconclusive; 130 when interrupted (Ctrl-C or SIGTERM: the draws that finished are written,
+    and DIR/draws.jsonl keeps them for --resume)."""
+    from .survey import SurveyConfig
+    from .survey.session import SurveyOutput, survey_session
 
     checks = None if args.checks is None else tuple(c.strip() for c in args.checks.split(",") if c.strip())
     config = SurveyConfig(preset=args.preset, n=args.n, checks=checks, device=args.device, seed=args.seed,
                           batch=args.batch, model_file=args.model_file)
-    output = OutputSet.for_out(args.out, root=SURVEY_ROOT)
-    output.open()
-    try:
-        results = run_survey(config, progress=not args.no_progress, argv=["verifier", *argv])
-        if not results.draws:
-            print("verifier: interrupted before any draw finished; nothing written", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        paths = output.commit_texts({"results.json": results.to_json(), "report.html": render_survey_html(results)})
-    finally:
-        output.discard()
+    output = SurveyOutput.for_survey(args.out, root=SURVEY_ROOT)
+    results, paths, interrupted = survey_session(config, output, workers=args.workers, scheduler=args.scheduler,
+                                                 resume=args.resume, progress=not args.no_progress,
+                                                 argv=["verifier", *argv])
+    if results is None:
+        print("verifier: interrupted before any draw finished; nothing written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    from .results import Verdict
+    from .survey.report import survey_table
+
     _say(survey_table(results), f"wrote {paths[0]} and {paths[1]}")
-    if results.survey.get("interrupted"):
+    if interrupted:
+        print(f"verifier: interrupted; the same command with --out {paths[0].parent} --resume runs the "
+              f"{results.survey['config']['n'] - len(results.draws)} draw(s) left", file=sys.stderr)
         return EXIT_INTERRUPTED
     verdicts = {o.verdict for d in results.draws for o in d.outcomes.values()}
-    return EXIT_FAIL if "fail" in verdicts else EXIT_INCONCLUSIVE if "inconclusive" in verdicts else EXIT_OK
+    return EXIT_FAIL if Verdict.FAIL in verdicts else EXIT_INCONCLUSIVE if Verdict.INCONCLUSIVE in verdicts else EXIT_OK
 
 
 def _track(args, argv) -> int:

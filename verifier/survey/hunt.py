@@ -35,6 +35,7 @@ from ..checks import assumption42, assumption43, run_check
 from ..config import RunConfig
 from ..context import Context
 from ..models import DiagAttention
+from ..results import Verdict
 from .engine import metric_outcome, outcome
 from .results import Outcome
 
@@ -98,13 +99,13 @@ def measure(check: str, ctx: Context) -> Outcome:
         margins = [r["margin"] for r in assumption42.stage_margins(ctx.stages) if r["margin"] is not None]
         value, threshold = float(min(margins, default=math.inf)), assumption42.MARGIN_TOL
         ok = value >= threshold
-        return Outcome("pass" if ok else "fail", f"smallest argmin margin of Algorithm 1's stages {value:.3g}"
+        return Outcome(Verdict.PASS if ok else Verdict.FAIL, f"smallest argmin margin of Algorithm 1's stages {value:.3g}"
                        + (f" >= {threshold:g}" if ok else f" < {threshold:g} (a near tie)"), "min_stage_margin",
                        value, threshold, "higher")
     if check == "assumption-4.3":
         metrics: dict = {}
         verdict, message = assumption43._stages(ctx, ctx.model.coordinate_names(), metrics)[:2]
-        return metric_outcome("fail" if verdict.value == "fail" else "pass", message, "min_rel_eig",
+        return metric_outcome(Verdict.FAIL if verdict is Verdict.FAIL else Verdict.PASS, message, "min_rel_eig",
                               metrics.get("min_rel_eig"))
     return outcome(run_check(check, ctx))
 
@@ -175,7 +176,7 @@ def hunt(check: str, strategy: st.SearchStrategy[Problem], settings: Settings | 
     def search(problem: Problem) -> None:
         o = measure_fn(check, problem.context(work, device))
         target(score(o), label=f"{check} {o.metric}")
-        if o.verdict == "fail":
+        if o.verdict is Verdict.FAIL:
             raise _Violation(problem, o)
 
     try:
