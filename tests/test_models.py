@@ -2,6 +2,7 @@
 beta form against the (u, v) network, the logistic loss, and the hand-derived DiagAttention gradient and
 Hessian columns against torch.func."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,9 +10,9 @@ import pytest
 import torch
 
 from verifier import data as D
-from verifier.models import DiagAttention, DiagLinear, DiagonalModel
+from verifier.models import DiagAttention, DiagLinear, DiagonalModel, DiagTransformer
 from verifier.models import attention as attention_module
-from verifier.presets import build_model
+from verifier.presets import build_model, frozen_feedforward, head_projections
 
 F64 = torch.float64
 
@@ -202,3 +203,50 @@ def test_diag_linear_square_loss_gradient_closed_form():
     model = DiagLinear(X, y)
     beta = torch.tensor([0.3, -1.0, 2.0, 0.0], dtype=F64)
     assert torch.allclose(model.grad_b(beta), X.T @ (X @ beta - y) / 15, rtol=1e-13, atol=1e-15)
+
+
+def _transformers():
+    """The batched DiagTransformer against the per-beta reference: both presets, the logistic loss, ReLU, and
+    three heads in one layer."""
+    gen = D.generator(3)
+    X = D.gaussian_tokens(7, 5, 4, gen)
+    A, B = frozen_feedforward(1, 4, 6, gen)
+    P = head_projections(1, 3, 4, gen)
+    three = DiagTransformer(X, D.gaussian_tokens(7, 5, 4, gen), ff_in=A, ff_out=B, head_proj=P, heads=3,
+                            temperature=0.7)
+    return {"diag-transformer": build_model("diag-transformer"),
+            "symmetric": build_model("diag-transformer-symmetric"),
+            "logistic": dataclasses.replace(three, loss="logistic", Y=torch.where(three.Y >= 0, 1.0, -1.0).to(F64)),
+            "relu": dataclasses.replace(build_model("diag-transformer"), activation="relu"),
+            "three-heads": three}
+
+
+TRANSFORMERS = _transformers()
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.5, 1.5])
+@pytest.mark.parametrize("name", sorted(TRANSFORMERS))
+def test_batched_transformer_matches_the_per_beta_reference(name, scale):
+    """loss_b, grad_b and hessian_columns of DiagTransformer equal torch.func on ``predict_beta`` (one beta at a
+    time, head by head: DiagonalModel's generic derivatives) to rounding, 1e-12 relative."""
+    model = TRANSFORMERS[name]
+    beta = scale * torch.randn(2, 3, model.p, generator=torch.Generator().manual_seed(7), dtype=F64)
+    cols = torch.tensor([model.p - 1, 0, 5, 5])
+
+    def close(fast, ref):
+        assert fast.shape == ref.shape
+        assert float((fast - ref).abs().max()) <= 1e-12 * float(ref.abs().max())
+
+    close(model.loss_b(beta), DiagonalModel.loss_b(model, beta))
+    close(model.grad_b(beta), DiagonalModel.grad_b(model, beta))
+    close(model.hessian_columns(beta, cols), DiagonalModel.hessian_columns(model, beta, cols))
+    close(model.grad_b(beta[0, 0]), DiagonalModel.grad_b(model, beta[0, 0]))  # one beta, no batch axis
+
+
+def test_batched_transformer_chunks_do_not_change_the_result(monkeypatch):
+    model = TRANSFORMERS["diag-transformer"]
+    beta = torch.randn(5, model.p, generator=torch.Generator().manual_seed(8), dtype=F64)
+    whole = model.loss_b(beta), model.grad_b(beta)
+    monkeypatch.setattr(type(model), "_chunks", lambda self, batch, copies: [slice(i, i + 1) for i in range(batch)])
+    for fast, ref in zip((model.loss_b(beta), model.grad_b(beta)), whole):
+        assert float((fast - ref).abs().max()) <= 1e-13 * float(ref.abs().max())  # GEMMs of another size round differently
