@@ -15,7 +15,8 @@ Derivatives: ``predict_beta`` (one beta, head by head) is the reference; ``loss_
 :meth:`DiagTransformer._predict_batch`, the same network written for a leading batch of betas with the heads
 of a layer fused (one projection GEMM into every head, one GEMM back that also sums the heads) and the first
 layer's views of the data and their pair products cached, differentiated by torch.func without a vmap over
-the betas (benchmarks/README.md, issue 20).
+the betas. Hessian columns stay DiagonalModel's (reverse-over-reverse on ``predict_beta``): through the
+batched forward they measured no faster (0.8-1.0x; benchmarks/README.md, issue 20).
 """
 
 from __future__ import annotations
