@@ -250,3 +250,11 @@ def test_batched_transformer_chunks_do_not_change_the_result(monkeypatch):
     monkeypatch.setattr(type(model), "_chunks", lambda self, batch, copies: [slice(i, i + 1) for i in range(batch)])
     for fast, ref in zip((model.loss_b(beta), model.grad_b(beta)), whole):
         assert float((fast - ref).abs().max()) <= 1e-13 * float(ref.abs().max())  # GEMMs of another size round differently
+
+
+def test_batched_transformer_gradient_inside_a_transform():
+    """grad_b under vmap (torch.func's path) equals grad_b outside (autograd's path)."""
+    model = TRANSFORMERS["three-heads"]
+    beta = torch.randn(3, model.p, generator=torch.Generator().manual_seed(9), dtype=F64)
+    inside = torch.func.vmap(model.grad_b)(beta)
+    assert float((inside - model.grad_b(beta)).abs().max()) <= 1e-13 * float(inside.abs().max())

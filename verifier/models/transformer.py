@@ -14,7 +14,7 @@ exchanging them, their coordinates tie exactly, and Example 4.6 ("at most one he
 Derivatives: ``predict_beta`` (one beta, head by head) is the reference; ``loss_b`` and ``grad_b`` run
 :meth:`DiagTransformer._predict_batch`, the same network written for a leading batch of betas with the heads
 of a layer fused (one projection GEMM into every head, one GEMM back that also sums the heads) and the first
-layer's views of the data and their pair products cached, differentiated by torch.func without a vmap over
+layer's views of the data and their pair products cached, differentiated by autograd without a vmap over
 the betas. Hessian columns stay DiagonalModel's (reverse-over-reverse on ``predict_beta``): through the
 batched forward they measured no faster (0.8-1.0x; benchmarks/README.md, issue 20).
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad, vjp, vmap
+from torch.func import grad
 
 from .attention import _keep_freed_blocks, attention, diag_attention
 from .base import DiagonalModel
@@ -143,8 +143,13 @@ class DiagTransformer(DiagonalModel):
         return torch.nn.functional.softplus(-self.Y * pred).flatten(1).mean(1)
 
     def _grad_batch(self, beta: torch.Tensor) -> torch.Tensor:
-        """g at every row of beta [B, p]: the gradient of the sum of the B losses (row b depends on beta_b only)."""
-        return grad(lambda b: self._loss_batch(b).sum())(beta)
+        """g at every row of beta [B, p]: the gradient of the sum of the B losses (row b depends on beta_b only).
+        Plain autograd (1.1-1.35x faster than torch.func's wrappers here), torch.func inside a transform."""
+        if torch._C._are_functorch_transforms_active():
+            return grad(lambda b: self._loss_batch(b).sum())(beta)
+        with torch.enable_grad():
+            b = beta.detach().requires_grad_()
+            return torch.autograd.grad(self._loss_batch(b).sum(), b)[0]
 
     def loss_b(self, beta: torch.Tensor) -> torch.Tensor:
         flat = beta.reshape(-1, self.p)
