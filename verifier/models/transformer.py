@@ -153,13 +153,15 @@ class DiagTransformer(DiagonalModel):
 
     def loss_b(self, beta: torch.Tensor) -> torch.Tensor:
         flat = beta.reshape(-1, self.p)
-        _keep_freed_blocks()
+        if flat.device.type == "cpu":
+            _keep_freed_blocks()
         return torch.cat([self._loss_batch(flat[s]) for s in self._chunks(len(flat), 1)]).reshape(beta.shape[:-1])
 
     def grad_b(self, beta: torch.Tensor) -> torch.Tensor:
         """g(beta) batched over leading dimensions."""
         flat = beta.reshape(-1, self.p)
-        _keep_freed_blocks()
+        if flat.device.type == "cpu":
+            _keep_freed_blocks()
         return torch.cat([self._grad_batch(flat[s]) for s in self._chunks(len(flat), 1)]).reshape(beta.shape)
 
     def _chunks(self, batch: int, copies: int) -> list[slice]:
