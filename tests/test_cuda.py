@@ -183,3 +183,35 @@ def test_stacked_survey_ladders_on_cuda_match_the_cpu():
         assert ta.status == tb.status and all(tb.ok)
         assert (ta.beta - tb.beta).abs().max() <= 1e-5 * (1 + ta.beta.abs().max())
         assert torch.equal(ta.crossing_sign, tb.crossing_sign)
+
+
+@pytest.mark.parametrize("preset", ["diag-linear", "toy-attention"])
+def test_w_method_and_per_sample_tolerances_match_the_cpu(preset):
+    """Issue 20's paths on the GPU: ROS34PW2 with Jacobian reuse and per-sample tolerances (the ladder's error
+    budget), and the Hessian columns by reverse-over-reverse of a generic model."""
+    from verifier.config import SolverConfig
+
+    cpu, gpu = _pair(preset)
+    theta0 = torch.randn(2, cpu.n_params, generator=torch.Generator().manual_seed(3), dtype=F64)
+    L = [math.log(1e4), math.log(1e8)]
+    tol = (torch.tensor([1e-8, 1e-8], dtype=F64), torch.tensor([1e-4, 1e-7], dtype=F64))
+    solver = SolverConfig(method="ros34pw2")
+    a = solve_flow(cpu, theta0, L, 1.0, solver, n_out=11, tolerances=tol)
+    b = solve_flow(gpu, theta0.cuda(), L, 1.0, solver, n_out=11, tolerances=tuple(t.cuda() for t in tol))
+    assert a.status == b.status
+    assert _close(b.b, a.b, rtol=0, atol=1e-3)
+    assert b.atol.tolist() == a.atol.tolist()
+
+
+def test_generic_hessian_columns_match_the_cpu():
+    """A user's loss (from_loss, the generic torch.func path): reverse-over-reverse Hessian columns on the GPU."""
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def make(data):
+        return lambda beta: ((data * beta[:3]).sum(1).tanh() * beta[3:]).pow(2).mean()
+
+    cpu = verifier.from_loss(make(x), 6)
+    gpu = verifier.from_loss(make(x.cuda()), 6, device="cuda")
+    beta = torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    cols = torch.tensor([0, 4])
+    assert _close(gpu.hessian_columns(beta.cuda(), cols.cuda()), cpu.hessian_columns(beta, cols), rtol=1e-10, atol=1e-12)

@@ -71,6 +71,7 @@ def test_random_full_rank_change_fails_both_checks():
     results = _by_id(_train(_random_full_rank).results())
     low, gradual = results[LOW_RANK], results[GRADUAL]
     assert low.verdict == Verdict.FAIL and gradual.verdict == Verdict.FAIL
+    assert (low.reason, gradual.reason) == ("change-not-low-rank", "rank-jump")
     assert low.values["median_rank_ratio"] > 1.0  # more spread than the initial product
     assert gradual.values["median_step_ratio"] > 1.0  # all of it at the first judged record
 
@@ -91,7 +92,7 @@ def test_isotropic_change_fails_the_fraction_of_dimension():
             update(m, gen, t)
             tracker.record(t)
     low = _by_id(tracker.results())[LOW_RANK]
-    assert low.verdict == Verdict.FAIL
+    assert low.verdict == Verdict.FAIL and low.reason == "change-not-low-rank"
     assert low.values["max_rank_fraction"] > 0.2
 
 
@@ -103,7 +104,7 @@ def test_smaller_init_with_lower_rank_at_matched_loss_passes_and_reverse_fails()
     assert ok.verdict == Verdict.PASS, ok.message
     assert ok.values["max_rank_ratio_smaller_init"] == pytest.approx(1 / rank_two, rel=1e-4)
     bad = _by_id(rank_checks({1.0: one, 0.1: two}))[GRADUAL]
-    assert bad.verdict == Verdict.FAIL
+    assert bad.verdict == Verdict.FAIL and bad.reason == "smaller-init-not-lower"
     assert bad.values["max_rank_ratio_smaller_init"] == pytest.approx(rank_two, rel=1e-4)
 
 
@@ -111,7 +112,7 @@ def test_no_common_loss_decrease_is_inconclusive_not_pass():
     flat = _train(_rank_one(), loss=lambda t: 1.0).history()
     falling = _train(_rank_one()).history()
     result = _by_id(rank_checks({1.0: falling, 0.1: flat}))[GRADUAL]
-    assert result.verdict == Verdict.INCONCLUSIVE
+    assert result.verdict == Verdict.INCONCLUSIVE and result.reason == "no-common-loss"
     assert "reaches no common training loss level" in result.message
     assert result.values["matched_loss"] == {"0.1 vs 1": "no common loss decrease"}
 
@@ -126,7 +127,7 @@ def test_tiny_products_are_not_judged():
     with torch.no_grad():
         m.A.add_(1.0)
     tracker.record(1)
-    assert {r.verdict for r in tracker.results()} == {Verdict.INCONCLUSIVE}
+    assert {(r.verdict, r.reason) for r in tracker.results()} == {(Verdict.INCONCLUSIVE, "nothing-to-test")}
 
 
 def test_verifier_track_tiny_vit(tmp_path):
@@ -230,7 +231,7 @@ def test_a_diverged_run_is_inconclusive_naming_the_step(how):
     tracker = _train(update, steps=20, loss=loss)
     assert tracker.history().diverged_step == 7
     results = tracker.results()
-    assert [r.verdict for r in results] == [Verdict.INCONCLUSIVE] * 2
+    assert [(r.verdict, r.reason) for r in results] == [(Verdict.INCONCLUSIVE, "diverged")] * 2
     assert all("diverged (init scale 1 at step 7)" in r.message for r in results)
     finite = _train(lambda m, gen, t: update(m, gen, t) if t < 7 else None, steps=20)
     assert finite.history().diverged_step is None
@@ -245,7 +246,7 @@ def test_verifier_track_that_diverges_is_a_result(tmp_path, argv):
     code = main(["track", "--preset", "vit-digits-tiny", "--epochs", "1", *argv, "--out", str(out), "--no-progress"])
     data = json.loads((out / "results.json").read_text())
     assert code == 3 and (out / "report.html").exists()
-    assert {c["verdict"] for c in data["checks"]} == {"inconclusive"}
+    assert {(c["verdict"], c["reason"]) for c in data["checks"]} == {("inconclusive", "diverged")}
     steps = [run["diverged_step"] for run in data["run"]["training"].values()]
     assert all(isinstance(s, int) for s in steps)
     assert all(f"at step {steps[0]}" in c["message"] for c in data["checks"])

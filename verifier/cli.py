@@ -386,10 +386,38 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
+def thread_policy(environ, cores: int, load: float) -> dict[str, str]:
+    """The OpenMP settings the ``verifier`` command sets before torch is imported (docs/ARCHITECTURE.md,
+    "Threads"), for the variables the user did not set. torch's OpenMP team spins while it waits for work
+    (OMP_WAIT_POLICY=ACTIVE, its default): fastest on an idle machine, a collapse on a busy one, where spinning
+    threads take the cores the others need. So: when the 1-minute load average leaves at least two cores
+    idle, a team of that many threads (at most ``cores``) with the default (active) waiting; otherwise one
+    thread, PASSIVE (nothing left to spin). Returns the variables to set."""
+    idle = int(cores - load + 0.5)  # the nearest whole number of idle cores
+    if idle >= 2:
+        want = {"OMP_NUM_THREADS": str(min(cores, idle))}
+    else:
+        want = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return {k: v for k, v in want.items() if k not in environ}
+
+
+def _set_thread_policy() -> None:
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform: assume busy (one thread cannot collapse)
+        load = float("inf")
+    os.environ.update(thread_policy(os.environ, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                    else (os.cpu_count() or 1), load))
+
+
 def console() -> None:
     """The ``verifier`` command: :func:`main`, then exit with its code. An interrupt that lands after main's
     own handling (its output set is then complete or discarded) exits 130, and one during the interpreter's
-    shutdown is ignored: neither may print a traceback over a finished run."""
+    shutdown is ignored: neither may print a traceback over a finished run. The thread policy
+    (:func:`thread_policy`) is set first, before anything imports torch."""
+    if "torch" not in sys.modules:
+        _set_thread_policy()
+
     def settled():  # from here on nothing is left to interrupt
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -17,6 +17,7 @@ from .choices import DEVICES, LOSSES, check_choice, resolve_device  # noqa: F401
 from .errors import InputError
 
 OPTIMIZERS = ("flow", "gd", "sgd", "adam")
+SOLVER_METHODS = ("rodas4", "ros34pw2")
 # Theorem 4.5's default ladder, as log(1/alpha): alpha = 1e-4, 1e-8, ..., 1e-256.
 DEFAULT_LOG_INV_ALPHAS = tuple(math.log(10.0) * e for e in (4, 8, 16, 32, 64, 128, 256))
 # Seeds are int64. Every generator seed is seed + a fixed offset in [0, 2**63) (verifier/seeds.py: the data
@@ -103,17 +104,23 @@ class SolverConfig:
     """Error control of the exact gradient flow (reduced coordinates, THEORY.md §3).
 
     The local error of S = -int g is held below atol + rtol * |S| per coordinate (RMS norm); an error in
-    S of e is a relative error of 2e in beta, so atol is the relative accuracy of active weights.
+    S of e is a relative error of 2e in beta, so atol is the relative accuracy of active weights. These are
+    the run's tolerances: the floor of the alpha ladder's error budget (context.py, THEORY.md §3), which
+    solves the smallest alpha here and the others as loosely as theorem-4.5's trends allow. ``method``:
+    "rodas4" (exact Jacobian every step) or "ros34pw2" (a W-method reusing its Jacobian; cheaper where a
+    Hessian costs many gradients, benchmarks/README.md).
     """
 
     rtol: float = 1e-8
     atol: float = 1e-7
     max_steps: int = 5000
+    method: str = "rodas4"  # or "ros34pw2", a W-method that reuses its Jacobian (dynamics/rosenbrock.py)
 
     RULES = {"rtol": ("--rtol", UNIT), "atol": ("--atol", UNIT), "max_steps": ("SolverConfig.max_steps", COUNT)}
 
     def __post_init__(self):
         validate_fields(self, self.RULES)
+        check_choice("SolverConfig.method", self.method, SOLVER_METHODS)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -19,6 +21,17 @@ from . import seeds
 from .config import DEFAULT_LOG_INV_ALPHAS, RunConfig
 from .errors import InputError
 from .presets import build_model
+
+
+# The error budget of the alpha ladder (THEORY.md §3, "Error budget"). The sample at the smallest alpha, whose
+# errors the verdicts compare with their tolerances, is solved at the run's SolverConfig (the floor). The others
+# feed only theorem-4.5's trends and rates; the tightest tolerance they meet is beta within 1e-2 (relative), so
+# a tenth of it, 1e-3, is a relative error 2e in beta from an error e <= 5e-4 in S, i.e. a local tolerance of
+# 5e-4 / GLOBAL_ERROR_FACTOR (4) ~ 1e-4, absolute in S (rtol as the default's). A check that finds a quantity
+# within 1 / RESOLUTION of a sample's Trajectory.solver_error() calls Context.refine_ladder, which re-solves
+# that sample at the floor (never a guess: the verdict then reads the tighter solve).
+LADDER_BUDGET = (1e-8, 1e-4)  # (rtol, atol)
+RESOLUTION = 0.1
 
 
 Progress = Callable[[str, "float | None"], None]
@@ -74,7 +87,10 @@ class Context:
             "dtype": "float64",
             "git_sha": git_sha(),
             "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "tolerances": {"rtol": config.solver.rtol, "atol": config.solver.atol},
+            "tolerances": {"rtol": config.solver.rtol, "atol": config.solver.atol, "method": config.solver.method,
+                           "ladder_budget": {"rtol": LADDER_BUDGET[0], "atol": LADDER_BUDGET[1],
+                                             "resolution": RESOLUTION}},
+            "threads": {"torch": torch.get_num_threads(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "")},
         }
 
     @functools.cached_property
@@ -111,14 +127,56 @@ class Context:
 
         return algorithm1(self.model, progress=self.progress)
 
-    @functools.cached_property
-    def ladder(self):
-        """Exact gradient flow for every alpha of the ladder, one batched call, to the rescaled horizon."""
+    def ladder_tolerances(self, floor: "list[int] | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rtol, atol) [B] of the ladder: the run's SolverConfig for the smallest alpha and the samples in
+        ``floor``, LADDER_BUDGET (or the run's, if looser) for the others."""
+        Ls = list(self.log_inv_alphas)
+        solver = self.config.solver
+        rtol = torch.full((len(Ls),), max(solver.rtol, LADDER_BUDGET[0]), dtype=torch.float64)
+        atol = torch.full((len(Ls),), max(solver.atol, LADDER_BUDGET[1]), dtype=torch.float64)
+        for j in [max(range(len(Ls)), key=lambda j: Ls[j])] + list(floor or []):
+            rtol[j], atol[j] = solver.rtol, solver.atol
+        return rtol, atol
+
+    def _solve_ladder(self, samples: list[int], floor: list[int]):
         from .dynamics.flow import solve_flow
 
-        theta0 = self.theta0(1).expand(len(self.log_inv_alphas), -1)
-        return solve_flow(self.model, theta0, self.log_inv_alphas, self.horizon, self.config.solver,
-                          progress=lambda f: self.progress("alpha ladder", f))
+        rtol, atol = self.ladder_tolerances(floor)
+        theta0 = self.theta0(1).expand(len(samples), -1)
+        return solve_flow(self.model, theta0, [self.log_inv_alphas[j] for j in samples], self.horizon,
+                          self.config.solver, progress=lambda f: self.progress("alpha ladder", f),
+                          tolerances=(rtol[samples], atol[samples]))
+
+    @functools.cached_property
+    def ladder(self):
+        """Exact gradient flow for every alpha of the ladder, one batched call, to the rescaled horizon, at the
+        error budget's tolerances (:meth:`ladder_tolerances`); :meth:`refine_ladder` tightens samples."""
+        return self._solve_ladder(list(range(len(self.log_inv_alphas))), [])
+
+    def refine_ladder(self, samples) -> bool:
+        """Re-solve the ladder's ``samples`` whose tolerances are looser than the run's SolverConfig at the
+        run's tolerances, in one batched call, and splice them into ``self.ladder``. The hook of the error
+        budget: a check calls it when a quantity it reads is within 1 / RESOLUTION of a sample's
+        ``Trajectory.solver_error()``. Returns whether anything was re-solved (False: all at the floor)."""
+        traj = self.ladder
+        solver = self.config.solver
+        loose = [j for j in samples if traj.rtol is None or float(traj.rtol[j]) > solver.rtol
+                 or float(traj.atol[j]) > solver.atol]
+        if not loose:
+            return False
+        new = self._solve_ladder(loose, loose)
+        rows = torch.tensor(loose)
+        fields = {}
+        for name in ("beta", "b", "loss", "nfev", "njev", "crossing_tau", "crossing_sign", "rtol", "atol"):
+            merged = getattr(traj, name).clone()
+            spent = merged[rows] if name in ("nfev", "njev") else 0  # the work counts add up
+            merged[rows] = getattr(new, name).to(merged.dtype) + spent
+            fields[name] = merged
+        status = list(traj.status)
+        for k, j in enumerate(loose):
+            status[j] = new.status[k]
+        self.ladder = dataclasses.replace(traj, status=tuple(status), **fields)
+        return True
 
     @functools.cached_property
     def horizon(self) -> float:

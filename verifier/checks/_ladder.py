@@ -51,7 +51,9 @@ def concat(a: Trajectory, b: Trajectory) -> Trajectory:
     return replace(a, log_inv_alpha=cat(a.log_inv_alpha, b.log_inv_alpha), beta=cat(a.beta, b.beta),
                    b=cat(a.b, b.b), loss=cat(a.loss, b.loss), nfev=cat(a.nfev, b.nfev), njev=cat(a.njev, b.njev),
                    status=a.status + b.status, crossing_tau=cat(a.crossing_tau, b.crossing_tau),
-                   crossing_sign=cat(a.crossing_sign, b.crossing_sign))
+                   crossing_sign=cat(a.crossing_sign, b.crossing_sign),
+                   **({"rtol": cat(a.rtol, b.rtol), "atol": cat(a.atol, b.atol)}
+                      if a.rtol is not None and b.rtol is not None else {"rtol": None, "atol": None}))
 
 
 def extend(ctx, undecided: Callable[[Trajectory], str | None]) -> tuple[Trajectory, list[dict]]:

@@ -134,6 +134,21 @@ def measure(seq, traj, horizon: float) -> dict:
     return out
 
 
+def unresolved(seq, traj, values: dict) -> list[int]:
+    """The ladder's samples with a measured error below 1 / RESOLUTION times what the solver may have put
+    there (THEORY.md §3, error budget): Trajectory.solver_error() e in S is at most 2 e max(1, |beta^k|) in
+    beta, e / L in b, and e / (L |G|) in a transition time (|G| the slowest activation's rate)."""
+    from ..context import RESOLUTION
+
+    e, L = traj.solver_error().tolist(), traj.log_inv_alpha.tolist()
+    scale = max(1.0, max(float(s.beta.abs().max()) for s in seq.stages))
+    rates = [abs(float(seq.stages[k - 1].grad[s.coordinate])) for k, s in enumerate(seq.stages) if k >= 1]
+    rate = max(min(rates, default=1.0), 1e-12)
+    bounds = {"beta_error": lambda j: 2 * e[j] * scale, "b_error": lambda j: e[j] / L[j],
+              "transition_time_error": lambda j: e[j] / (L[j] * rate)}
+    return [j for j in range(len(L)) if any(bound(j) > RESOLUTION * values[key][j] for key, bound in bounds.items())]
+
+
 def fit_rate(L: list[float], err: list[float]) -> float | None:
     """Least-squares slope r of log err = log C - r log L over the finite positive errors (None if < 2)."""
     pts = [(math.log(l), math.log(e)) for l, e in zip(L, err) if e > 0 and math.isfinite(e)]
@@ -248,6 +263,9 @@ def check_theorem_45(ctx) -> CheckResult:
         T0, T1 = seq.stages[tie.k - 1].T, seq.stages[tie.k].T
         horizon = min(horizon, T1 - WINDOW_MARGIN * (T1 - T0))
     measured = seq if tie is None else replace(seq, stages=seq.stages[: tie.k])
+    values = evaluate(measured, traj, horizon)[3]
+    if ctx.refine_ladder(unresolved(measured, traj, values)):  # the error budget (THEORY.md §3)
+        traj = ctx.ladder
 
     def undecided(t):  # only an error still shrinking above its tolerance asks for more rungs
         _, why, reason, _, _ = evaluate(measured, t, horizon)

@@ -41,7 +41,7 @@ class ReducedFlow:
     log_c0: torch.Tensor
     sign_a: torch.Tensor
     sign_c: torch.Tensor
-    atol: float
+    atol: float | torch.Tensor  # one number, or one per sample [B]: it sets which Jacobian columns count
 
     @classmethod
     def from_uv(cls, model: DiagonalModel, u: torch.Tensor, v: torch.Tensor, log_inv_alphas, atol: float) -> "ReducedFlow":
@@ -81,7 +81,8 @@ class ReducedFlow:
         the samples), so a small alpha never pays for a large alpha's columns."""
         beta, dbeta = self.beta(S, idx)
         L = self.L[idx]
-        keep = dbeta * (L * L)[:, None] > NEGLIGIBLE_COLUMN * self.atol
+        atol = torch.as_tensor(self.atol, dtype=S.dtype, device=S.device).expand(len(self.L))[idx, None]
+        keep = dbeta * (L * L)[:, None] > NEGLIGIBLE_COLUMN * atol
         sets, group = torch.unique(keep, dim=0, return_inverse=True)
         k, p = S.shape
         J = torch.zeros(k, p, p, dtype=S.dtype, device=S.device)
@@ -168,22 +169,27 @@ def _crossings(sol: rosenbrock.Solution, L: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def solve_flow(model: DiagonalModel, theta0: torch.Tensor, log_inv_alphas, horizon: float,
-               solver: SolverConfig = SolverConfig(), n_out: int = 241, progress=None) -> Trajectory:
+               solver: SolverConfig = SolverConfig(), n_out: int = 241, progress=None,
+               tolerances: tuple[torch.Tensor, torch.Tensor] | None = None) -> Trajectory:
     """Gradient flow from alpha_b * theta0_b for every sample b to rescaled time ``horizon``, in one
-    batched Rodas4 solve. Returns a :class:`Trajectory` sampled at ``n_out`` rescaled times."""
-    return integrate(ReducedFlow.from_init(model, theta0, log_inv_alphas, solver.atol), horizon, solver, n_out,
-                     progress)
+    batched Rosenbrock solve (``solver.method``). Returns a :class:`Trajectory` sampled at ``n_out``
+    rescaled times. ``tolerances``: (rtol, atol) [B] per sample, replacing the solver's (an error budget)."""
+    atol = solver.atol if tolerances is None else tolerances[1]
+    return integrate(ReducedFlow.from_init(model, theta0, log_inv_alphas, atol), horizon, solver, n_out,
+                     progress, tolerances)
 
 
 def integrate(flow: ReducedFlow, horizon: float, solver: SolverConfig = SolverConfig(), n_out: int = 241,
-              progress=None) -> Trajectory:
+              progress=None, tolerances: tuple[torch.Tensor, torch.Tensor] | None = None) -> Trajectory:
     """Integrate a :class:`ReducedFlow` (any batch of starting states) to rescaled time ``horizon``;
     ``Trajectory.b`` is then S / L, the log-scale change since the start. ``progress(fraction)`` is
-    called now and then with the fraction of the horizon the slowest sample has covered."""
+    called now and then with the fraction of the horizon the slowest sample has covered; ``tolerances``
+    as in :func:`solve_flow`."""
     S0 = torch.zeros(flow.log_a0.shape, dtype=torch.float64, device=flow.model.device)
-    sol = rosenbrock.solve(flow.rhs, flow.jac, S0, horizon, rtol=solver.rtol, atol=solver.atol,
+    rtol, atol = (solver.rtol, solver.atol) if tolerances is None else tolerances
+    sol = rosenbrock.solve(flow.rhs, flow.jac, S0, horizon, rtol=rtol, atol=atol,
                            max_steps=solver.max_steps, progress=progress,
-                           max_step=flow.max_step)
+                           max_step=flow.max_step, method=rosenbrock.METHODS[solver.method])
     return trajectory(flow, sol, horizon, n_out)
 
 
@@ -204,6 +210,7 @@ def trajectory(flow: ReducedFlow, sol: rosenbrock.Solution, horizon: float, n_ou
         method="flow", log_inv_alpha=flow.L.cpu(), tau=tau.cpu(), beta=beta.cpu(),
         b=(S_grid / flow.L[:, None, None]).cpu(), loss=loss.cpu(), nfev=sol.nfev.cpu(), njev=sol.njev.cpu(),
         status=sol.status, crossing_tau=crossing_tau.cpu(), crossing_sign=crossing_sign.cpu(),
+        rtol=None if sol.rtol is None else sol.rtol.cpu(), atol=None if sol.atol is None else sol.atol.cpu(),
     )
 
 

@@ -8,6 +8,11 @@ from enum import Enum
 import torch
 
 
+# The error of S that a solve at (rtol, atol) leaves is at most this times its local tolerance at the largest
+# |S|: measured 0.4-1.0x on diag-linear and the toy (benchmarks/README.md, "error budget"); 4 for safety.
+GLOBAL_ERROR_FACTOR = 4.0
+
+
 class Status(str, Enum):
     """Per-sample outcome of a run, with an actionable message."""
 
@@ -34,7 +39,8 @@ class Trajectory:
     beta [B, T, p]; b [B, T, p] are the log-scale weights b = S / log(1/alpha) with
     S = log|a(t) / a(0)|, a = u + v (THEORY.md §3); loss [B, T]. ``crossing_tau`` [B, p] is the first rescaled
     time at which |b_i| reaches 1 (NaN if never), ``crossing_sign`` its sign. ``nfev``/``njev`` count
-    gradient and Jacobian (Hessian) evaluations per sample.
+    gradient and Jacobian (Hessian) evaluations per sample. ``rtol``, ``atol`` [B]: the tolerances of each
+    sample's exact-flow solve (None for discrete training); :meth:`solver_error` turns them into a bound.
     """
 
     method: str
@@ -48,6 +54,17 @@ class Trajectory:
     status: tuple[Status, ...]
     crossing_tau: torch.Tensor
     crossing_sign: torch.Tensor
+    rtol: torch.Tensor | None = None
+    atol: torch.Tensor | None = None
+
+    def solver_error(self) -> torch.Tensor:
+        """A bound [B] on the integrator's error in S = b log(1/alpha) over the run (THEORY.md §3, error
+        budget): GLOBAL_ERROR_FACTOR x (atol + rtol max|S|), the local tolerance of the largest state.
+        Zero where no tolerance is recorded."""
+        if self.rtol is None or self.atol is None:
+            return torch.zeros(self.b.shape[0], dtype=torch.float64)
+        s_max = torch.nan_to_num(self.b.abs(), nan=0.0).flatten(1).amax(1) * self.log_inv_alpha
+        return GLOBAL_ERROR_FACTOR * (self.atol + self.rtol * s_max)
 
     @property
     def ok(self) -> torch.Tensor:

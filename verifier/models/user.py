@@ -16,7 +16,7 @@ u = beta and v = 1, which equals Lb(beta) exactly when the loss depends on (u, v
 
 What ``loss`` (and the module's forward) may do: any differentiable float64 torch computation of the module's
 output on data the function holds. What it may not do, because derivatives are taken with ``torch.func``
-(``grad``, ``jvp``) and batched with ``vmap``: in-place operations on the parameters, ``.item()``,
+(``grad``, ``vjp``) and batched with ``vmap``: in-place operations on the parameters, ``.item()``,
 ``.numpy()`` or Python ``if``/``while`` on tensor values (data-dependent control flow), or drawing random
 numbers (the loss must be a deterministic function of the parameters). These are detected when the model is
 built (a loss that cannot be batched raises ``InputError``). The module and its data stay on their device:

@@ -74,11 +74,13 @@ class StackedFlow:
 
 
 def solve_stacked(flows: list[ReducedFlow], horizons: list[float], solver: SolverConfig = SolverConfig(),
-                  n_out: int = 241) -> list[Trajectory]:
-    """:func:`verifier.dynamics.flow.integrate` of every flow to its own horizon, in one batched solve."""
+                  n_out: int = 241, tolerances: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Trajectory]:
+    """:func:`verifier.dynamics.flow.integrate` of every flow to its own horizon, in one batched solve;
+    ``tolerances``: (rtol, atol) per row of the stack (the flows' samples in order), else the solver's."""
     stack = StackedFlow.of(flows, horizons)
     S0 = torch.zeros(len(stack.owner), flows[0].log_a0.shape[1], dtype=torch.float64, device=stack.scale.device)
-    sol = rosenbrock.solve(stack.rhs, stack.jac, S0, 1.0, rtol=solver.rtol, atol=solver.atol,
+    rtol, atol = (solver.rtol, solver.atol) if tolerances is None else tolerances
+    sol = rosenbrock.solve(stack.rhs, stack.jac, S0, 1.0, rtol=rtol, atol=atol,
                            max_steps=solver.max_steps, max_step=stack.max_step)
     out = []
     for m, (flow, H) in enumerate(zip(flows, horizons)):
@@ -86,7 +88,7 @@ def solve_stacked(flows: list[ReducedFlow], horizons: list[float], solver: Solve
         # back to rescaled time tau = H t': times times H, slopes dS/dtau = (dS/dt') / H
         draw = replace(sol, t=sol.t[rows] * H, y=sol.y[rows], f=sol.f[rows] / H, count=sol.count[rows],
                        nfev=sol.nfev[rows], njev=sol.njev[rows], nsteps=sol.nsteps[rows],
-                       status=tuple(sol.status[r] for r in rows.tolist()))
+                       status=tuple(sol.status[r] for r in rows.tolist()), rtol=sol.rtol[rows], atol=sol.atol[rows])
         out.append(trajectory(flow, draw, H, n_out))
     return out
 
@@ -107,7 +109,10 @@ def prefill_ladders(contexts: list, ids: list[str]) -> None:
             continue
     if len(eligible) < 2:
         return
+    budgets = [c.ladder_tolerances() for c in eligible]  # each context's error budget (context.py)
     flows = [ReducedFlow.from_init(c.model, c.theta0(1).expand(len(c.log_inv_alphas), -1), c.log_inv_alphas,
-                                   c.config.solver.atol) for c in eligible]
-    for c, traj in zip(eligible, solve_stacked(flows, [c.horizon for c in eligible], eligible[0].config.solver)):
+                                   atol.to(c.model.device)) for c, (_, atol) in zip(eligible, budgets)]
+    tolerances = tuple(torch.cat([b[k] for b in budgets]) for k in (0, 1))
+    for c, traj in zip(eligible, solve_stacked(flows, [c.horizon for c in eligible], eligible[0].config.solver,
+                                               tolerances=tolerances)):
         c.ladder = traj

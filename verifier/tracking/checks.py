@@ -16,11 +16,12 @@ not in the check registry (``verifier run``): they judge training runs, not a ``
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Callable, Mapping
 
 import numpy as np
 
-from ..results import CheckResult, Metric, Verdict, combine
+from ..results import CheckResult, CommonReason, Metric, Verdict, decide
 from .figures import change_vs_initial, spectrum_over_training, stable_rank_over_training
 from .judge import (LOSS_WINDOW, MATCH_LEVELS, MIN_JUDGED_RANK, MIN_LOSS_DECREASE, RANK_FRACTION_MAX,
                     RANK_RATIO_MAX, SIZE_FLOOR, RankSummary, matched_ranks, summarize)
@@ -33,6 +34,20 @@ CLAIMS = {
               "initial weights",
     GRADUAL: "Section 5, Figures 3-4: the change's rank grows in steps, and more slowly from a smaller init",
 }
+
+
+class Reason(str, Enum):
+    """The tracking checks' failure kinds (docs/THEORY.md §6)."""
+
+    CHANGE_NOT_LOW_RANK = "change-not-low-rank"  # fail: the final change's stable rank exceeds a bound
+    RANK_JUMP = "rank-jump"  # fail: one record raised the change's stable rank by more than a bound
+    SMALLER_INIT_NOT_LOWER = "smaller-init-not-lower"  # fail: at matched loss the smaller init has the higher rank
+    NO_COMMON_LOSS = "no-common-loss"  # inconclusive: two runs reach no common training-loss level
+    NOT_MEASURABLE = "not-measurable"  # inconclusive: a bound's value is not finite
+    DIVERGED = "diverged"  # inconclusive: a run's weights or loss became non-finite
+    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # inconclusive: every change too small to judge
+
+
 SMALLER_INIT_MAX = 1.0  # mean stable rank at matched loss, smaller scale over the next larger: an ordering
 SETTINGS = {"size_floor": SIZE_FLOOR, "min_judged_rank": MIN_JUDGED_RANK, "loss_window": LOSS_WINDOW,
             "match_levels": list(MATCH_LEVELS), "min_loss_decrease": MIN_LOSS_DECREASE,
@@ -48,12 +63,12 @@ def _nan_stat(f, x: np.ndarray) -> float:
     return float(f(x)) if len(x) else float("nan")
 
 
-def _at_most(name: str, value: float, bound: float) -> tuple[Verdict, str]:
+def _at_most(name: str, value: float, bound: float, reason: Reason) -> tuple[Verdict, str, str | None]:
     if not np.isfinite(value):
-        return Verdict.INCONCLUSIVE, f"{name} could not be measured"
+        return Verdict.INCONCLUSIVE, f"{name} could not be measured", Reason.NOT_MEASURABLE.value
     if value > bound:
-        return Verdict.FAIL, f"{name} = {value:.3g} > {bound:g}"
-    return Verdict.PASS, ""
+        return Verdict.FAIL, f"{name} = {value:.3g} > {bound:g}", reason.value
+    return Verdict.PASS, "", None
 
 
 def _summaries(runs: Mapping[float, RankHistory]) -> dict[float, RankSummary] | str:
@@ -66,7 +81,7 @@ def _summaries(runs: Mapping[float, RankHistory]) -> dict[float, RankSummary] | 
 
 
 def _bounded(summaries: dict[float, RankSummary], of: Callable[[RankSummary], np.ndarray], ratio_name: str,
-             fraction_name: str) -> tuple[dict[str, Metric], list[tuple[Verdict, str]]]:
+             fraction_name: str, reason: Reason) -> tuple[dict[str, Metric], list[tuple]]:
     """The two bounds on a per-matrix stable rank ``of(summary)``, worst over runs: its median over matrices
     relative to the initial product's (<= RANK_RATIO_MAX) and its max over matrices relative to r
     (<= RANK_FRACTION_MAX)."""
@@ -76,27 +91,28 @@ def _bounded(summaries: dict[float, RankSummary], of: Callable[[RankSummary], np
     metrics = {ratio_name: Metric.at_most(worst_ratio, RANK_RATIO_MAX),
                fraction_name: Metric.at_most(worst_fraction, RANK_FRACTION_MAX),
                f"{ratio_name}_per_scale": Metric.info(ratio), f"{fraction_name}_per_scale": Metric.info(fraction)}
-    return metrics, [_at_most(ratio_name, worst_ratio, RANK_RATIO_MAX),
-                     _at_most(fraction_name, worst_fraction, RANK_FRACTION_MAX)]
+    return metrics, [_at_most(ratio_name, worst_ratio, RANK_RATIO_MAX, reason),
+                     _at_most(fraction_name, worst_fraction, RANK_FRACTION_MAX, reason)]
 
 
 def low_rank_perturbation(summaries: dict[float, RankSummary], runs: Mapping[float, RankHistory]) -> CheckResult:
     """Judge the final change of every run. See the module docstring."""
-    metrics, parts = _bounded(summaries, lambda m: m.final, "median_rank_ratio", "max_rank_fraction")
+    metrics, parts = _bounded(summaries, lambda m: m.final, "median_rank_ratio", "max_rank_fraction",
+                               Reason.CHANGE_NOT_LOW_RANK)
     final = {_scale(s): _nan_stat(np.median, m.final) for s, m in summaries.items()}
     initial = _nan_stat(np.median, np.concatenate([m.initial for m in summaries.values()]))
     metrics.update(median_final_stable_rank_per_scale=Metric.info(final),
                    median_initial_stable_rank=Metric.info(initial))
-    verdict, message = combine([*parts, (Verdict.PASS, "median stable rank of the final change " + ", ".join(
+    verdict, message, reason = decide([*parts, (Verdict.PASS, "median stable rank of the final change " + ", ".join(
         f"scale {s}: {v:.2f}" for s, v in final.items()) + f" (initial products: {initial:.2f})")])
     return CheckResult(
-        LOW_RANK, CLAIMS[LOW_RANK], verdict, message, metrics=metrics, key_metric="median_rank_ratio",
+        LOW_RANK, CLAIMS[LOW_RANK], verdict, message, reason=reason, metrics=metrics, key_metric="median_rank_ratio",
         settings=SETTINGS,
         evidence={"figures": [change_vs_initial(runs[s], _scale(s)) for s in summaries]},
     )
 
 
-def _across_scales(runs: Mapping[float, RankHistory], scales: list[float], metrics: dict) -> tuple[Verdict, str]:
+def _across_scales(runs: Mapping[float, RankHistory], scales: list[float], metrics: dict) -> tuple:
     """Part (ii): each pair of consecutive scales (largest first) compared at the losses both runs reach."""
     if len(scales) < 2:
         return Verdict.PASS, "one init scale: the comparison across scales needs runs at two or more"
@@ -116,24 +132,25 @@ def _across_scales(runs: Mapping[float, RankHistory], scales: list[float], metri
     metrics["max_rank_ratio_smaller_init"] = Metric.at_most(worst, SMALLER_INIT_MAX)
     metrics["matched_loss"] = Metric.info(table)
     if not np.isfinite(worst):
-        return Verdict.INCONCLUSIVE, ("a pair of runs reaches no common training loss level (losses not recorded, "
-                                      f"or a run reduced its loss by less than {MIN_LOSS_DECREASE:.0%})")
-    return _at_most("max_rank_ratio_smaller_init", worst, SMALLER_INIT_MAX)
+        return (Verdict.INCONCLUSIVE, "a pair of runs reaches no common training loss level (losses not recorded, "
+                f"or a run reduced its loss by less than {MIN_LOSS_DECREASE:.0%})", Reason.NO_COMMON_LOSS.value)
+    return _at_most("max_rank_ratio_smaller_init", worst, SMALLER_INIT_MAX, Reason.SMALLER_INIT_NOT_LOWER)
 
 
 def gradual_rank_increase(summaries: dict[float, RankSummary], runs: Mapping[float, RankHistory]) -> CheckResult:
     """Judge how each run's change acquired its rank, and compare runs at matched loss."""
-    metrics, parts = _bounded(summaries, lambda m: m.largest_step, "median_step_ratio", "max_step_fraction")
+    metrics, parts = _bounded(summaries, lambda m: m.largest_step, "median_step_ratio", "max_step_fraction",
+                               Reason.RANK_JUMP)
     largest = {_scale(s): _nan_stat(np.max, m.largest_step) for s, m in summaries.items()}
     metrics["largest_step_per_scale"] = Metric.info(largest)
-    verdict, message = combine([
+    verdict, message, reason = decide([
         *parts, _across_scales(runs, list(summaries), metrics),
         (Verdict.PASS, "largest stable-rank step of a change " + ", ".join(
             f"scale {s}: {v:.2f}" for s, v in largest.items())),
     ])
     figures = [f for s in summaries for f in (*spectrum_over_training(runs[s], _scale(s)),
                                               stable_rank_over_training(runs[s], _scale(s)))]
-    return CheckResult(GRADUAL, CLAIMS[GRADUAL], verdict, message, metrics=metrics,
+    return CheckResult(GRADUAL, CLAIMS[GRADUAL], verdict, message, reason=reason, metrics=metrics,
                        key_metric="max_rank_ratio_smaller_init" if "max_rank_ratio_smaller_init" in metrics
                        else "max_step_fraction", settings=SETTINGS, evidence={"figures": figures})
 
@@ -157,9 +174,10 @@ def rank_checks(runs: Mapping[float, RankHistory]) -> list[CheckResult]:
     diverged = _diverged(runs)
     if diverged is not None:
         step = {_scale(s): h.diverged_step for s, h in runs.items()}
-        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, diverged, settings=SETTINGS,
+        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, diverged, reason=Reason.DIVERGED.value, settings=SETTINGS,
                             metrics={"diverged_step_per_scale": Metric.info(step)}) for i in CLAIMS]
     summaries = _summaries(runs)
     if isinstance(summaries, str):
-        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, summaries, settings=SETTINGS) for i in CLAIMS]
+        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, summaries, reason=Reason.NOTHING_TO_TEST.value,
+                            settings=SETTINGS) for i in CLAIMS]
     return [low_rank_perturbation(summaries, runs), gradual_rank_increase(summaries, runs)]
