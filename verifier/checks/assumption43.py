@@ -402,13 +402,6 @@ def figures(m: Measurement) -> list[Figure]:
     return out
 
 
-def _stages(ctx, names, metrics) -> tuple[Verdict, str, Reason | None]:
-    """Part 1 alone, its metrics added to ``metrics`` (survey/hunt.py's fast target)."""
-    m = measure_stages(ctx, names)
-    metrics.update(declare_stages(m))
-    return judge_stages(m)
-
-
 @register(ID, CLAIM, reasons=Reason, order=30)
 def check(ctx) -> CheckResult:
     m = measure(ctx)
