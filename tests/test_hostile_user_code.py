@@ -163,3 +163,12 @@ def test_a_system_exit_past_the_guards_is_a_bug_never_a_verdict(monkeypatch, cap
     monkeypatch.setattr(cli, "_checks", escaped)
     assert main(["checks"]) == 4
     assert "internal error: SystemExit" in capsys.readouterr().err
+
+
+def test_a_model_file_run_records_the_loss_it_used_not_the_default(tmp_path):
+    """results.json never records a loss that was not used: a model file brings its own."""
+    import json
+
+    code, out = _run(tmp_path, f"{_file(tmp_path, GOOD)}:make")
+    config = json.loads((out / "results.json").read_text())["run"]["config"]
+    assert code == 0 and config["loss"] == "defined by the model file"

@@ -258,6 +258,8 @@ class RunConfig:
     def as_dict(self) -> dict:
         d = asdict(self)
         d["alphas"] = None if self.log_inv_alphas is None else [format_alpha(L) for L in self.log_inv_alphas]
+        if self.model_file is not None:  # the file's loss is the one used; --loss is refused with --model-file
+            d["loss"] = "defined by the model file"
         return d
 
 

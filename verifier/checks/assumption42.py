@@ -30,6 +30,7 @@ is below SEPARATION_FRACTION of the predicted one, and is inconclusive (``ladder
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -213,9 +214,29 @@ def describe_pair(r: dict, name) -> str:
             f"{r['predicted_gap']:.3g}; transition-time errors {r['error_sum']:.3g} together)")
 
 
-def simulate(ctx, predicted, name) -> tuple[object, list[tuple[Verdict, str, Reason]], dict]:
-    """The simulation part: the ladder, extended while a pair of activations is not yet resolved; returns
-    the trajectory, the judged parts, and the measurements (order issues per alpha, errors, pairs, rungs)."""
+@dataclass(frozen=True)
+class Simulation:
+    """The ladder (extended while a pair of activations is not yet resolved) and what it measured: the
+    solver's message where the smallest-alpha run did not finish (else None), the order issue per alpha
+    (:func:`order_issue`), the transition-time errors (:func:`activation_errors`) and the consecutive pairs
+    at the smallest alpha (:func:`resolution`), and the rungs the ladder added."""
+
+    traj: object
+    log_inv_alphas: list[float]
+    failed: str | None
+    order_issues: dict[str, str | None]
+    activation_errors: list[dict]
+    pairs: list[dict]
+    rungs_added: list
+
+    @property
+    def smallest(self) -> int:
+        return max(range(len(self.log_inv_alphas)), key=lambda j: self.log_inv_alphas[j])
+
+
+def simulate(ctx, predicted, name) -> Simulation:
+    """Along ctx.ladder, extended (_ladder.py) while the smallest alpha's run has the predicted order and an
+    unresolved pair."""
     horizon = ctx.horizon
 
     def smallest(t):
@@ -232,21 +253,69 @@ def simulate(ctx, predicted, name) -> tuple[object, list[tuple[Verdict, str, Rea
 
     traj, added = _ladder.extend(ctx, undecided)
     j = smallest(traj)
-    at = f"simulation at alpha={format_alpha(float(traj.log_inv_alpha[j]))}"
     errors = activation_errors(traj, predicted, horizon)
-    pairs = resolution(traj, j, predicted, horizon, errors)
     order = {format_alpha(float(L)): order_issue(traj, b, predicted, horizon, name)
              for b, L in enumerate(traj.log_inv_alpha)}
-    found = {"order_issues": order, "activation_errors": errors, "pairs": pairs, "rungs_added": added}
-    if not traj.ok[j]:
-        return traj, [(Verdict.INCONCLUSIVE, f"the flow at alpha={format_alpha(float(traj.log_inv_alpha[j]))} did "
-                       f"not finish: {traj.status[j].message}", Reason.SOLVER_FAILED)], found
-    if order[format_alpha(float(traj.log_inv_alpha[j]))] is not None:
-        return traj, [(Verdict.FAIL, f"{at}: {order[format_alpha(float(traj.log_inv_alpha[j]))]}",
-                       Reason.ACTIVATION_ORDER)], found
+    return Simulation(traj, [float(L) for L in traj.log_inv_alpha], None if traj.ok[j] else traj.status[j].message,
+                      order, errors, resolution(traj, j, predicted, horizon, errors), added)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What (a), (b), (c) and the simulation measured: Algorithm 1's stages ``seq``, the init margin and its
+    coordinate, the stage margins and exact ties by stage (limit/symmetry.py), each leaver (:func:`leave_signs`)
+    with its failure kind (:func:`leave_reason`) and, at a zero-loss last stage, its decay law
+    (:func:`zero_loss_decay`) and theorem-4.5's verdict on the same run; the simulation (None when u0 = +-v0
+    exactly: the reduced flow needs u0 != +-v0, THEORY.md §3)."""
+
+    seq: object
+    init_margin: float
+    init_coordinate: int
+    margins: list[dict]
+    ties: dict
+    leaves: list[dict]
+    leave_kinds: tuple
+    decays: tuple
+    predicted: list[tuple[float, int, int]]
+    simulation: Simulation | None
+    theorem45: dict | None
+    run_log_inv_alphas: tuple[float, ...]
+
+    @property
+    def log_inv_alphas(self) -> list[float]:
+        return self.simulation.log_inv_alphas if self.simulation is not None else [float(L) for L in self.run_log_inv_alphas]
+
+    @property
+    def min_margin(self) -> float | None:
+        finite = [r["margin"] for r in self.margins if r["margin"] is not None and math.isfinite(r["margin"])]
+        return min(finite) if finite else (math.inf if self.margins else None)
+
+
+def measure(ctx) -> Measurement:
+    model, seq = ctx.model, ctx.stages
+    m0, i0 = init_margin(ctx.theta0(1)[0], model.p)
+    ties = {t.k: t for t in symmetry.ties(model, seq, MARGIN_TOL, ctx.config.seed + seeds.SYMMETRY)}
+    leaves = leave_signs(seq)
+    kinds = tuple(leave_reason(seq, r) for r in leaves)
+    decays = tuple(zero_loss_decay(model, seq, r) for r, k in zip(leaves, kinds) if k is Reason.ZERO_LOSS_LAST_STAGE)
+    predicted = seq.first_activations()
+    sim = simulate(ctx, predicted, seq.name) if m0 > 0 else None
+    return Measurement(seq, m0, i0, stage_margins(seq), ties, leaves, kinds, decays, predicted, sim,
+                       theorem45_verdict(ctx) if decays else None, tuple(ctx.log_inv_alphas))
+
+
+def judge_simulation(sim: Simulation, name) -> list[tuple[Verdict, str, Reason]]:
+    """The simulation's failing or undecided parts: the smallest-alpha run did not finish (inconclusive), its
+    activation order differs (fail), a pair unresolved at the cap merges (fail) or not (inconclusive)."""
+    alpha = format_alpha(sim.log_inv_alphas[sim.smallest])
+    if sim.failed is not None:
+        return [(Verdict.INCONCLUSIVE, f"the flow at alpha={alpha} did not finish: {sim.failed}", Reason.SOLVER_FAILED)]
+    at = f"simulation at alpha={alpha}"
+    if sim.order_issues[alpha] is not None:
+        return [(Verdict.FAIL, f"{at}: {sim.order_issues[alpha]}", Reason.ACTIVATION_ORDER)]
     parts = []
-    extended = f" ({_ladder.describe(added)})" if added else ""
-    for r in pairs:
+    extended = f" ({_ladder.describe(sim.rungs_added)})" if sim.rungs_added else ""
+    for r in sim.pairs:
         if r["resolved"]:
             continue
         if r["simulated_gap"] < SEPARATION_FRACTION * r["predicted_gap"]:
@@ -256,38 +325,33 @@ def simulate(ctx, predicted, name) -> tuple[object, list[tuple[Verdict, str, Rea
             parts.append((Verdict.INCONCLUSIVE, f"{at}: {describe_pair(r, name)}: not resolved, the errors are above "
                           f"{RESOLUTION_FRACTION:g} of the predicted gap at the ladder's cap{extended}",
                           Reason.LADDER_EXHAUSTED))
-    return traj, parts, found
+    return parts
 
 
-@register(ID, CLAIM, reasons=Reason, order=20)
-def check_assumption_42(ctx) -> CheckResult:
-    model, seq = ctx.model, ctx.stages
+def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
+    """Every failing or undecided part of (a), (b), (c) and the simulation, in that order; the first gives the
+    reason (results.decide)."""
+    seq = m.seq
     name = seq.name
-    parts: list[tuple[Verdict, str, Reason]] = []  # the failing or undecided parts
-
-    m0, i0 = init_margin(ctx.theta0(1)[0], model.p)
-    if not m0 > INIT_MARGIN_TOL:
-        parts.append((Verdict.FAIL, f"(a) |u0 +- v0| = {m0:.3g} at {name(i0)} (threshold {INIT_MARGIN_TOL:g})", Reason.INIT_ON_DIAGONAL))
-    margins = stage_margins(seq)
-    exact = {t.k: t for t in symmetry.ties(model, seq, MARGIN_TOL, ctx.config.seed + seeds.SYMMETRY)}
-    for r in margins:
+    parts: list[tuple[Verdict, str, Reason]] = []
+    if not m.init_margin > INIT_MARGIN_TOL:
+        parts.append((Verdict.FAIL, f"(a) |u0 +- v0| = {m.init_margin:.3g} at {name(m.init_coordinate)} (threshold "
+                      f"{INIT_MARGIN_TOL:g})", Reason.INIT_ON_DIAGONAL))
+    for r in m.margins:
         if r["margin"] is None or not r["margin"] >= MARGIN_TOL:
             other = "no other candidate" if r["runner_up"] is None else (
                 f"{name(r['runner_up'])} (Delta {r['delta_runner_up']:.6g})")
-            tie = exact.get(r["k"])
+            tie = m.ties.get(r["k"])
             why = f": {symmetry.explain(tie.symmetry)}" if tie is not None and tie.symmetry is not None else ""
             parts.append((Verdict.FAIL, f"(b) stage {r['k']}: tie between {name(r['coordinate'])} (Delta "
                           f"{r['delta']:.6g}) and {other}, margin {r['margin']:.3g} < {MARGIN_TOL:g}{why}", Reason.TIE))
-    leaves = leave_signs(seq)
-    decays = []
-    for r in leaves:
-        kind = leave_reason(seq, r)
+    decays = iter(m.decays)
+    for r, kind in zip(m.leaves, m.leave_kinds):
         if kind is None:
             continue
         head = f"(c) stage {r['k']}: {name(r['coordinate'])} left with b = {r['b']:+.0f} but G = {r['G']:.3g}"
         if kind is Reason.ZERO_LOSS_LAST_STAGE:
-            d = zero_loss_decay(model, seq, r)
-            decays.append(d)
+            d = next(decays)
             parts.append((Verdict.FAIL, (
                 f"{head} cannot point inward: it leaves at the zero-loss last stage (loss "
                 f"{seq.stages[r['k']].loss:.2g} <= {ZERO_LOSS_REL:g} x Lb(0)), where every gradient vanishes. "
@@ -301,67 +365,67 @@ def check_assumption_42(ctx) -> CheckResult:
     if seq.status is not StageStatus.COMPLETE:
         parts.append((Verdict.INCONCLUSIVE, f"Algorithm 1 stopped early ({seq.status.value}: {seq.message})",
                       Reason.ALGORITHM1_STOPPED))
-    if not margins:
+    if not m.margins:
         parts.append((Verdict.INCONCLUSIVE, "Algorithm 1 has no stage: g(0) vanishes off every support, so "
                       "nothing ever activates (a zero teacher?) and there is no stage to be non-degenerate",
                       Reason.NOTHING_TO_TEST))
-
-    predicted = seq.first_activations()
-    traj, sim = None, {}
-    if m0 > 0:  # the reduced flow needs u0 != +-v0 (THEORY.md §3); without it there is nothing to simulate
-        traj, simulated, sim = simulate(ctx, predicted, name)
-        parts += simulated
-    Ls = [float(L) for L in (traj.log_inv_alpha if traj is not None else ctx.log_inv_alphas)]
-    smallest = max(range(len(Ls)), key=lambda j: Ls[j])
-
-    finite_margins = [r["margin"] for r in margins if r["margin"] is not None and math.isfinite(r["margin"])]
-    min_margin = min(finite_margins) if finite_margins else (math.inf if margins else None)
-    metrics = {
-        "min_stage_margin": Metric.at_least(min_margin, MARGIN_TOL),
-        "init_margin": Metric.at_least(m0, INIT_MARGIN_TOL),
-        "stage_margins": Metric.info(margins),
-        "leave_inward": Metric.info(leaves),
-        "alphas": Metric.info([format_alpha(L) for L in Ls]),
-        "simulation_issues": Metric.info(sim.get("order_issues", {})),
-        "activation_errors": Metric.info(sim.get("activation_errors", [])),
-        "activation_pairs": Metric.info(sim.get("pairs", [])),
-        "rungs_added": Metric.info(sim.get("rungs_added", [])),
-        "stages": Metric.info(len(seq.stages) - 1),
-        "symmetries": Metric.info([{"k": t.k, "coordinates": [name(t.i), name(t.j)],
-                                    "exchange": t.symmetry.description, "max_change": t.symmetry.max_change}
-                                   for t in exact.values() if t.symmetry is not None]),
-    }
-    settings = {"leave_inward_min": seq.gtol, "separation_fraction": SEPARATION_FRACTION,
-                "resolution_fraction": RESOLUTION_FRACTION, "zero_loss_rel": ZERO_LOSS_REL}
-    evidence = {"figures": figures(seq, traj, predicted, Ls)}
+    if m.simulation is not None:
+        parts += judge_simulation(m.simulation, name)
     verdict, message, reason = decide([(Verdict.PASS, ""), *parts], "; ")
-    if decays:
-        metrics["zero_loss_decay"] = Metric.info(decays)
-        metrics["theorem_45_on_this_run"] = Metric.info(companion := theorem45_verdict(ctx))
+    if m.theorem45 is not None:
+        companion = m.theorem45
         message += (f". theorem-4.5 on this run: {companion['verdict'].upper()}"
                     + (f" ({companion['reason']})" if companion["reason"] else "") + f": {companion['message']}")
     if verdict is Verdict.PASS:
-        message = (f"{len(margins)} stages, each with a unique next coordinate (smallest margin "
-                   f"{min_margin:.3g} >= {MARGIN_TOL:g}); init margin {m0:.3g}; "
-                   f"{len(leaves)} leave(s) with inward gradient; at alpha={format_alpha(Ls[smallest])} the "
+        added = m.simulation.rungs_added if m.simulation is not None else []
+        Ls = m.log_inv_alphas
+        message = (f"{len(m.margins)} stages, each with a unique next coordinate (smallest margin "
+                   f"{m.min_margin:.3g} >= {MARGIN_TOL:g}); init margin {m.init_margin:.3g}; "
+                   f"{len(m.leaves)} leave(s) with inward gradient; at alpha={format_alpha(max(Ls))} the "
                    "simulated activations come one at a time in Algorithm 1's order, each consecutive pair resolved "
                    f"(transition-time errors <= {RESOLUTION_FRACTION:g} of the predicted gap)"
-                   + (f"; {_ladder.describe(sim['rungs_added'])}" if sim.get("rungs_added") else ""))
-    return CheckResult(ID, CLAIM, verdict, message, metrics, "min_stage_margin", settings, evidence, reason=reason)
+                   + (f"; {_ladder.describe(added)}" if added else ""))
+    return verdict, reason, message
 
 
-def figures(seq, traj, predicted, Ls) -> list[Figure]:
+def declare(m: Measurement) -> dict[str, Metric]:
+    """The margins (judged) and everything else measured (info)."""
+    name, sim = m.seq.name, m.simulation
+    metrics = {
+        "min_stage_margin": Metric.at_least(m.min_margin, MARGIN_TOL),
+        "init_margin": Metric.at_least(m.init_margin, INIT_MARGIN_TOL),
+        "stage_margins": Metric.info(m.margins),
+        "leave_inward": Metric.info(m.leaves),
+        "alphas": Metric.info([format_alpha(L) for L in m.log_inv_alphas]),
+        "simulation_issues": Metric.info(sim.order_issues if sim is not None else {}),
+        "activation_errors": Metric.info(sim.activation_errors if sim is not None else []),
+        "activation_pairs": Metric.info(sim.pairs if sim is not None else []),
+        "rungs_added": Metric.info(sim.rungs_added if sim is not None else []),
+        "stages": Metric.info(len(m.seq.stages) - 1),
+        "symmetries": Metric.info([{"k": t.k, "coordinates": [name(t.i), name(t.j)],
+                                    "exchange": t.symmetry.description, "max_change": t.symmetry.max_change}
+                                   for t in m.ties.values() if t.symmetry is not None]),
+    }
+    if m.decays:
+        metrics["zero_loss_decay"] = Metric.info(list(m.decays))
+        metrics["theorem_45_on_this_run"] = Metric.info(m.theorem45)
+    return metrics
+
+
+def figures(m: Measurement) -> list[Figure]:
     """The argmin margins per stage and, when simulated, the activation times along the ladder."""
+    seq, predicted = m.seq, m.predicted
     margins = [s.margin for s in seq.stages[1:]]
     bars = Figure("argmin-margins", "Argmin margin of Delta_k per stage (Assumption 4.2b)", "bar", "stage k",
                   "(second - smallest) / smallest", yscale="log",
                   series=(Series("margin", range(1, len(margins) + 1),
-                                 [m if m is not None and math.isfinite(m) else math.nan for m in margins]),),
+                                 [g if g is not None and math.isfinite(g) else math.nan for g in margins]),),
                   hlines=(Mark(MARGIN_TOL, "tie threshold"),),
                   caption="Infinite margins (a single candidate) are not drawn.")
-    if traj is None:
+    if m.simulation is None:
         return [bars]
-    x = [1.0 / L for L in Ls]
+    traj = m.simulation.traj
+    x = [1.0 / L for L in m.log_inv_alphas]
     series = tuple(Series(f"{seq.name(i)} (T={T:.4g})", x, traj.crossing_tau[:, i], "o-") for T, i, _ in predicted[:12])
     times = Figure("activation-times", "Simulated activation times against 1/log(1/alpha)", "line",
                    "1 / log(1/alpha)", "tau at which |b_i| reaches 1", series=series,
@@ -369,3 +433,13 @@ def figures(seq, traj, predicted, Ls) -> list[Figure]:
                    caption="As alpha -> 0 (left) each activation time should reach Algorithm 1's T_k (lines), "
                            "one coordinate per stage.")
     return [bars, times]
+
+
+@register(ID, CLAIM, reasons=Reason, order=20)
+def check_assumption_42(ctx) -> CheckResult:
+    m = measure(ctx)
+    verdict, reason, message = judge(m)
+    settings = {"leave_inward_min": m.seq.gtol, "separation_fraction": SEPARATION_FRACTION,
+                "resolution_fraction": RESOLUTION_FRACTION, "zero_loss_rel": ZERO_LOSS_REL}
+    return CheckResult(ID, CLAIM, verdict, message, declare(m), "min_stage_margin", settings,
+                       {"figures": figures(m)}, reason=reason)

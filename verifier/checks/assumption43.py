@@ -28,6 +28,7 @@ move), Lb(beta) >= Lb(beta^k) + c |beta - beta^k|^2. We measure it three ways:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -67,78 +68,65 @@ class Reason(str, Enum):
     NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # Algorithm 1 found no stage with a support
 
 
-@register(ID, CLAIM, reasons=Reason, order=30)
-def check(ctx) -> CheckResult:
-    names = ctx.model.coordinate_names()
-    parts, metrics, figures = [], {}, []
+@dataclass(frozen=True)
+class StageHessians:
+    """Part 1 at every stage with a support: ``rows`` (k, support, lambda_min, lambda_max, condition, the largest
+    |g_A| and the Newton step |H_A^-1 g_A|), the spectra for the figure, the stages whose Hessian is not strict
+    (with the direction of the smallest eigenvalue, :func:`_direction`), and the (label, beta, time scale) of
+    strict stages whose stationary point is not located (probed by part 2)."""
 
-    verdict, msg, reason, stage_rows, probes = _stages(ctx, names, metrics)
-    parts.append((verdict, msg, reason))
-    if stage_rows:
-        figures.append(P.spectra_figure(
-            stage_rows, "Hessian spectra on the supports (Assumption 4.3)",
-            f"Eigenvalues of the Hessian of Lb restricted to A_k at beta^k, per stage; pass needs "
-            f"lambda_min > {P.REL_EIG:g} max|lambda|."))
-    if ctx.stages.status is StageStatus.STAGE_B_FAILED:
-        probes.append(_failed_stage_start(ctx, names))
-    if probes:
-        parts.append(_existence(ctx, probes, metrics, figures))
+    rows: list[dict]
+    spectra: list[tuple[str, int, torch.Tensor]]
+    not_strict: list[dict]
+    unlocated: list[tuple[str, torch.Tensor, float]]
+    stages_message: str
 
-    parts.append(_figure9(ctx, names, metrics, figures))
-    verdict, message, reason = decide(parts)
-    settings = {"negligible": ctx.config.negligible, "noise": ctx.config.noise,
-                "perturb_time": P.perturb_time(ctx.config), "newton_tol": NEWTON_TOL, "log_growth": LOG_GROWTH}
-    key = next((k for k in ("min_rel_eig", "max_return_ratio") if k in metrics), None)
-    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures}, reason=reason)
+
+@dataclass(frozen=True)
+class Existence:
+    """Part 2: per probe (stage label), the flow's end at times t0 10^d: ``rows`` (times, loss, |beta|, its growth
+    per decade, |g| t), and the runs that did not finish."""
+
+    labels: list[str]
+    rows: list[dict]
+    failed: list[str]
+    stages_message: str
+
+
+@dataclass(frozen=True)
+class Figure9:
+    """Part 3 on the reference run: ``unavailable`` is the sampling's (verdict, message, reason) when there is
+    nothing to perturb or the reference run failed (then nothing else is measured); ``failed``: perturbed runs
+    that did not finish (then nothing after them is). Per run: its row (the metric), the distance at mid-time,
+    and the direction of a non-strict Hessian on the run's support (None when strict); ``lasting``: whether the
+    epochs outlast the runs (else only the Hessians are judged)."""
+
+    config: object
+    unavailable: tuple | None = None
+    alpha: str = ""
+    perturb_time: float = 0.0
+    lasting: bool = False
+    failed: list[str] = ()
+    runs: list[dict] = ()
+    d_mid: list[float] = ()
+    directions: list[str | None] = ()
+    curves: list[tuple[str, torch.Tensor, torch.Tensor]] = ()
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r["return_ratio"] for r in self.runs]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    stages: StageHessians
+    existence: Existence | None
+    figure9: Figure9
 
 
 def _support_names(names, support) -> str:
     return "{" + ", ".join(names[i] for i in support) + "}"
-
-
-def _stages(ctx, names, metrics) -> tuple[Verdict, str, Reason | None, list, list]:
-    """Part 1: restricted Hessians at every beta^k of Algorithm 1, and the Newton step H_A^-1 g_A that says
-    whether beta^k is a located stationary point. Returns the verdict, message, reason, spectra rows, and the
-    (stage label, start beta, time scale) of stages whose stationary point is not located."""
-    model = ctx.model
-    rows, per_stage, bad, unlocated, said = [], [], [], [], set()
-    for s in ctx.stages.stages:
-        if not s.support:
-            continue
-        A = list(s.support)
-        eigs, vecs = P.restricted_hessian(model, s.beta, A)
-        lo, hi = float(eigs[0]), float(eigs[-1])
-        cond = hi / lo if lo > 0 else math.inf
-        gA = s.grad[A].to(eigs.dtype)
-        newton = float((vecs @ ((vecs.T @ gA) / eigs)).norm()) if lo > 0 else math.inf
-        located = newton <= NEWTON_TOL * max(1.0, float(s.beta[A].norm()))
-        per_stage.append({"k": s.k, "support": [names[i] for i in A], "lambda_min": lo, "lambda_max": hi,
-                          "condition": cond, "grad_support": float(gA.abs().max()), "newton_step": newton})
-        rows.append((f"k={s.k}", s.k, eigs))
-        if not located and P.is_strict(eigs):
-            flow_speed = float((2 * s.beta[A].abs() * gA).norm())
-            unlocated.append((f"stage {s.k}", s.beta, float(s.beta[A].norm()) / max(flow_speed, 1e-300)))
-        elif not P.is_strict(eigs):
-            bad.append(f"stage {s.k}: smallest eigenvalue {lo:.3g} of the Hessian on A_{s.k} = "
-                       f"{_support_names(names, A)} (largest {hi:.3g}): "
-                       + ("a flat direction" if abs(lo) <= P.REL_EIG * abs(hi) else "a negative curvature")
-                       + _direction(ctx, vecs[:, 0], A, said) + ", not a strict minimum")
-    metrics["stages"] = Metric.info(per_stage)
-    if per_stage:
-        metrics["min_rel_eig"] = Metric.at_least(
-            min(r["lambda_min"] / max(abs(r["lambda_max"]), 1e-300) for r in per_stage), P.REL_EIG)
-        metrics["lambda_min"] = Metric.higher(min(r["lambda_min"] for r in per_stage))
-        metrics["max_condition"] = Metric.lower(max(r["condition"] for r in per_stage))
-    if bad:
-        return Verdict.FAIL, "; ".join(bad), Reason.NOT_STRICT_MINIMUM, rows, unlocated
-    if not per_stage:
-        return (Verdict.INCONCLUSIVE, f"Algorithm 1 found no stage with a support ({ctx.stages.message})",
-                Reason.NOTHING_TO_TEST, rows, unlocated)
-    return Verdict.PASS, (f"{len(per_stage)} stages: restricted Hessians positive definite, lambda_min = "
-                          f"{metrics['lambda_min'].value:.3g}, largest condition number "
-                          f"{metrics['max_condition'].value:.3g}"
-                          + (f"; {len(unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)" if unlocated else "")
-                          ), None, rows, unlocated
 
 
 def _direction(ctx, vec: torch.Tensor, support: list[int], said: set[str]) -> str:
@@ -157,6 +145,33 @@ def _direction(ctx, vec: torch.Tensor, support: list[int], said: set[str]) -> st
     return f"{text}: {symmetry.explain(sym)}; with both active only a combination of them is determined"
 
 
+def measure_stages(ctx, names) -> StageHessians:
+    """Part 1: restricted Hessians at every beta^k of Algorithm 1, and the Newton step H_A^-1 g_A that says
+    whether beta^k is a located stationary point."""
+    model = ctx.model
+    spectra, rows, not_strict, unlocated, said = [], [], [], [], set()
+    for s in ctx.stages.stages:
+        if not s.support:
+            continue
+        A = list(s.support)
+        eigs, vecs = P.restricted_hessian(model, s.beta, A)
+        lo, hi = float(eigs[0]), float(eigs[-1])
+        cond = hi / lo if lo > 0 else math.inf
+        gA = s.grad[A].to(eigs.dtype)
+        newton = float((vecs @ ((vecs.T @ gA) / eigs)).norm()) if lo > 0 else math.inf
+        located = newton <= NEWTON_TOL * max(1.0, float(s.beta[A].norm()))
+        rows.append({"k": s.k, "support": [names[i] for i in A], "lambda_min": lo, "lambda_max": hi,
+                     "condition": cond, "grad_support": float(gA.abs().max()), "newton_step": newton})
+        spectra.append((f"k={s.k}", s.k, eigs))
+        if not located and P.is_strict(eigs):
+            flow_speed = float((2 * s.beta[A].abs() * gA).norm())
+            unlocated.append((f"stage {s.k}", s.beta, float(s.beta[A].norm()) / max(flow_speed, 1e-300)))
+        elif not P.is_strict(eigs):
+            not_strict.append({"k": s.k, "support": _support_names(names, A), "lambda_min": lo, "lambda_max": hi,
+                               "direction": _direction(ctx, vecs[:, 0], A, said)})
+    return StageHessians(rows, spectra, not_strict, unlocated, ctx.stages.message)
+
+
 def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
     """The start of the stage B that Algorithm 1 could not finish: the argmin of Delta (THEORY.md §4 step 1)
     switched on at PROBE_EPS; its time scale is the growth time log(1/eps) / (2 |G_i|)."""
@@ -168,52 +183,30 @@ def _failed_stage_start(ctx, names) -> tuple[str, torch.Tensor, float]:
             math.log(1 / PROBE_EPS) / (2 * abs(float(last.grad[i]))))
 
 
-def _existence(ctx, probes, metrics, figures) -> tuple[Verdict, str, Reason]:
+def measure_existence(ctx, probes) -> Existence:
     """Part 2: the flow on the support from each (label, beta, time scale t0) for plain times t0 10^d,
-    d in PROBE_DECADES, all in one batch: does beta settle (a finite minimiser) or grow like log t?"""
+    d in PROBE_DECADES, all in one batch."""
     model = ctx.model
-    starts, times, labels = [], [], []
-    for label, beta, t0 in probes:
+    starts, times = [], []
+    for _, beta, t0 in probes:
         for d in PROBE_DECADES:
-            starts.append(beta.to(model.device)), times.append(t0 * 10.0**d), labels.append(label)
+            starts.append(beta.to(model.device)), times.append(t0 * 10.0**d)
     B = torch.stack(starts)
     u = B.abs().sqrt()
     _, traj = P.run_batch(model, u, B.sign() * u, times, ctx.config.solver, n_out=2, progress=ctx.progress)
-    failed = P.failed_runs(traj)
     beta, loss = traj.beta[:, -1], traj.loss[:, -1]
     gnorm = model.grad_b(beta.to(model.device)).norm(dim=1).cpu()
-    n, out, diverged = len(PROBE_DECADES), [], []
-    for k, (label, _, t0) in enumerate(probes):
+    n, rows = len(PROBE_DECADES), []
+    for k, (label, _, _) in enumerate(probes):
         sl = slice(k * n, (k + 1) * n)
-        norm, lk, t = beta[sl].norm(dim=1), loss[sl], torch.tensor(times[sl])
-        growth = (norm[1:] - norm[:-1]).tolist()
-        out.append({"stage": label, "times": t.tolist(), "loss": lk.tolist(), "beta_norm": norm.tolist(),
-                    "growth_per_decade": growth, "grad_norm_times_t": (gnorm[sl] * t).tolist()})
-        figures.append(Figure(
-            f"existence-{k}", f"Flow from {label} over decades of time", "line", "time t", "value",
-            xscale="log", yscale="log",
-            series=(Series("loss", t, lk, "o-"), Series("|beta|", t, norm, "s-"),
-                    Series("|g| t", t, out[-1]["grad_norm_times_t"], "^-")),
-            caption="A finite minimiser makes |beta| settle; |beta| growing by a steady amount per decade (log t) "
-                    "with falling loss means the weights diverge."))
-        falling = bool((lk[1:] < lk[:-1]).all())
-        if falling and all(g > 0 for g in growth) and growth[-1] >= LOG_GROWTH * growth[0]:
-            diverged.append(
-                f"{label}: no finite minimiser exists (weights diverge): from t = {float(t[0]):.3g} to "
-                f"{float(t[-1]):.3g} the loss falls {float(lk[0]):.3g} -> {float(lk[-1]):.3g} while |beta| "
-                f"grows {float(norm[0]):.3g} -> {float(norm[-1]):.3g}, {growth[-1]:.3g} in the last decade "
-                f"(|beta| ~ log t), and |g| t stays {float(gnorm[sl][-1] * t[-1]):.3g}: the gradient never "
-                f"vanishes at a finite point")
-    metrics["existence"] = Metric.info(out)
-    if diverged:
-        return Verdict.FAIL, "; ".join(diverged), Reason.WEIGHTS_DIVERGE
-    if failed:
-        return Verdict.INCONCLUSIVE, f"the existence probe did not finish ({failed[0]})", Reason.SOLVER_FAILED
-    return Verdict.INCONCLUSIVE, ("; ".join(p[0] for p in probes) + ": no located stationary point "
-                                  f"({ctx.stages.message}), but no log-growth divergence either"), Reason.NOT_LOCATED
+        norm, t = beta[sl].norm(dim=1), torch.tensor(times[sl])
+        rows.append({"stage": label, "times": t.tolist(), "loss": loss[sl].tolist(), "beta_norm": norm.tolist(),
+                     "growth_per_decade": (norm[1:] - norm[:-1]).tolist(),
+                     "grad_norm_times_t": (gnorm[sl] * t).tolist()})
+    return Existence([p[0] for p in probes], rows, P.failed_runs(traj), ctx.stages.message)
 
 
-def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]:
+def measure_figure9(ctx, names) -> Figure9:
     """Part 3: the dynamic protocol of Figure 9 on the reference run."""
     cfg, model = ctx.config, ctx.model
     T = P.perturb_time(cfg)
@@ -225,11 +218,11 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]
         lasting.extend(P.lasting_epochs(ref, every, cfg.negligible, PLATEAU_ROOM * T, final))
         return lasting or every
 
-    sample, reason = P.sample_reference(
+    sample, unavailable = P.sample_reference(
         ctx, "Figure 9", epochs, f"the run at alpha={{alpha}} has no plateau with a coordinate above "
         f"{cfg.negligible:g} (raise --horizon or lower --negligible)", seed_offset=seeds.FIGURE_9)
-    if reason:
-        return reason
+    if unavailable:
+        return Figure9(cfg, unavailable)
     ref, pick, gen = sample
     U, V, points, masks = [], [], [], []
     for j in pick:
@@ -239,11 +232,11 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]
         U.append(up), V.append(vp), points.append(ref.traj.beta[0, j]), masks.append(mask)
     _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), [T] * len(pick), cfg.solver, progress=ctx.progress)
     if failed := P.failed_runs(traj):
-        return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({failed[0]})", Reason.SOLVER_FAILED
+        return Figure9(cfg, None, ref.alpha, T, bool(lasting), failed)
     dist = P.rel_distance(traj.beta, torch.stack(points)[:, None])  # [n, n_out]
     mid = dist.shape[1] // 2
     ratio = (dist[:, -1] / dist[:, 0]).tolist()
-    runs, bad, slow, series, said, flat = [], [], [], [], set(), False
+    runs, curves, directions, said = [], [], [], set()
     for n, j in enumerate(pick):
         tau = float(ref.traj.tau[j])
         support = torch.nonzero(masks[n]).squeeze(1).tolist()
@@ -251,40 +244,170 @@ def _figure9(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]
         runs.append({"tau": tau, "support": [names[i] for i in support], "d0": float(dist[n, 0]),
                      "d_end": float(dist[n, -1]), "return_ratio": ratio[n], "lambda_min": float(eigs[0]),
                      "lambda_max": float(eigs[-1])})
-        series.append((f"tau={tau:.3g}", traj.tau * T, dist[n]))
-        where = f"epoch tau={tau:.3g} (non-negligible {_support_names(names, support)})"
-        if not P.is_strict(eigs):
+        curves.append((f"tau={tau:.3g}", traj.tau * T, dist[n]))
+        directions.append(None if P.is_strict(eigs) else _direction(ctx, vecs[:, 0], support, said))
+    return Figure9(cfg, None, ref.alpha, T, bool(lasting), [], runs, [float(d) for d in dist[:, mid]], directions,
+                   curves, (ref.traj.tau, ref.traj.loss[0]))
+
+
+def measure(ctx) -> Measurement:
+    """Parts 1, 2 (for the unlocated stages and a stage B Algorithm 1 could not finish) and 3."""
+    names = ctx.model.coordinate_names()
+    stages = measure_stages(ctx, names)
+    probes = list(stages.unlocated)
+    if ctx.stages.status is StageStatus.STAGE_B_FAILED:
+        probes.append(_failed_stage_start(ctx, names))
+    existence = measure_existence(ctx, probes) if probes else None
+    return Measurement(stages, existence, measure_figure9(ctx, names))
+
+
+def judge_stages(m: StageHessians) -> tuple[Verdict, str, Reason | None]:
+    """Part 1: fail when a restricted Hessian is not strict (P.is_strict); inconclusive without a stage."""
+    if m.not_strict:
+        return Verdict.FAIL, "; ".join(
+            f"stage {r['k']}: smallest eigenvalue {r['lambda_min']:.3g} of the Hessian on A_{r['k']} = "
+            f"{r['support']} (largest {r['lambda_max']:.3g}): "
+            + ("a flat direction" if abs(r["lambda_min"]) <= P.REL_EIG * abs(r["lambda_max"]) else "a negative curvature")
+            + r["direction"] + ", not a strict minimum" for r in m.not_strict), Reason.NOT_STRICT_MINIMUM
+    if not m.rows:
+        return (Verdict.INCONCLUSIVE, f"Algorithm 1 found no stage with a support ({m.stages_message})",
+                Reason.NOTHING_TO_TEST)
+    return Verdict.PASS, (f"{len(m.rows)} stages: restricted Hessians positive definite, lambda_min = "
+                          f"{min(r['lambda_min'] for r in m.rows):.3g}, largest condition number "
+                          f"{max(r['condition'] for r in m.rows):.3g}"
+                          + (f"; {len(m.unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)"
+                             if m.unlocated else "")), None
+
+
+def judge_existence(m: Existence) -> tuple[Verdict, str, Reason]:
+    """Part 2: loss falling at every decade while |beta| grows by a steady amount per decade (log t) is a
+    divergence (fail); otherwise inconclusive (a failed probe, or no located point and no divergence)."""
+    diverged = []
+    for r in m.rows:
+        lk, norm, growth, t, gt = r["loss"], r["beta_norm"], r["growth_per_decade"], r["times"], r["grad_norm_times_t"]
+        falling = all(b < a for a, b in zip(lk, lk[1:]))
+        if falling and all(g > 0 for g in growth) and growth[-1] >= LOG_GROWTH * growth[0]:
+            diverged.append(
+                f"{r['stage']}: no finite minimiser exists (weights diverge): from t = {t[0]:.3g} to "
+                f"{t[-1]:.3g} the loss falls {lk[0]:.3g} -> {lk[-1]:.3g} while |beta| "
+                f"grows {norm[0]:.3g} -> {norm[-1]:.3g}, {growth[-1]:.3g} in the last decade "
+                f"(|beta| ~ log t), and |g| t stays {gt[-1]:.3g}: the gradient never vanishes at a finite point")
+    if diverged:
+        return Verdict.FAIL, "; ".join(diverged), Reason.WEIGHTS_DIVERGE
+    if m.failed:
+        return Verdict.INCONCLUSIVE, f"the existence probe did not finish ({m.failed[0]})", Reason.SOLVER_FAILED
+    return Verdict.INCONCLUSIVE, ("; ".join(m.labels) + ": no located stationary point "
+                                  f"({m.stages_message}), but no log-growth divergence either"), Reason.NOT_LOCATED
+
+
+def judge_figure9(m: Figure9) -> tuple[Verdict, str, Reason | None]:
+    """Part 3: fail when a run's support has a non-strict Hessian or a run stalls (the distance at the end more
+    than half of that at mid-time) above RETURN_RATIO; inconclusive without a lasting plateau or while still
+    returning; pass when every run returns to RETURN_RATIO."""
+    if m.unavailable:
+        return m.unavailable
+    if m.failed:
+        return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({m.failed[0]})", Reason.SOLVER_FAILED
+    cfg, T = m.config, m.perturb_time
+    bad, slow, flat = [], [], False
+    for r, d_mid, direction in zip(m.runs, m.d_mid, m.directions):
+        where = f"epoch tau={r['tau']:.3g} (non-negligible {{{', '.join(r['support'])}}})"
+        if direction is not None:
             flat = True
-            bad.append(f"{where}: smallest eigenvalue {float(eigs[0]):.3g} of the Hessian on the run's support "
-                       f"(largest {float(eigs[-1]):.3g}): a flat direction the run sits in"
-                       + _direction(ctx, vecs[:, 0], support, said))
-        if lasting and ratio[n] > P.RETURN_RATIO:
-            stalled = float(dist[n, -1]) > 0.5 * float(dist[n, mid])
+            bad.append(f"{where}: smallest eigenvalue {r['lambda_min']:.3g} of the Hessian on the run's support "
+                       f"(largest {r['lambda_max']:.3g}): a flat direction the run sits in" + direction)
+        if m.lasting and r["return_ratio"] > P.RETURN_RATIO:
+            stalled = r["d_end"] > 0.5 * d_mid
             (bad if stalled else slow).append(
-                f"{where}: distance {float(dist[n, 0]):.3g} -> {float(dist[n, -1]):.3g} (ratio {ratio[n]:.3g})"
+                f"{where}: distance {r['d0']:.3g} -> {r['d_end']:.3g} (ratio {r['return_ratio']:.3g})"
                 + (", stalled: the run does not return" if stalled else ", still returning"))
-    metrics["figure9"] = Metric.info({"alpha": ref.alpha, "perturb_time": T, "runs": runs})
-    metrics["max_return_ratio"] = Metric.at_most(max(ratio), P.RETURN_RATIO)
-    figures.append(P.distance_figure(
-        "figure9-return", f"Figure 9: perturbed runs at plateau epochs (alpha={ref.alpha})", series,
-        "|beta(t) - beta_unperturbed| / |beta_unperturbed|",
-        f"Relative noise {cfg.noise:g} on every coordinate above {cfg.negligible:g}, then {cfg.perturb_epochs} "
-        f"epochs (flow time {T:g}); pass needs the distance to fall below {P.RETURN_RATIO:g} of its start."))
-    figures.append(Figure("figure9-epochs", f"Reference run (alpha={ref.alpha}) and the perturbed epochs", "line",
-                          "tau = t / log(1/alpha)", "loss", yscale="log",
-                          series=(Series("loss", P.subsample(ref.traj.tau), P.subsample(ref.traj.loss[0]), "-"),),
-                          vlines=tuple(Mark(r["tau"], "perturbed") for r in runs)))
     if bad:
         return (Verdict.FAIL, "Figure 9: " + "; ".join(bad),
                 Reason.NOT_STRICT_MINIMUM if flat else Reason.PERTURBED_RUN_LEFT)
-    if not lasting:
+    if not m.lasting:
         return (Verdict.INCONCLUSIVE, (
-            f"Figure 9: no plateau of the run at alpha={ref.alpha} lasts {PLATEAU_ROOM:g} x the perturbed runs' "
+            f"Figure 9: no plateau of the run at alpha={m.alpha} lasts {PLATEAU_ROOM:g} x the perturbed runs' "
             f"time {T:g} before the next transition, so their return was not judged (the Hessians on the runs' "
             "supports were: strict); raise --horizon, lower --perturb-epochs or the smallest alpha"),
             Reason.NO_LASTING_PLATEAU)
     if slow:
         return Verdict.INCONCLUSIVE, ("Figure 9: " + "; ".join(slow) + f" after {cfg.perturb_epochs} epochs "
                                       "(raise --perturb-epochs)"), Reason.STILL_RETURNING
-    return Verdict.PASS, (f"Figure 9 at alpha={ref.alpha}: {len(pick)} perturbed plateau runs return, distance "
-                          f"ratio <= {max(ratio):.3g} after {cfg.perturb_epochs} epochs"), None
+    return Verdict.PASS, (f"Figure 9 at alpha={m.alpha}: {len(m.runs)} perturbed plateau runs return, distance "
+                          f"ratio <= {max(m.ratios):.3g} after {cfg.perturb_epochs} epochs"), None
+
+
+def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
+    """The three parts' verdicts combined (results.decide)."""
+    parts = [judge_stages(m.stages)]
+    if m.existence is not None:
+        parts.append(judge_existence(m.existence))
+    parts.append(judge_figure9(m.figure9))
+    verdict, message, reason = decide(parts)
+    return verdict, reason, message
+
+
+def declare_stages(m: StageHessians) -> dict[str, Metric]:
+    metrics = {"stages": Metric.info(m.rows)}
+    if m.rows:
+        metrics["min_rel_eig"] = Metric.at_least(
+            min(r["lambda_min"] / max(abs(r["lambda_max"]), 1e-300) for r in m.rows), P.REL_EIG)
+        metrics["lambda_min"] = Metric.higher(min(r["lambda_min"] for r in m.rows))
+        metrics["max_condition"] = Metric.lower(max(r["condition"] for r in m.rows))
+    return metrics
+
+
+def declare(m: Measurement) -> dict[str, Metric]:
+    """Part 1's spectra (min_rel_eig judged), part 2's probes, part 3's runs (max_return_ratio judged)."""
+    metrics = declare_stages(m.stages)
+    if m.existence is not None:
+        metrics["existence"] = Metric.info(m.existence.rows)
+    f9 = m.figure9
+    if f9.runs:
+        metrics["figure9"] = Metric.info({"alpha": f9.alpha, "perturb_time": f9.perturb_time, "runs": f9.runs})
+        metrics["max_return_ratio"] = Metric.at_most(max(f9.ratios), P.RETURN_RATIO)
+    return metrics
+
+
+def figures(m: Measurement) -> list[Figure]:
+    """Part 1's spectra, part 2's probes over decades of time, Figure 9's distances and perturbed epochs."""
+    out = []
+    if m.stages.spectra:
+        out.append(P.spectra_figure(
+            m.stages.spectra, "Hessian spectra on the supports (Assumption 4.3)",
+            f"Eigenvalues of the Hessian of Lb restricted to A_k at beta^k, per stage; pass needs "
+            f"lambda_min > {P.REL_EIG:g} max|lambda|."))
+    for k, r in enumerate(m.existence.rows if m.existence is not None else []):
+        t = r["times"]
+        out.append(Figure(
+            f"existence-{k}", f"Flow from {r['stage']} over decades of time", "line", "time t", "value",
+            xscale="log", yscale="log",
+            series=(Series("loss", t, r["loss"], "o-"), Series("|beta|", t, r["beta_norm"], "s-"),
+                    Series("|g| t", t, r["grad_norm_times_t"], "^-")),
+            caption="A finite minimiser makes |beta| settle; |beta| growing by a steady amount per decade (log t) "
+                    "with falling loss means the weights diverge."))
+    f9 = m.figure9
+    if f9.runs:
+        cfg, T = f9.config, f9.perturb_time
+        out.append(P.distance_figure(
+            "figure9-return", f"Figure 9: perturbed runs at plateau epochs (alpha={f9.alpha})", f9.curves,
+            "|beta(t) - beta_unperturbed| / |beta_unperturbed|",
+            f"Relative noise {cfg.noise:g} on every coordinate above {cfg.negligible:g}, then {cfg.perturb_epochs} "
+            f"epochs (flow time {T:g}); pass needs the distance to fall below {P.RETURN_RATIO:g} of its start."))
+        tau, loss = f9.reference
+        out.append(Figure("figure9-epochs", f"Reference run (alpha={f9.alpha}) and the perturbed epochs", "line",
+                          "tau = t / log(1/alpha)", "loss", yscale="log",
+                          series=(Series("loss", P.subsample(tau), P.subsample(loss), "-"),),
+                          vlines=tuple(Mark(r["tau"], "perturbed") for r in f9.runs)))
+    return out
+
+
+@register(ID, CLAIM, reasons=Reason, order=30)
+def check(ctx) -> CheckResult:
+    m = measure(ctx)
+    verdict, reason, message = judge(m)
+    metrics = declare(m)
+    settings = {"negligible": ctx.config.negligible, "noise": ctx.config.noise,
+                "perturb_time": P.perturb_time(ctx.config), "newton_tol": NEWTON_TOL, "log_growth": LOG_GROWTH}
+    key = next((k for k in ("min_rel_eig", "max_return_ratio") if k in metrics), None)
+    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures(m)}, reason=reason)

@@ -24,6 +24,7 @@ small perturbation supported on A_k + {i_k}, converges to the same beta^{k+1}.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -58,16 +59,49 @@ class Reason(str, Enum):
     NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # Algorithm 1 has no stage B
 
 
-@register(ID, CLAIM, reasons=Reason, order=40)
-def check(ctx) -> CheckResult:
-    names = ctx.model.coordinate_names()
-    metrics, figures = {}, []
-    parts = [_limit_level(ctx, names, metrics, figures), _figure10(ctx, names, metrics, figures)]
-    verdict, message, reason = decide(parts)
-    settings = {"eps": [*EPS, STAGE_B_EPS], "negligible": ctx.config.negligible, "noise": ctx.config.noise,
-                "perturb_time": P.perturb_time(ctx.config)}
-    key = next((k for k in ("max_spread", "max_endpoint_ratio") if k in metrics), None)
-    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures}, reason=reason)
+@dataclass(frozen=True)
+class LimitLevel:
+    """Part 1: ``n_stages`` of Algorithm 1; the stages where nothing decays towards beta^k, as (k, |G|) (then
+    nothing is run); the runs that did not finish; per run its row (k, run, relative distance of the endpoint
+    from beta^k, max |g_A| there); ``scale`` = max(1, max |g(0)|), the gradient scale CONVERGED_GTOL is
+    relative to."""
+
+    config: object
+    n_stages: int
+    stages_message: str
+    no_decay: list[tuple[int, float]] = ()
+    failed: list[str] = ()
+    rows: list[dict] = ()
+    scale: float = 1.0
+
+    @property
+    def spread(self) -> dict[int, float]:
+        """The largest endpoint distance per stage."""
+        out = {}
+        for r in self.rows:
+            out[r["k"]] = max(out.get(r["k"], 0.0), r["distance"])
+        return out
+
+
+@dataclass(frozen=True)
+class Figure10:
+    """Part 2 on the reference run: ``unavailable`` is the sampling's (verdict, message, reason) when there is
+    no onset epoch or the reference run failed; ``no_plateau``: no onset epoch is followed by a plateau late
+    enough; ``failed``: perturbed runs that did not finish; per run its row (the metric) and distance curve."""
+
+    config: object
+    unavailable: tuple | None = None
+    alpha: str = ""
+    no_plateau: bool = False
+    failed: list[str] = ()
+    runs: list[dict] = ()
+    curves: list[tuple[str, torch.Tensor, torch.Tensor]] = ()
+
+
+@dataclass(frozen=True)
+class Measurement:
+    limit_level: LimitLevel
+    figure10: Figure10
 
 
 def _settle_time(model, stage, gtol: float) -> float:
@@ -102,19 +136,19 @@ def _settle_time(model, stage, gtol: float) -> float:
     return max(times)
 
 
-def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]:
+def measure_limit_level(ctx) -> LimitLevel:
+    """Part 1: every stage B re-run from two eps (one perturbed) in one batch (module docstring)."""
     model, cfg, seq = ctx.model, ctx.config, ctx.stages.stages
     if len(seq) < 2:
-        return (Verdict.INCONCLUSIVE, f"limit level: Algorithm 1 has no stage B to repeat ({ctx.stages.message})",
-                Reason.NOTHING_TO_TEST)
+        return LimitLevel(cfg, len(seq), ctx.stages.message)
     gen = torch.Generator().manual_seed(cfg.seed + seeds.STAGE_B_NOISE)
-    starts, durations, owners, bad_rate = [], [], [], []
+    starts, durations, owners, no_decay = [], [], [], []
     for prev, stage in zip(seq[:-1], seq[1:]):
         new = sorted((set(stage.support) - set(prev.support)) | {stage.coordinate})
         G = min(abs(float(prev.grad[j])) for j in new)
         settle = _settle_time(model, stage, ctx.stages.gtol)
         if not (settle > 0 and G > 0):
-            bad_rate.append(f"stage {stage.k}: nothing decays towards beta^{stage.k} (|G| = {G:.3g})")
+            no_decay.append((stage.k, G))
             continue
         region = torch.zeros(model.p, dtype=torch.bool)
         region[list(prev.support) + new] = True
@@ -129,48 +163,22 @@ def _limit_level(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | N
             starts.append((u, v))
             durations.append(2 * math.log(1 / eps) / (2 * G) + settle)
             owners.append((stage, region, f"eps={eps:g}" + (", perturbed" if n == 0 else "")))
-    if bad_rate:
-        return Verdict.FAIL, "limit level: " + "; ".join(bad_rate), Reason.NO_DECAY
+    if no_decay:
+        return LimitLevel(cfg, len(seq), ctx.stages.message, no_decay)
     U = torch.stack([s[0] for s in starts]).to(model.device)
     V = torch.stack([s[1] for s in starts]).to(model.device)
     _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2, progress=ctx.progress)
     if failed := P.failed_runs(traj):
-        return Verdict.INCONCLUSIVE, f"limit level: a stage-B run did not finish ({failed[0]})", Reason.SOLVER_FAILED
+        return LimitLevel(cfg, len(seq), ctx.stages.message, failed=failed)
     end = traj.beta[:, -1]
-    scale = max(1.0, float(seq[0].grad.abs().max()))
     g_end = model.grad_b(end.to(model.device)).cpu()
-    rows, far, unconverged = [], [], []
+    rows = []
     for b, (stage, region, label) in enumerate(owners):
         target = stage.beta
-        dist = float((end[b] - target).norm() / target.norm().clamp_min(1e-300))
-        gmax = float(g_end[b, region].abs().max())
-        rows.append({"k": stage.k, "run": label, "distance": dist, "grad_support": gmax})
-        if dist > SPREAD_TOL:
-            where = (f"stage {stage.k} ({label}): endpoint {dist:.3g} from beta^{stage.k} "
-                     f"(|g_A| = {gmax:.3g})")
-            (far if gmax <= CONVERGED_GTOL * scale else unconverged).append(where)
-    spread = {}
-    for r in rows:
-        spread[r["k"]] = max(spread.get(r["k"], 0.0), r["distance"])
-    metrics["limit_level"] = Metric.info({"runs": rows, "spread_per_stage": spread})
-    metrics["max_spread"] = Metric.at_most(max(spread.values()), SPREAD_TOL, SPREAD_GATE)
-    ks = sorted(spread)
-    figures.append(Figure(
-        "stage-b-spread", "Stage B from several eps and perturbations: spread of the endpoints", "bar", "stage k",
-        "max |beta_end - beta^k| / |beta^k|", yscale="log",
-        series=(Series("spread", ks, [max(spread[k], 1e-300) for k in ks]),),
-        hlines=(Mark(SPREAD_TOL, "threshold"),),
-        caption=f"eps {EPS[0]:g} with relative noise {cfg.noise:g}, and eps {EPS[1]:g}; pass needs every bar below "
-                f"{SPREAD_TOL:g}."))
-    if far:
-        return (Verdict.FAIL, "limit level: stage B ends at another stationary point: " + "; ".join(far),
-                Reason.STAGE_B_NOT_ROBUST)
-    if unconverged:
-        return (Verdict.INCONCLUSIVE, "limit level: stage B has not converged: " + "; ".join(unconverged),
-                Reason.NOT_CONVERGED)
-    return Verdict.PASS, (f"limit level: {len(spread)} stages x {len(EPS)} runs (eps {EPS[0]:g} perturbed, "
-                          f"eps {EPS[1]:g}) end at Algorithm 1's beta^k (eps {STAGE_B_EPS:g}), spread <= "
-                          f"{metrics['max_spread'].value:.3g}"), None
+        rows.append({"k": stage.k, "run": label,
+                     "distance": float((end[b] - target).norm() / target.norm().clamp_min(1e-300)),
+                     "grad_support": float(g_end[b, region].abs().max())})
+    return LimitLevel(cfg, len(seq), ctx.stages.message, rows=rows, scale=max(1.0, float(seq[0].grad.abs().max())))
 
 
 def _onsets(ctx, ref, events) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,16 +207,17 @@ def _onsets(ctx, ref, events) -> tuple[list, torch.Tensor, torch.Tensor, torch.T
     return out, U, V, torch.stack([traj.beta[e, k] for e, k in keep])
 
 
-def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None]:
+def measure_figure10(ctx) -> Figure10:
     """Part 2. The unperturbed run from an onset state is the reference run itself, so each perturbed run
     lasts until a plateau grid point of the reference at least ``perturb_epochs`` epochs later, and its
     endpoint is compared with the reference there (solver error ~1e-6, far below the thresholds)."""
     cfg, model = ctx.config, ctx.model
-    sample, reason = P.sample_reference(
+    names = model.coordinate_names()
+    sample, unavailable = P.sample_reference(
         ctx, "Figure 10", lambda ref: P.onset_events(ref, cfg.negligible),
         f"no coordinate crosses {cfg.negligible:g} on the run at alpha={{alpha}}", seed_offset=seeds.FIGURE_10)
-    if reason:
-        return reason
+    if unavailable:
+        return Figure10(cfg, unavailable)
     ref, chosen, gen = sample
     onsets, U0, V0, beta0 = _onsets(ctx, ref, chosen)
     plateaus, tau, T_epochs = P.plateau_epochs(ref, cfg.negligible), ref.traj.tau, P.perturb_time(cfg)
@@ -221,32 +230,122 @@ def _figure10(ctx, names, metrics, figures) -> tuple[Verdict, str, Reason | None
         U.append(up), V.append(vp), kept.append((e, j, i, t_on, later[0]))
         durations.append((float(tau[later[0]]) - t_on) * ref.L)
     if not kept:
-        return Verdict.INCONCLUSIVE, (f"Figure 10: no onset epoch is followed by a plateau of the run at "
-                                      f"alpha={ref.alpha} (raise --horizon)"), Reason.NO_PLATEAU
+        return Figure10(cfg, None, ref.alpha, no_plateau=True)
     _, traj = P.run_batch(model, torch.stack(U), torch.stack(V), durations, cfg.solver, progress=ctx.progress)
     if failed := P.failed_runs(traj):
-        return Verdict.INCONCLUSIVE, f"Figure 10: a run did not finish ({failed[0]})", Reason.SOLVER_FAILED
-    runs, bad, series = [], [], []
+        return Figure10(cfg, None, ref.alpha, failed=failed)
+    runs, curves = [], []
     for n, (e, j, i, t_on, q) in enumerate(kept):
-        target = ref.traj.beta[0, q]
         d0 = float(P.rel_distance(traj.beta[n, 0], beta0[e]))
-        dist = P.rel_distance(traj.beta[n], target)
-        ratio = float(dist[-1]) / d0
+        dist = P.rel_distance(traj.beta[n], ref.traj.beta[0, q])
         runs.append({"tau": t_on, "coordinate": names[i], "beta_i": float(beta0[e, i]), "duration": durations[n],
-                     "tau_end": float(tau[q]), "d0": d0, "d_end": float(dist[-1]), "return_ratio": ratio})
-        series.append((f"{names[i]} at tau={t_on:.3g}", traj.tau * durations[n], dist))
-        if ratio > P.RETURN_RATIO:
-            bad.append(f"onset of {names[i]} at tau={t_on:.4g}: endpoint {float(dist[-1]):.3g} from the unperturbed "
-                       f"run's after time {durations[n]:.3g} (perturbation {d0:.3g}, ratio {ratio:.3g})")
-    metrics["figure10"] = Metric.info({"alpha": ref.alpha, "runs": runs})
-    metrics["max_endpoint_ratio"] = Metric.at_most(max(r["return_ratio"] for r in runs), P.RETURN_RATIO)
-    figures.append(P.distance_figure(
-        "figure10-endpoints", f"Figure 10: perturbed runs from onset epochs (alpha={ref.alpha})", series,
-        "|beta_perturbed(t) - beta_unperturbed(end)| / |beta_unperturbed(end)|",
-        f"Relative noise {cfg.noise:g} on every coordinate above {cfg.negligible:g} right after a coordinate "
-        f"crossed it, trained to the unperturbed run's next plateau; pass needs the endpoint distance below "
-        f"{P.RETURN_RATIO:g} of the perturbation's size."))
+                     "tau_end": float(tau[q]), "d0": d0, "d_end": float(dist[-1]), "return_ratio": float(dist[-1]) / d0})
+        curves.append((f"{names[i]} at tau={t_on:.3g}", traj.tau * durations[n], dist))
+    return Figure10(cfg, None, ref.alpha, runs=runs, curves=curves)
+
+
+def measure(ctx) -> Measurement:
+    return Measurement(measure_limit_level(ctx), measure_figure10(ctx))
+
+
+def judge_limit_level(m: LimitLevel) -> tuple[Verdict, str, Reason | None]:
+    """Part 1: fail when nothing decays or an endpoint lies beyond SPREAD_TOL at a vanishing support gradient
+    (another stationary point); inconclusive without a stage B, a failed run, or an endpoint not converged."""
+    if m.n_stages < 2:
+        return (Verdict.INCONCLUSIVE, f"limit level: Algorithm 1 has no stage B to repeat ({m.stages_message})",
+                Reason.NOTHING_TO_TEST)
+    if m.no_decay:
+        return Verdict.FAIL, "limit level: " + "; ".join(
+            f"stage {k}: nothing decays towards beta^{k} (|G| = {G:.3g})" for k, G in m.no_decay), Reason.NO_DECAY
+    if m.failed:
+        return Verdict.INCONCLUSIVE, f"limit level: a stage-B run did not finish ({m.failed[0]})", Reason.SOLVER_FAILED
+    far, unconverged = [], []
+    for r in m.rows:
+        if r["distance"] > SPREAD_TOL:
+            where = (f"stage {r['k']} ({r['run']}): endpoint {r['distance']:.3g} from beta^{r['k']} "
+                     f"(|g_A| = {r['grad_support']:.3g})")
+            (far if r["grad_support"] <= CONVERGED_GTOL * m.scale else unconverged).append(where)
+    if far:
+        return (Verdict.FAIL, "limit level: stage B ends at another stationary point: " + "; ".join(far),
+                Reason.STAGE_B_NOT_ROBUST)
+    if unconverged:
+        return (Verdict.INCONCLUSIVE, "limit level: stage B has not converged: " + "; ".join(unconverged),
+                Reason.NOT_CONVERGED)
+    spread = m.spread
+    return Verdict.PASS, (f"limit level: {len(spread)} stages x {len(EPS)} runs (eps {EPS[0]:g} perturbed, "
+                          f"eps {EPS[1]:g}) end at Algorithm 1's beta^k (eps {STAGE_B_EPS:g}), spread <= "
+                          f"{max(spread.values()):.3g}"), None
+
+
+def judge_figure10(m: Figure10) -> tuple[Verdict, str, Reason | None]:
+    """Part 2: fail when an endpoint's distance exceeds RETURN_RATIO of the perturbation's; inconclusive when
+    there is nothing to perturb or a run failed."""
+    if m.unavailable:
+        return m.unavailable
+    if m.no_plateau:
+        return Verdict.INCONCLUSIVE, (f"Figure 10: no onset epoch is followed by a plateau of the run at "
+                                      f"alpha={m.alpha} (raise --horizon)"), Reason.NO_PLATEAU
+    if m.failed:
+        return Verdict.INCONCLUSIVE, f"Figure 10: a run did not finish ({m.failed[0]})", Reason.SOLVER_FAILED
+    bad = [f"onset of {r['coordinate']} at tau={r['tau']:.4g}: endpoint {r['d_end']:.3g} from the unperturbed "
+           f"run's after time {r['duration']:.3g} (perturbation {r['d0']:.3g}, ratio {r['return_ratio']:.3g})"
+           for r in m.runs if r["return_ratio"] > P.RETURN_RATIO]
     if bad:
         return Verdict.FAIL, "Figure 10: " + "; ".join(bad), Reason.PERTURBED_RUN_LEFT
-    return Verdict.PASS, (f"Figure 10 at alpha={ref.alpha}: {len(runs)} onset epochs, perturbed and "
-                          f"unperturbed endpoints agree, ratio <= {metrics['max_endpoint_ratio'].value:.3g}"), None
+    return Verdict.PASS, (f"Figure 10 at alpha={m.alpha}: {len(m.runs)} onset epochs, perturbed and "
+                          f"unperturbed endpoints agree, ratio <= {max(r['return_ratio'] for r in m.runs):.3g}"), None
+
+
+def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
+    """The two parts' verdicts combined (results.decide)."""
+    verdict, message, reason = decide([judge_limit_level(m.limit_level), judge_figure10(m.figure10)])
+    return verdict, reason, message
+
+
+def declare(m: Measurement) -> dict[str, Metric]:
+    """The spread of the stage-B endpoints (max_spread judged) and Figure 10's runs (max_endpoint_ratio)."""
+    metrics = {}
+    if m.limit_level.rows:
+        spread = m.limit_level.spread
+        metrics["limit_level"] = Metric.info({"runs": m.limit_level.rows, "spread_per_stage": spread})
+        metrics["max_spread"] = Metric.at_most(max(spread.values()), SPREAD_TOL, SPREAD_GATE)
+    if m.figure10.runs:
+        metrics["figure10"] = Metric.info({"alpha": m.figure10.alpha, "runs": m.figure10.runs})
+        metrics["max_endpoint_ratio"] = Metric.at_most(max(r["return_ratio"] for r in m.figure10.runs),
+                                                       P.RETURN_RATIO)
+    return metrics
+
+
+def figures(m: Measurement) -> list[Figure]:
+    """The spread of the stage-B endpoints per stage and Figure 10's distances."""
+    out = []
+    if m.limit_level.rows:
+        spread, cfg = m.limit_level.spread, m.limit_level.config
+        ks = sorted(spread)
+        out.append(Figure(
+            "stage-b-spread", "Stage B from several eps and perturbations: spread of the endpoints", "bar",
+            "stage k", "max |beta_end - beta^k| / |beta^k|", yscale="log",
+            series=(Series("spread", ks, [max(spread[k], 1e-300) for k in ks]),),
+            hlines=(Mark(SPREAD_TOL, "threshold"),),
+            caption=f"eps {EPS[0]:g} with relative noise {cfg.noise:g}, and eps {EPS[1]:g}; pass needs every bar "
+                    f"below {SPREAD_TOL:g}."))
+    if m.figure10.runs:
+        cfg = m.figure10.config
+        out.append(P.distance_figure(
+            "figure10-endpoints", f"Figure 10: perturbed runs from onset epochs (alpha={m.figure10.alpha})",
+            m.figure10.curves, "|beta_perturbed(t) - beta_unperturbed(end)| / |beta_unperturbed(end)|",
+            f"Relative noise {cfg.noise:g} on every coordinate above {cfg.negligible:g} right after a coordinate "
+            f"crossed it, trained to the unperturbed run's next plateau; pass needs the endpoint distance below "
+            f"{P.RETURN_RATIO:g} of the perturbation's size."))
+    return out
+
+
+@register(ID, CLAIM, reasons=Reason, order=40)
+def check(ctx) -> CheckResult:
+    m = measure(ctx)
+    verdict, reason, message = judge(m)
+    metrics = declare(m)
+    settings = {"eps": [*EPS, STAGE_B_EPS], "negligible": ctx.config.negligible, "noise": ctx.config.noise,
+                "perturb_time": P.perturb_time(ctx.config)}
+    key = next((k for k in ("max_spread", "max_endpoint_ratio") if k in metrics), None)
+    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures(m)}, reason=reason)

@@ -19,6 +19,7 @@ Definition 3.1 asks two things, and both are measured:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import torch
@@ -41,6 +42,41 @@ PROBE_SCALE = 0.5  # probes beta ~ N(0, 0.5^2): the scale of beta along a traini
 MISMATCH_GATE = Gate(factor=5.0, atol=1e-14)
 
 
+class Reason(str, Enum):
+    """definition-3.1's failure kinds (docs/THEORY.md §5.0)."""
+
+    NOT_A_PRODUCT = "not-a-product"  # fail: the network's loss is not a function of u*v
+    NOT_C2 = "not-c2"  # fail: the gradient's Taylor remainder is not O(eps^2) (a kink)
+    OVERFLOW = "overflow"  # inconclusive: the loss or gradient is not finite at the probes
+    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # inconclusive: p = 0 or a constant loss
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What (a) and (b) measure at the probes. ``nonfinite_loss``: (network, Lb(u*v)) at the first probe whose
+    loss is not finite, where the measurement stops (the Taylor fields stay empty)."""
+
+    p: int
+    mismatches: tuple[float, ...] = ()
+    nonfinite_loss: tuple[float, float] | None = None
+    orders: tuple[float, ...] = ()
+    remainders: tuple[tuple[float, ...], ...] = ()
+    grad_norms: tuple[float, ...] = ()
+
+    @property
+    def mismatch(self) -> float:
+        return max(self.mismatches)
+
+    @property
+    def order(self) -> float:
+        return min(self.orders)
+
+    @property
+    def top_order(self) -> float | None:
+        finite = [o for o in self.orders if math.isfinite(o)]
+        return max(finite) if finite else None
+
+
 def taylor_orders(model, betas: torch.Tensor, directions: torch.Tensor
                   ) -> tuple[list[float], list[list[float]], list[float]]:
     """Fitted order of the gradient's Taylor remainder per probe, the remainders for each eps, and |g(beta)|."""
@@ -59,27 +95,13 @@ def taylor_orders(model, betas: torch.Tensor, directions: torch.Tensor
     return orders, remainders, grad_norms
 
 
-class Reason(str, Enum):
-    """definition-3.1's failure kinds (docs/THEORY.md §5.0)."""
-
-    NOT_A_PRODUCT = "not-a-product"  # fail: the network's loss is not a function of u*v
-    NOT_C2 = "not-c2"  # fail: the gradient's Taylor remainder is not O(eps^2) (a kink)
-    OVERFLOW = "overflow"  # inconclusive: the loss or gradient is not finite at the probes
-    NOTHING_TO_TEST = CommonReason.NOTHING_TO_TEST.value  # inconclusive: p = 0 or a constant loss
-
-
-def _inconclusive(message: str, reason: Reason) -> CheckResult:
-    return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, message, reason=reason)
-
-
-@register(ID, CLAIM, reasons=Reason, order=5)
-def check_definition_31(ctx) -> CheckResult:
-    model = ctx.model
+def measure(model, seed: int) -> Measurement:
+    """(a) the relative mismatch |loss_params(u, v) - Lb(u*v)| / |Lb| at N_PROBES random (u, v) and their
+    rescalings (s u, v / s); (b) the Taylor orders of the gradient at N_PROBES random beta (module docstring)."""
     p = model.p
     if p == 0:
-        return _inconclusive("the model has no coordinates (p = 0): there is nothing to test",
-                             Reason.NOTHING_TO_TEST)
-    gen = torch.Generator().manual_seed(ctx.config.seed + seeds.DEFINITION_31)
+        return Measurement(p)
+    gen = torch.Generator().manual_seed(seed)
     u = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
     v = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE ** 0.5
     s = torch.exp(torch.randn(N_PROBES, 1, generator=gen, dtype=torch.float64)).to(model.device)
@@ -89,24 +111,35 @@ def check_definition_31(ctx) -> CheckResult:
         for uu, vv in ((u[k], v[k]), (s[k] * u[k], v[k] / s[k])):
             lp = model.loss_params(torch.cat([uu, vv]))
             if not (torch.isfinite(lp) and torch.isfinite(lb)):
-                return _inconclusive(f"the loss is not finite at the probes (network {float(lp):.3g}, Lb(u*v) "
-                                     f"{float(lb):.3g}): the data's scale overflows float64", Reason.OVERFLOW)
+                return Measurement(p, tuple(mismatches), (float(lp), float(lb)))
             mismatches.append(float((lp - lb).abs() / (lb.abs() + 1e-300)))
-    mismatch = max(mismatches)
     betas = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device) * PROBE_SCALE
     dirs = torch.randn(N_PROBES, p, generator=gen, dtype=torch.float64).to(model.device)
     dirs = dirs / dirs.norm(dim=1, keepdim=True)
     orders, remainders, grad_norms = taylor_orders(model, betas, dirs)
-    if not all(math.isfinite(r) for rs in remainders for r in rs) or not all(map(math.isfinite, grad_norms)):
-        return _inconclusive("the gradient or its Taylor remainder overflowed float64 at the probes (largest "
-                             f"|gradient| {max(grad_norms):.3g}): the data's scale is too large to measure",
-                             Reason.OVERFLOW)
-    if max(grad_norms) == 0.0:
-        return _inconclusive("the gradient of Lb is exactly zero at every probe (a constant loss, e.g. X = 0): "
-                             "there is no dependence on beta to test", Reason.NOTHING_TO_TEST)
-    order = min(orders)
-    finite = [o for o in orders if math.isfinite(o)]
-    top = max(finite) if finite else None
+    return Measurement(p, tuple(mismatches), None, tuple(orders), tuple(map(tuple, remainders)), tuple(grad_norms))
+
+
+def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
+    """pass: mismatch <= MISMATCH_TOL and every Taylor order in [MIN_ORDER, MAX_ORDER] (or infinite); fail:
+    not a product, or not C^2 (the first problem's reason); inconclusive: p = 0, a non-finite loss, gradient
+    or remainder, or a gradient of exactly 0 at every probe (nothing to test)."""
+    if m.p == 0:
+        return Verdict.INCONCLUSIVE, Reason.NOTHING_TO_TEST, "the model has no coordinates (p = 0): there is nothing to test"
+    if m.nonfinite_loss is not None:
+        lp, lb = m.nonfinite_loss
+        return Verdict.INCONCLUSIVE, Reason.OVERFLOW, (
+            f"the loss is not finite at the probes (network {lp:.3g}, Lb(u*v) {lb:.3g}): the data's scale "
+            "overflows float64")
+    if not all(math.isfinite(r) for rs in m.remainders for r in rs) or not all(map(math.isfinite, m.grad_norms)):
+        return Verdict.INCONCLUSIVE, Reason.OVERFLOW, (
+            "the gradient or its Taylor remainder overflowed float64 at the probes (largest "
+            f"|gradient| {max(m.grad_norms):.3g}): the data's scale is too large to measure")
+    if max(m.grad_norms) == 0.0:
+        return Verdict.INCONCLUSIVE, Reason.NOTHING_TO_TEST, (
+            "the gradient of Lb is exactly zero at every probe (a constant loss, e.g. X = 0): there is no "
+            "dependence on beta to test")
+    mismatch, order, top = m.mismatch, m.order, m.top_order
     problems, reasons = [], []
     if not mismatch <= MISMATCH_TOL:
         reasons.append(Reason.NOT_A_PRODUCT)
@@ -121,19 +154,33 @@ def check_definition_31(ctx) -> CheckResult:
         problems.append(f"the gradient's Taylor remainder falls like eps^{top:.2f} from eps = {EPSILONS[0]:g} to "
                         f"{EPSILONS[1]:g}, faster than the eps^2 of a C^2 loss: a kink lies between the two probe "
                         "sizes (a ReLU?)")
-    verdict = Verdict.FAIL if problems else Verdict.PASS
-    message = "; ".join(problems) if problems else (
+    if problems:
+        return Verdict.FAIL, reasons[0], "; ".join(problems)
+    return Verdict.PASS, None, (
         f"the loss is a function of u*v (mismatch {mismatch:.1e}) and C^2 in beta (Taylor orders of the gradient "
         f"in [{order:.2f}, {top if top is not None else math.inf:.2f}])")
-    return CheckResult(
-        ID, CLAIM, verdict, message, reason=reasons[0] if reasons else None,
-        metrics={"max_param_mismatch": Metric.at_most(mismatch, MISMATCH_TOL, MISMATCH_GATE),
-                 "taylor_order": Metric.at_least(order, MIN_ORDER),
-                 "max_taylor_order": Metric.at_most(top, MAX_ORDER, None), "taylor_orders": Metric.info(orders)},
-        key_metric="taylor_order", settings={"epsilons": list(EPSILONS), "probes": N_PROBES},
-        evidence={"figures": [Figure(
-            "taylor-remainder", "Taylor remainder of the gradient", "line", "eps",
-            "|g(beta + eps d) - g(beta) - eps H d|", xscale="log", yscale="log",
-            series=tuple(Series(f"probe {k}", EPSILONS, r, "o-") for k, r in enumerate(remainders)),
-            caption="Slope 2 on log axes: C^2. Slope 1: kinks (not covered by Definition 3.1).")]},
-    )
+
+
+def declare(m: Measurement) -> dict[str, Metric]:
+    """The mismatch and the Taylor orders as metrics (a complete measurement only)."""
+    return {"max_param_mismatch": Metric.at_most(m.mismatch, MISMATCH_TOL, MISMATCH_GATE),
+            "taylor_order": Metric.at_least(m.order, MIN_ORDER),
+            "max_taylor_order": Metric.at_most(m.top_order, MAX_ORDER, None),
+            "taylor_orders": Metric.info(list(m.orders))}
+
+
+def figures(m: Measurement) -> list[Figure]:
+    return [Figure("taylor-remainder", "Taylor remainder of the gradient", "line", "eps",
+                   "|g(beta + eps d) - g(beta) - eps H d|", xscale="log", yscale="log",
+                   series=tuple(Series(f"probe {k}", EPSILONS, list(r), "o-") for k, r in enumerate(m.remainders)),
+                   caption="Slope 2 on log axes: C^2. Slope 1: kinks (not covered by Definition 3.1).")]
+
+
+@register(ID, CLAIM, reasons=Reason, order=5)
+def check_definition_31(ctx) -> CheckResult:
+    m = measure(ctx.model, ctx.config.seed + seeds.DEFINITION_31)
+    verdict, reason, message = judge(m)
+    if verdict is Verdict.INCONCLUSIVE:  # nothing complete to declare
+        return CheckResult(ID, CLAIM, verdict, message, reason=reason)
+    return CheckResult(ID, CLAIM, verdict, message, declare(m), "taylor_order",
+                       {"epsilons": list(EPSILONS), "probes": N_PROBES}, {"figures": figures(m)}, reason=reason)

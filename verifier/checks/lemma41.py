@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch.func import grad
 
-from ..config import format_alpha
+from ..config import OptimizerConfig, format_alpha
 from ..dynamics import param_flow
 from ..dynamics.optimizers import train
 from ..figures import Figure, Mark, Series
@@ -63,12 +64,52 @@ def growth_rate(model) -> float:
     return param_flow.growth_rate(model)
 
 
-def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
+@dataclass(frozen=True)
+class FlowMeasurement:
+    """Gradient flow of the parameters (module docstring): per alpha the largest relative drift of the conserved
+    quantities and DOP853's gradient evaluations, and for the figure (tau, max_i drift_i(tau)). ``failed``:
+    the integrator's message at the alpha where it stopped (the measurement stops there); ``rate``: the
+    growth rate from zero, which sets the time to integrate (0: nothing moves); ``note`` explains a capped
+    alpha."""
+
+    log_inv_alphas: tuple[float, ...]
+    rate: float
+    note: str = ""
+    drifts: tuple[float, ...] = ()
+    nfev: tuple[int, ...] = ()
+    curves: tuple[tuple[np.ndarray, torch.Tensor], ...] = ()
+    failed: str | None = None
+
+    @property
+    def threshold(self) -> float:
+        return FLOW_FACTOR * FLOW_RTOL
+
+
+@dataclass(frozen=True)
+class DiscreteMeasurement:
+    """A gd/sgd/adam run from each alpha (module docstring): per alpha the largest relative error of the Lemma 4.1
+    prediction C(theta_0) + eta^2 sum_t C(grad_t) at the last step and the drift of C, and for the figure
+    (steps, max_i drift_i(step)); ``diverged``/``underflow``: the run reached non-finite weights / a scale u^2 +
+    v^2 below float64's tiny (then nothing else is measured)."""
+
+    log_inv_alphas: tuple[float, ...]
+    optimizer: OptimizerConfig
+    diverged: bool = False
+    underflow: bool = False
+    law_error: tuple[float, ...] = ()
+    drift: tuple[float, ...] = ()
+    curves: tuple[tuple[torch.Tensor, torch.Tensor], ...] = ()
+
+    @property
+    def threshold(self) -> float:
+        return DISCRETE_FACTOR * np.finfo(float).eps * (self.optimizer.steps + 1)
+
+
+def measure_flow(ctx, log_inv_alphas, note: str = "") -> FlowMeasurement:
     model = ctx.model
     rate = growth_rate(model)
     if not rate > 0:
-        return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, "the gradient vanishes at zero: nothing moves, so "
-                           "there is no flow to test (is the teacher zero?)", reason=Reason.NOTHING_TO_TEST)
+        return FlowMeasurement(tuple(log_inv_alphas), rate, note)
     theta0 = ctx.theta0(1)[0].to(model.device)
     loss_grad = grad(model.loss_params)
     drifts, curves, nfev = [], [], []
@@ -83,8 +124,8 @@ def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
         sol = solve_ivp(rhs, (0.0, t_end), (alpha * theta0).cpu().numpy(), method="DOP853", rtol=FLOW_RTOL,
                         atol=FLOW_RTOL * alpha * 1e-3, dense_output=False)
         if sol.status != 0:
-            return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"scipy DOP853 failed at alpha={format_alpha(L)}: "
-                               f"{sol.message}", reason=Reason.SOLVER_FAILED)
+            return FlowMeasurement(tuple(log_inv_alphas), rate, note, tuple(drifts), tuple(nfev), tuple(curves),
+                                   f"alpha={format_alpha(L)}: {sol.message}")
         th = torch.as_tensor(sol.y.T, dtype=torch.float64)
         C = model.conserved(th)
         scale = model.conserved_scale(th).amax(dim=0).clamp_min(np.finfo(float).tiny)
@@ -92,83 +133,112 @@ def _flow(ctx, log_inv_alphas, note: str = "") -> CheckResult:
         drifts.append(float(rel.max()))
         nfev.append(int(sol.nfev))
         keep = np.linspace(0, len(sol.t) - 1, min(len(sol.t), 200)).astype(int)
-        curves.append(Series(f"alpha={format_alpha(L)}", sol.t[keep] / L, rel.amax(dim=1)[keep].clamp_min(1e-18)))
-    threshold = FLOW_FACTOR * FLOW_RTOL
-    worst = max(drifts)
-    verdict = Verdict.PASS if worst <= threshold else Verdict.FAIL
-    msg = (f"{note}gradient flow of the network's own parameters: max relative drift of the conserved quantities "
-           f"{worst:.2e} {'<=' if verdict is Verdict.PASS else '>'} {threshold:.0e} (integrator rtol "
-           f"{FLOW_RTOL:.0e})")
-    if verdict is Verdict.FAIL:
-        msg += ": the loss does not depend on the weights only through the products u*v (Definition 3.1)"
-    return CheckResult(
-        ID, CLAIM, verdict, msg, reason=Reason.CONSERVATION_BROKEN if verdict is Verdict.FAIL else None,
-        metrics={"max_drift": Metric.at_most(worst, threshold, ROUNDING_GATE), "drift": Metric.info(drifts),
-                 "nfev": Metric.lower(nfev), "alphas": Metric.info([format_alpha(L) for L in log_inv_alphas])},
-        key_metric="max_drift", settings={"optimizer": "flow", "integrator": "DOP853", "integrator_rtol": FLOW_RTOL},
-        evidence={"figures": [_figure(curves, "tau = t / log(1/alpha)", threshold,
-                                      "Conservation drift along gradient flow")]},
-    )
+        curves.append((sol.t[keep] / L, rel.amax(dim=1)[keep].clamp_min(1e-18)))
+    return FlowMeasurement(tuple(log_inv_alphas), rate, note, tuple(drifts), tuple(nfev), tuple(curves))
 
 
-def _discrete(ctx, log_inv_alphas) -> CheckResult:
+def measure_discrete(ctx, log_inv_alphas) -> DiscreteMeasurement:
     model, opt = ctx.model, ctx.config.optimizer
     theta0 = ctx.theta0(len(log_inv_alphas))
     alphas = torch.tensor([math.exp(-L) for L in log_inv_alphas], dtype=torch.float64, device=theta0.device)
     run = train(model, alphas[:, None] * theta0, opt, seed=ctx.config.seed)
     if any(s.value != "success" for s in run.status):
-        return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"{opt.name} diverged (non-finite weights): "
-                           "lower --lr", settings={"optimizer": opt.name, "lr": opt.lr},
-                           reason=Reason.OPTIMIZER_DIVERGED)
+        return DiscreteMeasurement(tuple(log_inv_alphas), opt, diverged=True)
     if not bool((run.scale > np.finfo(float).tiny).all()):
-        return CheckResult(ID, CLAIM, Verdict.INCONCLUSIVE, f"{opt.name}: u^2 + v^2 underflows float64 at "
-                           f"alpha={format_alpha(max(log_inv_alphas))}: the conservation law cannot be measured "
-                           "(use a larger alpha)", settings={"optimizer": opt.name, "lr": opt.lr},
-                           reason=Reason.UNDERFLOW)
+        return DiscreteMeasurement(tuple(log_inv_alphas), opt, underflow=True)
     scale = run.scale
     law_error = ((run.conserved[:, -1] - run.predicted).abs() / scale).amax(dim=1)  # [B]
     drift = ((run.conserved[:, -1] - run.conserved[:, 0]).abs() / scale).amax(dim=1)
-    threshold = DISCRETE_FACTOR * np.finfo(float).eps * (opt.steps + 1)
-    worst = float(law_error.max())
-    ok = worst <= threshold
+    curves = tuple((run.steps, ((run.conserved[b] - run.conserved[b, :1]).abs() / scale[b]).amax(dim=1).clamp_min(1e-18))
+                   for b in range(len(log_inv_alphas)))
+    return DiscreteMeasurement(tuple(log_inv_alphas), opt, law_error=tuple(law_error.tolist()),
+                               drift=tuple(drift.tolist()), curves=curves)
+
+
+def measure(ctx) -> FlowMeasurement | DiscreteMeasurement:
+    """The flow test at the largest alpha given (capped at FLOW_MAX_LOG_INV_ALPHA: an explicit integrator's cost
+    grows with log(1/alpha)), or the discrete optimizer's run at every alpha."""
+    log_inv_alphas = ctx.config.log_inv_alphas or (DEFAULT_LOG_INV_ALPHA,)
+    if ctx.config.optimizer.name != "flow":
+        return measure_discrete(ctx, log_inv_alphas)
+    L = min(log_inv_alphas)
+    if L <= FLOW_MAX_LOG_INV_ALPHA:
+        return measure_flow(ctx, (L,))
+    note = (f"alpha={format_alpha(L)} is below what the parameter-space reference integrator affords (its "
+            f"cost grows like log(1/alpha)): tested at alpha={format_alpha(FLOW_MAX_LOG_INV_ALPHA)} instead; ")
+    return measure_flow(ctx, (FLOW_MAX_LOG_INV_ALPHA,), note)
+
+
+def judge(m: FlowMeasurement | DiscreteMeasurement) -> tuple[Verdict, Reason | None, str]:
+    """pass: the largest drift (flow) or law error (gd/sgd/adam) is at most the threshold; fail
+    (``conservation-broken``) when above; inconclusive when nothing moves, the integrator failed, the optimizer
+    diverged or the scale underflowed."""
+    if isinstance(m, FlowMeasurement):
+        if not m.rate > 0:
+            return Verdict.INCONCLUSIVE, Reason.NOTHING_TO_TEST, (
+                "the gradient vanishes at zero: nothing moves, so there is no flow to test (is the teacher zero?)")
+        if m.failed is not None:
+            return Verdict.INCONCLUSIVE, Reason.SOLVER_FAILED, f"scipy DOP853 failed at {m.failed}"
+        worst = max(m.drifts)
+        ok = worst <= m.threshold
+        msg = (f"{m.note}gradient flow of the network's own parameters: max relative drift of the conserved "
+               f"quantities {worst:.2e} {'<=' if ok else '>'} {m.threshold:.0e} (integrator rtol {FLOW_RTOL:.0e})")
+        if not ok:
+            msg += ": the loss does not depend on the weights only through the products u*v (Definition 3.1)"
+        return (Verdict.PASS, None, msg) if ok else (Verdict.FAIL, Reason.CONSERVATION_BROKEN, msg)
+    opt = m.optimizer
+    if m.diverged:
+        return Verdict.INCONCLUSIVE, Reason.OPTIMIZER_DIVERGED, f"{opt.name} diverged (non-finite weights): lower --lr"
+    if m.underflow:
+        return Verdict.INCONCLUSIVE, Reason.UNDERFLOW, (
+            f"{opt.name}: u^2 + v^2 underflows float64 at alpha={format_alpha(max(m.log_inv_alphas))}: the "
+            "conservation law cannot be measured (use a larger alpha)")
+    worst = max(m.law_error)
+    if worst <= m.threshold:
+        return Verdict.PASS, None, (
+            f"{opt.name}: C(theta_T) equals C(theta_0) + eta^2 sum_t C(grad_t), i.e. the product of "
+            f"(1 - eta^2 g_i^2), to {worst:.1e} <= {m.threshold:.1e} (rounding)")
     plain = opt.name in ("gd", "sgd") and opt.momentum == 0 and opt.weight_decay == 0
-    if ok:
-        msg = (f"{opt.name}: C(theta_T) equals C(theta_0) + eta^2 sum_t C(grad_t), i.e. the product of "
-               f"(1 - eta^2 g_i^2), to {worst:.1e} <= {threshold:.1e} (rounding)")
-    else:
-        why = ("its update is not a plain gradient step" if not plain else
-               "the loss does not depend on the weights only through the products u*v")
-        msg = (f"{opt.name}: the conservation law is broken: C(theta_T) differs from the Lemma 4.1 prediction by "
-               f"{worst:.2e} > {threshold:.1e} relative to the weights' scale ({why})")
-    curves = [Series(f"alpha={format_alpha(L)}", run.steps,
-                     ((run.conserved[b] - run.conserved[b, :1]).abs() / scale[b]).amax(dim=1).clamp_min(1e-18))
-              for b, L in enumerate(log_inv_alphas)]
-    return CheckResult(
-        ID, CLAIM, Verdict.PASS if ok else Verdict.FAIL, msg, reason=None if ok else Reason.CONSERVATION_BROKEN,
-        metrics={"max_law_error": Metric.at_most(worst, threshold, ROUNDING_GATE),
-                 "law_error": Metric.info(law_error.tolist()), "drift": Metric.info(drift.tolist()),
-                 "alphas": Metric.info([format_alpha(L) for L in log_inv_alphas])},
-        key_metric="max_law_error", settings={"optimizer": opt.name, "lr": opt.lr, "steps": opt.steps},
-        evidence={"figures": [_figure(curves, "step", None, f"Drift of the conserved quantities under {opt.name}")]},
-    )
+    why = ("its update is not a plain gradient step" if not plain else
+           "the loss does not depend on the weights only through the products u*v")
+    return Verdict.FAIL, Reason.CONSERVATION_BROKEN, (
+        f"{opt.name}: the conservation law is broken: C(theta_T) differs from the Lemma 4.1 prediction by "
+        f"{worst:.2e} > {m.threshold:.1e} relative to the weights' scale ({why})")
 
 
-def _figure(curves: list[Series], xlabel: str, threshold: float | None, title: str) -> Figure:
-    return Figure("lemma41-drift", title, "line", xlabel, "max_i |C_i(t) - C_i(0)| / scale_i", yscale="log",
-                  series=tuple(curves), hlines=() if threshold is None else (Mark(threshold, "threshold"),),
-                  caption="Lemma 4.1: C = u^2 - v^2 (or Wq^T Wq - Wk^T Wk) relative to u^2 + v^2.")
+def declare(m: FlowMeasurement | DiscreteMeasurement) -> dict[str, Metric]:
+    """The judged maximum (gated at the rounding level) and the per-alpha values (a complete measurement)."""
+    alphas = Metric.info([format_alpha(L) for L in m.log_inv_alphas])
+    if isinstance(m, FlowMeasurement):
+        return {"max_drift": Metric.at_most(max(m.drifts), m.threshold, ROUNDING_GATE),
+                "drift": Metric.info(list(m.drifts)), "nfev": Metric.lower(list(m.nfev)), "alphas": alphas}
+    return {"max_law_error": Metric.at_most(max(m.law_error), m.threshold, ROUNDING_GATE),
+            "law_error": Metric.info(list(m.law_error)), "drift": Metric.info(list(m.drift)), "alphas": alphas}
+
+
+def figures(m: FlowMeasurement | DiscreteMeasurement) -> list[Figure]:
+    flow = isinstance(m, FlowMeasurement)
+    curves = tuple(Series(f"alpha={format_alpha(L)}", x, y) for L, (x, y) in zip(m.log_inv_alphas, m.curves))
+    title = ("Conservation drift along gradient flow" if flow else
+             f"Drift of the conserved quantities under {m.optimizer.name}")
+    return [Figure("lemma41-drift", title, "line", "tau = t / log(1/alpha)" if flow else "step",
+                   "max_i |C_i(t) - C_i(0)| / scale_i", yscale="log", series=curves,
+                   hlines=(Mark(m.threshold, "threshold"),) if flow else (),
+                   caption="Lemma 4.1: C = u^2 - v^2 (or Wq^T Wq - Wk^T Wk) relative to u^2 + v^2.")]
 
 
 @register(ID, CLAIM, reasons=Reason, diagonal_only=False, order=10)
 def check_lemma_41(ctx) -> CheckResult:
-    log_inv_alphas = ctx.config.log_inv_alphas or (DEFAULT_LOG_INV_ALPHA,)
-    if ctx.config.optimizer.name == "flow":
-        # An explicit integrator's cost grows with log(1/alpha): the flow test uses the largest alpha given,
-        # capped so that the cost stays bounded.
-        L = min(log_inv_alphas)
-        if L <= FLOW_MAX_LOG_INV_ALPHA:
-            return _flow(ctx, (L,))
-        note = (f"alpha={format_alpha(L)} is below what the parameter-space reference integrator affords (its "
-                f"cost grows like log(1/alpha)): tested at alpha={format_alpha(FLOW_MAX_LOG_INV_ALPHA)} instead; ")
-        return _flow(ctx, (FLOW_MAX_LOG_INV_ALPHA,), note)
-    return _discrete(ctx, log_inv_alphas)
+    m = measure(ctx)
+    verdict, reason, message = judge(m)
+    flow = isinstance(m, FlowMeasurement)
+    if flow:
+        settings = {"optimizer": "flow", "integrator": "DOP853", "integrator_rtol": FLOW_RTOL}
+    else:
+        settings = {"optimizer": m.optimizer.name, "lr": m.optimizer.lr}
+    if verdict is Verdict.INCONCLUSIVE:  # nothing complete to declare
+        return CheckResult(ID, CLAIM, verdict, message, settings={} if flow else settings, reason=reason)
+    if not flow:
+        settings["steps"] = m.optimizer.steps
+    return CheckResult(ID, CLAIM, verdict, message, declare(m), "max_drift" if flow else "max_law_error", settings,
+                       {"figures": figures(m)}, reason=reason)

@@ -77,7 +77,8 @@ class Event:
 @dataclass(frozen=True)
 class RankMeasurement:
     """Singular values ``sv[P]`` [B, T, r_P] along ``traj``; ``levels`` [B] the rank levels; ``events[b]``
-    in time order; ``growth_rate`` = lambda_max of the Hessian at theta = 0 (first stage at ~1 / it)."""
+    in time order; ``growth_rate`` = lambda_max of the Hessian at theta = 0 (first stage at ~1 / it);
+    ``log_inv_alphas``: the ladder as asked for (run b is its b-th entry)."""
 
     names: tuple[str, ...]
     traj: ParamTrajectory
@@ -86,6 +87,12 @@ class RankMeasurement:
     events: tuple[tuple[Event, ...], ...]
     growth_rate: float
     horizon: float
+    log_inv_alphas: tuple[float, ...]
+
+    @property
+    def smallest(self) -> int:
+        """The run of the smallest alpha."""
+        return int(np.argmax(self.log_inv_alphas))
 
 
 def singular_values(model, theta: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -174,13 +181,14 @@ def measure(model, theta0: torch.Tensor, log_inv_alphas, horizon: float | None =
         traj = ParamTrajectory(torch.tensor(list(log_inv_alphas)), torch.zeros(1), empty,
                                torch.zeros(len(log_inv_alphas), 1), 0, Status.SUCCESS, "")
         return RankMeasurement(names, traj, (), torch.zeros(len(log_inv_alphas)), ((),) * len(log_inv_alphas),
-                               0.0, 0.0)
+                               0.0, 0.0, tuple(float(L) for L in log_inv_alphas))
     traj = auto_horizon_run(model, theta0, log_inv_alphas, rate, horizon)
     sv = singular_values(model, traj.theta)
     big = torch.stack([s.flatten(1).nan_to_num(0.0).amax(1) for s in sv]).amax(0)
     levels = RANK_FRACTION * big
     evs = tuple(events(traj.tau, tuple(s[b] for s in sv), float(levels[b])) for b in range(len(levels)))
-    return RankMeasurement(names, traj, sv, levels, evs, rate, float(traj.tau[-1]))
+    return RankMeasurement(names, traj, sv, levels, evs, rate, float(traj.tau[-1]),
+                           tuple(float(L) for L in log_inv_alphas))
 
 
 @dataclass(frozen=True)
@@ -243,19 +251,28 @@ def describe(m: RankMeasurement, e: Event) -> str:
     return f"{sigma(m, e)} {'rises above' if e.up else 'falls below'} the level"
 
 
-def judge(m: RankMeasurement) -> tuple[Verdict, str, Reason | None, list[Gap]]:
-    """Verdict, message and reason from a measurement (module docstring)."""
+def judged_gaps(m: RankMeasurement) -> list[Gap]:
+    """The gaps the judgement reads: none when nothing is learned, the flow failed or nothing crossed the level
+    at the smallest alpha."""
+    small = int(np.argmax([float(x) for x in m.traj.log_inv_alpha]))
+    if m.growth_rate == 0 or m.traj.status is not Status.SUCCESS or not m.events[small]:
+        return []
+    return gaps(m)
+
+
+def judge(m: RankMeasurement) -> tuple[Verdict, Reason | None, str]:
+    """Verdict, reason and message from a measurement (module docstring)."""
     L = [float(x) for x in m.traj.log_inv_alpha]
     small = int(np.argmax(L))
     if m.growth_rate == 0:
-        return Verdict.INCONCLUSIVE, "the gradient vanishes at zero: nothing is learned (is the teacher zero?)", \
-            Reason.NOTHING_TO_TEST, []
+        return (Verdict.INCONCLUSIVE, Reason.NOTHING_TO_TEST,
+                "the gradient vanishes at zero: nothing is learned (is the teacher zero?)")
     if m.traj.status is not Status.SUCCESS:
-        return Verdict.INCONCLUSIVE, f"the flow did not reach the horizon: {m.traj.message}", Reason.SOLVER_FAILED, []
+        return Verdict.INCONCLUSIVE, Reason.SOLVER_FAILED, f"the flow did not reach the horizon: {m.traj.message}"
     evs = m.events[small]
     if not evs:
-        return (Verdict.INCONCLUSIVE, f"no singular value crossed {RANK_FRACTION:g} x the largest by tau = "
-                f"{m.horizon:.3g} at alpha={format_alpha(L[small])} (raise --horizon)", Reason.NO_JUMP, [])
+        return (Verdict.INCONCLUSIVE, Reason.NO_JUMP, f"no singular value crossed {RANK_FRACTION:g} x the largest by "
+                f"tau = {m.horizon:.3g} at alpha={format_alpha(L[small])} (raise --horizon)")
     gs = gaps(m)
     ties, short = [], []
     for gp in gs:
@@ -275,16 +292,17 @@ def judge(m: RankMeasurement) -> tuple[Verdict, str, Reason | None, list[Gap]]:
     note = (f"; {len(falls)} rank decrease(s): " + ", ".join(f"{describe(m, e)} at tau={e.tau:.3g}" for e in falls)
             if falls else "")
     if ties:
-        return Verdict.FAIL, "jumps do not separate: " + "; ".join(ties) + note, Reason.JUMPS_NOT_SEPARATED, gs
+        return Verdict.FAIL, Reason.JUMPS_NOT_SEPARATED, "jumps do not separate: " + "; ".join(ties) + note
     if short:
-        return Verdict.INCONCLUSIVE, "cannot extrapolate: " + "; ".join(short) + " (widen the ladder)", Reason.LADDER_TOO_SHORT, gs
+        return (Verdict.INCONCLUSIVE, Reason.LADDER_TOO_SHORT,
+                "cannot extrapolate: " + "; ".join(short) + " (widen the ladder)")
     ranks = [int((s[small, -1] > m.levels[small]).sum()) for s in m.sv]
     worst = min((gp.ratio for gp in gs), default=math.inf)
-    return Verdict.PASS, (
+    return Verdict.PASS, None, (
         f"{len(evs)} jump(s) at alpha={format_alpha(L[small])}, each raising the rank of one product by one ("
         + ", ".join(f"{sigma(m, e)} at tau={e.tau:.3g}" for e in evs)
         + "); final ranks " + ", ".join(f"{n} {r}" for n, r in zip(m.names, ranks))
-        + (f"; gaps between jumps keep >= {worst:.2f} of their size as alpha -> 0" if gs else "") + note), None, gs
+        + (f"; gaps between jumps keep >= {worst:.2f} of their size as alpha -> 0" if gs else "") + note)
 
 
 def _subsample(tau: torch.Tensor, y: torch.Tensor, n: int = 300) -> tuple[list[float], list[float]]:
@@ -295,7 +313,7 @@ def _subsample(tau: torch.Tensor, y: torch.Tensor, n: int = 300) -> tuple[list[f
 MAX_SERIES_PER_PRODUCT = 6
 
 
-def figures(m: RankMeasurement, gs: list[Gap]) -> list[Figure]:
+def figures(m: RankMeasurement) -> list[Figure]:
     """Singular values against rescaled time per alpha with the level and the detected events; the gaps
     between consecutive events against 1 / log(1/alpha) with their fits (the extrapolation judged)."""
     out = []
@@ -314,7 +332,7 @@ def figures(m: RankMeasurement, gs: list[Gap]) -> list[Figure]:
                     "values above the level; vertical lines are the detected events (a singular value crossing "
                     "the level)."))
     fits = []
-    for gp in gs:
+    for gp in judged_gaps(m):
         x = [1.0 / L for L in gp.log_inv_alphas]
         label = f"{sigma(m, gp.first)} -> {sigma(m, gp.second)}"
         fits.append(Series(label, x, gp.gaps, "o-"))
@@ -336,15 +354,13 @@ def _event_rows(m: RankMeasurement, b: int) -> list[dict]:
              "tau": e.tau} for e in m.events[b]]
 
 
-@register(ID, CLAIM, reasons=Reason, diagonal_only=False, full_only=True, order=60)
-def check_rank_increments(ctx) -> CheckResult:
-    Ls = ctx.config.log_inv_alphas or LADDER
-    m = measure(ctx.model, ctx.theta0(1)[0], Ls, ctx.config.horizon)
-    verdict, message, reason, gs = judge(m)
+def declare(m: RankMeasurement) -> dict[str, Metric]:
+    """The smallest limit / gap ratio (judged), the events, gaps and final ranks (info), the cost."""
+    gs = judged_gaps(m)
     ratios = [gp.ratio for gp in gs if gp.ratio is not None]
-    small = int(np.argmax([float(L) for L in Ls]))
-    alphas = [format_alpha(float(L)) for L in Ls]
-    metrics = {
+    small = m.smallest
+    alphas = [format_alpha(L) for L in m.log_inv_alphas]
+    return {
         "min_limit_gap_ratio": Metric.at_least(min(ratios) if ratios else (math.inf if m.events[small] else None),
                                                LIMIT_GAP_FRACTION),
         "jumps": Metric.info(len(m.events[small])),
@@ -357,8 +373,14 @@ def check_rank_increments(ctx) -> CheckResult:
         "horizon": Metric.info(m.horizon),
         "nfev": Metric.lower(m.traj.nfev, gate=None),
     }
+
+
+@register(ID, CLAIM, reasons=Reason, diagonal_only=False, full_only=True, order=60)
+def check_rank_increments(ctx) -> CheckResult:
+    m = measure(ctx.model, ctx.theta0(1)[0], ctx.config.log_inv_alphas or LADDER, ctx.config.horizon)
+    verdict, reason, message = judge(m)
     settings = {"rank_fraction": RANK_FRACTION, "limit_gap_fraction": LIMIT_GAP_FRACTION, "rtol": RTOL,
                 "atol": f"rtol x {ATOL_FRACTION:g} x alpha", "integrator": "scipy DOP853 on theta, batched over alphas",
                 "growth_rate": m.growth_rate, "horizon": "given" if ctx.config.horizon else "automatic"}
-    return CheckResult(ID, CLAIM, verdict, message, metrics, "min_limit_gap_ratio", settings,
-                       {"figures": figures(m, gs)}, reason=reason)
+    return CheckResult(ID, CLAIM, verdict, message, declare(m), "min_limit_gap_ratio", settings,
+                       {"figures": figures(m)}, reason=reason)

@@ -5,9 +5,11 @@ failure kinds it can give, besides :class:`~verifier.results.CommonReason`; docs
 :func:`run_check` turns an exception into an ``inconclusive`` result that names it (never a pass; reason
 ``check-raised``), refuses a reason the check did not declare, and stamps config, provenance, duration.
 
-Every check module has the same shape (theorem45.py is the template): constants with their derivation, then
-``measure`` (numbers only), ``judge`` (verdict, message, reason from the numbers), ``declare`` (the numbers as
-:class:`~verifier.results.Metric` s), ``figures``, and the registered function that chains them.
+Every check module has the same shape (theorem45.py is the template): constants with their derivation, a
+frozen dataclass of what is measured, ``measure`` (all the torch work), ``judge`` (pure: verdict, reason and
+message from the measurement), ``declare`` (the measurement as :class:`~verifier.results.Metric` s),
+``figures``, and the registered function that chains them; a check of several parts (4.3, 4.4) has a
+measurement and a ``judge_*`` per part.
 """
 
 from __future__ import annotations

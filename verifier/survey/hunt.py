@@ -103,10 +103,10 @@ def measure(check: str, ctx: Context) -> Outcome:
                        + (f" >= {threshold:g}" if ok else f" < {threshold:g} (a near tie)"), "min_stage_margin",
                        value, threshold, "higher")
     if check == "assumption-4.3":
-        metrics: dict = {}
-        verdict, message = assumption43._stages(ctx, ctx.model.coordinate_names(), metrics)[:2]
+        stages = assumption43.measure_stages(ctx, ctx.model.coordinate_names())
+        verdict, _reason, message = assumption43.judge_stages(stages)
         return metric_outcome(Verdict.FAIL if verdict is Verdict.FAIL else Verdict.PASS, message, "min_rel_eig",
-                              metrics.get("min_rel_eig"))
+                              assumption43.declare_stages(stages).get("min_rel_eig"))
     return outcome(run_check(check, ctx))
 
 
