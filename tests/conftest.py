@@ -10,8 +10,14 @@
   theorem-4.5's beta error on the last plateau converges only like 1/log(1/alpha) (the adaptive ladder).
 """
 
+import os
+
 import pytest
 import torch
+
+# `verifier run` picks its worker processes from the machine's load (cli.run_workers); the tests that run it in
+# this process monkeypatch and count things, so they get one process unless a test asks for more (test_runner.py).
+os.environ["VERIFIER_WORKERS"] = "1"
 
 from verifier import data as D
 from verifier.config import RunConfig

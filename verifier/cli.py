@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--perturb-epochs", help=f"training epochs after a perturbation (default {R.perturb_epochs})")
     run.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
                                    "reports/<timestamp>, with reports/latest linking to it)")
+    run.add_argument("--workers", help="processes that run groups of checks side by side: N, or auto (default, "
+                                       "or $VERIFIER_WORKERS: one per idle core; 1 on a busy machine)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sv = sub.add_parser("survey", help="draw N problems of a preset, run the checks on each: rates with intervals, "
@@ -197,11 +199,12 @@ def _run(args, argv) -> int:
     from .runner import run_checks
 
     config = _config(args)
+    workers = run_workers(args.workers, os.environ, *machine_load())
     output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
     ids = resolve_ids(args.checks, ctx.model)
     _require_memory(config, ctx.model, ids)
-    return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress))
+    return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress, workers=workers))
 
 
 def _problem_field(config) -> str:
@@ -393,7 +396,7 @@ def thread_policy(environ, cores: int, load: float) -> dict[str, str]:
     threads take the cores the others need. So: when the 1-minute load average leaves at least two cores
     idle, a team of that many threads (at most ``cores``) with the default (active) waiting; otherwise one
     thread, PASSIVE (nothing left to spin). Returns the variables to set."""
-    idle = int(cores - load + 0.5)  # the nearest whole number of idle cores
+    idle = idle_cores(cores, load)
     if idle >= 2:
         want = {"OMP_NUM_THREADS": str(min(cores, idle))}
     else:
@@ -401,13 +404,33 @@ def thread_policy(environ, cores: int, load: float) -> dict[str, str]:
     return {k: v for k, v in want.items() if k not in environ}
 
 
-def _set_thread_policy() -> None:
+def idle_cores(cores: int, load: float) -> int:
+    """The nearest whole number of cores the 1-minute load average leaves idle (at least 0)."""
+    return max(0, int(cores - load + 0.5))
+
+
+def machine_load() -> tuple[int, float]:
+    """(usable cores, 1-minute load average; inf where the platform has none: assume busy)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform: assume busy (one thread cannot collapse)
-        load = float("inf")
-    os.environ.update(thread_policy(os.environ, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                    else (os.cpu_count() or 1), load))
+        return cores, os.getloadavg()[0]
+    except OSError:
+        return cores, float("inf")
+
+
+def run_workers(text: str | None, environ, cores: int, load: float) -> int:
+    """``verifier run --workers N|auto`` -> processes. Not given: $VERIFIER_WORKERS, else auto. auto: one per
+    idle core (:func:`idle_cores`), at least one; on a busy machine that is one, this process (runner.py)."""
+    text = environ.get("VERIFIER_WORKERS", "auto") if text is None else text
+    if str(text).strip() == "auto":
+        return max(1, idle_cores(cores, load))
+    from .survey.workers import local_workers
+
+    return local_workers(text, "cpu")[0]
+
+
+def _set_thread_policy() -> None:
+    os.environ.update(thread_policy(os.environ, *machine_load()))
 
 
 def console() -> None:

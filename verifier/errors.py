@@ -10,6 +10,10 @@ class InputError(ValueError):
         if allowed:
             msg += f" (allowed: {allowed})"
         super().__init__(msg)
+        self._init_args = (field, problem, allowed)
+
+    def __reduce__(self):  # pickled with its own arguments: it crosses from a worker process (runner.py)
+        return type(self), self._init_args
 
 
 class UserCodeError(InputError):
@@ -22,6 +26,7 @@ class UserCodeError(InputError):
         where = f"importing {file}" if function is None else f"{file}:{function}(" + (
             f"seed={seed})" if seed is not None else ")")
         super().__init__("--model-file", f"{where} {problem}")
+        self._init_args = (file, function, problem, seed)
 
 
 class UserCodeExit(RuntimeError):

@@ -1,18 +1,43 @@
-"""Run a list of checks on one problem (the CLI writes the outputs: :mod:`verifier.outputs`)."""
+"""Run a list of checks on one problem (the CLI writes the outputs: :mod:`verifier.outputs`).
+
+In this process, one check after the other, or (``workers`` > 1) in worker processes: the checks are split
+into groups that share no cached computation (:func:`share_groups`: the alpha ladder, the reference run), each
+group runs in order in one spawned process on a Context rebuilt from the run's config, with Algorithm 1's
+stages (which every check reads) computed once here and handed over. The results are the same, value for value,
+as in one process (tests/test_runner.py); only ``duration_s`` differs. docs/ARCHITECTURE.md, "Parallel checks".
+"""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import sys
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
 from .checks import run_check
 from .config import RunConfig
 from .context import Context
+from .errors import InputError
 from .results import RunResults
 
 
-def run_checks(ctx: Context, ids: list[str], progress: bool = True) -> RunResults:
+def run_checks(ctx: Context, ids: list[str], progress: bool = True, workers: int = 1) -> RunResults:
+    """The checks ``ids`` on ``ctx``; ``workers`` > 1 runs groups of them in that many processes where
+    :func:`can_split` allows (else here, one after the other)."""
+    groups = share_groups(ids)
+    count = min(workers, len(groups))
+    if count > 1 and can_split(ctx) is None:
+        ctx.provenance["workers"] = count
+        results = _run_in_workers(ctx, ids, groups, count, progress)
+    else:
+        results = _run_here(ctx, ids, progress)
+    run = {"config": ctx.config.as_dict(), "provenance": ctx.provenance, "model": ctx.model.family,
+           "problem": ctx.problem, "checks": ids}
+    return RunResults(run=run, checks=tuple(results))
+
+
+def _run_here(ctx: Context, ids: list[str], progress: bool) -> list:
     results = []
     bar = tqdm(ids, desc="verifier", unit="check", file=sys.stderr, disable=not progress, leave=False)
     for check_id in bar:
@@ -20,9 +45,7 @@ def run_checks(ctx: Context, ids: list[str], progress: bool = True) -> RunResult
         if progress:
             ctx.progress = _postfix(bar, check_id)
         results.append(run_check(check_id, ctx))
-    run = {"config": ctx.config.as_dict(), "provenance": ctx.provenance, "model": ctx.model.family,
-           "problem": ctx.problem, "checks": ids}
-    return RunResults(run=run, checks=tuple(results))
+    return results
 
 
 def _postfix(bar, check_id: str):
@@ -33,10 +56,108 @@ def _postfix(bar, check_id: str):
     return show
 
 
+def share_groups(ids: list[str]) -> list[list[str]]:
+    """``ids`` split into groups that share no cached Context computation (``CheckSpec.shares``; Algorithm
+    1's stages are handed to every group): checks that share one are in one group, in their given order.
+    Largest group first (it is started first), then in the order of their first check."""
+    from .checks.registry import REGISTRY
+
+    groups: list[tuple[set[str], list[str]]] = []
+    for check_id in ids:
+        shares = set(REGISTRY[check_id].shares) if check_id in REGISTRY else set()
+        joined = [g for g in groups if g[0] & shares]
+        merged = (shares.union(*(g[0] for g in joined)), [i for g in joined for i in g[1]] + [check_id])
+        groups = [g for g in groups if not any(g is j for j in joined)] + [merged]
+    ordered = [sorted(g[1], key=ids.index) for g in groups]
+    return sorted(ordered, key=lambda g: (-len(g), ids.index(g[0])))
+
+
+def can_split(ctx: Context) -> str | None:
+    """None when the checks of ``ctx`` may run in worker processes, else why not: the workers rebuild the
+    problem from the run's config, so a model object handed in (tests, the pytest plugin) stays here; and a
+    GPU is one device that one process already fills."""
+    if ctx.model_given:
+        return "the model was handed in as an object"
+    if ctx.device.type != "cpu":
+        return f"the run is on {ctx.device.type}"
+    return None
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """What a worker needs: the run's config and provenance, the checks in order, Algorithm 1's stages."""
+
+    config: RunConfig
+    provenance: dict
+    ids: tuple[str, ...]
+    stages: object | None
+
+
+def run_group(task: GroupTask) -> list:
+    """The worker's side: a Context rebuilt from the config (a model file is imported again, under the same
+    guard), the parent's provenance and stages, then the group's checks in order."""
+    ctx = Context(task.config)
+    ctx.provenance = task.provenance
+    if task.stages is not None:
+        ctx.__dict__["stages"] = task.stages  # the cached_property's slot
+    return [run_check(check_id, ctx) for check_id in task.ids]
+
+
+def _stages(ctx: Context, bar):
+    """Algorithm 1's stages, which every diagonal check reads, computed once here; None where there are none
+    or computing them raised (the workers then meet the same error inside each check, a result as in one
+    process)."""
+    if not ctx.model.diagonal:
+        return None
+    bar.set_postfix_str("Algorithm 1")
+    try:
+        return ctx.stages
+    except InputError:
+        raise
+    except Exception:
+        ctx.__dict__.pop("stages", None)
+        return None
+
+
+def _ready() -> None:
+    """A worker's first task: import what the checks need."""
+    from . import checks  # noqa: F401
+
+
+def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count: int, progress: bool) -> list:
+    from .checks.registry import notify
+    from .survey.workers import LocalPool, threads_per_worker
+
+    bar = tqdm(total=len(ids), desc="verifier", unit="check", file=sys.stderr, disable=not progress, leave=False)
+    pool = LocalPool(count, threads_per_worker(count))
+    for _ in range(count):  # the workers start (and import torch) while Algorithm 1 runs here
+        pool.submit(_ready)
+    done = {}
+    try:
+        stages = _stages(ctx, bar)
+        bar.set_postfix_str(f"{count} worker processes")
+        futures = {pool.submit(run_group, GroupTask(ctx.config, ctx.provenance, tuple(g), stages)): g
+                   for g in groups}
+        for future in cf.as_completed(futures):
+            for result in future.result():
+                done[result.id] = result
+                notify(result)
+            bar.update(len(futures[future]))
+    except BaseException:  # an interrupt, a worker's InputError: stop the others now
+        pool.shutdown(wait=False)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown()
+    return [done[i] for i in ids]
+
+
 def run_suite(config: RunConfig, ids: list[str] | None = None, argv: list[str] | None = None,
-              progress: bool = True) -> RunResults:
-    """Library entry point: the checks ``ids`` (default: every check that applies) on ``config``."""
+              progress: bool = True, workers: int = 1) -> RunResults:
+    """Library entry point: the checks ``ids`` (default: every check that applies) on ``config``, in
+    ``workers`` processes (:func:`run_checks`)."""
     from .checks import resolve_ids
 
     ctx = Context(config, argv=argv)
-    return run_checks(ctx, ids if ids is not None else resolve_ids(None, ctx.model), progress=progress)
+    return run_checks(ctx, ids if ids is not None else resolve_ids(None, ctx.model), progress=progress,
+                      workers=workers)

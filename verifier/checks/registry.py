@@ -33,6 +33,7 @@ class CheckSpec:
     diagonal_only: bool = True
     order: int = 0
     full_only: bool = False
+    shares: tuple[str, ...] = ()  # the Context computations it reads besides Algorithm 1 (runner.share_groups)
 
     def reason_values(self) -> tuple[str, ...]:
         """Every reason this check may give: its own enum's values, then the common ones."""
@@ -52,12 +53,14 @@ REGISTRY: dict[str, CheckSpec] = {}
 
 
 def register(id: str, claim: str, *, reasons: type[Enum] = CommonReason, diagonal_only: bool = True,
-             order: int = 0, full_only: bool = False):
-    """Register ``func`` as check ``id``; ``reasons``: the check's ``Reason`` enum (str values, kebab-case)."""
+             order: int = 0, full_only: bool = False, shares: tuple[str, ...] = ()):
+    """Register ``func`` as check ``id``; ``reasons``: the check's ``Reason`` enum (str values, kebab-case);
+    ``shares``: names of the cached Context computations it reads besides ``ctx.stages`` ("ladder",
+    "reference-run"): checks that share one run in the same worker process (runner.share_groups)."""
     def deco(func):
         if id in REGISTRY and REGISTRY[id].func is not func:
             raise ValueError(f"check id {id!r} registered twice")
-        REGISTRY[id] = CheckSpec(id, claim, func, reasons, diagonal_only, order, full_only)
+        REGISTRY[id] = CheckSpec(id, claim, func, reasons, diagonal_only, order, full_only, tuple(shares))
         return func
 
     return deco
@@ -102,6 +105,11 @@ def run_check(check_id: str, ctx) -> CheckResult:
                                  reason=CommonReason.CHECK_RAISED)
     result = replace(result, claim=result.claim or spec.claim, config=ctx.config.as_dict(),
                      provenance=ctx.provenance, duration_s=time.perf_counter() - start)
+    notify(result)
+    return result
+
+
+def notify(result: CheckResult) -> None:
+    """Hand a finished result to the observers (the pytest plugin's record), in the process that owns them."""
     for observe in OBSERVERS:
         observe(result)
-    return result

@@ -1,0 +1,104 @@
+"""Checks side by side in worker processes (runner.py): the groups, the worker count, and the same results
+as one process."""
+
+import json
+
+import pytest
+
+from verifier.checks import resolve_ids
+from verifier.cli import main, run_workers
+from verifier.config import RunConfig
+from verifier.context import Context
+from verifier.errors import InputError
+from verifier.runner import can_split, run_checks, share_groups
+
+PAPER_SUITE = ["definition-3.1", "lemma-4.1", "assumption-4.2", "assumption-4.3", "assumption-4.4", "theorem-4.5"]
+
+
+def test_checks_that_share_a_run_are_grouped():
+    # 4.2 and theorem-4.5 read the alpha ladder (4.5 may refine it after 4.2 read it: same order as in one
+    # process); 4.3 and 4.4 the reference run; the other two read only Algorithm 1, which every group gets.
+    assert share_groups(PAPER_SUITE) == [["assumption-4.2", "theorem-4.5"], ["assumption-4.3", "assumption-4.4"],
+                                         ["definition-3.1"], ["lemma-4.1"]]
+    assert share_groups(["theorem-4.5", "lemma-4.1"]) == [["theorem-4.5"], ["lemma-4.1"]]
+    assert share_groups(["assumption-4.4"]) == [["assumption-4.4"]]
+
+
+@pytest.mark.parametrize("text, env, cores, load, want", [
+    (None, {}, 2, 0.1, 2),  # auto on an idle 2-core machine
+    (None, {}, 2, 1.3, 1),  # busy: this process
+    (None, {}, 16, 3.2, 13),
+    (None, {"VERIFIER_WORKERS": "3"}, 2, 9.0, 3),
+    ("auto", {"VERIFIER_WORKERS": "1"}, 2, 0.0, 2),  # the option wins over the variable
+    ("4", {}, 2, 0.0, 4),
+])
+def test_worker_count(text, env, cores, load, want):
+    assert run_workers(text, env, cores, load) == want
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5", ""])
+def test_bad_worker_count_is_refused(text):
+    with pytest.raises(InputError, match="--workers"):
+        run_workers(text, {}, 2, 0.0)
+
+
+def test_bad_workers_exit_2_before_any_work(tmp_path, capsys):
+    assert main(["run", "--preset", "diag-linear", "--workers", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--workers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_handed_in_stays_in_this_process():
+    from verifier.presets import PRESETS
+
+    ctx = Context(RunConfig(preset="diag-linear"), model=PRESETS["diag-linear"].build(), argv=["t"])
+    assert can_split(ctx) == "the model was handed in as an object"
+    res = run_checks(ctx, ["definition-3.1", "lemma-4.1"], progress=False, workers=2)
+    assert [c.id for c in res.checks] == ["definition-3.1", "lemma-4.1"]
+    assert "workers" not in res.run["provenance"]
+
+
+def _comparable(path):
+    """results.json without what differs between two runs of the same problem: times and the command."""
+    d = json.loads(path.read_text())
+    for c in d["checks"]:
+        c.pop("duration_s")
+        c.pop("provenance")
+    for key in ("timestamp", "command", "workers"):
+        d["run"]["provenance"].pop(key, None)
+    return d
+
+
+def test_two_workers_give_the_results_of_one_process(tmp_path):
+    args = ["run", "--preset", "diag-linear", "--seed", "3", "--no-progress"]
+    assert main([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["run"]["provenance"]["workers"] == 2
+    assert [c["id"] for c in two["checks"]] == PAPER_SUITE == resolve_ids(None, _model())
+    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+
+
+def test_a_failing_check_fails_the_same_way_in_a_worker(tmp_path):
+    # The valley counterexample of Assumptions 4.3/4.4 (duplicated features) fails in a worker as here.
+    import numpy as np
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 2, generator=gen, dtype=torch.float64)
+    X = torch.cat([x, x[:, :1]], 1)
+    y = X @ torch.tensor([1.0, -0.5, 1.0], dtype=torch.float64)
+    data = tmp_path / "valley.npz"
+    np.savez(data, X=X.numpy(), Y=y.numpy())
+    args = ["run", "--model", "diag-linear", "--data", str(data), "--checks", "assumption-4.3,assumption-4.4,lemma-4.1",
+            "--no-progress"]
+    one = main([*args, "--workers", "1", "--out", str(tmp_path / "one")])
+    two = main([*args, "--workers", "2", "--out", str(tmp_path / "two")])
+    assert one == two == 1
+    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+
+
+def _model():
+    from verifier.presets import PRESETS
+
+    return PRESETS["diag-linear"].build()
