@@ -4,6 +4,8 @@ ladder's share (issue 11's target: <= 150 s on a 2-core CPU). Asserts the verdic
 
 import time
 
+import pytest
+
 from verifier.checks import resolve_ids, run_check
 from verifier.config import RunConfig
 from verifier.context import Context
@@ -30,3 +32,31 @@ def test_default_suite(benchmark, machine_info):
                          "checks": {r.id: {"verdict": r.verdict.value, "seconds": round(r.duration_s, 1)}
                                     for r in out["results"]}})
     assert all(r.verdict.value == "pass" for r in out["results"]), [(r.id, r.message) for r in out["results"]]
+
+
+def _suite_seconds(preset: str, workers: int) -> tuple[float, float, list]:
+    """(wall s, this process's CPU s, results) of ``run_checks`` on ``preset``'s paper suite."""
+    from verifier.runner import run_checks
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    ctx = Context(RunConfig(preset=preset), argv=["pytest", "benchmarks"])
+    res = run_checks(ctx, resolve_ids(None, ctx.model), progress=False, workers=workers)
+    return time.perf_counter() - wall, time.process_time() - cpu, res.checks
+
+
+@pytest.mark.parametrize("preset", ["toy-attention", "diag-transformer"])
+def test_suite_in_worker_processes(benchmark, machine_info, preset):
+    """One process and two (``verifier run --workers``), one after the other in this run: the ratio of wall
+    times, and the same verdicts and metrics (the values are those of one process, tests/test_runner.py)."""
+    out = {}
+
+    def both():
+        out[1] = _suite_seconds(preset, 1)
+        out[2] = _suite_seconds(preset, 2)
+
+    benchmark.pedantic(both, rounds=1, iterations=1)
+    machine_info.update({"preset": preset, "wall_1_worker": round(out[1][0], 1), "wall_2_workers": round(out[2][0], 1),
+                         "ratio": round(out[1][0] / out[2][0], 2),
+                         "checks_2_workers": {r.id: round(r.duration_s, 1) for r in out[2][2]}})
+    assert [(r.id, r.verdict) for r in out[1][2]] == [(r.id, r.verdict) for r in out[2][2]]
+    assert [r.to_dict()["metrics"] for r in out[1][2]] == [r.to_dict()["metrics"] for r in out[2][2]]

@@ -10,18 +10,19 @@ from verifier.cli import main, run_workers
 from verifier.config import RunConfig
 from verifier.context import Context
 from verifier.errors import InputError
-from verifier.runner import can_split, run_checks, share_groups
+from verifier.runner import can_split, reads_stages, run_checks, share_groups
 
 PAPER_SUITE = ["definition-3.1", "lemma-4.1", "assumption-4.2", "assumption-4.3", "assumption-4.4", "theorem-4.5"]
 
 
 def test_checks_that_share_a_run_are_grouped():
     # 4.2 and theorem-4.5 read the alpha ladder (4.5 may refine it after 4.2 read it: same order as in one
-    # process); 4.3 and 4.4 the reference run; the other two read only Algorithm 1, which every group gets.
+    # process); 4.3 and 4.4 the reference run; Algorithm 1's stages are handed to every group that reads them.
     assert share_groups(PAPER_SUITE) == [["assumption-4.2", "theorem-4.5"], ["assumption-4.3", "assumption-4.4"],
                                          ["definition-3.1"], ["lemma-4.1"]]
     assert share_groups(["theorem-4.5", "lemma-4.1"]) == [["theorem-4.5"], ["lemma-4.1"]]
     assert share_groups(["assumption-4.4"]) == [["assumption-4.4"]]
+    assert [reads_stages(g) for g in share_groups(PAPER_SUITE)] == [True, True, False, False]
 
 
 @pytest.mark.parametrize("text, env, cores, load, want", [

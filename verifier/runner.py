@@ -1,10 +1,11 @@
 """Run a list of checks on one problem (the CLI writes the outputs: :mod:`verifier.outputs`).
 
 In this process, one check after the other, or (``workers`` > 1) in worker processes: the checks are split
-into groups that share no cached computation (:func:`share_groups`: the alpha ladder, the reference run), each
-group runs in order in one spawned process on a Context rebuilt from the run's config, with Algorithm 1's
-stages (which every check reads) computed once here and handed over. The results are the same, value for value,
-as in one process (tests/test_runner.py); only ``duration_s`` differs. docs/ARCHITECTURE.md, "Parallel checks".
+into groups that read no cached computation in common (:func:`share_groups`: the alpha ladder, the reference
+run), each group runs in order in one spawned process on a Context rebuilt from the run's config. Algorithm 1's
+stages, which most checks read, are computed once here and handed over; the groups that do not read them run
+meanwhile. The results are the same, value for value, as in one process (tests/test_runner.py); only
+``duration_s`` differs. docs/ARCHITECTURE.md, "Parallel checks".
 """
 
 from __future__ import annotations
@@ -56,20 +57,30 @@ def _postfix(bar, check_id: str):
     return show
 
 
+# What the parent computes once and hands to every worker (the other cached computations stay in one group).
+HANDED_OVER = frozenset({"stages"})
+
+
 def share_groups(ids: list[str]) -> list[list[str]]:
-    """``ids`` split into groups that share no cached Context computation (``CheckSpec.shares``; Algorithm
-    1's stages are handed to every group): checks that share one are in one group, in their given order.
-    Largest group first (it is started first), then in the order of their first check."""
+    """``ids`` split into groups that read no cached Context computation in common (``CheckSpec.reads``, less
+    :data:`HANDED_OVER`), each in the given order. Largest group first (it is started first), then in the
+    order of their first check."""
     from .checks.registry import REGISTRY
 
     groups: list[tuple[set[str], list[str]]] = []
     for check_id in ids:
-        shares = set(REGISTRY[check_id].shares) if check_id in REGISTRY else set()
-        joined = [g for g in groups if g[0] & shares]
-        merged = (shares.union(*(g[0] for g in joined)), [i for g in joined for i in g[1]] + [check_id])
+        reads = set(REGISTRY[check_id].reads) - HANDED_OVER if check_id in REGISTRY else set()
+        joined = [g for g in groups if g[0] & reads]
+        merged = (reads.union(*(g[0] for g in joined)), [i for g in joined for i in g[1]] + [check_id])
         groups = [g for g in groups if not any(g is j for j in joined)] + [merged]
     ordered = [sorted(g[1], key=ids.index) for g in groups]
     return sorted(ordered, key=lambda g: (-len(g), ids.index(g[0])))
+
+
+def reads_stages(group: list[str]) -> bool:
+    from .checks.registry import REGISTRY
+
+    return any("stages" in REGISTRY[i].reads for i in group if i in REGISTRY)
 
 
 def can_split(ctx: Context) -> str | None:
@@ -103,20 +114,16 @@ def run_group(task: GroupTask) -> list:
     return [run_check(check_id, ctx) for check_id in task.ids]
 
 
-def _stages(ctx: Context, bar):
-    """Algorithm 1's stages, which every diagonal check reads, computed once here; None where there are none
-    or computing them raised (the workers then meet the same error inside each check, a result as in one
-    process)."""
-    if not ctx.model.diagonal:
-        return None
+def _stages(ctx: Context, bar) -> None:
+    """Algorithm 1's stages, computed once here (cached on ``ctx``); where computing them raises, the workers
+    meet the same error inside each check that reads them, a result as in one process."""
     bar.set_postfix_str("Algorithm 1")
     try:
-        return ctx.stages
+        ctx.stages
     except InputError:
         raise
     except Exception:
-        ctx.__dict__.pop("stages", None)
-        return None
+        pass
 
 
 def _ready() -> None:
@@ -132,12 +139,18 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
     pool = LocalPool(count, threads_per_worker(count))
     for _ in range(count):  # the workers start (and import torch) while Algorithm 1 runs here
         pool.submit(_ready)
-    done = {}
+    bar.set_postfix_str(f"{count} worker processes")
+    done, futures = {}, {}
     try:
-        stages = _stages(ctx, bar)
-        bar.set_postfix_str(f"{count} worker processes")
-        futures = {pool.submit(run_group, GroupTask(ctx.config, ctx.provenance, tuple(g), stages)): g
-                   for g in groups}
+        # Groups that do not read Algorithm 1 start now, beside it; the others once its stages are here.
+        tried = False
+        for g in sorted(groups, key=reads_stages):
+            if reads_stages(g) and not tried:
+                _stages(ctx, bar)
+                tried = True
+                bar.set_postfix_str(f"{count} worker processes")
+            task = GroupTask(ctx.config, ctx.provenance, tuple(g), ctx.__dict__.get("stages"))
+            futures[pool.submit(run_group, task)] = g
         for future in cf.as_completed(futures):
             for result in future.result():
                 done[result.id] = result

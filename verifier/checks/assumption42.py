@@ -435,7 +435,7 @@ def figures(m: Measurement) -> list[Figure]:
     return [bars, times]
 
 
-@register(ID, CLAIM, reasons=Reason, order=20, shares=("ladder",))
+@register(ID, CLAIM, reasons=Reason, order=20, reads=("stages", "ladder"))
 def check_assumption_42(ctx) -> CheckResult:
     m = measure(ctx)
     verdict, reason, message = judge(m)

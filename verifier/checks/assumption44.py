@@ -340,7 +340,7 @@ def figures(m: Measurement) -> list[Figure]:
     return out
 
 
-@register(ID, CLAIM, reasons=Reason, order=40, shares=("reference-run",))
+@register(ID, CLAIM, reasons=Reason, order=40, reads=("stages", "reference-run"))
 def check(ctx) -> CheckResult:
     m = measure(ctx)
     verdict, reason, message = judge(m)

@@ -33,7 +33,7 @@ class CheckSpec:
     diagonal_only: bool = True
     order: int = 0
     full_only: bool = False
-    shares: tuple[str, ...] = ()  # the Context computations it reads besides Algorithm 1 (runner.share_groups)
+    reads: tuple[str, ...] = ()  # the cached Context computations it reads (runner.share_groups)
 
     def reason_values(self) -> tuple[str, ...]:
         """Every reason this check may give: its own enum's values, then the common ones."""
@@ -53,14 +53,15 @@ REGISTRY: dict[str, CheckSpec] = {}
 
 
 def register(id: str, claim: str, *, reasons: type[Enum] = CommonReason, diagonal_only: bool = True,
-             order: int = 0, full_only: bool = False, shares: tuple[str, ...] = ()):
+             order: int = 0, full_only: bool = False, reads: tuple[str, ...] = ()):
     """Register ``func`` as check ``id``; ``reasons``: the check's ``Reason`` enum (str values, kebab-case);
-    ``shares``: names of the cached Context computations it reads besides ``ctx.stages`` ("ladder",
-    "reference-run"): checks that share one run in the same worker process (runner.share_groups)."""
+    ``reads``: the cached Context computations it reads ("stages": Algorithm 1, "ladder", "reference-run"):
+    checks that read the same run go to the same worker process (runner.share_groups). A computation left
+    out is computed again where it is read: slower, never different."""
     def deco(func):
         if id in REGISTRY and REGISTRY[id].func is not func:
             raise ValueError(f"check id {id!r} registered twice")
-        REGISTRY[id] = CheckSpec(id, claim, func, reasons, diagonal_only, order, full_only, tuple(shares))
+        REGISTRY[id] = CheckSpec(id, claim, func, reasons, diagonal_only, order, full_only, tuple(reads))
         return func
 
     return deco

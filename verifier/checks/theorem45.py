@@ -247,7 +247,7 @@ def exact_tie(ctx):
     return next((t for t in candidates if t.exact), None)
 
 
-@register(ID, CLAIM, reasons=Reason, order=50, shares=("ladder",))
+@register(ID, CLAIM, reasons=Reason, order=50, reads=("stages", "ladder"))
 def check_theorem_45(ctx) -> CheckResult:
     """Theorem 4.5 along the ladder; with an exact tie (Assumption 4.2 fails) the errors are measured up to the
     tie only, and the verdict is fail with a message saying that Algorithm 1 is undefined after it."""
