@@ -111,9 +111,11 @@ def test_ladder_budget_and_refine_hook():
     err = traj.solver_error()
     assert err[0] > 10 * err[1] > 0
     tiny = {"beta_error": [1e-12, 1.0], "b_error": [1.0, 1.0], "transition_time_error": [1.0, 1.0]}
-    assert unresolved(ctx.stages, traj, tiny) == [0]
+    need = unresolved(ctx.stages, traj, tiny)
+    assert list(need) == [0] and need[0] == pytest.approx(0.1 * 1e-12 / (2 * max(
+        1.0, max(float(s.beta.abs().max()) for s in ctx.stages.stages))))  # RESOLUTION x value / (2 max|beta|)
     large = {k: [1.0, 1.0] for k in tiny}
-    assert unresolved(ctx.stages, traj, large) == []
+    assert unresolved(ctx.stages, traj, large) == {}
     loose_nfev = int(traj.nfev[0])
     assert ctx.refine_ladder([0, 1]) is True
     tight = ctx.ladder
@@ -135,3 +137,20 @@ def test_ladder_budget_and_refine_hook():
 ])
 def test_thread_policy_respects_the_user_and_the_load(env, cores, load, want):
     assert thread_policy(env, cores, load) == want
+
+
+def test_refine_ladder_solves_at_the_tolerance_a_value_needs():
+    """A sample whose smallest measured error allows a solver error e' in S is re-solved at the atol whose
+    bound is e' / 2 (not at the floor), which then resolves it; a second request sends it to the floor."""
+    ctx = Context(RunConfig(preset="diag-linear", log_inv_alphas=(math.log(1e4), math.log(1e8))), argv=["t"])
+    traj = ctx.ladder
+    e0 = float(traj.solver_error()[0])
+    assert ctx.refine_ladder({0: e0 / 20}) is True
+    tight = ctx.ladder
+    solver = ctx.config.solver
+    assert solver.atol < float(tight.atol[0]) < LADDER_BUDGET[1]
+    assert float(tight.solver_error()[0]) == pytest.approx(e0 / 40, rel=0.05)  # half of what was allowed
+    assert int(tight.nfev[0]) > int(traj.nfev[0])
+    assert ctx.refine_ladder({0: 1e-30}) is True  # asked again: the floor
+    assert float(ctx.ladder.atol[0]) == solver.atol
+    assert ctx.refine_ladder({0: 1e-30}) is False

@@ -127,21 +127,21 @@ class Context:
 
         return algorithm1(self.model, progress=self.progress)
 
-    def ladder_tolerances(self, floor: "list[int] | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rtol, atol) [B] of the ladder: the run's SolverConfig for the smallest alpha and the samples in
-        ``floor``, LADDER_BUDGET (or the run's, if looser) for the others."""
+    def ladder_tolerances(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rtol, atol) [B] of the ladder: the run's SolverConfig for the smallest alpha, LADDER_BUDGET (or the
+        run's, if looser) for the others."""
         Ls = list(self.log_inv_alphas)
         solver = self.config.solver
         rtol = torch.full((len(Ls),), max(solver.rtol, LADDER_BUDGET[0]), dtype=torch.float64)
         atol = torch.full((len(Ls),), max(solver.atol, LADDER_BUDGET[1]), dtype=torch.float64)
-        for j in [max(range(len(Ls)), key=lambda j: Ls[j])] + list(floor or []):
-            rtol[j], atol[j] = solver.rtol, solver.atol
+        j = max(range(len(Ls)), key=lambda j: Ls[j])
+        rtol[j], atol[j] = solver.rtol, solver.atol
         return rtol, atol
 
-    def _solve_ladder(self, samples: list[int], floor: list[int]):
+    def _solve_ladder(self, samples: list[int], tolerances=None):
         from .dynamics.flow import solve_flow
 
-        rtol, atol = self.ladder_tolerances(floor)
+        rtol, atol = self.ladder_tolerances() if tolerances is None else tolerances
         theta0 = self.theta0(1).expand(len(samples), -1)
         return solve_flow(self.model, theta0, [self.log_inv_alphas[j] for j in samples], self.horizon,
                           self.config.solver, progress=lambda f: self.progress("alpha ladder", f),
@@ -151,20 +151,34 @@ class Context:
     def ladder(self):
         """Exact gradient flow for every alpha of the ladder, one batched call, to the rescaled horizon, at the
         error budget's tolerances (:meth:`ladder_tolerances`); :meth:`refine_ladder` tightens samples."""
-        return self._solve_ladder(list(range(len(self.log_inv_alphas))), [])
+        return self._solve_ladder(list(range(len(self.log_inv_alphas))))
 
     def refine_ladder(self, samples) -> bool:
-        """Re-solve the ladder's ``samples`` whose tolerances are looser than the run's SolverConfig at the
-        run's tolerances, in one batched call, and splice them into ``self.ladder``. The hook of the error
-        budget: a check calls it when a quantity it reads is within 1 / RESOLUTION of a sample's
-        ``Trajectory.solver_error()``. Returns whether anything was re-solved (False: all at the floor)."""
+        """Re-solve ladder samples tighter, in one batched call, and splice them into ``self.ladder``: the hook
+        of the error budget (THEORY.md §3). ``samples``: a list (re-solve at the run's SolverConfig, the
+        floor) or ``{sample: the solver error in S it may have}`` (re-solve at the atol whose bound
+        ``Trajectory.solver_error()`` is half of it, never below the floor; a sample re-solved before goes to
+        the floor). A check calls it when a quantity it reads is within 1 / RESOLUTION of a sample's solver
+        error, and again after measuring anew, until nothing is unresolved or those samples are at the floor
+        (at most two re-solves each). Returns whether anything was re-solved (False: all already that tight)."""
+        from .dynamics.trajectory import GLOBAL_ERROR_FACTOR
+
         traj = self.ladder
         solver = self.config.solver
-        loose = [j for j in samples if traj.rtol is None or float(traj.rtol[j]) > solver.rtol
-                 or float(traj.atol[j]) > solver.atol]
+        wanted = samples if isinstance(samples, dict) else {j: 0.0 for j in samples}
+        s_max = torch.nan_to_num(traj.b.abs(), nan=0.0).flatten(1).amax(1) * traj.log_inv_alpha
+        rtol, atol = self.ladder_tolerances()
+        budget = atol.clone()
+        for j, allowed in wanted.items():
+            refined = traj.atol is not None and float(traj.atol[j]) < float(budget[j])
+            rtol[j] = solver.rtol
+            atol[j] = solver.atol if refined else max(
+                solver.atol, allowed / (2 * GLOBAL_ERROR_FACTOR) - solver.rtol * float(s_max[j]))
+        loose = [j for j in wanted if traj.rtol is None or float(traj.rtol[j]) > rtol[j]
+                 or float(traj.atol[j]) > atol[j]]
         if not loose:
             return False
-        new = self._solve_ladder(loose, loose)
+        new = self._solve_ladder(loose, (rtol, atol))
         rows = torch.tensor(loose)
         fields = {}
         for name in ("beta", "b", "loss", "nfev", "njev", "crossing_tau", "crossing_sign", "rtol", "atol"):

@@ -134,9 +134,10 @@ def measure(seq, traj, horizon: float) -> dict:
     return out
 
 
-def unresolved(seq, traj, values: dict) -> list[int]:
+def unresolved(seq, traj, values: dict) -> dict[int, float]:
     """The ladder's samples with a measured error below 1 / RESOLUTION times what the solver may have put
-    there (THEORY.md §3, error budget): Trajectory.solver_error() e in S is at most 2 e max(1, |beta^k|) in
+    there (THEORY.md §3, error budget), each with the solver error in S it may have instead (RESOLUTION times
+    its smallest measured error, in S): Trajectory.solver_error() e in S is at most 2 e max(1, |beta^k|) in
     beta, e / L in b, and e / (L |G|) in a transition time (|G| the slowest activation's rate)."""
     from ..context import RESOLUTION
 
@@ -144,9 +145,11 @@ def unresolved(seq, traj, values: dict) -> list[int]:
     scale = max(1.0, max(float(s.beta.abs().max()) for s in seq.stages))
     rates = [abs(float(seq.stages[k - 1].grad[s.coordinate])) for k, s in enumerate(seq.stages) if k >= 1]
     rate = max(min(rates, default=1.0), 1e-12)
-    bounds = {"beta_error": lambda j: 2 * e[j] * scale, "b_error": lambda j: e[j] / L[j],
-              "transition_time_error": lambda j: e[j] / (L[j] * rate)}
-    return [j for j in range(len(L)) if any(bound(j) > RESOLUTION * values[key][j] for key, bound in bounds.items())]
+    per_unit = {"beta_error": lambda j: 2 * scale, "b_error": lambda j: 1 / L[j],  # error of the value per e
+                "transition_time_error": lambda j: 1 / (L[j] * rate)}
+    allowed = {j: RESOLUTION * min(values[key][j] / unit(j) for key, unit in per_unit.items())
+               for j in range(len(L))}
+    return {j: a for j, a in allowed.items() if e[j] > a}
 
 
 def fit_rate(L: list[float], err: list[float]) -> float | None:
@@ -264,8 +267,9 @@ def check_theorem_45(ctx) -> CheckResult:
         horizon = min(horizon, T1 - WINDOW_MARGIN * (T1 - T0))
     measured = seq if tie is None else replace(seq, stages=seq.stages[: tie.k])
     values = evaluate(measured, traj, horizon)[3]
-    if ctx.refine_ladder(unresolved(measured, traj, values)):  # the error budget (THEORY.md §3)
+    while ctx.refine_ladder(unresolved(measured, traj, values)):  # the error budget (THEORY.md §3)
         traj = ctx.ladder
+        values = evaluate(measured, traj, horizon)[3]
 
     def undecided(t):  # only an error still shrinking above its tolerance asks for more rungs
         _, why, reason, _, _ = evaluate(measured, t, horizon)
