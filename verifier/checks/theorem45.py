@@ -207,6 +207,8 @@ def evaluate(seq, traj, horizon: float) -> tuple[Verdict, str, Reason | None, di
     values = {"alphas": [format_alpha(l) for l in L], "log_inv_alphas": L,
                "transition_time_error": m["transition_time_error"], "beta_error": m["beta_error"],
                "b_error": m["b_error"], "nfev": [int(x) for x in traj.nfev], "njev": [int(x) for x in traj.njev],
+               "solver_rtol": None if traj.rtol is None else traj.rtol.tolist(),
+               "solver_atol": None if traj.atol is None else traj.atol.tolist(),
                "rate": rates, "per_stage_transition_error": m["per_stage_error"],
                "stage_times": T[1:], "windows_measured": m["windows_measured"], "horizon": horizon}
     j = int(np.argmax(L))
@@ -238,7 +240,8 @@ def declare(values: dict, tols: dict) -> dict[str, Metric]:
         metrics[f"{key}_at_smallest_alpha"] = Metric.at_most(values[key][j], tol)
         metrics[key] = Metric.lower(values[key])
     metrics["nfev"] = Metric.lower(values["nfev"])
-    for key in ("alphas", "log_inv_alphas", "rate", "njev", "per_stage_transition_error", "stage_times", "windows_measured", "horizon"):
+    for key in ("alphas", "log_inv_alphas", "rate", "njev", "solver_rtol", "solver_atol", "per_stage_transition_error",
+                "stage_times", "windows_measured", "horizon"):
         metrics[key] = Metric.info(values[key])
     return metrics
 
