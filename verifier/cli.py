@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
                                    "reports/<timestamp>, with reports/latest linking to it)")
     run.add_argument("--workers", help="processes that run groups of checks side by side: N, or auto (default, "
-                                       "or $VERIFIER_WORKERS: one per idle core; 1 on a busy machine)")
+                                       "or $VERIFIER_WORKERS: one per core)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sv = sub.add_parser("survey", help="draw N problems of a preset, run the checks on each: rates with intervals, "
@@ -199,7 +199,7 @@ def _run(args, argv) -> int:
     from .runner import run_checks
 
     config = _config(args)
-    workers = run_workers(args.workers, os.environ, *machine_load())
+    workers = run_workers(args.workers, os.environ, machine_load()[0])
     output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
     ids = resolve_ids(args.checks, ctx.model)
@@ -418,12 +418,14 @@ def machine_load() -> tuple[int, float]:
         return cores, float("inf")
 
 
-def run_workers(text: str | None, environ, cores: int, load: float) -> int:
-    """``verifier run --workers N|auto`` -> processes. Not given: $VERIFIER_WORKERS, else auto. auto: one per
-    idle core (:func:`idle_cores`), at least one; on a busy machine that is one, this process (runner.py)."""
+def run_workers(text: str | None, environ, cores: int) -> int:
+    """``verifier run --workers N|auto`` -> processes (runner.py: at most one per group of checks). Not given:
+    $VERIFIER_WORKERS, else auto: one per core, whatever the load. Single-threaded processes do not spin
+    (each gets cores // N torch threads), so on a busy machine two of them share the cores with the other jobs
+    as two jobs do; only OpenMP teams collapse there (:func:`thread_policy`)."""
     text = environ.get("VERIFIER_WORKERS", "auto") if text is None else text
     if str(text).strip() == "auto":
-        return max(1, idle_cores(cores, load))
+        return max(1, cores)
     from .survey.workers import local_workers
 
     return local_workers(text, "cpu")[0]

@@ -135,8 +135,12 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
     from .checks.registry import notify
     from .survey.workers import LocalPool, threads_per_worker
 
+    import torch
+
     bar = tqdm(total=len(ids), desc="verifier", unit="check", file=sys.stderr, disable=not progress, leave=False)
-    pool = LocalPool(count, threads_per_worker(count))
+    threads, own = threads_per_worker(count), torch.get_num_threads()
+    torch.set_num_threads(threads)  # Algorithm 1 here runs beside a worker: the cores are shared out alike
+    pool = LocalPool(count, threads)
     for _ in range(count):  # the workers start (and import torch) while Algorithm 1 runs here
         pool.submit(_ready)
     bar.set_postfix_str(f"{count} worker processes")
@@ -161,6 +165,7 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
         raise
     finally:
         bar.close()
+        torch.set_num_threads(own)
     pool.shutdown()
     return [done[i] for i in ids]
 
