@@ -35,19 +35,27 @@ def test_default_suite(benchmark, machine_info):
 
 
 def _suite_seconds(preset: str, workers: int) -> tuple[float, float, list]:
-    """(wall s, this process's CPU s, results) of ``run_checks`` on ``preset``'s paper suite."""
+    """(wall s, this process's CPU s, results) of ``run_checks`` on ``preset``'s paper suite, every process at
+    one torch thread (what a worker gets on 2 cores; a thread count changes values at rounding level)."""
+    import torch
+
     from verifier.runner import run_checks
 
-    wall, cpu = time.perf_counter(), time.process_time()
-    ctx = Context(RunConfig(preset=preset), argv=["pytest", "benchmarks"])
-    res = run_checks(ctx, resolve_ids(None, ctx.model), progress=False, workers=workers)
-    return time.perf_counter() - wall, time.process_time() - cpu, res.checks
+    own = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        ctx = Context(RunConfig(preset=preset), argv=["pytest", "benchmarks"])
+        res = run_checks(ctx, resolve_ids(None, ctx.model), progress=False, workers=workers)
+        return time.perf_counter() - wall, time.process_time() - cpu, res.checks
+    finally:
+        torch.set_num_threads(own)
 
 
 @pytest.mark.parametrize("preset", ["toy-attention", "diag-transformer"])
 def test_suite_in_worker_processes(benchmark, machine_info, preset):
-    """One process and two (``verifier run --workers``), one after the other in this run: the ratio of wall
-    times, and the same verdicts and metrics (the values are those of one process, tests/test_runner.py)."""
+    """One process and two (``verifier run --workers``), one after the other in this run, one torch thread
+    each: the ratio of wall times, and the same verdicts and metrics (tests/test_runner.py)."""
     out = {}
 
     def both():

@@ -192,6 +192,13 @@ def cases() -> list[Case]:
     C.append(Case("seed", "limit --seed 9223372036854775807 (preset)",
                   ["limit", "--preset", "diag-linear", "--seed", "9223372036854775807"], {0}))
     C.append(bad("seed", "limit --seed 2**64", ["limit", "--preset", "diag-linear", "--seed", str(2**64)], "--seed"))
+    # --- worker processes (verifier run --workers)
+    for text in ["0", "-2", "1.5", "two", "", "1e3"]:
+        C.append(bad("workers", f"--workers {text!r}", run_lin("--workers", text), "--workers"))
+    C.append(bad("workers", "VERIFIER_WORKERS=two", run_lin(), "$VERIFIER_WORKERS", env={"VERIFIER_WORKERS": "two"}))
+    both = ["--checks", "definition-3.1,lemma-4.1", "--no-progress"]  # two groups: two processes
+    C.append(Case("workers", "--workers 64 (more than the groups: one per group)", run_lin("--workers", "64", checks=both),
+                  {0}))
     # --- numeric options
     numeric = {
         "--horizon": ["0", "-1", "inf", "nan", "1e400", "abc"],

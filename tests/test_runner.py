@@ -42,6 +42,11 @@ def test_bad_worker_count_is_refused(text):
         run_workers(text, {}, 2)
 
 
+def test_a_bad_worker_variable_is_named_as_such():
+    with pytest.raises(InputError, match=r"^\$VERIFIER_WORKERS: 'two' is not a number of workers"):
+        run_workers(None, {"VERIFIER_WORKERS": "two"}, 2)
+
+
 def test_bad_workers_exit_2_before_any_work(tmp_path, capsys):
     assert main(["run", "--preset", "diag-linear", "--workers", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--workers" in capsys.readouterr().err
@@ -55,7 +60,19 @@ def test_a_model_handed_in_stays_in_this_process():
     assert can_split(ctx) == "the model was handed in as an object"
     res = run_checks(ctx, ["definition-3.1", "lemma-4.1"], progress=False, workers=2)
     assert [c.id for c in res.checks] == ["definition-3.1", "lemma-4.1"]
-    assert "workers" not in res.run["provenance"]
+    assert res.run["provenance"]["workers"] == 1
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread here, as each worker has on 2 cores: the comparison is at the same thread count (another
+    count moves values at rounding level)."""
+    import torch
+
+    own = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(own)
 
 
 def _comparable(path):
@@ -69,7 +86,7 @@ def _comparable(path):
     return d
 
 
-def test_two_workers_give_the_results_of_one_process(tmp_path):
+def test_two_workers_give_the_results_of_one_process(tmp_path, one_thread):
     args = ["run", "--preset", "diag-linear", "--seed", "3", "--no-progress"]
     assert main([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
@@ -79,7 +96,7 @@ def test_two_workers_give_the_results_of_one_process(tmp_path):
     assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
 
 
-def test_a_failing_check_fails_the_same_way_in_a_worker(tmp_path):
+def test_a_failing_check_fails_the_same_way_in_a_worker(tmp_path, one_thread):
     # The valley counterexample of Assumptions 4.3/4.4 (duplicated features) fails in a worker as here.
     import numpy as np
     import torch
@@ -102,3 +119,13 @@ def _model():
     from verifier.presets import PRESETS
 
     return PRESETS["diag-linear"].build()
+
+
+def test_workers_that_cannot_apply_are_refused(tmp_path, capsys, monkeypatch):
+    # On a GPU the checks stay in one process (runner.can_split); an explicit --workers 2 would be ignored.
+    import verifier.runner as runner
+
+    monkeypatch.setattr(runner, "can_split", lambda ctx: "the run is on cuda")
+    assert main(["run", "--preset", "diag-linear", "--workers", "2", "--out", str(tmp_path / "o")]) == 2
+    assert "--workers: 2 processes asked for, but the run is on cuda" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -196,12 +196,16 @@ def _run(args, argv) -> int:
     from .checks import resolve_ids
     from .context import Context
     from .outputs import OutputSet
+    from . import runner
     from .runner import run_checks
 
     config = _config(args)
     workers = run_workers(args.workers, os.environ, machine_load()[0])
     output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
+    if args.workers not in (None, "auto") and workers > 1 and (why := runner.can_split(ctx)) is not None:
+        raise InputError("--workers", f"{workers} processes asked for, but {why}: the checks run in one process",
+                         "leave --workers out, or 1")
     ids = resolve_ids(args.checks, ctx.model)
     _require_memory(config, ctx.model, ids)
     return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress, workers=workers))
@@ -423,12 +427,16 @@ def run_workers(text: str | None, environ, cores: int) -> int:
     $VERIFIER_WORKERS, else auto: one per core, whatever the load. Single-threaded processes do not spin
     (each gets cores // N torch threads), so on a busy machine two of them share the cores with the other jobs
     as two jobs do; only OpenMP teams collapse there (:func:`thread_policy`)."""
+    field = "--workers" if text is not None or "VERIFIER_WORKERS" not in environ else "$VERIFIER_WORKERS"
     text = environ.get("VERIFIER_WORKERS", "auto") if text is None else text
     if str(text).strip() == "auto":
         return max(1, cores)
     from .survey.workers import local_workers
 
-    return local_workers(text, "cpu")[0]
+    try:
+        return local_workers(text, "cpu")[0]
+    except InputError as exc:
+        raise InputError(field, f"{text!r} is not a number of workers", "a positive integer or auto") from exc
 
 
 def _set_thread_policy() -> None:

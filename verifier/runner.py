@@ -4,7 +4,8 @@ In this process, one check after the other, or (``workers`` > 1) in worker proce
 into groups that read no cached computation in common (:func:`share_groups`: the alpha ladder, the reference
 run), each group runs in order in one spawned process on a Context rebuilt from the run's config. Algorithm 1's
 stages, which most checks read, are computed once here and handed over; the groups that do not read them run
-meanwhile. The results are the same, value for value, as in one process (tests/test_runner.py); only
+meanwhile. The results are the same, value for value, as in one process at the same torch thread count
+(tests/test_runner.py; a thread count, like any torch run's, moves values at rounding level only); only
 ``duration_s`` differs. docs/ARCHITECTURE.md, "Parallel checks".
 """
 
@@ -28,11 +29,9 @@ def run_checks(ctx: Context, ids: list[str], progress: bool = True, workers: int
     :func:`can_split` allows (else here, one after the other)."""
     groups = share_groups(ids)
     count = min(workers, len(groups))
-    if count > 1 and can_split(ctx) is None:
-        ctx.provenance["workers"] = count
-        results = _run_in_workers(ctx, ids, groups, count, progress)
-    else:
-        results = _run_here(ctx, ids, progress)
+    parallel = count > 1 and can_split(ctx) is None
+    ctx.provenance["workers"] = count if parallel else 1
+    results = _run_in_workers(ctx, ids, groups, count, progress) if parallel else _run_here(ctx, ids, progress)
     run = {"config": ctx.config.as_dict(), "provenance": ctx.provenance, "model": ctx.model.family,
            "problem": ctx.problem, "checks": ids}
     return RunResults(run=run, checks=tuple(results))
