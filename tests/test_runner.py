@@ -129,3 +129,24 @@ def test_workers_that_cannot_apply_are_refused(tmp_path, capsys, monkeypatch):
     assert main(["run", "--preset", "diag-linear", "--workers", "2", "--out", str(tmp_path / "o")]) == 2
     assert "--workers: 2 processes asked for, but the run is on cuda" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def _die_in_the_ladder_group(task):
+    """A worker that dies (as one killed for memory would) when it gets the ladder's group."""
+    import os
+
+    from verifier.runner import run_group
+
+    if "assumption-4.2" in task.ids:
+        os._exit(9)
+    return run_group(task)
+
+
+def test_a_dead_worker_s_checks_run_here(tmp_path, one_thread, monkeypatch):
+    import verifier.runner as runner
+
+    args = ["run", "--preset", "diag-linear", "--seed", "3", "--no-progress"]
+    assert main([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
+    monkeypatch.setattr(runner, "run_group", _die_in_the_ladder_group)
+    assert main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")

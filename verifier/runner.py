@@ -155,7 +155,11 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
             task = GroupTask(ctx.config, ctx.provenance, tuple(g), ctx.__dict__.get("stages"))
             futures[pool.submit(run_group, task)] = g
         for future in cf.as_completed(futures):
-            for result in future.result():
+            try:
+                results = future.result()
+            except cf.BrokenExecutor:  # a worker died (killed, out of memory): its groups run here instead
+                results = [run_check(check_id, ctx) for check_id in futures[future]]
+            for result in results:
                 done[result.id] = result
                 notify(result)
             bar.update(len(futures[future]))
