@@ -29,7 +29,8 @@ from .presets import build_model
 # a tenth of it, 1e-3, is a relative error 2e in beta from an error e <= 5e-4 in S, i.e. a local tolerance of
 # 5e-4 / GLOBAL_ERROR_FACTOR (4) ~ 1e-4, absolute in S (rtol as the default's). A check that finds a quantity
 # within 1 / RESOLUTION of a sample's Trajectory.solver_error() calls Context.refine_ladder, which re-solves
-# that sample at the floor (never a guess: the verdict then reads the tighter solve).
+# that sample at the tolerance the quantity needs, then at the floor (never a guess: the verdict then reads the
+# tighter solve).
 LADDER_BUDGET = (1e-8, 1e-4)  # (rtol, atol)
 RESOLUTION = 0.1
 
