@@ -81,7 +81,7 @@ def _comparable(path):
     for c in d["checks"]:
         c.pop("duration_s")
         c.pop("provenance")
-    for key in ("timestamp", "command", "workers"):
+    for key in ("timestamp", "command", "workers", "ran_here"):
         d["run"]["provenance"].pop(key, None)
     return d
 
@@ -91,7 +91,7 @@ def test_two_workers_give_the_results_of_one_process(tmp_path, one_thread):
     assert main([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
     two = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert two["run"]["provenance"]["workers"] == 2
+    assert two["run"]["provenance"]["workers"] == 2 and "ran_here" not in two["run"]["provenance"]
     assert [c["id"] for c in two["checks"]] == PAPER_SUITE == resolve_ids(None, _model())
     assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
 
@@ -149,4 +149,34 @@ def test_a_dead_worker_s_checks_run_here(tmp_path, one_thread, monkeypatch):
     assert main([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
     monkeypatch.setattr(runner, "run_group", _die_in_the_ladder_group)
     assert main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
+    ran_here = json.loads((tmp_path / "two" / "results.json").read_text())["run"]["provenance"]["ran_here"]
+    assert "assumption-4.2" in [c for r in ran_here for c in r["checks"]]  # and any group the broken pool held
+    assert {r["why"] for r in ran_here} == {"a worker process died"}
     assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+
+
+UNSEEDED = """
+import torch
+import verifier
+
+
+def make():
+    X = torch.randn(30, 3, dtype=torch.float64)  # no seed: every process draws other data
+    y = X @ torch.tensor([1.0, -0.5, 0.0], dtype=torch.float64)
+    return verifier.from_loss(lambda b: 0.5 * (X @ b - y).pow(2).mean(), 3)
+"""
+
+
+def test_a_model_a_worker_rebuilds_differently_runs_here(tmp_path, one_thread):
+    # A model file that draws its data without a seed gives each process another problem: the workers see that
+    # their model's losses at the probe points differ from the parent's, and the groups run here instead.
+    path = tmp_path / "unseeded.py"
+    path.write_text(UNSEEDED)
+    code = main(["run", "--model-file", f"{path}:make", "--checks", "definition-3.1,lemma-4.1", "--workers", "2",
+                 "--no-progress", "--out", str(tmp_path / "o")])
+    assert code in (0, 1, 3)
+    run = json.loads((tmp_path / "o" / "results.json").read_text())
+    ran_here = run["run"]["provenance"]["ran_here"]
+    assert sorted(c for r in ran_here for c in r["checks"]) == ["definition-3.1", "lemma-4.1"]
+    assert all("without a seed" in r["why"] for r in ran_here)
+    assert [c["id"] for c in run["checks"]] == ["definition-3.1", "lemma-4.1"]

@@ -95,18 +95,52 @@ def can_split(ctx: Context) -> str | None:
 
 @dataclass(frozen=True)
 class GroupTask:
-    """What a worker needs: the run's config and provenance, the checks in order, Algorithm 1's stages."""
+    """What a worker needs: the run's config and provenance, the checks in order, Algorithm 1's stages, and
+    the parent model's :func:`fingerprint`."""
 
     config: RunConfig
     provenance: dict
     ids: tuple[str, ...]
     stages: object | None
+    fingerprint: tuple[float, ...] | None = None
+
+
+class ModelDiffers(Exception):
+    """The model a worker rebuilt from the config is not the parent's (a model file that draws its data or
+    weights without a seed): the group runs in the parent instead."""
+
+
+# Losses at FINGERPRINT_PROBES seeded points that agree to this relative tolerance are the same model (a rebuilt
+# model differs at rounding level at most; other data or weights differ at O(1)).
+FINGERPRINT_PROBES, FINGERPRINT_RTOL = 3, 1e-9
+
+
+def fingerprint(model) -> tuple[float, ...] | None:
+    """L(theta) at FINGERPRINT_PROBES points 0.5 N(0, 1) of a fixed generator (None where the loss raises:
+    the checks then report that error themselves)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    thetas = 0.5 * torch.randn(FINGERPRINT_PROBES, model.n_params, generator=gen, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            return tuple(float(model.loss_params(t.to(model.device))) for t in thetas)
+    except Exception:
+        return None
 
 
 def run_group(task: GroupTask) -> list:
     """The worker's side: a Context rebuilt from the config (a model file is imported again, under the same
-    guard), the parent's provenance and stages, then the group's checks in order."""
+    guard) and checked against the parent's fingerprint, the parent's provenance and stages, then the group's
+    checks in order."""
+    import math
+
     ctx = Context(task.config)
+    if task.fingerprint is not None:
+        mine = fingerprint(ctx.model)
+        if mine is None or not all(math.isclose(a, b, rel_tol=FINGERPRINT_RTOL, abs_tol=0.0) or a == b
+                                   for a, b in zip(mine, task.fingerprint)):
+            raise ModelDiffers(f"losses at the probe points {mine} here, {task.fingerprint} in the parent")
     ctx.provenance = task.provenance
     if task.stages is not None:
         ctx.__dict__["stages"] = task.stages  # the cached_property's slot
@@ -144,6 +178,7 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
         pool.submit(_ready)
     bar.set_postfix_str(f"{count} worker processes")
     done, futures = {}, {}
+    probe = fingerprint(ctx.model)
     try:
         # Groups that do not read Algorithm 1 start now, beside it; the others once its stages are here.
         tried = False
@@ -152,12 +187,17 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
                 _stages(ctx, bar)
                 tried = True
                 bar.set_postfix_str(f"{count} worker processes")
-            task = GroupTask(ctx.config, ctx.provenance, tuple(g), ctx.__dict__.get("stages"))
+            task = GroupTask(ctx.config, ctx.provenance, tuple(g), ctx.__dict__.get("stages"), probe)
             futures[pool.submit(run_group, task)] = g
         for future in cf.as_completed(futures):
             try:
                 results = future.result()
-            except cf.BrokenExecutor:  # a worker died (killed, out of memory): its groups run here instead
+            except (cf.BrokenExecutor, ModelDiffers) as exc:  # a worker died (killed, out of memory), or its
+                # model is not this one: the group runs here instead, and the run records why
+                why = ("a worker process died" if isinstance(exc, cf.BrokenExecutor) else
+                       "the model rebuilt in a worker differs from this process's (does the model file draw "
+                       "its data or weights without a seed?)")
+                ctx.provenance.setdefault("ran_here", []).append({"checks": list(futures[future]), "why": why})
                 results = [run_check(check_id, ctx) for check_id in futures[future]]
             for result in results:
                 done[result.id] = result
