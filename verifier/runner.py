@@ -165,10 +165,10 @@ def _ready() -> None:
 
 
 def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count: int, progress: bool) -> list:
+    import torch
+
     from .checks.registry import notify
     from .survey.workers import LocalPool, threads_per_worker
-
-    import torch
 
     bar = tqdm(total=len(ids), desc="verifier", unit="check", file=sys.stderr, disable=not progress, leave=False)
     threads, own = threads_per_worker(count), torch.get_num_threads()
@@ -178,8 +178,8 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
         pool.submit(_ready)
     bar.set_postfix_str(f"{count} worker processes")
     done, futures = {}, {}
-    probe = fingerprint(ctx.model)
     try:
+        probe = fingerprint(ctx.model)
         # Groups that do not read Algorithm 1 start now, beside it; the others once its stages are here.
         tried = False
         for g in sorted(groups, key=reads_stages):
