@@ -2,6 +2,7 @@
 as one process."""
 
 import json
+import os
 
 import pytest
 
@@ -180,3 +181,42 @@ def test_a_model_a_worker_rebuilds_differently_runs_here(tmp_path, one_thread):
     assert sorted(c for r in ran_here for c in r["checks"]) == ["definition-3.1", "lemma-4.1"]
     assert all("without a seed" in r["why"] for r in ran_here)
     assert [c["id"] for c in run["checks"]] == ["definition-3.1", "lemma-4.1"]
+
+
+IN_A_WORKER = "multiprocessing.parent_process() is not None"  # true in a spawned worker only
+HOSTILE_IN_WORKERS = {  # user code that behaves in the parent and misbehaves in a worker: name -> the make() body
+    "factory-exits": f"if {IN_A_WORKER}:\n        sys.exit(0)",
+    "factory-raises": f"if {IN_A_WORKER}:\n        raise RuntimeError('not here')",
+    "factory-changes-directory": f"if {IN_A_WORKER}:\n        os.chdir('/')",
+    "loss-exits": None,
+}
+
+
+def _hostile_file(path, case):
+    body = HOSTILE_IN_WORKERS[case]
+    loss = ("def loss(b):\n    if {w}:\n        sys.exit(0)\n    return (X @ b - y).pow(2).mean()\n".format(w=IN_A_WORKER)
+            if body is None else "def loss(b):\n    return (X @ b - y).pow(2).mean()\n")
+    path.write_text(
+        "import multiprocessing, os, sys\nimport torch, verifier\n"
+        "X = torch.randn(30, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)\n"
+        "y = X @ torch.tensor([1.0, -0.5, 0.0], dtype=torch.float64)\n" + loss
+        + "def make():\n    " + (body or "pass") + "\n    return verifier.from_loss(loss, 3)\n")
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_IN_WORKERS))
+def test_user_code_that_misbehaves_only_in_a_worker_changes_no_verdict(case, tmp_path, one_thread, monkeypatch):
+    # sys.exit, an exception or a chdir that happens only in a worker process: the group runs in the parent,
+    # the results are those of one process, provenance.ran_here says why, and the directory is unchanged here.
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "m.py"
+    _hostile_file(path, case)
+    args = ["run", "--model-file", f"{path}:make", "--checks", "definition-3.1,lemma-4.1", "--no-progress"]
+    one = main([*args, "--workers", "1", "--out", str(tmp_path / "one")])
+    two = main([*args, "--workers", "2", "--out", str(tmp_path / "two")])
+    assert one == two and one in (0, 1, 3)
+    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+    ran_here = json.loads((tmp_path / "two" / "results.json").read_text())["run"]["provenance"]["ran_here"]
+    assert sorted(c for r in ran_here for c in r["checks"]) == ["definition-3.1", "lemma-4.1"]
+    if case != "loss-exits":
+        assert all("rebuilding the model in a worker failed" in r["why"] for r in ran_here)
+    assert os.getcwd() == str(tmp_path)

@@ -197,7 +197,6 @@ def _run(args, argv) -> int:
     from .context import Context
     from .outputs import OutputSet
     from . import runner
-    from .runner import run_checks
 
     config = _config(args)
     workers = run_workers(args.workers, os.environ, machine_load()[0])
@@ -208,7 +207,7 @@ def _run(args, argv) -> int:
                          "leave --workers out, or 1")
     ids = resolve_ids(args.checks, ctx.model)
     _require_memory(config, ctx.model, ids)
-    return _write(output, lambda: run_checks(ctx, ids, progress=not args.no_progress, workers=workers))
+    return _write(output, lambda: runner.run_checks(ctx, ids, progress=not args.no_progress, workers=workers))
 
 
 def _problem_field(config) -> str:
@@ -400,17 +399,12 @@ def thread_policy(environ, cores: int, load: float) -> dict[str, str]:
     threads take the cores the others need. So: when the 1-minute load average leaves at least two cores
     idle, a team of that many threads (at most ``cores``) with the default (active) waiting; otherwise one
     thread, PASSIVE (nothing left to spin). Returns the variables to set."""
-    idle = idle_cores(cores, load)
+    idle = int(cores - load + 0.5)  # the nearest whole number of idle cores
     if idle >= 2:
         want = {"OMP_NUM_THREADS": str(min(cores, idle))}
     else:
         want = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     return {k: v for k, v in want.items() if k not in environ}
-
-
-def idle_cores(cores: int, load: float) -> int:
-    """The nearest whole number of cores the 1-minute load average leaves idle (at least 0)."""
-    return max(0, int(cores - load + 0.5))
 
 
 def machine_load() -> tuple[int, float]:

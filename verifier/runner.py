@@ -106,8 +106,9 @@ class GroupTask:
 
 
 class ModelDiffers(Exception):
-    """The model a worker rebuilt from the config is not the parent's (a model file that draws its data or
-    weights without a seed): the group runs in the parent instead."""
+    """A worker could not rebuild the parent's model from the config: the user's code raised, exited or changed
+    the directory there, or the model differs (a model file that draws its data or weights without a seed).
+    The group runs in the parent instead, where the model is the one every other check sees."""
 
 
 # Losses at FINGERPRINT_PROBES seeded points that agree to this relative tolerance are the same model (a rebuilt
@@ -135,12 +136,16 @@ def run_group(task: GroupTask) -> list:
     checks in order."""
     import math
 
-    ctx = Context(task.config)
+    try:
+        ctx = Context(task.config)
+    except InputError as exc:  # the model file's code, which ran in the parent, refused here
+        raise ModelDiffers(f"rebuilding the model in a worker failed ({exc})") from None
     if task.fingerprint is not None:
         mine = fingerprint(ctx.model)
         if mine is None or not all(math.isclose(a, b, rel_tol=FINGERPRINT_RTOL, abs_tol=0.0) or a == b
                                    for a, b in zip(mine, task.fingerprint)):
-            raise ModelDiffers(f"losses at the probe points {mine} here, {task.fingerprint} in the parent")
+            raise ModelDiffers("the model rebuilt in a worker differs from this process's (does the model file "
+                               "draw its data or weights without a seed?)")
     ctx.provenance = task.provenance
     if task.stages is not None:
         ctx.__dict__["stages"] = task.stages  # the cached_property's slot
@@ -194,9 +199,7 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
                 results = future.result()
             except (cf.BrokenExecutor, ModelDiffers) as exc:  # a worker died (killed, out of memory), or its
                 # model is not this one: the group runs here instead, and the run records why
-                why = ("a worker process died" if isinstance(exc, cf.BrokenExecutor) else
-                       "the model rebuilt in a worker differs from this process's (does the model file draw "
-                       "its data or weights without a seed?)")
+                why = "a worker process died" if isinstance(exc, cf.BrokenExecutor) else str(exc)
                 ctx.provenance.setdefault("ran_here", []).append({"checks": list(futures[future]), "why": why})
                 results = [run_check(check_id, ctx) for check_id in futures[future]]
             for result in results:
