@@ -72,6 +72,55 @@ class CommonReason(str, Enum):
 REASON_PATTERN = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """What every judge returns: a verdict, the reason for a fail or an inconclusive verdict (a kebab-case value
+    of the check's ``Reason`` enum or of :class:`CommonReason`, stored as its string; None for a pass, required
+    otherwise) and a message a user can act on. Build with :meth:`passed`, :meth:`failed`, :meth:`inconclusive`;
+    combine parts with :meth:`compose`."""
+
+    verdict: Verdict
+    reason: str | None
+    message: str
+
+    def __post_init__(self):
+        if not isinstance(self.verdict, Verdict):
+            raise TypeError(f"Judgement.verdict must be a Verdict, got {self.verdict!r}")
+        reason = self.reason.value if isinstance(self.reason, Enum) else self.reason
+        if self.verdict is Verdict.PASS:
+            if reason is not None:
+                raise ValueError(f"a pass has no failure reason (got {reason!r})")
+        elif not (isinstance(reason, str) and REASON_PATTERN.fullmatch(reason)):
+            raise ValueError(f"a {self.verdict.value} judgement needs a kebab-case reason, got {self.reason!r}")
+        if not isinstance(self.message, str):
+            raise TypeError(f"Judgement.message must be a str, got {type(self.message).__name__}")
+        object.__setattr__(self, "reason", reason)
+
+    @classmethod
+    def passed(cls, message: str) -> "Judgement":
+        return cls(Verdict.PASS, None, message)
+
+    @classmethod
+    def failed(cls, reason: Enum | str, message: str) -> "Judgement":
+        return cls(Verdict.FAIL, reason, message)
+
+    @classmethod
+    def inconclusive(cls, reason: Enum | str, message: str) -> "Judgement":
+        return cls(Verdict.INCONCLUSIVE, reason, message)
+
+    @classmethod
+    def compose(cls, parts: Iterable["Judgement"], sep: str = " | ") -> "Judgement":
+        """The one way the judgements of a check's parts combine: the worst verdict (an empty list is
+        inconclusive, reason ``nothing-to-test``); the parts' messages, failures first, then inconclusive
+        ones, then passes (stable within each); the reason of the first part with the worst verdict."""
+        parts = list(parts)
+        if not parts:
+            return cls.inconclusive(CommonReason.NOTHING_TO_TEST, "nothing was judged")
+        ordered = sorted(parts, key=lambda j: _SEVERITY[j.verdict])
+        verdict = ordered[0].verdict
+        return cls(verdict, ordered[0].reason, sep.join(j.message for j in ordered if j.message))
+
+
 def decide(parts: Iterable[tuple], sep: str = " | ") -> tuple[Verdict, str, str | None]:
     """The one way verdicts of a check's parts combine. Each part is ``(verdict, message)`` or ``(verdict,
     message, reason)``. Returns the worst verdict; the parts' messages, failures first, then inconclusive
@@ -231,6 +280,12 @@ class CheckResult:
             raise TypeError(f"{self.id}: metrics must be Metric declarations, not raw values: {bad}")
         if self.key_metric is not None and self.key_metric not in self.metrics:
             raise ValueError(f"{self.id}: key_metric {self.key_metric!r} is not one of its metrics")
+
+    @classmethod
+    def judged(cls, id: str, claim: str, judgement: Judgement, **fields: Any) -> "CheckResult":
+        """A result whose verdict, reason and message are ``judgement``'s; ``fields``: metrics, key_metric,
+        settings, evidence (and what :func:`~verifier.checks.registry.run_check` stamps)."""
+        return cls(id, claim, judgement.verdict, judgement.message, reason=judgement.reason, **fields)
 
     @property
     def values(self) -> dict[str, Any]:
