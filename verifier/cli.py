@@ -258,8 +258,8 @@ def _survey(args, argv) -> int:
 def _track(args, argv) -> int:
     from .config import resolve_device
     from .outputs import OutputSet
-    from .tracking.config import TrackConfig, parse_scales
-    from .tracking.run import run_track
+    from .tracking.demo.track_config import TrackConfig, parse_scales
+    from .tracking.demo.track_command import run_track
 
     config = TrackConfig(preset=args.preset, init_scales=parse_scales(args.init_scales), optimizer=args.optimizer,
                          epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed, every=args.every)

@@ -10,12 +10,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..config import resolve_device
-from ..context import git_sha, versions
-from ..results import RunResults
-from .checks import rank_checks
-from .config import TrackConfig
-from .train import TrainedRun, load_digits, train
+from ...config import resolve_device
+from ...context import git_sha, versions
+from ...results import RunResults
+from ..checks import rank_checks
+from .track_config import TrackConfig
+from .trained_run import TrainedRun
+from .vit_training import load_digits, train
 
 
 def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool = True) -> RunResults:
@@ -51,7 +52,7 @@ def _train_runs(config: TrackConfig, device, progress: bool) -> tuple[list[Train
     if config.spec.model == "gpt2":
         import transformers
 
-        from .gpt2 import train_gpt2
+        from .gpt2_training import train_gpt2
 
         with tempfile.TemporaryDirectory(prefix="verifier-track-") as workdir:
             return [train_gpt2(config, s, device, workdir, progress) for s in config.scales], transformers

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from .. import seeds
-from .config import TrackConfig
-from .train import TrainedRun
+from ... import seeds
+from .track_config import TrackConfig
+from .trained_run import TrainedRun
 
 SEQUENCES, TEST_SEQUENCES = 2048, 256
 
@@ -50,7 +50,7 @@ def train_gpt2(config: TrackConfig, scale: float, device: torch.device, workdir:
                progress: bool = True) -> TrainedRun:
     import transformers
 
-    from .hf import RankTrackerCallback
+    from ..hf import RankTrackerCallback
 
     arch = config.spec.architecture
     gen = torch.Generator().manual_seed(config.seed + seeds.TRACK_SPLIT)
