@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
@@ -83,4 +83,7 @@ def train(config: TrackConfig, scale: float, data: Digits, device: torch.device,
         bar.set_postfix_str(f"loss {epoch_loss:.3f}")
     with torch.no_grad():
         accuracy = float((model(data.test_x).argmax(1) == data.test_y).float().mean())
-    return TrainedRun(scale, tracker.history(), epoch_loss, accuracy, step, train_s, record_s)
+    info = {"model": f"ViT ({config.preset})", "init_scale": scale, "every": config.record_every,
+            "tracked": tracker.describe().splitlines(), "record_s": round(record_s, 6), "device": str(device),
+            "dtype": "torch.float32"}
+    return TrainedRun(scale, replace(tracker.history(), info=info), epoch_loss, accuracy, step, train_s, record_s)
