@@ -374,6 +374,40 @@ def test_a_damaged_state_file_on_resume_names_the_file(tmp_path, content):
     assert "allowed" in str(err.value)
 
 
+def test_state_dict_refuses_another_model():
+    a = RankTracker(torch.nn.MultiheadAttention(8, 2))
+    a.record(0)
+    b = RankTracker(torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2)))
+    with pytest.raises(InputError, match="load_state_dict"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_verifier_track_gpt2_tiny(tmp_path, capsys):
+    """The language-model demo: GPT-2 from a config, the Hugging Face Trainer with the callback, a copying task
+    made in-process; the same output set as the ViT demo."""
+    pytest.importorskip("transformers")
+    from verifier.cli import main
+
+    out = tmp_path / "run"
+    code = main(["track", "--preset", "gpt2-tiny", "--epochs", "1", "--out", str(out), "--no-progress"])
+    data = json.loads((out / "results.json").read_text())
+    verdicts = [c["verdict"] for c in data["checks"]]
+    assert code == {"pass": 0, "fail": 1, "inconclusive": 3}[min(verdicts, key=["fail", "inconclusive", "pass"].index)]
+    assert [c["id"] for c in data["checks"]] == [LOW_RANK, GRADUAL]
+    assert data["run"]["model"] == "gpt2 (gpt2-tiny)" and "transformers" in data["run"]["provenance"]["versions"]
+    training = data["run"]["training"]
+    assert set(training) == {"1", "0.3"}
+    for run in training.values():
+        assert run["steps"] == 64  # 2048 sequences / batch 32
+        assert run["records"] == 33  # the reference and every 2nd step
+        assert run["tracked_matrices"] == 16  # 2 layers x {qk, vo} x 4 heads
+        assert run["final_train_loss"] < np.log(16)  # below chance: the copy is being learned
+    figure_ids = [f["id"] for c in data["checks"] for f in c["evidence"]["figures"]]
+    assert "stable-rank-vs-loss" in figure_ids and "final-stable-rank-scale-0.3" in figure_ids
+    assert data["run"]["problem"]["init scale 1"]["framework"] == "transformers"
+    assert "'loss'" not in capsys.readouterr().out  # --no-progress: no Trainer log lines
+
+
 # --- runs from two jobs ---------------------------------------------------------------------------------------
 
 WRITER = '''

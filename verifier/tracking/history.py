@@ -125,21 +125,27 @@ def _error(path: Path, field: str | None, problem: str, allowed: str | None = No
 
 def _load(path: Path) -> RankHistory:
     allowed = "a rank-history.npz written by RankHistory.save (the callbacks write rank-tracking/rank-history.npz)"
+    if path.is_dir():
+        raise _error(path, None, "is a folder", allowed)
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
             raise _error(path, None, "is a single .npy array, not a .npz", allowed)
-        with npz:
+        if not zipfile.is_zipfile(path):
+            raise _error(path, None, "is not a .npz (zip) archive", allowed)
+        with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except InputError:
         raise
     except FileNotFoundError:
         raise _error(path, None, "no such file", allowed) from None
-    except IsADirectoryError:
-        raise _error(path, None, "is a folder", allowed) from None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    except ValueError as exc:  # numpy refuses an object array: it would need pickle
+        raise _error(path, None, f"holds an array numpy can only read by unpickling ({str(exc)[:80]})",
+                     allowed) from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         first = " ".join(str(exc).split()).split(". ")[0][:160]
-        raise _error(path, None, f"is not a .npz of arrays ({type(exc).__name__}: {first})", allowed) from None
+        raise _error(path, None, f"is a damaged .npz ({type(exc).__name__}: {first})", allowed) from None
     if METADATA not in arrays:
         raise _error(path, METADATA, "missing: not a RankHistory file", allowed)
     try:
