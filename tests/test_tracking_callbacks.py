@@ -327,6 +327,16 @@ def _blocked(tmp_path, how):
     if how == "a regular file":
         path = tmp_path / "out"
         path.write_text("not a folder")
+    elif how == "a place that cannot be created":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("needs Linux's /proc, where nothing can be created, even by root")
+        path = Path("/proc/verifier-never/out")
+    elif how == "a read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "ro").mkdir()
+        path = tmp_path / "ro" / "out"
+        os.chmod(tmp_path / "ro", 0o555)
     else:
         path = tmp_path / "out"
         path.mkdir()
@@ -334,7 +344,8 @@ def _blocked(tmp_path, how):
     return path
 
 
-@pytest.mark.parametrize("how", ["a regular file", "a folder holding other files"])
+@pytest.mark.parametrize("how", ["a regular file", "a folder holding other files", "a read-only folder",
+                                 "a place that cannot be created"])
 @pytest.mark.parametrize("framework", ["hf", "lightning"])
 def test_a_bad_output_folder_is_refused_when_training_begins(tmp_path, framework, how):
     """Issue 29: noticed before the first step, naming the callback's own argument (output_dir), never --out."""
@@ -353,8 +364,29 @@ def test_a_bad_output_folder_is_refused_when_training_begins(tmp_path, framework
             _lightning_run(tmp_path / "pl", callback=callback)
     assert "--out" not in str(err.value) and str(path) in str(err.value)
     assert callback.tracker is None  # refused before the tracker was built: no step was taken with it
-    assert (path.read_text() if path.is_file() else (path / "notes.txt").read_text()) in ("not a folder",
-                                                                                           "the user's own file")
+    if how in ("a read-only folder", "a place that cannot be created"):
+        assert not path.exists()
+    else:
+        assert (path.read_text() if path.is_file() else (path / "notes.txt").read_text()) in ("not a folder",
+                                                                                               "the user's own file")
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(every=0), "every"), (dict(init_scale=0.0), "init_scale"), (dict(init_scale=float("nan")), "init_scale"),
+    (dict(heads="h.0.attn.qk[h0]"), "heads"), (dict(log="everything"), "log"),
+])
+@pytest.mark.parametrize("framework", ["hf", "lightning"])
+def test_callback_arguments_are_checked_when_built(framework, kwargs, field):
+    module = pytest.importorskip("verifier.tracking.hf" if framework == "hf" else "verifier.tracking.lightning")
+    with pytest.raises(InputError, match=rf"^{field}: "):
+        module.RankTrackerCallback(**kwargs)
+
+
+def test_an_unknown_head_label_is_refused_when_training_begins(tmp_path):
+    from verifier.tracking.hf import RankTrackerCallback
+
+    with pytest.raises(InputError, match=r"^heads: 'nope\[h0\]' is not a tracked head"):
+        _hf_run(tmp_path / "hf", callback=RankTrackerCallback(every=EVERY, heads=["nope[h0]"]), save_strategy="no")
 
 
 @pytest.mark.parametrize("content", [b"\x00garbage, not a zip or a pickle", "foreign"])
@@ -372,6 +404,15 @@ def test_a_damaged_state_file_on_resume_names_the_file(tmp_path, content):
         _hf_run(tmp_path / "hf", resume=str(checkpoint))
     assert str(err.value).startswith(str(state))
     assert "allowed" in str(err.value)
+
+
+def test_a_resume_without_the_state_file_warns_once(tmp_path):
+    _hf_run(tmp_path / "hf", max_steps=SAVE)
+    checkpoint = tmp_path / "hf" / f"checkpoint-{SAVE}"
+    (checkpoint / "rank_tracker.pt").unlink()
+    with pytest.warns(UserWarning, match=f"resumed at step {SAVE} without .*rank_tracker.pt"):
+        callback, _ = _hf_run(tmp_path / "hf", resume=str(checkpoint))
+    np.testing.assert_array_equal(callback.tracker.history().steps, RECORDS[RECORDS >= SAVE])
 
 
 def test_state_dict_refuses_another_model():
