@@ -198,7 +198,7 @@ def test_hf_per_head_logging_and_no_loss_warning(tmp_path):
     assert not (tmp_path / "hf" / "rank-tracking").exists()  # write=False
 
 
-def test_hf_sgd_explosion_that_stays_finite_is_inconclusive(tmp_path):
+def test_hf_sgd_explosion_that_stays_finite_is_inconclusive(tmp_path, monkeypatch):
     """Issue 29: SGD at lr 1e6 under the Trainer's gradient clipping takes the loss from log 13 ~ 2.6 to ~1e9
     with every value finite. Without the loss-rose rule both checks pass on it; with it both are inconclusive."""
     callback, _ = _hf_run(tmp_path / "hf", optim="sgd", learning_rate=1e6, lr_scheduler_type="constant",
@@ -210,6 +210,10 @@ def test_hf_sgd_explosion_that_stays_finite_is_inconclusive(tmp_path):
     assert all("training loss rose (init scale 1: 2." in r.message for r in results)
     data = json.loads((tmp_path / "hf" / "rank-tracking" / "results.json").read_text())
     assert {c["reason"] for c in data["checks"]} == {"loss-rose"}
+    import verifier.tracking.checks as checks
+
+    monkeypatch.setattr(checks, "loss_rose", lambda history: None)  # the counterexample: without the rule
+    assert [r.verdict for r in callback.results()] == [Verdict.PASS, Verdict.PASS]
 
 
 # --- Lightning -----------------------------------------------------------------------------------------------
