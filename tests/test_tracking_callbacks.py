@@ -510,3 +510,22 @@ def test_two_runs_from_separate_processes_compared_with_one_command(tmp_path, ca
     assert "Mean stable rank of the change vs training loss, across init scales" in html
     assert set(data["run"]["config"]["runs"]) == {"1", "0.1"}
     assert str(tmp_path / "a" / "rank-tracking" / "rank-history.npz") in html  # the Problem table names the sources
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("framework", ["hf", "lightning"])
+def test_callbacks_on_cuda(tmp_path, framework):
+    """The same records on a GPU: losses that stay on the device until the history is read, the ranks logged, the
+    set written."""
+    if framework == "hf":
+        callback, trainer = _hf_run(tmp_path / "hf", use_cpu=False, save_strategy="no")
+        folder = tmp_path / "hf" / "rank-tracking"
+        assert any("rank/transformer.h.0.attn.qk" in e for e in trainer.state.log_history)
+    else:
+        callback, trainer = _lightning_run(tmp_path / "pl", accelerator="cuda")
+        folder = Path(trainer.log_dir) / "rank-tracking"
+    h = callback.tracker.history()
+    assert callback.tracker.device.type == "cuda" and h.finite.all() and np.isfinite(h.losses).all()
+    np.testing.assert_array_equal(h.steps, RECORDS)
+    assert RankHistory.load(folder / "rank-history.npz").info["device"].startswith("cuda")
