@@ -410,6 +410,18 @@ def test_a_damaged_state_file_on_resume_names_the_file(tmp_path, content):
     assert "allowed" in str(err.value)
 
 
+def test_a_lightning_checkpoint_with_another_models_state_names_the_checkpoint(tmp_path):
+    _lightning_run(tmp_path / "full", max_steps=EPOCH)
+    checkpoint = next((tmp_path / "full" / "ckpt").glob(f"*step={EPOCH}.ckpt"))
+    saved = torch.load(checkpoint, weights_only=False)
+    key = next(k for k in saved["callbacks"] if k.startswith("RankTrackerCallback"))
+    saved["callbacks"][key]["tracker"]["names"] = ["other.qk"] * len(saved["callbacks"][key]["tracker"]["names"])
+    torch.save(saved, checkpoint)
+    with pytest.raises(InputError) as err:
+        _lightning_run(tmp_path / "resumed", ckpt_path=str(checkpoint))
+    assert str(err.value).startswith(f"{checkpoint} (RankTrackerCallback state): ")
+
+
 def test_a_resume_without_the_state_file_warns_once(tmp_path):
     _hf_run(tmp_path / "hf", max_steps=SAVE)
     checkpoint = tmp_path / "hf" / f"checkpoint-{SAVE}"

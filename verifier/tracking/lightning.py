@@ -59,6 +59,7 @@ class RankTrackerCallback(TrackingCallback, Callback):
                                        heads)
         self.log, self.output_dir = check_log(log), output_dir
         self.written: Path | None = None
+        self._restored: dict | None = None  # the tracker state of the checkpoint resumed from, applied at the start
 
     def on_train_start(self, trainer, pl_module):
         if not trainer.is_global_zero:
@@ -69,6 +70,9 @@ class RankTrackerCallback(TrackingCallback, Callback):
         self.session.prepare(folder, flag)
         if self._tensorboard is True:
             self.session.tensorboard = log_dir / "rank-spectra"
+        if self._restored is not None:  # an error names the checkpoint file
+            self.session.load(self._restored, f"{trainer.ckpt_path or 'the checkpoint'} (RankTrackerCallback state)")
+            self._restored = None
         self.session.start(pl_module, trainer.global_step, framework="lightning")
         self.session.info["model"] = model_title(pl_module, self.tracker)
 
@@ -99,4 +103,4 @@ class RankTrackerCallback(TrackingCallback, Callback):
         return {"tracker": None if self.tracker is None else self.tracker.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.session.load(state_dict.get("tracker"), "the checkpoint's RankTrackerCallback state")
+        self._restored = state_dict.get("tracker")
