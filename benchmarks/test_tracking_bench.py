@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from verifier.tracking import RankTracker
-from verifier.tracking.config import TrackConfig
-from verifier.tracking.train import build_vit, load_digits
+from verifier.tracking.demo.track_config import TrackConfig
+from verifier.tracking.demo.vit_training import build_vit, load_digits
 
 STEPS = 20
 

@@ -238,3 +238,17 @@ def test_bfloat16_model_tracked_in_float32():
     np.testing.assert_allclose(h.numerical_rank()[1, 0], 1)
     Wk = mha.in_proj_weight[12:16].float()
     np.testing.assert_allclose(h.delta_spectra[1, 0, 0], 2.0078125 * torch.linalg.norm(Wk[0]).item(), rtol=1e-6)
+
+
+def test_the_tracker_never_imports_the_demo():
+    """verifier/tracking/demo/ (the `verifier track` demo) sits above the tracker: no module of the tracker,
+    its checks or its callbacks imports it (issue 28 item 4)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "verifier" / "tracking"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([(node.module or "")] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any("demo" in n.split(".") for n in names), f"{path.name} imports the demo"

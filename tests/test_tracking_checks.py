@@ -146,10 +146,18 @@ def test_verifier_track_tiny_vit(tmp_path):
         assert run["records"] == 13  # the reference and one per step
         assert run["tracked_matrices"] == 8  # 2 layers x {qk, vo} x 2 heads
     figure_ids = [f["id"] for c in data["checks"] for f in c["evidence"]["figures"]]
-    assert "change-vs-initial-scale-1" in figure_ids and "stable-rank-scale-0.1" in figure_ids
-    assert "change-spectrum-blocks.0.attn.vo[h0]-scale-1" in figure_ids
+    for scale in ("1", "0.1"):  # per scale: the heatmap, Figure 5, Figure 3 for a qk and a vo head, Figure 4 qk, vo
+        assert {f"final-stable-rank-scale-{scale}", f"change-vs-initial-scale-{scale}",
+                f"stable-rank-qk-scale-{scale}", f"stable-rank-vo-scale-{scale}"} <= set(figure_ids)
+        spectra = [i for i in figure_ids if i.startswith("change-spectrum-") and i.endswith(f"-scale-{scale}")]
+        assert [".qk[" in i for i in spectra] == [True, False] and ".vo[" in spectra[1]
+    assert "stable-rank-vs-loss" in figure_ids
     html = (out / "report.html").read_text()
-    assert html.count("<svg") == 8  # Figure 5 per scale; Figures 3 (qk, vo) and 4 per scale
+    assert html.count("<svg") == len(figure_ids) == 13
+    problem = data["run"]["problem"]
+    assert problem["init scale 0.1"]["records"] == 13 and "ms a record" in problem["init scale 0.1"]["record_time"]
+    assert set(problem["tracked"]) == {"blocks.0.attn.qk", "blocks.0.attn.vo", "blocks.1.attn.qk", "blocks.1.attn.vo"}
+    assert "blocks.1.attn.vo" in html and "ms a record" in html  # the Problem table: tracked modules, record time
 
 
 @pytest.mark.parametrize("argv, field", [

@@ -122,6 +122,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      "reports/<timestamp>, with reports/latest linking to it)")
     track.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
+    tc = sub.add_parser("track-compare", help="judge runs tracked in separate jobs at several init scales together "
+                                              "(the callbacks' output folders): DIR/results.json and DIR/report.html")
+    tc.add_argument("runs", nargs="+", metavar="RUN[:SCALE]", help="a callback's rank-tracking/ folder (or the folder "
+                    "holding it, a checkpoint folder, a rank-history.npz); SCALE: its init scale (default: recorded)")
+    tc.add_argument("--heads", help="comma-separated labels of the heads whose spectra are drawn, e.g. "
+                                    "h.0.attn.qk[h1] (default: per kind, the head that learned most)")
+    tc.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
+                                  "reports/<timestamp>, with reports/latest linking to it)")
+
     sub.add_parser("presets", help="list presets and every default")
     sub.add_parser("checks", help="list check ids and the claims they test")
 
@@ -258,14 +267,29 @@ def _survey(args, argv) -> int:
 def _track(args, argv) -> int:
     from .config import resolve_device
     from .outputs import OutputSet
-    from .tracking.config import TrackConfig, parse_scales
-    from .tracking.run import run_track
+    from .tracking.demo.track_config import TrackConfig, parse_scales
+    from .tracking.demo.track_command import run_track
 
     config = TrackConfig(preset=args.preset, init_scales=parse_scales(args.init_scales), optimizer=args.optimizer,
                          epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed, every=args.every)
     resolve_device(config.device)
     output = OutputSet.for_out(args.out)
     return _write(output, lambda: run_track(config, argv=["verifier", *argv], progress=not args.no_progress))
+
+
+def _track_compare(args, argv) -> int:
+    from .outputs import OutputSet
+    from .tracking.compare import compare_runs, load_runs
+
+    heads = None if args.heads is None else [h.strip() for h in args.heads.split(",") if h.strip()]
+    runs, sources = load_runs(args.runs)
+    if heads is not None:
+        from .tracking.figures import shown_matrices
+
+        for history in runs.values():
+            shown_matrices(history, heads, "--heads")  # an unknown label: exit 2, before any work
+    output = OutputSet.for_out(args.out)
+    return _write(output, lambda: compare_runs(runs, sources, heads, argv=["verifier", *argv]))
 
 
 def _write(output, compute) -> int:
@@ -488,7 +512,8 @@ def _main(argv: list[str]) -> int:
             parser.print_help()
             return EXIT_OK
         commands = {"run": lambda: _run(args, argv), "survey": lambda: _survey(args, argv),
-                    "track": lambda: _track(args, argv), "presets": _presets,
+                    "track": lambda: _track(args, argv), "track-compare": lambda: _track_compare(args, argv),
+                    "presets": _presets,
                     "checks": _checks, "limit": lambda: _limit(args), "report": lambda: _report(args),
                     "gate": lambda: _gate(args)}
         return commands[args.command]()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-KINDS = ("line", "scatter", "bar")
+KINDS = ("line", "scatter", "bar", "heatmap")
 SCALES = ("linear", "log")
 
 
@@ -23,22 +23,29 @@ def _floats(values: Iterable[Any]) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class Series:
-    """One curve (or set of points, or bars): ``x`` and ``y`` of equal length; ``style`` a matplotlib format
-    string ("-", "o-", "k:"), empty for the kind's default."""
+    """One curve (or set of points, or bars; in a heatmap, one row: ``x`` the columns, ``y`` the cells' values):
+    ``x`` and ``y`` of equal length; ``style`` a matplotlib format string ("-", "o-", "k:"), empty for the
+    kind's default; ``band`` (optional, as long as ``y``) a half-width drawn as a shaded band y ± band (a
+    standard deviation)."""
 
     label: str
     x: tuple[float, ...]
     y: tuple[float, ...]
     style: str = ""
+    band: tuple[float, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "x", _floats(self.x))
         object.__setattr__(self, "y", _floats(self.y))
+        object.__setattr__(self, "band", _floats(self.band))
         if len(self.x) != len(self.y):
             raise ValueError(f"series {self.label!r}: {len(self.x)} x values and {len(self.y)} y values")
+        if self.band and len(self.band) != len(self.y):
+            raise ValueError(f"series {self.label!r}: {len(self.band)} band values and {len(self.y)} y values")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "x": list(self.x), "y": list(self.y), "style": self.style}
+        d = {"label": self.label, "x": list(self.x), "y": list(self.y), "style": self.style}
+        return {**d, "band": list(self.band)} if self.band else d
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ class Figure:
     vlines: tuple[Mark, ...] = ()
     hlines: tuple[Mark, ...] = ()
     caption: str = ""
+    zlabel: str = ""  # a heatmap's colour scale
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -82,4 +90,5 @@ class Figure:
         return {"id": self.id, "title": self.title, "kind": self.kind, "xlabel": self.xlabel, "ylabel": self.ylabel,
                 "xscale": self.xscale, "yscale": self.yscale, "series": [s.to_dict() for s in self.series],
                 "vlines": [{"x": m.at, "label": m.label} for m in self.vlines],
-                "hlines": [{"y": m.at, "label": m.label} for m in self.hlines], "caption": self.caption}
+                "hlines": [{"y": m.at, "label": m.label} for m in self.hlines], "caption": self.caption,
+                **({"zlabel": self.zlabel} if self.zlabel else {})}

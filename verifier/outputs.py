@@ -29,6 +29,10 @@ TEMP_NAME_ROOM = 200  # bytes of a target's name kept in its temporary sibling's
 WHERE = "a new folder, an empty one, or one holding only a previous results.json and report.html"
 
 
+def _where(files: tuple[str, ...]) -> str:
+    return WHERE if files == SET_FILES else f"a new folder, an empty one, or one holding only a previous {', '.join(files)}"
+
+
 def _blocked_signals():
     """SIGINT/SIGTERM held back while the set is moved into place (delivered right after)."""
     if not hasattr(signal, "pthread_sigmask"):
@@ -66,9 +70,9 @@ def temp_prefix(name: str) -> str:
     return "." + os.fsdecode(os.fsencode(name)[:TEMP_NAME_ROOM]) + "."
 
 
-def _is_previous_set(folder: Path) -> bool:
-    """True when ``folder`` is empty or holds only results.json / report.html as plain files."""
-    return all(e.name in SET_FILES and e.is_file() and not e.is_symlink() for e in folder.iterdir())
+def _is_previous_set(folder: Path, files: tuple[str, ...] = SET_FILES) -> bool:
+    """True when ``folder`` is empty or holds only ``files`` (results.json, report.html) as plain files."""
+    return all(e.name in files and e.is_file() and not e.is_symlink() for e in folder.iterdir())
 
 
 def _check_ancestors(path: Path, flag: str) -> None:
@@ -82,9 +86,12 @@ def _check_ancestors(path: Path, flag: str) -> None:
 
 class OutputSet:
     """One run's output folder; see the module docstring. Use :meth:`for_out`, then :meth:`open` before the
-    checks run, then :meth:`commit` (or :meth:`discard`)."""
+    checks run, then :meth:`commit` (or :meth:`discard`). ``flag``: the option or argument errors name
+    (``--out``; a callback's ``output_dir``); ``files``: the set's file names (a tracking callback's adds
+    rank-history.npz)."""
 
-    def __init__(self, target: Path | None, root: Path):
+    def __init__(self, target: Path | None, root: Path, flag: str = "--out", files: tuple[str, ...] = SET_FILES):
+        self.flag, self.files = flag, files
         # Absolute from the start: user code that runs later (a model file, a loss) cannot move the output.
         self.shown_root = root  # as the user gave it, for messages
         self.target = None if target is None else Path(os.path.abspath(target))
@@ -95,33 +102,34 @@ class OutputSet:
         self.warnings: list[str] = []
 
     @classmethod
-    def for_out(cls, out: str | None, root: str | Path = "reports") -> "OutputSet":
+    def for_out(cls, out: str | None, root: str | Path = "reports", *, flag: str = "--out",
+                files: tuple[str, ...] = SET_FILES) -> "OutputSet":
         """Check ``--out`` (or, without it, ``root``) without touching anything."""
-        root = Path(root)
+        root, where = Path(root), _where(files)
         if out is None:
-            check_name(root, "--out")
+            check_name(root, flag)
             if root.exists() and not root.is_dir():
-                raise InputError("--out", f"{root} exists and is not a folder, so runs cannot be written there",
-                                 "give --out DIR")
-            _check_ancestors(root, "--out")
-            return cls(None, root)
+                raise InputError(flag, f"{root} exists and is not a folder, so runs cannot be written there",
+                                 f"give {flag} DIR")
+            _check_ancestors(root, flag)
+            return cls(None, root, flag, files)
         target = Path(out)
         if out == "" or "\x00" in out or target.absolute() == Path("/"):
-            raise InputError("--out", f"{out!r} cannot hold a run", WHERE)
-        check_name(out, "--out")
+            raise InputError(flag, f"{out!r} cannot hold a run", where)
+        check_name(out, flag)
         if target.is_symlink():
-            raise InputError("--out", f"{target} is a symbolic link", WHERE)
+            raise InputError(flag, f"{target} is a symbolic link", where)
         if target.exists():
             if not target.is_dir():
-                raise InputError("--out", f"{target} exists and is not a folder", WHERE)
+                raise InputError(flag, f"{target} exists and is not a folder", where)
             try:
-                ok = _is_previous_set(target)
+                ok = _is_previous_set(target, files)
             except OSError as exc:
-                raise InputError("--out", f"cannot list {target} ({exc.strerror})", WHERE) from None
+                raise InputError(flag, f"cannot list {target} ({exc.strerror})", where) from None
             if not ok:
-                raise InputError("--out", f"{target} holds other files; refusing to replace them", WHERE)
-        _check_ancestors(target, "--out")
-        return cls(target, root)
+                raise InputError(flag, f"{target} holds other files; refusing to replace them", where)
+        _check_ancestors(target, flag)
+        return cls(target, root, flag, files)
 
     def open(self) -> None:
         """Reserve the run folder (without --out) and create the temporary folder next to the target."""
@@ -132,8 +140,8 @@ class OutputSet:
             self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=self.target.parent))
         except OSError as exc:
             self.discard()
-            raise InputError("--out", f"cannot write next to {self.target or self.root} ({exc.strerror or exc})",
-                             WHERE) from None
+            raise InputError(self.flag, f"cannot write next to {self.target or self.root} ({exc.strerror or exc})",
+                             _where(self.files)) from None
 
     def _reserve(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -147,19 +155,24 @@ class OutputSet:
             self.reserved = True
             return path
 
-    def commit(self, results) -> list[Path]:
-        """Write results.json and report.html of a run into the temporary folder, then move it into place."""
+    def commit(self, results, extra: dict[str, str | bytes] | None = None) -> list[Path]:
+        """Write results.json and report.html of a run (and ``extra`` files of the set) into the temporary
+        folder, then move it into place."""
         from .report import render_html
         from .results import results_json
 
-        return self.commit_texts({"results.json": results_json(results), "report.html": render_html(results)})
+        return self.commit_texts({"results.json": results_json(results), "report.html": render_html(results),
+                                  **(extra or {})})
 
-    def commit_texts(self, texts: dict[str, str]) -> list[Path]:
-        """Write ``texts`` (the SET_FILES by name: a run's or a survey's) into the temporary folder, then move
-        it into place."""
+    def commit_texts(self, texts: dict[str, str | bytes]) -> list[Path]:
+        """Write ``texts`` (the set's files by name: a run's or a survey's; bytes written as they are) into the
+        temporary folder, then move it into place."""
         assert self.tmp is not None and self.target is not None, "open() first"
         try:
-            for name in SET_FILES:
+            for name in self.files:
+                if isinstance(texts[name], bytes):
+                    (self.tmp / name).write_bytes(texts[name])
+                    continue
                 # surrogateescape: a non-UTF-8 path named in a report is written as its own bytes (os.fsencode)
                 (self.tmp / name).write_text(texts[name], encoding="utf-8", errors="surrogateescape")
             os.chmod(self.tmp, 0o755)  # mkdtemp makes 0700; a run folder is meant to be shared
@@ -169,12 +182,13 @@ class OutputSet:
                     self._point_latest()
         except OSError as exc:
             self.discard()
-            raise InputError("--out", f"cannot write {self.target} ({exc.strerror or exc})", WHERE) from None
+            raise InputError(self.flag, f"cannot write {self.target} ({exc.strerror or exc})",
+                             _where(self.files)) from None
         except BaseException:
             self.discard()
             raise
         self.tmp, self.reserved = None, False  # placed: nothing left to discard
-        return [self.target / name for name in SET_FILES]
+        return [self.target / name for name in self.files]
 
     def _place(self) -> None:
         target = self.target

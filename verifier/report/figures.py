@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # no pyplot: the user's backend and global
 from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator, NullFormatter
 from markupsafe import escape
 
-KINDS = ("line", "scatter", "bar")
+KINDS = ("line", "scatter", "bar", "heatmap")
 SCALES = ("linear", "log")
 MAX_POINTS = 2000  # a longer series is strided down to this many points (the last one kept)
 MAX_LEGEND = 12  # more series than this: no legend, a note instead
@@ -99,8 +99,9 @@ def _scale(spec: dict, key: str, notes: list[str]) -> str:
     return scale
 
 
-def _series(spec: dict, xscale: str, yscale: str, notes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
-    """The drawable series: (label, x, y, style) with NaN gaps; unusable series are named in ``notes``."""
+def _series(spec: dict, xscale: str, yscale: str, notes: list[str]) -> list[tuple]:
+    """The drawable series: (label, x, y, style, band) with NaN gaps (band: a half-width, or None); unusable
+    series are named in ``notes``."""
     raw = spec.get("series")
     if not isinstance(raw, list):
         notes.append("no 'series' list in the figure spec")
@@ -124,17 +125,23 @@ def _series(spec: dict, xscale: str, yscale: str, notes: list[str]) -> list[tupl
             x = _mask_log(x, "x", notes, label)
         if yscale == "log":
             y = _mask_log(y, "y", notes, label)
+        band = as_floats(s["band"]) if s.get("band") else None
+        if band is not None and len(band) != len(y):
+            notes.append(f"{label}: {len(band)} band values for {len(y)} points; band not drawn")
+            band = None
         idx = _stride(len(y))
         if len(idx) < len(y):
             notes.append(f"{label}: {len(y)} points thinned to {len(idx)}")
-        x, y = x[idx], y[idx]
+        x, y, band = x[idx], y[idx], None if band is None else band[idx]
         if not (np.isfinite(x) & np.isfinite(y)).any():
             notes.append(f"{label}: no finite points to draw")
-        out.append((label, x, y, _text(s.get("style"), "")))
+        out.append((label, x, y, _text(s.get("style"), ""), band))
     return out
 
 
-def _plot(ax, kind: str, label: str, x: np.ndarray, y: np.ndarray, style: str, notes: list[str]) -> None:
+def _plot(ax, kind: str, label: str, x: np.ndarray, y: np.ndarray, style: str, band, notes: list[str]) -> None:
+    if band is not None and kind == "line":
+        ax.fill_between(x, y - band, y + band, alpha=0.18, linewidth=0)
     if kind == "bar":
         ax.bar(x, y, label=label, alpha=0.8)
         return
@@ -229,6 +236,32 @@ def _log_axis(ax, which: str, scale: str) -> None:
         axis.set_minor_formatter(_LogTicks(minor_thresholds=(2, 0.4)))
 
 
+def _heatmap(fig, ax, series: list[tuple], zlabel: str, notes: list[str]) -> bool:
+    """One row per series (its label on the left), one column per distinct x; a missing cell is blank.
+    Returns whether any cell is finite."""
+    columns = np.unique(np.concatenate([x[np.isfinite(x)] for _, x, *_ in series] or [np.empty(0)]))
+    grid = np.full((len(series), len(columns)), np.nan)
+    for r, (_, x, y, *_) in enumerate(series):
+        ok = np.isfinite(x)
+        grid[r, np.searchsorted(columns, x[ok])] = y[ok]
+    if not np.isfinite(grid).any():
+        return False
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.92")
+    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.grid(False)
+    ax.set_xticks(range(len(columns)), [f"{c:g}" for c in columns], fontsize=8)
+    ax.set_yticks(range(len(series)), [label for label, *_ in series], fontsize=7 if len(series) > 12 else 8)
+    if grid.size <= 150:  # the values written in the cells, dark on the bright end of the scale
+        lo, hi = np.nanmin(grid), np.nanmax(grid)
+        for (r, c), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                bright = hi > lo and (v - lo) / (hi - lo) > 0.6
+                ax.text(c, r, f"{v:.2g}", ha="center", va="center", fontsize=7, color="black" if bright else "white")
+    bar = fig.colorbar(image, ax=ax)
+    bar.set_label(_label(zlabel, width=40))
+    return True
+
+
 def render_figure(spec: Any, prefix: str) -> Rendered:
     """Draw one figure spec; ``prefix`` makes its SVG ids unique in the page. Never raises on bad data."""
     notes: list[str] = []
@@ -241,15 +274,21 @@ def render_figure(spec: Any, prefix: str) -> Rendered:
         notes.append(f"kind {kind!r} is not one of {', '.join(KINDS)}; drawn as lines")
         kind = "line"
     xscale, yscale = _scale(spec, "xscale", notes), _scale(spec, "yscale", notes)
+    heatmap = kind == "heatmap"
+    if heatmap:
+        xscale = yscale = "linear"
     series = _series(spec, xscale, yscale, notes)
     with matplotlib.rc_context(_RC):
-        fig = Figure(figsize=(7.0, 3.6))
+        fig = Figure(figsize=(7.0, max(3.6, 1.2 + 0.22 * len(series)) if heatmap else 3.6))
         ax = fig.subplots()
-        for label, x, y, style in series:
-            _plot(ax, kind, label, x, y, style, notes)
-        drawable = any((np.isfinite(x) & np.isfinite(y)).any() for _, x, y, _ in series)
-        _lines(ax, spec, "vlines", xscale, notes)
-        _lines(ax, spec, "hlines", yscale, notes)
+        if heatmap:
+            drawable = _heatmap(fig, ax, series, _text(spec.get("zlabel")), notes)
+        else:
+            for label, x, y, style, band in series:
+                _plot(ax, kind, label, x, y, style, band, notes)
+            drawable = any((np.isfinite(x) & np.isfinite(y)).any() for _, x, y, *_ in series)
+            _lines(ax, spec, "vlines", xscale, notes)
+            _lines(ax, spec, "hlines", yscale, notes)
         if drawable:  # a log axis with nothing positive on it cannot be set up: it stays linear
             _log_axis(ax, "x", xscale)
             _log_axis(ax, "y", yscale)
@@ -259,7 +298,7 @@ def render_figure(spec: Any, prefix: str) -> Rendered:
         ax.set_xlabel(_label(spec.get("xlabel"), width=100))
         ax.set_ylabel(_label(spec.get("ylabel"), width=40))
         ax.set_title(_label(title, width=80), fontsize=11, loc="left")
-        labels = [s[0] for s in series]
+        labels = [] if heatmap else [s[0] for s in series]
         if 1 <= len(labels) <= MAX_LEGEND:
             ax.legend(fontsize=8, frameon=False, loc="best")
         elif len(labels) > MAX_LEGEND:

@@ -1,12 +1,30 @@
-"""RankHistory: what a RankTracker measured, on the host (THEORY.md §6). The checks judge it alone."""
+"""RankHistory: what a RankTracker measured, on the host (THEORY.md §6). The checks judge it alone.
+
+``RankHistory.save(path)`` / ``RankHistory.load(path)``: one ``.npz`` (docs/TRACKING.md, "Runs across jobs"),
+read with ``allow_pickle=False``: every field an array, except the JSON-able ones (``info``), which travel in a
+JSON string under ``__metadata__`` together with the format name, its version and each field's kind. A field
+added later (with a default) is optional on load; fields the reader does not know are ignored.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
+from ..errors import InputError
 from .spectra import NUMERICAL_RANK_RTOL, effective_rank, numerical_rank, stable_rank
+
+FORMAT, VERSION = "verifier.rank-history", 1
+METADATA = "__metadata__"
 
 
 @dataclass(frozen=True)
@@ -29,6 +47,8 @@ class RankHistory:
     delta_spectra: np.ndarray  # [T, P, r]
     initial_spectra: np.ndarray  # [P, r]
     finite: np.ndarray  # [T] bool
+    # What produced it, JSON-able (set by the callbacks: model, framework, init_scale, every, tracked, record_s)
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def diverged_step(self) -> int | None:
@@ -55,3 +75,147 @@ class RankHistory:
         return stable_rank(self.initial_spectra)
 
 
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write one ``.npz`` (no pickle) atomically: a temporary file beside ``path``, renamed into place."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.npz_bytes())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def npz_bytes(self) -> bytes:
+        """The ``.npz`` that :meth:`save` writes, as bytes."""
+        arrays, kinds, values = {}, {}, {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                kinds[f.name] = "none"
+            elif isinstance(value, Mapping):
+                kinds[f.name], values[f.name] = "json", dict(value)
+            elif isinstance(value, (tuple, list, np.ndarray)):
+                array = np.asarray(value)
+                if array.dtype == object:
+                    raise TypeError(f"RankHistory.save: field {f.name!r} is not an array of numbers or strings")
+                kinds[f.name], arrays[f.name] = ("tuple" if isinstance(value, (tuple, list)) else "array"), array
+            else:
+                kinds[f.name], values[f.name] = "json", value
+        metadata = {"format": FORMAT, "version": VERSION, "kinds": kinds, "values": values}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, **{METADATA: np.array(json.dumps(metadata, allow_nan=True))})
+        return buffer.getvalue()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RankHistory":
+        """Read and validate a ``.npz`` written by :meth:`save`; anything else is an InputError naming the file
+        and the field."""
+        return _load(Path(path))
+
+
+def _error(path: Path, field: str | None, problem: str, allowed: str | None = None) -> InputError:
+    where = str(path) if field is None else f"{path}, field {field!r}"
+    return InputError(where, problem, allowed)
+
+
+def _load(path: Path) -> RankHistory:
+    allowed = "a rank-history.npz written by RankHistory.save (the callbacks write rank-tracking/rank-history.npz)"
+    if path.is_dir():
+        raise _error(path, None, "is a folder", allowed)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise _error(path, None, "is a single .npy array, not a .npz", allowed)
+        if not zipfile.is_zipfile(path):
+            raise _error(path, None, "is not a .npz (zip) archive", allowed)
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise _error(path, None, "no such file", allowed) from None
+    except ValueError as exc:  # numpy refuses an object array: it would need pickle
+        raise _error(path, None, f"holds an array numpy can only read by unpickling ({str(exc)[:80]})",
+                     allowed) from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        first = " ".join(str(exc).split()).split(". ")[0][:160]
+        raise _error(path, None, f"is a damaged .npz ({type(exc).__name__}: {first})", allowed) from None
+    if METADATA not in arrays:
+        raise _error(path, METADATA, "missing: not a RankHistory file", allowed)
+    try:
+        meta = json.loads(str(arrays.pop(METADATA)[()]))
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _error(path, METADATA, f"is not a JSON string ({exc})", allowed) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise _error(path, "format", f"{meta.get('format') if isinstance(meta, dict) else meta!r:.80}", FORMAT)
+    version = meta.get("version")
+    if not (isinstance(version, int) and 1 <= version <= VERSION):
+        raise _error(path, "version", f"{version!r:.40} (written by a newer verifier?)", f"1 to {VERSION}")
+    kinds, values = meta.get("kinds"), meta.get("values")
+    if not isinstance(kinds, dict) or not isinstance(values, dict):
+        raise _error(path, METADATA, "has no 'kinds' and 'values' objects", allowed)
+    fields = {}
+    for f in dataclasses.fields(RankHistory):
+        kind = kinds.get(f.name)
+        if kind is None or (kind not in ("none", "json") and f.name not in arrays) or (
+                kind == "json" and f.name not in values):
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _error(path, f.name, "missing", "every field of RankHistory that has no default")
+            continue  # a field added after this file was written: its default
+        if kind == "none":
+            fields[f.name] = None
+        elif kind == "json":
+            fields[f.name] = values[f.name]
+        elif kind == "tuple":
+            fields[f.name] = tuple(arrays[f.name].tolist())
+        elif kind == "array":
+            fields[f.name] = arrays[f.name]
+        else:
+            raise _error(path, f.name, f"unknown kind {kind!r:.40}", "array, tuple, json or none")
+    _validate(path, fields)
+    return RankHistory(**fields)
+
+
+def _validate(path: Path, f: dict) -> None:
+    """Types and shapes of the fields the checks read: P matrices, T records, spectra of width r."""
+    def need(name, ok, problem, allowed):
+        if not ok:
+            raise _error(path, name, problem, allowed)
+
+    for name in ("names", "heads", "max_rank", "product_rank"):
+        need(name, isinstance(f[name], tuple), f"a {type(f[name]).__name__}", "a tuple (one entry per matrix)")
+    p = len(f["names"])
+    need("names", p >= 1 and all(isinstance(n, str) for n in f["names"]), "empty or not strings",
+         "one product name per tracked matrix")
+    for name in ("heads", "max_rank", "product_rank"):
+        vals = f[name]
+        need(name, len(vals) == p, f"{len(vals)} entries for {p} matrices", f"{p} entries, one per matrix")
+        need(name, all(isinstance(v, int) and not isinstance(v, bool) and v >= (0 if name == "heads" else 1)
+                       for v in vals), "not all non-negative integers" if name == "heads" else
+             "not all positive integers", "integers")
+    for name in ("steps", "losses", "delta_spectra", "initial_spectra", "finite"):
+        need(name, isinstance(f[name], np.ndarray), f"a {type(f[name]).__name__}", "an array")
+    steps = f["steps"]
+    need("steps", steps.ndim == 1 and steps.size >= 1 and steps.dtype.kind in "iu", f"shape {steps.shape}, "
+         f"dtype {steps.dtype}", "a 1-d integer array of at least one step")
+    need("steps", bool(np.all(np.diff(steps) > 0)), "steps that do not increase", "increasing steps")
+    t = steps.size
+    for name, shape, kinds in (("losses", (t,), "fiu"), ("finite", (t,), "b")):
+        arr = f[name]
+        need(name, arr.shape == shape and arr.dtype.kind in kinds, f"shape {arr.shape}, dtype {arr.dtype}",
+             f"shape {shape}, {'bool' if kinds == 'b' else 'numbers'}")
+    delta, initial = f["delta_spectra"], f["initial_spectra"]
+    need("delta_spectra", delta.ndim == 3 and delta.shape[:2] == (t, p) and delta.shape[2] >= 1
+         and delta.dtype.kind in "fiu", f"shape {delta.shape}, dtype {delta.dtype}", f"[{t} records, {p} matrices, r]")
+    need("initial_spectra", initial.ndim == 2 and initial.shape[0] == p and initial.dtype.kind in "fiu",
+         f"shape {initial.shape}, dtype {initial.dtype}", f"[{p} matrices, r]")
+    for name in ("delta_spectra", "initial_spectra"):
+        need(name, not np.any(f[name] < 0), "a negative singular value", "singular values >= 0 (NaN where diverged)")
+    info = f.get("info", {})
+    need("info", isinstance(info, dict), f"a {type(info).__name__}", "a JSON object")

@@ -28,6 +28,12 @@ Thresholds, and why (measured values: README "Track your own training run" and t
   ``MIN_LOSS_DECREASE`` = 10% of the starting loss, else the runs are not compared (levels within the
   minibatch noise of the start would compare noise). The bound is 1: the smaller init's mean stable rank
   is at most the larger's at every level (no tolerance: the claim is an ordering).
+- A run whose training loss rose (``LOSS_RISE_MAX`` = 10%): the smoothed loss at its last record exceeds
+  its first recorded loss (the start ``MATCH_LEVELS`` count from) by more than a tenth of the latter's size.
+  Its change is what a failing optimizer did to the weights (SGD at lr 1e6 under gradient clipping keeps every
+  value finite while the loss grows from 3.9 to 3e8), not what training learned: both checks are
+  inconclusive (``loss-rose``). The same 10% as ``MIN_LOSS_DECREASE``: within it, a run counts as flat, not
+  as rising (minibatch noise), and is judged.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ MIN_JUDGED_RANK = 5
 LOSS_WINDOW = 1 / 20
 MATCH_LEVELS = (0.25, 0.5, 0.75, 1.0)
 MIN_LOSS_DECREASE = 0.1
+LOSS_RISE_MAX = 0.1
 
 
 def judged(history: RankHistory) -> np.ndarray:
@@ -94,6 +101,26 @@ def smoothed_loss(history: RankHistory) -> np.ndarray:
     lo = np.maximum(0, np.arange(len(loss)) - w + 1)
     n = counts[1:] - counts[lo]
     return np.where(n > 0, (sums[1:] - sums[lo]) / np.maximum(n, 1), np.nan)
+
+
+def loss_start_end(history: RankHistory) -> tuple[float, float] | None:
+    """(start, end): the first recorded finite loss (the smoothed loss there: the loss of the initial weights when
+    the callbacks record it) and the smoothed loss (:func:`smoothed_loss`) at the last record with one; None
+    with fewer than two finite losses."""
+    smooth = smoothed_loss(history)
+    finite = smooth[np.isfinite(smooth) & np.isfinite(history.losses)]
+    if finite.size < 2:
+        return None
+    return float(finite[0]), float(smooth[np.isfinite(smooth)][-1])
+
+
+def loss_rose(history: RankHistory) -> tuple[float, float] | None:
+    """(start, end) when the training loss rose by more than ``LOSS_RISE_MAX`` of its starting size, else None."""
+    ends = loss_start_end(history)
+    if ends is None:
+        return None
+    start, end = ends
+    return ends if end - start > LOSS_RISE_MAX * abs(start) else None
 
 
 @dataclass(frozen=True)

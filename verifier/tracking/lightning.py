@@ -2,67 +2,105 @@
 
     from verifier.tracking.lightning import RankTrackerCallback
     trainer = lightning.Trainer(max_steps=1000, callbacks=[RankTrackerCallback(every=10)])
-    trainer.fit(module, data)      # then <default_root_dir>/verifier/results.json and report.html
+    trainer.fit(module, data)      # then <trainer.log_dir>/rank-tracking/: results.json, report.html, rank-history.npz
 
-On global rank 0 only: the tracker is built at the start of training on the LightningModule, records in
-``on_train_batch_end`` after every ``every``-th optimizer step with the step's loss (``training_step``'s
-returned loss), and logs each head's stable rank of the change through the module's logger
-(``rank/<product>[h<head>]``). Its state is saved in the trainer's checkpoint (the callback's
-``state_dict``), so ``trainer.fit(..., ckpt_path=...)`` continues the history. At the end both checks are
-judged and written to ``<default_root_dir>/verifier/`` (``output_dir=`` to change).
+On global rank 0 only. When training begins the output folder is checked (an InputError naming
+``output_dir``, or ``Trainer.log_dir`` for the default, before the first step) and the tracker is built on
+the LightningModule. It records in ``on_train_batch_end`` after every ``every``-th optimizer step with the
+step's loss (``training_step``'s returned loss; a warning, once, when there is none), and sends the stable
+ranks to every logger of the trainer (``logger.log_metrics(..., step=<the record's step>)``: the same step
+numbers as the report; ``rank/<product>``, the mean over its heads, or ``log="heads"`` for every head). Its
+state is saved in the trainer's checkpoint (the callback's ``state_dict``), so ``trainer.fit(...,
+ckpt_path=...)`` continues the history. At the end both checks are judged and written to
+``<trainer.log_dir>/rank-tracking/`` (the logger's version folder; ``default_root_dir`` without a logger;
+``output_dir=`` to change). The report's title is the model inside the LightningModule that holds every
+tracked attention module (``GPT2LMHeadModel in MyModule``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
-
-import numpy as np
+from typing import Any, Mapping, Sequence
 
 try:
     from lightning.pytorch import Callback
 except ImportError:  # the standalone package
     from pytorch_lightning import Callback
 
-from .session import TrackingCallback, TrackingSession
+from .output_set import FOLDER
+from .session import TrackingCallback, TrackingSession, check_log
+
+
+def model_title(module, tracker) -> str:
+    """The class of the one child of ``module`` that holds every tracked attention module ("GPT2LMHeadModel in
+    MyModule"); the module's own class when there is no such child (named products, attention at the top)."""
+    paths = {t.module for t in tracker.tracked}
+    heads = {p.split(".", 1)[0] for p in paths}
+    if len(heads) == 1 and "" not in paths:
+        child = dict(module.named_children()).get(heads.pop())
+        if child is not None:
+            return f"{type(child).__name__} in {type(module).__name__}"
+    return type(module).__name__
 
 
 class RankTrackerCallback(TrackingCallback, Callback):
-    """``every``: record every N optimizer steps. ``products``, ``init_scale``, ``tensorboard``: see
-    :class:`~verifier.tracking.session.TrackingSession`. ``log``: log per-head stable ranks through
-    ``pl_module.log_dict`` (one host transfer per record). ``output_dir``: where results.json and report.html
-    go (default ``<trainer.default_root_dir>/verifier``)."""
+    """``every``: record every N optimizer steps. ``products``, ``init_scale``, ``heads``: see
+    :class:`~verifier.tracking.session.TrackingSession`. ``log``: "products" (default), "heads", or False: the
+    stable ranks sent to the trainer's loggers. ``tensorboard``: a folder or ``SummaryWriter`` for the spectra as
+    histograms (``True``: ``<log_dir>/rank-spectra``). ``output_dir``: where results.json, report.html and
+    rank-history.npz go (default ``<trainer.log_dir>/rank-tracking``)."""
 
     def __init__(self, every: int = 1, *, products: Mapping | None = None, init_scale: float = 1.0,
-                 tensorboard=None, log: bool = True, output_dir: str | os.PathLike | None = None):
-        self.session = TrackingSession(every, products, init_scale, tensorboard)
-        self.log, self.output_dir = log, output_dir
+                 heads: Sequence[str] | None = None, log="products", tensorboard=None,
+                 output_dir: str | os.PathLike | None = None):
+        self._tensorboard = tensorboard
+        self.session = TrackingSession(every, products, init_scale, None if tensorboard is True else tensorboard,
+                                       heads)
+        self.log, self.output_dir = check_log(log), output_dir
         self.written: Path | None = None
+        self._restored: dict | None = None  # the tracker state of the checkpoint resumed from, applied at the start
 
     def on_train_start(self, trainer, pl_module):
-        if trainer.is_global_zero:
-            self.session.start(pl_module, trainer.global_step)
+        if not trainer.is_global_zero:
+            return
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        folder, flag = ((self.output_dir, "output_dir") if self.output_dir is not None
+                        else (log_dir / FOLDER, "Trainer.log_dir"))
+        self.session.prepare(folder, flag)
+        if self._tensorboard is True:
+            self.session.tensorboard = log_dir / "rank-spectra"
+        if self._restored is not None:  # an error names the checkpoint file
+            self.session.load(self._restored, f"{trainer.ckpt_path or 'the checkpoint'} (RankTrackerCallback state)")
+            self._restored = None
+        self.session.start(pl_module, trainer.global_step, framework="lightning")
+        self.session.info["model"] = model_title(pl_module, self.tracker)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if not trainer.is_global_zero or step % self.session.every:
+        if not trainer.is_global_zero or self.tracker is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if self.session.record(step, loss) and self.log:
-            last = self.tracker.history(last=1)
-            ranks = last.stable_rank()[0]
-            pl_module.log_dict({f"rank/{k}": float(v) for k, v in zip(last.labels, ranks) if np.isfinite(v)},
-                               on_step=True, on_epoch=False, rank_zero_only=True)
+        if step % self.session.every:
+            if loss is not None and self.session.reference_step() == step - 1:
+                self.session.set_loss(step, loss)  # the first step's loss, computed on the reference weights
+            return
+        if loss is None:
+            self.session.warn_once("loss", "RankTrackerCallback: training_step returned no loss, so records carry "
+                                   "none and runs at several init scales cannot be compared at matched loss; return "
+                                   "the loss (or a dict with 'loss')")
+        if self.session.record(step, loss) and self.log is not None:
+            metrics = self.session.logged_ranks(self.log)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
 
     def on_train_end(self, trainer, pl_module):
         if trainer.is_global_zero and self.tracker is not None and self.tracker.n_records:
-            folder = Path(self.output_dir) if self.output_dir is not None else Path(trainer.default_root_dir) / "verifier"
-            self.session.write(folder, "lightning", pl_module)
-            self.written = folder
+            self.session.write("lightning")
+            self.written = self.session.folder
 
     def state_dict(self) -> dict[str, Any]:
         return {"tracker": None if self.tracker is None else self.tracker.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.session.load(state_dict.get("tracker"))
+        self._restored = state_dict.get("tracker")

@@ -1,5 +1,6 @@
 """A TensorBoard sink for a RankTracker: per record, each head's stable rank of the change as a scalar
-(``rank/<product>[h<head>]``) and each product's singular values of the change, all heads together, as a
+(``rank/<product>[h<head>]``; not with ``scalars=False``, as the callbacks use it: their scalars go through the
+framework's own loggers) and each product's singular values of the change, all heads together, as a
 histogram (``spectrum/<product>``). Needs the ``tensorboard`` extra (torch's SummaryWriter)."""
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import numpy as np
 
 
 class TensorBoardSink:
-    """``target``: a log folder, or an object with ``add_scalar``/``add_histogram`` (a SummaryWriter)."""
+    """``target``: a log folder, or an object with ``add_scalar``/``add_histogram`` (a SummaryWriter);
+    ``scalars``: also write each head's stable rank."""
 
-    def __init__(self, target):
+    def __init__(self, target, scalars: bool = True):
+        self.scalars = scalars
         if hasattr(target, "add_scalar"):
             self.writer, self._owned = target, False
         else:
@@ -28,7 +31,7 @@ class TensorBoardSink:
         step = int(last.steps[0])
         ranks = last.stable_rank()[0]
         for label, value in zip(last.labels, ranks):
-            if np.isfinite(value):
+            if self.scalars and np.isfinite(value):
                 self.writer.add_scalar(f"rank/{label}", float(value), step)
         names = np.array(last.names)
         for name in dict.fromkeys(last.names):

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
 
-from .. import seeds
-from .config import TrackConfig
-from .history import RankHistory
-from .tracker import RankTracker
-from .vit import ViT
+from ... import seeds
+from ..tracker import RankTracker
+from .track_config import TrackConfig
+from .trained_run import TrainedRun
+from .vit_model import ViT
 
 TEST_FRACTION = 0.2
 
@@ -44,19 +44,6 @@ def load_digits(seed: int, device: torch.device) -> Digits:
     n_test = int(TEST_FRACTION * len(y))
     test, train = perm[:n_test], perm[n_test:]
     return Digits(*(t.to(device) for t in (x[train], y[train], x[test], y[test])))
-
-
-@dataclass(frozen=True)
-class TrainedRun:
-    """One training run: what the tracker measured, and how training went."""
-
-    scale: float
-    history: RankHistory
-    final_loss: float  # mean training loss over the last epoch
-    test_accuracy: float
-    steps: int
-    train_s: float  # wall time of the training steps
-    record_s: float  # wall time inside tracker.record (host time: on a GPU, launch time)
 
 
 def build_vit(config: TrackConfig, scale: float, device: torch.device) -> ViT:
@@ -96,4 +83,7 @@ def train(config: TrackConfig, scale: float, data: Digits, device: torch.device,
         bar.set_postfix_str(f"loss {epoch_loss:.3f}")
     with torch.no_grad():
         accuracy = float((model(data.test_x).argmax(1) == data.test_y).float().mean())
-    return TrainedRun(scale, tracker.history(), epoch_loss, accuracy, step, train_s, record_s)
+    info = {"model": f"ViT ({config.preset})", "init_scale": scale, "every": config.record_every,
+            "tracked": tracker.describe().splitlines(), "record_s": round(record_s, 6), "device": str(device),
+            "dtype": "torch.float32"}
+    return TrainedRun(scale, replace(tracker.history(), info=info), epoch_loss, accuracy, step, train_s, record_s)

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from .. import seeds
-from .config import TrackConfig
-from .train import TrainedRun
+from ... import seeds
+from .track_config import TrackConfig
+from .trained_run import TrainedRun
 
 SEQUENCES, TEST_SEQUENCES = 2048, 256
 
@@ -50,7 +50,7 @@ def train_gpt2(config: TrackConfig, scale: float, device: torch.device, workdir:
                progress: bool = True) -> TrainedRun:
     import transformers
 
-    from .hf import RankTrackerCallback
+    from ..hf import RankTrackerCallback
 
     arch = config.spec.architecture
     gen = torch.Generator().manual_seed(config.seed + seeds.TRACK_SPLIT)
@@ -63,7 +63,7 @@ def train_gpt2(config: TrackConfig, scale: float, device: torch.device, workdir:
         optim="adamw_torch" if config.optimizer == "adam" else "sgd", logging_steps=config.record_every,
         save_strategy="no", report_to=[], use_cpu=device.type == "cpu", disable_tqdm=not progress,
         seed=(config.seed + seeds.TRACK_BATCHES) % 2**32, dataloader_num_workers=0)
-    callback = RankTrackerCallback(every=config.record_every, init_scale=scale, write=False)
+    callback = RankTrackerCallback(every=config.record_every, init_scale=scale, log=False, write=False)
     trainer = transformers.Trainer(model=model, args=args, callbacks=[callback],
                                    train_dataset=[{"input_ids": x, "labels": x} for x in train])
     if not progress:  # with tqdm off, the Trainer prints every log line instead
@@ -71,7 +71,7 @@ def train_gpt2(config: TrackConfig, scale: float, device: torch.device, workdir:
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
-    history = callback.tracker.history()
+    history = callback.history()
     steps_per_epoch = -(-SEQUENCES // config.spec.batch_size)
     last_epoch = [e["loss"] for e in trainer.state.log_history
                   if "loss" in e and e["step"] > trainer.state.global_step - steps_per_epoch]

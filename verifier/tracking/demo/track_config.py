@@ -6,9 +6,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .. import seeds
-from ..config import COUNT, DEVICES, POSITIVE, SEED_MAX, Allowed, check_choice, validate_fields
-from ..errors import InputError
+from ... import seeds
+from ...config import COUNT, DEVICES, POSITIVE, SEED_MAX, Allowed, check_choice, validate_fields
+from ...errors import InputError
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -18,7 +18,7 @@ class TrackPreset:
     """A model and its training: ``model`` "vit", a ViT on scikit-learn's digits (1797 images of 8 x 8 pixels,
     10 classes; shipped with scikit-learn, nothing is downloaded), or "gpt2", a Hugging Face GPT-2 built from
     a config and trained with the Trainer and :class:`verifier.tracking.hf.RankTrackerCallback` on a copying
-    task generated in-process (:mod:`.gpt2`). ``architecture``: the ViT's arguments or the GPT2Config's."""
+    task generated in-process (:mod:`.gpt2_training`). ``architecture``: the ViT's arguments or the GPT2Config's."""
 
     name: str
     description: str

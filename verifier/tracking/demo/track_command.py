@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import sys
 import tempfile
 import time
-from dataclasses import replace
 
 import numpy as np
 
-from ..config import resolve_device
-from ..context import git_sha, versions
-from ..results import RunResults
-from .checks import rank_checks
-from .config import TrackConfig
-from .train import TrainedRun, load_digits, train
+from ...config import resolve_device
+from ...context import git_sha
+from ...results import RunResults
+from ..output_set import provenance, tracking_results
+from .track_config import TrackConfig
+from .trained_run import TrainedRun
+from .vit_training import load_digits, train
 
 
 def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool = True) -> RunResults:
     device = resolve_device(config.device)
     start = time.perf_counter()
     runs, library = _train_runs(config, device, progress)
-    checks = rank_checks({r.scale: r.history for r in runs})
     wall = time.perf_counter() - start
-    provenance = {
-        "command": " ".join(argv if argv is not None else sys.argv), "seed": config.seed,
-        "versions": {**versions(), library.__name__: library.__version__}, "device": str(device),
-        "dtype": "float32", "git_sha": git_sha(),
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(wall, 2),
-    }
+    prov = provenance({library.__name__: library.__version__}, seed=config.seed, device=str(device),
+                      dtype="float32", git_sha=git_sha(), wall_s=round(wall, 2))
+    if argv is not None:
+        prov["command"] = " ".join(argv)
     training = {f"{r.scale:g}": {
         "final_train_loss": r.final_loss, "test_accuracy": r.test_accuracy, "steps": r.steps,
         "records": len(r.history.steps), "tracked_matrices": len(r.history.names),
@@ -40,10 +34,8 @@ def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool
         "median_final_stable_rank": _finite_median(r.history.stable_rank()[-1]),
         "diverged_step": r.history.diverged_step,
     } for r in runs}
-    stamped = tuple(_stamp(c, config, provenance) for c in checks)
-    run = {"config": config.as_dict(), "provenance": provenance, "model": f"{config.spec.model} ({config.preset})",
-           "checks": [c.id for c in checks], "training": training}
-    return RunResults(run=run, checks=stamped)
+    return tracking_results({r.scale: r.history for r in runs}, config=config.as_dict(), provenance=prov,
+                            model=f"{config.spec.model} ({config.preset})", training=training)
 
 
 def _train_runs(config: TrackConfig, device, progress: bool) -> tuple[list[TrainedRun], object]:
@@ -51,7 +43,7 @@ def _train_runs(config: TrackConfig, device, progress: bool) -> tuple[list[Train
     if config.spec.model == "gpt2":
         import transformers
 
-        from .gpt2 import train_gpt2
+        from .gpt2_training import train_gpt2
 
         with tempfile.TemporaryDirectory(prefix="verifier-track-") as workdir:
             return [train_gpt2(config, s, device, workdir, progress) for s in config.scales], transformers
@@ -64,7 +56,3 @@ def _train_runs(config: TrackConfig, device, progress: bool) -> tuple[list[Train
 def _finite_median(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(np.median(finite)) if finite.size else float("nan")
-
-
-def _stamp(check, config: TrackConfig, provenance: dict):
-    return replace(check, config=config.as_dict(), provenance=provenance)
