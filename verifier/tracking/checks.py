@@ -21,7 +21,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from ..results import CheckResult, CommonReason, Metric, Verdict, decide
+from ..results import CheckResult, CommonReason, Judgement, Metric
 from .figures import change_vs_initial, spectrum_over_training, stable_rank_over_training
 from .judge import (LOSS_WINDOW, MATCH_LEVELS, MIN_JUDGED_RANK, MIN_LOSS_DECREASE, RANK_FRACTION_MAX,
                     RANK_RATIO_MAX, SIZE_FLOOR, RankSummary, matched_ranks, summarize)
@@ -63,12 +63,12 @@ def _nan_stat(f, x: np.ndarray) -> float:
     return float(f(x)) if len(x) else float("nan")
 
 
-def _at_most(name: str, value: float, bound: float, reason: Reason) -> tuple[Verdict, str, str | None]:
+def _at_most(name: str, value: float, bound: float, reason: Reason) -> Judgement:
     if not np.isfinite(value):
-        return Verdict.INCONCLUSIVE, f"{name} could not be measured", Reason.NOT_MEASURABLE.value
+        return Judgement.inconclusive(Reason.NOT_MEASURABLE, f"{name} could not be measured")
     if value > bound:
-        return Verdict.FAIL, f"{name} = {value:.3g} > {bound:g}", reason.value
-    return Verdict.PASS, "", None
+        return Judgement.failed(reason, f"{name} = {value:.3g} > {bound:g}")
+    return Judgement.passed("")
 
 
 def _summaries(runs: Mapping[float, RankHistory]) -> dict[float, RankSummary] | str:
@@ -81,7 +81,7 @@ def _summaries(runs: Mapping[float, RankHistory]) -> dict[float, RankSummary] | 
 
 
 def _bounded(summaries: dict[float, RankSummary], of: Callable[[RankSummary], np.ndarray], ratio_name: str,
-             fraction_name: str, reason: Reason) -> tuple[dict[str, Metric], list[tuple]]:
+             fraction_name: str, reason: Reason) -> tuple[dict[str, Metric], list[Judgement]]:
     """The two bounds on a per-matrix stable rank ``of(summary)``, worst over runs: its median over matrices
     relative to the initial product's (<= RANK_RATIO_MAX) and its max over matrices relative to r
     (<= RANK_FRACTION_MAX)."""
@@ -103,19 +103,18 @@ def low_rank_perturbation(summaries: dict[float, RankSummary], runs: Mapping[flo
     initial = _nan_stat(np.median, np.concatenate([m.initial for m in summaries.values()]))
     metrics.update(median_final_stable_rank_per_scale=Metric.info(final),
                    median_initial_stable_rank=Metric.info(initial))
-    verdict, message, reason = decide([*parts, (Verdict.PASS, "median stable rank of the final change " + ", ".join(
+    judgement = Judgement.compose([*parts, Judgement.passed("median stable rank of the final change " + ", ".join(
         f"scale {s}: {v:.2f}" for s, v in final.items()) + f" (initial products: {initial:.2f})")])
-    return CheckResult(
-        LOW_RANK, CLAIMS[LOW_RANK], verdict, message, reason=reason, metrics=metrics, key_metric="median_rank_ratio",
-        settings=SETTINGS,
+    return CheckResult.judged(
+        LOW_RANK, CLAIMS[LOW_RANK], judgement, metrics=metrics, key_metric="median_rank_ratio", settings=SETTINGS,
         evidence={"figures": [change_vs_initial(runs[s], _scale(s)) for s in summaries]},
     )
 
 
-def _across_scales(runs: Mapping[float, RankHistory], scales: list[float], metrics: dict) -> tuple:
+def _across_scales(runs: Mapping[float, RankHistory], scales: list[float], metrics: dict) -> Judgement:
     """Part (ii): each pair of consecutive scales (largest first) compared at the losses both runs reach."""
     if len(scales) < 2:
-        return Verdict.PASS, "one init scale: the comparison across scales needs runs at two or more"
+        return Judgement.passed("one init scale: the comparison across scales needs runs at two or more")
     ratios, table = [], {}
     for larger, smaller in zip(scales, scales[1:]):
         matched = matched_ranks([runs[larger], runs[smaller]])
@@ -132,8 +131,9 @@ def _across_scales(runs: Mapping[float, RankHistory], scales: list[float], metri
     metrics["max_rank_ratio_smaller_init"] = Metric.at_most(worst, SMALLER_INIT_MAX)
     metrics["matched_loss"] = Metric.info(table)
     if not np.isfinite(worst):
-        return (Verdict.INCONCLUSIVE, "a pair of runs reaches no common training loss level (losses not recorded, "
-                f"or a run reduced its loss by less than {MIN_LOSS_DECREASE:.0%})", Reason.NO_COMMON_LOSS.value)
+        return Judgement.inconclusive(Reason.NO_COMMON_LOSS, "a pair of runs reaches no common training loss level "
+                                      f"(losses not recorded, or a run reduced its loss by less than "
+                                      f"{MIN_LOSS_DECREASE:.0%})")
     return _at_most("max_rank_ratio_smaller_init", worst, SMALLER_INIT_MAX, Reason.SMALLER_INIT_NOT_LOWER)
 
 
@@ -143,16 +143,16 @@ def gradual_rank_increase(summaries: dict[float, RankSummary], runs: Mapping[flo
                                Reason.RANK_JUMP)
     largest = {_scale(s): _nan_stat(np.max, m.largest_step) for s, m in summaries.items()}
     metrics["largest_step_per_scale"] = Metric.info(largest)
-    verdict, message, reason = decide([
+    judgement = Judgement.compose([
         *parts, _across_scales(runs, list(summaries), metrics),
-        (Verdict.PASS, "largest stable-rank step of a change " + ", ".join(
+        Judgement.passed("largest stable-rank step of a change " + ", ".join(
             f"scale {s}: {v:.2f}" for s, v in largest.items())),
     ])
     figures = [f for s in summaries for f in (*spectrum_over_training(runs[s], _scale(s)),
                                               stable_rank_over_training(runs[s], _scale(s)))]
-    return CheckResult(GRADUAL, CLAIMS[GRADUAL], verdict, message, reason=reason, metrics=metrics,
-                       key_metric="max_rank_ratio_smaller_init" if "max_rank_ratio_smaller_init" in metrics
-                       else "max_step_fraction", settings=SETTINGS, evidence={"figures": figures})
+    return CheckResult.judged(GRADUAL, CLAIMS[GRADUAL], judgement, metrics=metrics,
+                              key_metric="max_rank_ratio_smaller_init" if "max_rank_ratio_smaller_init" in metrics
+                              else "max_step_fraction", settings=SETTINGS, evidence={"figures": figures})
 
 
 def _diverged(runs: Mapping[float, RankHistory]) -> str | None:
@@ -174,10 +174,10 @@ def rank_checks(runs: Mapping[float, RankHistory]) -> list[CheckResult]:
     diverged = _diverged(runs)
     if diverged is not None:
         step = {_scale(s): h.diverged_step for s, h in runs.items()}
-        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, diverged, reason=Reason.DIVERGED.value, settings=SETTINGS,
-                            metrics={"diverged_step_per_scale": Metric.info(step)}) for i in CLAIMS]
+        return [CheckResult.judged(i, CLAIMS[i], Judgement.inconclusive(Reason.DIVERGED, diverged), settings=SETTINGS,
+                                   metrics={"diverged_step_per_scale": Metric.info(step)}) for i in CLAIMS]
     summaries = _summaries(runs)
     if isinstance(summaries, str):
-        return [CheckResult(i, CLAIMS[i], Verdict.INCONCLUSIVE, summaries, reason=Reason.NOTHING_TO_TEST.value,
-                            settings=SETTINGS) for i in CLAIMS]
+        return [CheckResult.judged(i, CLAIMS[i], Judgement.inconclusive(Reason.NOTHING_TO_TEST, summaries),
+                                   settings=SETTINGS) for i in CLAIMS]
     return [low_rank_perturbation(summaries, runs), gradual_rank_increase(summaries, runs)]

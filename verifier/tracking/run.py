@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..config import resolve_device
 from ..context import git_sha, versions
 from ..results import RunResults
 from .checks import rank_checks
@@ -19,7 +18,7 @@ from .train import TrainedRun, load_digits, train
 
 
 def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool = True) -> RunResults:
-    device = resolve_device(config.device)
+    device = config.torch_device
     start = time.perf_counter()
     runs, library = _train_runs(config, device, progress)
     checks = rank_checks({r.scale: r.history for r in runs})
