@@ -104,7 +104,7 @@ def test_the_new_claim_runs_in_the_suite_the_survey_and_a_hunt(package, tmp_path
     assert len(outcomes) == 2 and all(o["verdict"] == "pass" and o["metric"] == "max_grad_at_zero" for o in outcomes)
     code = """
         import verifier, torch
-        from hypothesis import settings
+        from hypothesis import HealthCheck, settings
         from verifier.checks import REGISTRY, resolve_ids
         from verifier.checks.registry import integrating_flow
         from verifier.config import RunConfig
@@ -117,7 +117,8 @@ def test_the_new_claim_runs_in_the_suite_the_survey_and_a_hunt(package, tmp_path
         assert integrating_flow(["origin-saddle", "theorem-4.5"], ctx.config) == ["theorem-4.5"]
         assert "origin-saddle" in HUNTED
         found = hunt("origin-saddle", problems("diag-linear", SIZES["ci"]["diag-linear"]),
-                     settings(max_examples=2, derandomize=True, database=None), device="cpu")
+                     settings(max_examples=2, derandomize=True, database=None, deadline=None,
+                              suppress_health_check=list(HealthCheck)), device="cpu")
         assert found is None  # a sparse nonzero teacher never has a stationary origin
         print("ok")
     """.replace("{root!r}", repr(str(package)))
