@@ -185,3 +185,26 @@ def test_registered_functions_are_named_after_their_claim():
 
     for spec in REGISTRY.values():
         assert spec.func.__name__ == "check_" + spec.id.replace("-", "_").replace(".", ""), spec.func.__name__
+
+
+# -- the device ----------------------------------------------------------------------------------------------
+# Where a device name may become a torch.device: the three configs (RunConfig, SurveyConfig, TrackConfig: once
+# each, `torch_device`), presets.py (the library boundary, `build_model`/`place` given a name) and the pytest
+# plugin's --verifier-device (checked when the session starts).
+RESOLVES_DEVICES = {"config.py", "survey/config.py", "tracking/config.py", "presets.py", "pytest_plugin.py"}
+
+
+def test_the_device_is_resolved_once_on_the_config():
+    calls = set()
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "resolve_device":
+                calls.add(str(path.relative_to(PKG)))
+    assert calls <= RESOLVES_DEVICES, calls - RESOLVES_DEVICES
+    from dataclasses import replace
+
+    from verifier.config import RunConfig
+
+    config = RunConfig(device="auto")
+    assert config.torch_device.type in ("cpu", "cuda") and "torch_device" not in config.as_dict()
+    assert replace(config, device="cpu").torch_device.type == "cpu"

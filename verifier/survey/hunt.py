@@ -161,8 +161,8 @@ def hunt(check: str, strategy: st.SearchStrategy[Problem], settings: Settings | 
     """Search ``strategy`` for a problem on which ``check``'s key metric crosses its threshold; hypothesis
     shrinks what it finds. Returns the shrunk :class:`Counterexample` (its data saved in ``folder``, default
     ``COUNTEREXAMPLES``) or None when the budget of ``settings`` (default: the current profile) finds none."""
-    if check not in HUNTED:
-        raise ValueError(f"hunts exist for {', '.join(HUNTED)}, not {check!r}")
+    if check not in REGISTRY or REGISTRY[check].hunt is None:
+        raise ValueError(f"hunts exist for {', '.join(hunted())}, not {check!r}")
     folder = Path(folder) if folder is not None else COUNTEREXAMPLES
     work = Path(tempfile.mkdtemp(prefix="verifier-hunt-"))  # each example's .npz, removed at the end
 
