@@ -19,6 +19,9 @@ alpha = exp(-2000), exp(-5000), ... up to exp(-1e5)), and the verdict is inconcl
 reached (``ladder-exhausted``) or a run did not reach the horizon (``solver-failed``).
 Tolerances: transitions within TRANSITION_FRACTION of the shortest stage (so every stage is resolved and
 its window is non-empty); b within B_TOL (b lives in [-1, 1]); beta within BETA_TOL x max(1, max|beta^k|).
+Shape: :func:`measure` (the ladder refined by the error budget and extended: a :class:`Measurement` holding its
+:class:`LadderErrors`) -> :func:`judge` -> :func:`declare` -> :func:`figures`; :func:`measure_errors` and
+:func:`judge_errors` are the same two steps for one ladder, which the refinement and the extension call.
 """
 
 from __future__ import annotations

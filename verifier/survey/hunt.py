@@ -101,8 +101,9 @@ def measure(check: str, ctx: Context) -> Outcome:
     :class:`Outcome` carrying its verdict, reason and message and the hunt's metric."""
     hunt_spec = REGISTRY[check].hunt
     result = run_check(check, ctx) if hunt_spec.measure is None else hunt_spec.measure(ctx)
-    return metric_outcome(result.verdict, result.message, hunt_spec.metric, result.metrics.get(hunt_spec.metric),
-                          result.duration_s, result.reason)
+    return metric_outcome(verdict=result.verdict, message=result.message, reason=result.reason,
+                          name=hunt_spec.metric, metric=result.metrics.get(hunt_spec.metric),
+                          duration_s=result.duration_s)
 
 
 def score(o: Outcome) -> float:
