@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from verifier import data as D
 from verifier.cli import main
-from verifier.survey.hunt import SIZES, Problem, hunt, problems, score
+from verifier.checks import Verdict, assumption43
+from verifier.survey.hunt import SIZES, Problem, hunt, measure, problems, score
 from verifier.survey.results import Outcome
 
 
@@ -71,3 +72,15 @@ def test_hunt_returns_none_when_nothing_crosses(tmp_path):
     assert found is None and 1 <= len(calls) <= 4 and not list(tmp_path.iterdir())
     with pytest.raises(ValueError, match="hunts exist for"):
         hunt("theorem-4.5", st.builds(tied, st.integers(0, 3)))
+
+
+def test_a_hunted_outcome_carries_the_judges_message_and_reason(valley_context):
+    """The hunt's measurement of assumption-4.3 (restricted Hessians only) reports the judge's message and reason
+    each in its place: it once unpacked the part judge's tuple in the wrong order, so a hunted 4.3 outcome
+    carried the reason code where its message should be (and no message at all for a pass)."""
+    o = measure("assumption-4.3", valley_context)
+    judged = assumption43.judge_stages(assumption43.measure_stages(valley_context,
+                                                                   valley_context.model.coordinate_names()))
+    assert o.verdict is Verdict.FAIL and o.reason == "not-strict-minimum" == judged.reason
+    assert o.message == judged.message and "not a strict minimum" in o.message
+    assert o.metric == "min_rel_eig" and o.value < o.threshold

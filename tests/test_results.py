@@ -11,9 +11,8 @@ import sys
 import pytest
 
 from verifier.figures import Figure, Mark, Series
-from verifier.results import (CheckResult, CommonReason, Gate, Metric, ResultsFormatError, RunResults, Verdict, combine,
-                              decide, jsonable, parse_results,
-                              results_json)
+from verifier.results import (CheckResult, CommonReason, Gate, Judgement, Metric, ResultsFormatError, RunResults,
+                              Verdict, combine, decide, jsonable, parse_results, results_json)
 
 
 @pytest.mark.parametrize("module", ["verifier", "verifier.results", "verifier.gate", "verifier.report",
@@ -64,6 +63,34 @@ def test_decide_gives_the_reason_of_the_first_part_with_the_worst_verdict():
     assert decide([(I, "b", "ladder-exhausted"), (P, "a")]) == (I, "b | a", "ladder-exhausted")
     assert decide([(P, "a", "ignored")]) == (P, "a", None)  # a pass has no reason
     assert decide([]) == (I, "", None)
+
+
+def test_judgements_compose_one_way():
+    """The worst verdict; messages failures first, then inconclusive ones, then passes (stable within each); the
+    reason of the first part with the worst verdict; nothing judged is inconclusive, never a pass."""
+    a, b = Judgement.passed("a"), Judgement.inconclusive(CommonReason.SOLVER_FAILED, "b")
+    c, d = Judgement.failed("tie", "c"), Judgement.failed("other", "d")
+    assert Judgement.compose([a, b, c, d]) == Judgement(Verdict.FAIL, "tie", "c | d | b | a")
+    assert Judgement.compose([b, a], "; ") == Judgement(Verdict.INCONCLUSIVE, "solver-failed", "b; a")
+    assert Judgement.compose([a, Judgement.passed("")]) == Judgement.passed("a")
+    assert Judgement.compose([]) == Judgement.inconclusive("nothing-to-test", "nothing was judged")
+    assert type(b.reason) is str  # an enum member is stored as its value
+
+
+def test_a_judgement_is_well_formed_or_refused():
+    with pytest.raises(ValueError, match="a pass has no failure reason"):
+        Judgement(Verdict.PASS, "tie", "m")
+    with pytest.raises(ValueError, match="needs a kebab-case reason"):
+        Judgement(Verdict.FAIL, None, "m")
+    with pytest.raises(ValueError, match="needs a kebab-case reason"):
+        Judgement.inconclusive("Not Kebab", "m")
+    with pytest.raises(TypeError, match="must be a Verdict"):
+        Judgement("pass", None, "m")
+    with pytest.raises(TypeError, match="must be a str"):
+        Judgement.passed(None)
+    r = CheckResult.judged("x", "claim", Judgement.failed(CommonReason.SOLVER_FAILED, "why"), key_metric="m",
+                           metrics={"m": Metric.info(1)})
+    assert (r.verdict, r.reason, r.message, r.key_metric) == (Verdict.FAIL, "solver-failed", "why", "m")
 
 
 def test_reason_is_kebab_case_and_only_for_fail_or_inconclusive():

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from verifier.checks import Verdict, run_check
-from verifier.checks.theorem45 import error_table, evaluate, fit_rate, judge
+from verifier.checks.theorem45 import error_table, fit_rate, judge_errors, measure_errors, trend_verdict
 from verifier.config import RunConfig, parse_alphas
 from verifier.context import Context
 from verifier.dynamics.trajectory import Status
@@ -37,7 +37,7 @@ def test_passes_and_errors_shrink_like_one_over_log_inv_alpha(ctx):
     assert m["windows_measured"] == 5
     assert [f.id for f in r.evidence["figures"]] == ["loss-vs-tau", "beta-vs-tau", "errors-vs-alpha"]
     assert len(m["per_stage_transition_error"][0]) == 4  # the re-entry of beta[1] included
-    assert len(error_table(m).splitlines()) == 4
+    assert len(error_table(measure_errors(ctx.stages, ctx.ladder, ctx.horizon)).splitlines()) == 4
 
 
 def test_a_wrong_limit_stalls_and_fails(ctx, leave_reenter_model, leave_beta_star):
@@ -45,29 +45,31 @@ def test_a_wrong_limit_stalls_and_fails(ctx, leave_reenter_model, leave_beta_sta
     other = leave_reenter_model
     wrong = algorithm1(DiagLinear(other.X, 1.2 * other.Y))
     assert [s.coordinate for s in wrong.stages] == [s.coordinate for s in ctx.stages.stages]
-    verdict, message, reason, metrics, _ = evaluate(wrong, ctx.ladder, ctx.horizon)
-    assert verdict is Verdict.FAIL and reason == "errors-not-shrinking"
-    assert "transition_time_error stalls" in message and "beta_error stalls" in message
+    errors = measure_errors(wrong, ctx.ladder, ctx.horizon)
+    judgement = judge_errors(errors)
+    assert judgement.verdict is Verdict.FAIL and judgement.reason == "errors-not-shrinking"
+    assert "transition_time_error stalls" in judgement.message and "beta_error stalls" in judgement.message
     # on the last plateau the flow sits at beta*, the wrong limit at 1.2 beta*
-    assert metrics["beta_error"][-1] >= 0.2 * max(abs(x) for x in leave_beta_star) * (1 - 1e-3)
+    assert errors.beta_error[-1] >= 0.2 * max(abs(x) for x in leave_beta_star) * (1 - 1e-3)
 
 
 def test_solver_failure_is_inconclusive(ctx):
     traj = dataclasses.replace(ctx.ladder, status=(Status.SUCCESS, Status.STEP_TOO_SMALL, Status.SUCCESS))
-    verdict, message, reason, _, _ = evaluate(ctx.stages, traj, ctx.horizon)
-    assert verdict is Verdict.INCONCLUSIVE and "alpha=1e-16" in message and reason == "solver-failed"
+    judgement = judge_errors(measure_errors(ctx.stages, traj, ctx.horizon))
+    assert judgement.verdict is Verdict.INCONCLUSIVE and "alpha=1e-16" in judgement.message
+    assert judgement.reason == "solver-failed"
 
 
-def test_fit_rate_and_judge_on_exact_series():
+def test_fit_rate_and_trend_verdict_on_exact_series():
     L = [10.0, 20.0, 40.0, 80.0]
     assert fit_rate(L, [3 / x for x in L]) == pytest.approx(1.0)
     assert fit_rate(L, [2 / x**2 for x in L]) == pytest.approx(2.0)
     assert fit_rate(L, [0.0, math.inf, 1.0, 0.5]) == pytest.approx(1.0)
-    assert judge(L, [0.4, 0.2, 0.1, 0.05], tol=0.06)[0] is Verdict.PASS
-    assert judge(L, [0.4, 0.2, 0.1, 0.05], tol=0.01)[0] is Verdict.INCONCLUSIVE
-    assert judge(L, [0.1, 0.1, 0.1, 0.1], tol=0.01)[0] is Verdict.FAIL
-    assert judge(L, [0.1, 0.2, 0.3, 0.4], tol=0.01)[0] is Verdict.FAIL
-    assert judge(L, [1e-8, 2e-8, 1e-8, 1e-8], tol=1e-3)[0] is Verdict.PASS  # at the floor, below tolerance
+    assert trend_verdict(L, [0.4, 0.2, 0.1, 0.05], tol=0.06) is Verdict.PASS
+    assert trend_verdict(L, [0.4, 0.2, 0.1, 0.05], tol=0.01) is Verdict.INCONCLUSIVE
+    assert trend_verdict(L, [0.1, 0.1, 0.1, 0.1], tol=0.01) is Verdict.FAIL
+    assert trend_verdict(L, [0.1, 0.2, 0.3, 0.4], tol=0.01) is Verdict.FAIL
+    assert trend_verdict(L, [1e-8, 2e-8, 1e-8, 1e-8], tol=1e-3) is Verdict.PASS  # at the floor, below tolerance
 
 
 def test_a_short_ladder_that_is_still_converging_is_inconclusive_not_a_stall():
@@ -75,9 +77,9 @@ def test_a_short_ladder_that_is_still_converging_is_inconclusive_not_a_stall():
     `python docs/measure_theory.py short-ladder`): slow at first (global rate 0.48), fast at the end (0.83):
     extend the ladder, not a failure. An error that stays put is a stall and fails."""
     L = [math.log(10.0) * e for e in (8, 16, 32)]
-    assert judge(L, [0.552, 0.506, 0.285], 0.01)[0] is Verdict.INCONCLUSIVE
-    assert judge(L, [0.975, 0.984, 0.984], 0.01)[0] is Verdict.FAIL
-    assert judge(L, [0.3, 0.2, 0.005], 0.01)[0] is Verdict.PASS
+    assert trend_verdict(L, [0.552, 0.506, 0.285], 0.01) is Verdict.INCONCLUSIVE
+    assert trend_verdict(L, [0.975, 0.984, 0.984], 0.01) is Verdict.FAIL
+    assert trend_verdict(L, [0.3, 0.2, 0.005], 0.01) is Verdict.PASS
 
 
 def test_the_ladder_extends_itself_while_an_error_still_shrinks(zero_loss_context):

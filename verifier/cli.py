@@ -157,28 +157,23 @@ OPTIMIZER_OPTIONS = {"lr": ("gd", "sgd", "adam"), "steps": ("gd", "sgd", "adam")
                      "momentum": ("gd", "sgd"), "weight_decay": ("gd", "sgd")}
 
 
-# The checks a run option acts on ("*": every check but definition-3.1, which integrates nothing); with
-# --checks naming none of them, the option would be recorded but never used: refused.
-CHECK_OPTIONS = {"noise": {"assumption-4.3", "assumption-4.4"}, "negligible": {"assumption-4.3", "assumption-4.4"},
-                 "perturb_epochs": {"assumption-4.3", "assumption-4.4"}, "alphas": "*", "horizon": "*",
-                 "rtol": "*", "atol": "*"}
-
-
 def _refuse_ignored(args) -> None:
     """Every option applies or is refused, naming it and why (an option that silently does nothing would be
-    recorded in results.json as if it had been used)."""
+    recorded in results.json as if it had been used). The run options each check uses are declared on its
+    CheckSpec (``options``)."""
     if getattr(args, "model_file", None) is not None and args.loss is not None:
         raise InputError("--loss", "a --model-file model computes its own loss, so --loss would be ignored",
                          "leave --loss out (write the loss in the model file)")
     if args.command != "run":
         return
+    from .checks.registry import RUN_OPTIONS, users_of
+
     chosen = {c.strip() for c in args.checks.split(",") if c.strip()} if args.checks else None
-    for name, users in CHECK_OPTIONS.items():
-        if getattr(args, name) is not None and chosen is not None and not (
-                chosen - {"definition-3.1"} if users == "*" else chosen & users):
+    for name in RUN_OPTIONS:
+        users = users_of(name)
+        if getattr(args, name) is not None and chosen is not None and not chosen & set(users):
             flag = "--" + name.replace("_", "-")
-            raise InputError(flag, f"no check in --checks {args.checks} uses it",
-                             f"{flag} with {'any check but definition-3.1' if users == '*' else ' or '.join(sorted(users))}")
+            raise InputError(flag, f"no check in --checks {args.checks} uses it", f"{flag} with {' or '.join(users)}")
     optimizer = args.optimizer
     for name, users in OPTIMIZER_OPTIONS.items():
         if getattr(args, name, None) is not None and (optimizer or "flow") not in users:
@@ -224,15 +219,25 @@ def _problem_field(config) -> str:
 
 
 def _require_memory(config, model, ids) -> None:
-    """Refuse before work a model too large for the dense flow the chosen checks integrate (verifier/memory.py)."""
-    from .memory import FLOW_FREE, require_dense_fits
+    """Refuse before work a model too large for the dense flow the chosen checks integrate (verifier/memory.py;
+    which checks integrate one: ``CheckSpec.flow``)."""
+    from dataclasses import replace
 
-    flow_free = FLOW_FREE | ({"lemma-4.1"} if config.optimizer.name != "flow" else set())
-    dense = [i for i in ids if i not in flow_free]
+    from .checks.registry import check_ids, integrating_flow
+    from .config import OptimizerConfig
+    from .memory import require_dense_fits
+
+    dense = integrating_flow(ids, config)
     if dense:
-        require_dense_fits(model, _problem_field(config), f"the gradient flow of {', '.join(dense)}",
-                           "checks that integrate no flow: --checks definition-3.1, or lemma-4.1 with "
-                           "--optimizer gd/sgd/adam")
+        free = [i for i in check_ids() if i not in integrating_flow([i], config)]
+        try:  # the checks a discrete optimizer would make flow-free (none where its alphas are too small for one)
+            steps = replace(config, optimizer=OptimizerConfig("gd"))
+            discrete = [i for i in check_ids() if i not in free and not integrating_flow([i], steps)]
+        except InputError:
+            discrete = []
+        instead = "checks that integrate no flow" + (f": --checks {','.join(free)}" if free else "") + "".join(
+            f", or {i} with --optimizer gd/sgd/adam" for i in discrete)
+        require_dense_fits(model, _problem_field(config), f"the gradient flow of {', '.join(dense)}", instead)
 
 
 def _survey(args, argv) -> int:
@@ -265,14 +270,12 @@ def _survey(args, argv) -> int:
 
 
 def _track(args, argv) -> int:
-    from .config import resolve_device
     from .outputs import OutputSet
     from .tracking.demo.track_config import TrackConfig, parse_scales
     from .tracking.demo.track_command import run_track
 
     config = TrackConfig(preset=args.preset, init_scales=parse_scales(args.init_scales), optimizer=args.optimizer,
                          epochs=args.epochs, lr=args.lr, device=args.device, seed=args.seed, every=args.every)
-    resolve_device(config.device)
     output = OutputSet.for_out(args.out)
     return _write(output, lambda: run_track(config, argv=["verifier", *argv], progress=not args.no_progress))
 
@@ -354,8 +357,8 @@ def _limit(args) -> int:
 
     config = _config(args)
     out = check_output_file(args.json, "--json", inputs=(config.data,)) if args.json is not None else None
-    model = build_model(config.preset, config.model, config.data, config.loss, config.seed, config.device,
-                        config.model_file)
+    model = build_model(config.preset, config.model, config.data, config.loss, config.seed, config.torch_device,
+                        config.model_file, keep_unmovable=config.device == "auto")
     if not model.diagonal:
         raise InputError("--model-file" if config.model_file else "--model",
                          f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
@@ -371,7 +374,7 @@ def _limit(args) -> int:
 
 def _input_file(path: str, field: str) -> str:
     """A results file to read: a name the file system can hold (checked before any file-system call)."""
-    from .outputs import check_name
+    from .paths import check_name
 
     if "\x00" in path:
         raise InputError(field, f"{path!r} is not a file path", "a results.json")

@@ -201,7 +201,8 @@ class RunConfig:
 
     The problem is a preset, or a model family with a data file (``model`` alone when the model object is
     handed to :class:`~verifier.context.Context` directly), or a ``model_file`` PATH.py:FACTORY (alone);
-    none of them means the default preset.
+    none of them means the default preset. ``device`` (auto, cpu, cuda) is resolved once, here:
+    ``torch_device`` is the torch.device every part of the run uses (``auto``: cuda when available).
     """
 
     preset: str | None = None
@@ -232,7 +233,7 @@ class RunConfig:
 
         preset, _family = resolve_problem(self.preset, self.model, self.data, self.loss, self.model_file)
         object.__setattr__(self, "preset", preset)
-        check_choice("--device", self.device, DEVICES)
+        object.__setattr__(self, "torch_device", resolve_device(self.device))  # not a field: not in as_dict()
         validate_fields(self, self.RULES)
         if self.horizon is not None:
             object.__setattr__(self, "horizon", POSITIVE.check("--horizon", self.horizon))

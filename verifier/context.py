@@ -72,9 +72,11 @@ class Context:
         self.model_given = model is not None  # a model object handed in (tests, the pytest plugin)
         self.progress = progress
         self.model = model if model is not None else build_model(
-            config.preset, config.model, config.data, config.loss, config.seed, config.device, config.model_file)
-        # The device is resolved once, where the model is built (build_model: the name -> a torch.device); a
-        # model handed in is already on its device. Every tensor of the run is created on the model's device.
+            config.preset, config.model, config.data, config.loss, config.seed, config.torch_device,
+            config.model_file, keep_unmovable=config.device == "auto")
+        # The device is resolved once, on the config (RunConfig.torch_device); a model handed in, or a user's
+        # model that cannot move under --device auto, is on its own device. Every tensor of the run is created
+        # on the model's device.
         self.device = self.model.device
         if config.optimizer.name == "sgd" and self.model.X is None:
             raise InputError("--optimizer", "sgd draws minibatches from the model's data set, and this model's loss "

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .paths import check_name
 
 F64 = torch.float64
 
@@ -58,8 +59,6 @@ def load_npz(path: str | Path, family: str) -> tuple[torch.Tensor, torch.Tensor]
     Linear models: X [N, p], y [N]. Attention models: X [N, n, d], Y [N, n, d]. Every dimension >= 1;
     real numbers (integers or floats up to float64), finite, largest magnitude within ``DATA_SCALE``.
     """
-    from .outputs import check_name
-
     check_name(path, "--data")
     path = Path(path)
     if not path.is_file():

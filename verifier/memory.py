@@ -14,8 +14,7 @@ import torch
 from .errors import InputError
 
 DENSE_COPIES = 3  # the Jacobian, the W-method matrix I - h gamma J and its LU factors (one trajectory)
-# Checks that integrate no flow (and run no Algorithm 1); lemma-4.1 is flow-free with a discrete optimizer.
-FLOW_FREE = {"definition-3.1"}
+# Which checks integrate a flow is declared on their CheckSpec (``flow``); the CLI asks before a run.
 
 
 def available_bytes(device: torch.device) -> int | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError, UserCodeError
+from .paths import check_name
 
 FIELD = "--model-file"
 
@@ -29,8 +30,6 @@ def parse_spec(spec: str) -> tuple[Path, str]:
     path, sep, factory = str(spec).rpartition(":")
     if not sep or not path or not factory.isidentifier():
         raise InputError(FIELD, f"{spec!r} is not PATH.py:FACTORY", "e.g. examples/attention_head.py:make")
-    from .outputs import check_name
-
     check_name(path, FIELD)
     file = Path(path)
     if file.suffix != ".py":

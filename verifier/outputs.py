@@ -22,10 +22,9 @@ import tempfile
 from pathlib import Path
 
 from .errors import InputError
+from .paths import NAME_MAX, PATH_MAX, atomic_write_text, check_name, temp_prefix  # noqa: F401  (re-exported)
 
 SET_FILES = ("results.json", "report.html")
-NAME_MAX, PATH_MAX = 255, 4095  # bytes of one path component and of a whole path (Linux, macOS; os.fsencode)
-TEMP_NAME_ROOM = 200  # bytes of a target's name kept in its temporary sibling's name (".NAME.XXXXXXXX.tmp")
 WHERE = "a new folder, an empty one, or one holding only a previous results.json and report.html"
 
 
@@ -47,27 +46,6 @@ def _blocked_signals():
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     return held()
-
-
-def check_name(path: str | os.PathLike, flag: str) -> None:
-    """A path the file system can hold: no NUL, every component at most NAME_MAX bytes and the whole at most
-    PATH_MAX (as os.fsencode gives them: a non-UTF-8 name counts its own bytes); else InputError naming
-    ``flag``, before any file-system call could fail with 'File name too long'."""
-    raw = os.fsencode(path)
-    if not raw or b"\x00" in raw:
-        raise InputError(flag, f"{os.fsdecode(raw)!r} is not a path", "a file or folder path")
-    longest = max(raw.split(b"/"), key=len)
-    if len(longest) > NAME_MAX:
-        raise InputError(flag, f"a name of {len(longest)} bytes ({os.fsdecode(longest[:40])}...)",
-                         f"names of at most {NAME_MAX} bytes")
-    if len(raw) > PATH_MAX:
-        raise InputError(flag, f"a path of {len(raw)} bytes", f"paths of at most {PATH_MAX} bytes")
-
-
-def temp_prefix(name: str) -> str:
-    """'.NAME.' for a temporary sibling of NAME, cut to TEMP_NAME_ROOM bytes so that the temporary name stays
-    within NAME_MAX even when NAME itself is near it (a legal 250-byte --out)."""
-    return "." + os.fsdecode(os.fsencode(name)[:TEMP_NAME_ROOM]) + "."
 
 
 def _is_previous_set(folder: Path, files: tuple[str, ...] = SET_FILES) -> bool:
@@ -269,8 +247,6 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
 
 def write_output_file(path: Path, text: str, flag: str) -> None:
     """Write ``text`` atomically (a temporary file in the same folder, renamed over ``path``)."""
-    from .results import atomic_write_text
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)

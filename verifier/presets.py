@@ -185,24 +185,26 @@ def resolve_problem(preset: str | None, family: str | None, data, loss: str,
     return preset, family
 
 
-def place(model: Model, device: str | torch.device) -> Model:
+def place(model: Model, device: str | torch.device, keep_unmovable: bool | None = None) -> Model:
     """``model`` on ``device`` (a name: auto, cpu, cuda; or a torch.device). A model that cannot move (a user's
-    loss holds its own tensors) stays where it is under ``auto``; any other device must be its own."""
-    if device == "auto" and not model.movable:
+    loss holds its own tensors) stays where it is when ``keep_unmovable`` (default: the name is ``auto``); on
+    any other device it must be its own."""
+    if (device == "auto" if keep_unmovable is None else keep_unmovable) and not model.movable:
         return model
     return model.to_device(resolve_device(device) if isinstance(device, str) else device)
 
 
 def build_model(preset: str | None = None, family: str | None = None, data: str | None = None,
                 loss: str = "square", seed: int = 0, device: str | torch.device = "cpu",
-                model_file: str | None = None) -> Model:
+                model_file: str | None = None, keep_unmovable: bool | None = None) -> Model:
     """Normalise the user's choice (a preset, a model family with an .npz file, or ``--model-file``
-    PATH.py:FACTORY) into a Model on ``device`` (a torch.device or a name, see :func:`place`)."""
+    PATH.py:FACTORY) into a Model on ``device`` (a torch.device or a name; ``keep_unmovable``: see
+    :func:`place`). A run passes its config's resolved device (``RunConfig.torch_device``)."""
     preset, family = resolve_problem(preset, family, data, loss, model_file)
     if model_file is not None:
         from .model_file import load_model_file
 
-        return place(load_model_file(model_file, seed), device)
+        return place(load_model_file(model_file, seed), device, keep_unmovable)
     if isinstance(device, str):
         device = resolve_device(device)
     if preset is not None:

@@ -192,8 +192,9 @@ def _context(problem: Problem):
     argv = ["pytest", *(session.args if session else [])]
 
     def make():
-        model = place(problem.build(), device)
-        return Context(replace(config, device=device), model=model, argv=argv)
+        run_config = replace(config, device=device)  # the device resolved once, on the config
+        model = place(problem.build(), run_config.torch_device, keep_unmovable=device == "auto")
+        return Context(run_config, model=model, argv=argv)
 
     return _cached(("context", problem), make)
 

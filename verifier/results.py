@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from .paths import atomic_write_text
 
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
@@ -121,12 +121,13 @@ class Judgement:
         return cls(verdict, ordered[0].reason, sep.join(j.message for j in ordered if j.message))
 
 
-def decide(parts: Iterable[tuple], sep: str = " | ") -> tuple[Verdict, str, str | None]:
-    """The one way verdicts of a check's parts combine. Each part is ``(verdict, message)`` or ``(verdict,
-    message, reason)``. Returns the worst verdict; the parts' messages, failures first, then inconclusive
-    ones, then passes (a stable order within each); and the reason of the first part with the worst verdict
-    (None for a pass)."""
-    parts = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in parts]
+def decide(parts: Iterable, sep: str = " | ") -> tuple[Verdict, str, str | None]:
+    """Transitional, for the judges not yet returning a :class:`Judgement` (assumption44.py): combines parts
+    given as ``(verdict, message)``, ``(verdict, message, reason)`` or a :class:`Judgement` as
+    :meth:`Judgement.compose` does, and returns (verdict, message, reason). To be removed with :func:`combine`
+    once every judge returns a Judgement."""
+    parts = [(p.verdict, p.message, p.reason) if isinstance(p, Judgement) else (p[0], p[1], p[2] if len(p) > 2 else None)
+             for p in parts]
     ordered = sorted(parts, key=lambda p: _SEVERITY[p[0]])
     verdict = Verdict.worst(v for v, _, _ in parts)
     reason = None if verdict is Verdict.PASS else next((r for v, _, r in ordered if v is verdict), None)
@@ -382,23 +383,6 @@ OBSERVERS: list[Callable[[CheckResult], None]] = []
 
 class ResultsFormatError(ValueError):
     """A results file that cannot be read or does not follow the schema."""
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from .outputs import temp_prefix
-
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:  # a non-UTF-8 path: its bytes
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def results_json(results: RunResults) -> str:

@@ -25,7 +25,7 @@ from ..config import SolverConfig, format_alpha
 from ..dynamics.flow import ReducedFlow, integrate, solve_flow
 from ..dynamics.trajectory import Status, Trajectory
 from ..figures import Figure, Series
-from ..results import CommonReason, Verdict
+from ..results import CommonReason, Judgement
 
 # A grid epoch is a plateau when its non-negligible set equals its neighbours' and beta moved by less than
 # this (relative) between the neighbouring grid points.
@@ -46,6 +46,9 @@ N_OUT = 61  # samples of each perturbed run kept for the figures
 # tolerance 1e-4 (converging runs do not accumulate error), so a relative error of ~1e-6 in beta
 # (atol on S, THEORY.md §3) is 100x below every threshold while needing far fewer steps than 1e-8.
 PROTOCOL_TOL = 1e-6
+# The run options the protocols use: the reference run's alpha (the smallest), horizon and tolerances, and the
+# perturbation's noise, negligible level and length (registry.RUN_OPTIONS).
+PROTOCOL_OPTIONS = ("alphas", "horizon", "rtol", "atol", "noise", "negligible", "perturb_epochs")
 
 
 def perturb_time(config) -> float:
@@ -158,16 +161,16 @@ def onset_events(ref: Reference, threshold: float) -> list[tuple[int, int]]:
 
 def sample_reference(ctx, figure: str, events_of, empty: str, seed_offset: int):
     """The reference run and up to ``n_perturb`` of its events ``events_of(ref)``, drawn reproducibly, with
-    the generator (which goes on to draw the noise). Returns ``((ref, chosen, gen), None)``, or
-    ``(None, (INCONCLUSIVE, message, reason))`` when the run failed (``solver-failed``) or has no event
-    (``no-plateau``); ``empty`` may use {alpha}."""
+    the generator (which goes on to draw the noise). Returns ``((ref, chosen, gen), None)``, or ``(None,
+    judgement)``, an inconclusive :class:`~verifier.results.Judgement`, when the run failed (``solver-failed``)
+    or has no event (``no-plateau``); ``empty`` may use {alpha}."""
     ref = reference_run(ctx)
     if failed := failed_runs(ref.traj):
-        return None, (Verdict.INCONCLUSIVE, f"{figure}: the reference run at alpha={ref.alpha} did not finish "
-                                            f"({failed[0]})", CommonReason.SOLVER_FAILED)
+        return None, Judgement.inconclusive(CommonReason.SOLVER_FAILED, f"{figure}: the reference run at "
+                                            f"alpha={ref.alpha} did not finish ({failed[0]})")
     events = events_of(ref)
     if not events:
-        return None, (Verdict.INCONCLUSIVE, f"{figure}: " + empty.format(alpha=ref.alpha), NO_PLATEAU)
+        return None, Judgement.inconclusive(NO_PLATEAU, f"{figure}: " + empty.format(alpha=ref.alpha))
     gen = torch.Generator().manual_seed(ctx.config.seed + seed_offset)
     chosen = sorted(events[int(k)] for k in torch.randperm(len(events), generator=gen)[: ctx.config.n_perturb])
     return (ref, chosen, gen), None

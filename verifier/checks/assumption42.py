@@ -30,7 +30,7 @@ is below SEPARATION_FRACTION of the predicted one, and is inconclusive (``ladder
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import torch
@@ -40,9 +40,9 @@ from ..config import SolverConfig, format_alpha
 from ..dynamics.flow import ReducedFlow, integrate
 from ..limit import StageStatus, symmetry
 from ..figures import Figure, Mark, Series
-from ..results import CheckResult, CommonReason, Metric, Verdict, decide
+from ..results import CheckResult, CommonReason, Judgement, Metric
 from . import _ladder
-from .registry import register
+from .registry import Hunt, ReportNote, register
 
 ID = "assumption-4.2"
 CLAIM = ("Assumption 4.2 (non-degeneracy): u0 != +-v0; at every stage a unique coordinate activates next; "
@@ -304,47 +304,48 @@ def measure(ctx) -> Measurement:
                        theorem45_verdict(ctx) if decays else None, tuple(ctx.log_inv_alphas))
 
 
-def judge_simulation(sim: Simulation, name) -> list[tuple[Verdict, str, Reason]]:
+def judge_simulation(sim: Simulation, name) -> list[Judgement]:
     """The simulation's failing or undecided parts: the smallest-alpha run did not finish (inconclusive), its
     activation order differs (fail), a pair unresolved at the cap merges (fail) or not (inconclusive)."""
     alpha = format_alpha(sim.log_inv_alphas[sim.smallest])
     if sim.failed is not None:
-        return [(Verdict.INCONCLUSIVE, f"the flow at alpha={alpha} did not finish: {sim.failed}", Reason.SOLVER_FAILED)]
+        return [Judgement.inconclusive(Reason.SOLVER_FAILED, f"the flow at alpha={alpha} did not finish: {sim.failed}")]
     at = f"simulation at alpha={alpha}"
     if sim.order_issues[alpha] is not None:
-        return [(Verdict.FAIL, f"{at}: {sim.order_issues[alpha]}", Reason.ACTIVATION_ORDER)]
+        return [Judgement.failed(Reason.ACTIVATION_ORDER, f"{at}: {sim.order_issues[alpha]}")]
     parts = []
     extended = f" ({_ladder.describe(sim.rungs_added)})" if sim.rungs_added else ""
     for r in sim.pairs:
         if r["resolved"]:
             continue
         if r["simulated_gap"] < SEPARATION_FRACTION * r["predicted_gap"]:
-            parts.append((Verdict.FAIL, f"{at}: {describe_pair(r, name)}: closer than {SEPARATION_FRACTION:g} of the "
-                          f"predicted gap at the ladder's cap{extended}", Reason.ACTIVATIONS_MERGE))
+            parts.append(Judgement.failed(Reason.ACTIVATIONS_MERGE, f"{at}: {describe_pair(r, name)}: closer than "
+                                          f"{SEPARATION_FRACTION:g} of the predicted gap at the ladder's cap{extended}"))
         else:
-            parts.append((Verdict.INCONCLUSIVE, f"{at}: {describe_pair(r, name)}: not resolved, the errors are above "
-                          f"{RESOLUTION_FRACTION:g} of the predicted gap at the ladder's cap{extended}",
-                          Reason.LADDER_EXHAUSTED))
+            parts.append(Judgement.inconclusive(
+                Reason.LADDER_EXHAUSTED, f"{at}: {describe_pair(r, name)}: not resolved, the errors are above "
+                f"{RESOLUTION_FRACTION:g} of the predicted gap at the ladder's cap{extended}"))
     return parts
 
 
-def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
+def judge(m: Measurement) -> Judgement:
     """Every failing or undecided part of (a), (b), (c) and the simulation, in that order; the first gives the
-    reason (results.decide)."""
+    reason (Judgement.compose)."""
     seq = m.seq
     name = seq.name
-    parts: list[tuple[Verdict, str, Reason]] = []
+    parts: list[Judgement] = []
     if not m.init_margin > INIT_MARGIN_TOL:
-        parts.append((Verdict.FAIL, f"(a) |u0 +- v0| = {m.init_margin:.3g} at {name(m.init_coordinate)} (threshold "
-                      f"{INIT_MARGIN_TOL:g})", Reason.INIT_ON_DIAGONAL))
+        parts.append(Judgement.failed(Reason.INIT_ON_DIAGONAL, f"(a) |u0 +- v0| = {m.init_margin:.3g} at "
+                                      f"{name(m.init_coordinate)} (threshold {INIT_MARGIN_TOL:g})"))
     for r in m.margins:
         if r["margin"] is None or not r["margin"] >= MARGIN_TOL:
             other = "no other candidate" if r["runner_up"] is None else (
                 f"{name(r['runner_up'])} (Delta {r['delta_runner_up']:.6g})")
             tie = m.ties.get(r["k"])
             why = f": {symmetry.explain(tie.symmetry)}" if tie is not None and tie.symmetry is not None else ""
-            parts.append((Verdict.FAIL, f"(b) stage {r['k']}: tie between {name(r['coordinate'])} (Delta "
-                          f"{r['delta']:.6g}) and {other}, margin {r['margin']:.3g} < {MARGIN_TOL:g}{why}", Reason.TIE))
+            parts.append(Judgement.failed(Reason.TIE, f"(b) stage {r['k']}: tie between {name(r['coordinate'])} "
+                                          f"(Delta {r['delta']:.6g}) and {other}, margin {r['margin']:.3g} < "
+                                          f"{MARGIN_TOL:g}{why}"))
     decays = iter(m.decays)
     for r, kind in zip(m.leaves, m.leave_kinds):
         if kind is None:
@@ -352,40 +353,40 @@ def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
         head = f"(c) stage {r['k']}: {name(r['coordinate'])} left with b = {r['b']:+.0f} but G = {r['G']:.3g}"
         if kind is Reason.ZERO_LOSS_LAST_STAGE:
             d = next(decays)
-            parts.append((Verdict.FAIL, (
+            parts.append(Judgement.failed(kind, (
                 f"{head} cannot point inward: it leaves at the zero-loss last stage (loss "
                 f"{seq.stages[r['k']].loss:.2g} <= {ZERO_LOSS_REL:g} x Lb(0)), where every gradient vanishes. "
                 f"It decays algebraically, not exponentially: measured |beta_i| ~ t^{d['power']:.3f} and g_i t = "
                 f"{d['g_times_t']:.4f} at t = {d['t_end']:.3g} (the 1/t law gives -1 and 1/2). Assumption 4.2(c) "
-                "fails by its letter; whether the flow still follows Algorithm 1 is theorem-4.5's question"), kind))
+                "fails by its letter; whether the flow still follows Algorithm 1 is theorem-4.5's question")))
         else:
-            parts.append((Verdict.FAIL, f"{head} " + ("vanishes (|G| <= the zero threshold "
-                          f"{seq.gtol:.3g}) at a loss of {seq.stages[r['k']].loss:.3g}" if kind is
-                          Reason.LEAVING_GRADIENT_ZERO else "points outward") + ": it does not point inward", kind))
+            parts.append(Judgement.failed(kind, f"{head} " + (
+                f"vanishes (|G| <= the zero threshold {seq.gtol:.3g}) at a loss of {seq.stages[r['k']].loss:.3g}"
+                if kind is Reason.LEAVING_GRADIENT_ZERO else "points outward") + ": it does not point inward"))
     if seq.status is not StageStatus.COMPLETE:
-        parts.append((Verdict.INCONCLUSIVE, f"Algorithm 1 stopped early ({seq.status.value}: {seq.message})",
-                      Reason.ALGORITHM1_STOPPED))
+        parts.append(Judgement.inconclusive(Reason.ALGORITHM1_STOPPED,
+                                            f"Algorithm 1 stopped early ({seq.status.value}: {seq.message})"))
     if not m.margins:
-        parts.append((Verdict.INCONCLUSIVE, "Algorithm 1 has no stage: g(0) vanishes off every support, so "
-                      "nothing ever activates (a zero teacher?) and there is no stage to be non-degenerate",
-                      Reason.NOTHING_TO_TEST))
+        parts.append(Judgement.inconclusive(Reason.NOTHING_TO_TEST, (
+            "Algorithm 1 has no stage: g(0) vanishes off every support, so nothing ever activates (a zero "
+            "teacher?) and there is no stage to be non-degenerate")))
     if m.simulation is not None:
         parts += judge_simulation(m.simulation, name)
-    verdict, message, reason = decide([(Verdict.PASS, ""), *parts], "; ")
-    if m.theorem45 is not None:
+    if parts:
+        judgement = Judgement.compose(parts, "; ")
+        if m.theorem45 is None:
+            return judgement
         companion = m.theorem45
-        message += (f". theorem-4.5 on this run: {companion['verdict'].upper()}"
-                    + (f" ({companion['reason']})" if companion["reason"] else "") + f": {companion['message']}")
-    if verdict is Verdict.PASS:
-        added = m.simulation.rungs_added if m.simulation is not None else []
-        Ls = m.log_inv_alphas
-        message = (f"{len(m.margins)} stages, each with a unique next coordinate (smallest margin "
-                   f"{m.min_margin:.3g} >= {MARGIN_TOL:g}); init margin {m.init_margin:.3g}; "
-                   f"{len(m.leaves)} leave(s) with inward gradient; at alpha={format_alpha(max(Ls))} the "
-                   "simulated activations come one at a time in Algorithm 1's order, each consecutive pair resolved "
-                   f"(transition-time errors <= {RESOLUTION_FRACTION:g} of the predicted gap)"
-                   + (f"; {_ladder.describe(added)}" if added else ""))
-    return verdict, reason, message
+        return replace(judgement, message=judgement.message + (
+            f". theorem-4.5 on this run: {companion['verdict'].upper()}"
+            + (f" ({companion['reason']})" if companion["reason"] else "") + f": {companion['message']}"))
+    added = m.simulation.rungs_added if m.simulation is not None else []
+    return Judgement.passed(
+        f"{len(m.margins)} stages, each with a unique next coordinate (smallest margin {m.min_margin:.3g} >= "
+        f"{MARGIN_TOL:g}); init margin {m.init_margin:.3g}; {len(m.leaves)} leave(s) with inward gradient; at "
+        f"alpha={format_alpha(max(m.log_inv_alphas))} the simulated activations come one at a time in Algorithm 1's "
+        f"order, each consecutive pair resolved (transition-time errors <= {RESOLUTION_FRACTION:g} of the predicted "
+        "gap)" + (f"; {_ladder.describe(added)}" if added else ""))
 
 
 def declare(m: Measurement) -> dict[str, Metric]:
@@ -435,11 +436,33 @@ def figures(m: Measurement) -> list[Figure]:
     return [bars, times]
 
 
-@register(ID, CLAIM, reasons=Reason, order=20, reads=("stages", "ladder"))
+def hunt_margins(ctx) -> CheckResult:
+    """What a hunt measures (verifier.survey.hunt): (b) alone, the smallest argmin margin of Algorithm 1's stages,
+    from Algorithm 1 only; a margin below MARGIN_TOL makes the whole check fail (``tie``)."""
+    margins = [r["margin"] for r in stage_margins(ctx.stages) if r["margin"] is not None]
+    value = float(min(margins, default=math.inf))
+    text = f"smallest argmin margin of Algorithm 1's stages {value:.3g}"
+    judgement = (Judgement.passed(f"{text} >= {MARGIN_TOL:g}") if value >= MARGIN_TOL else
+                 Judgement.failed(Reason.TIE, f"{text} < {MARGIN_TOL:g} (a near tie)"))
+    return CheckResult.judged(ID, CLAIM, judgement, metrics={"min_stage_margin": Metric.at_least(value, MARGIN_TOL)},
+                              key_metric="min_stage_margin")
+
+
+ZERO_LOSS_NOTE = ReportNote(
+    "The zero-loss last stage (docs/THEORY.md §5.3): the teacher is realisable, the last stage reaches loss 0, and "
+    "a coordinate that entered earlier is no longer needed and shrinks back to 0. At a zero-loss minimum every "
+    "gradient vanishes, so its gradient cannot point inward and Assumption 4.2(c) fails as written. This is not a "
+    "degenerate tie: the leaver decays like 1/t (its gradient times t tends to 1/2) instead of exponentially, so "
+    "the flow approaches the limit only like 1/log(1/alpha). Whether the flow still follows Algorithm 1 is "
+    "Theorem 4.5's question; its verdict on the same run:", companion="theorem-4.5",
+    recorded_in="theorem_45_on_this_run")
+
+
+@register(ID, CLAIM, reasons=Reason, order=20, reads=("stages", "ladder"), options=("alphas", "horizon", "rtol", "atol"),
+          hunt=Hunt("min_stage_margin", hunt_margins), notes={Reason.ZERO_LOSS_LAST_STAGE.value: ZERO_LOSS_NOTE})
 def check_assumption_42(ctx) -> CheckResult:
     m = measure(ctx)
-    verdict, reason, message = judge(m)
     settings = {"leave_inward_min": m.seq.gtol, "separation_fraction": SEPARATION_FRACTION,
                 "resolution_fraction": RESOLUTION_FRACTION, "zero_loss_rel": ZERO_LOSS_REL}
-    return CheckResult(ID, CLAIM, verdict, message, declare(m), "min_stage_margin", settings,
-                       {"figures": figures(m)}, reason=reason)
+    return CheckResult.judged(ID, CLAIM, judge(m), metrics=declare(m), key_metric="min_stage_margin",
+                              settings=settings, evidence={"figures": figures(m)})

@@ -37,8 +37,8 @@ from . import _perturb as P
 from .. import seeds
 from ..figures import Figure, Mark, Series
 from ..limit import StageStatus, symmetry
-from ..results import CheckResult, CommonReason, Metric, Verdict, decide
-from .registry import register
+from ..results import CheckResult, CommonReason, Judgement, Metric
+from .registry import Hunt, register
 
 ID = "assumption-4.3"
 CLAIM = "Assumption 4.3: the stationary points beta^k are strict local minima of Lb on their supports"
@@ -95,14 +95,14 @@ class Existence:
 
 @dataclass(frozen=True)
 class Figure9:
-    """Part 3 on the reference run: ``unavailable`` is the sampling's (verdict, message, reason) when there is
+    """Part 3 on the reference run: ``unavailable`` is the sampling's inconclusive judgement when there is
     nothing to perturb or the reference run failed (then nothing else is measured); ``failed``: perturbed runs
     that did not finish (then nothing after them is). Per run: its row (the metric), the distance at mid-time,
     and the direction of a non-strict Hessian on the run's support (None when strict); ``lasting``: whether the
     epochs outlast the runs (else only the Hessians are judged)."""
 
     config: object
-    unavailable: tuple | None = None
+    unavailable: Judgement | None = None
     alpha: str = ""
     perturb_time: float = 0.0
     lasting: bool = False
@@ -261,25 +261,25 @@ def measure(ctx) -> Measurement:
     return Measurement(stages, existence, measure_figure9(ctx, names))
 
 
-def judge_stages(m: StageHessians) -> tuple[Verdict, str, Reason | None]:
+def judge_stages(m: StageHessians) -> Judgement:
     """Part 1: fail when a restricted Hessian is not strict (P.is_strict); inconclusive without a stage."""
     if m.not_strict:
-        return Verdict.FAIL, "; ".join(
+        return Judgement.failed(Reason.NOT_STRICT_MINIMUM, "; ".join(
             f"stage {r['k']}: smallest eigenvalue {r['lambda_min']:.3g} of the Hessian on A_{r['k']} = "
             f"{r['support']} (largest {r['lambda_max']:.3g}): "
             + ("a flat direction" if abs(r["lambda_min"]) <= P.REL_EIG * abs(r["lambda_max"]) else "a negative curvature")
-            + r["direction"] + ", not a strict minimum" for r in m.not_strict), Reason.NOT_STRICT_MINIMUM
+            + r["direction"] + ", not a strict minimum" for r in m.not_strict))
     if not m.rows:
-        return (Verdict.INCONCLUSIVE, f"Algorithm 1 found no stage with a support ({m.stages_message})",
-                Reason.NOTHING_TO_TEST)
-    return Verdict.PASS, (f"{len(m.rows)} stages: restricted Hessians positive definite, lambda_min = "
-                          f"{min(r['lambda_min'] for r in m.rows):.3g}, largest condition number "
-                          f"{max(r['condition'] for r in m.rows):.3g}"
-                          + (f"; {len(m.unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)"
-                             if m.unlocated else "")), None
+        return Judgement.inconclusive(Reason.NOTHING_TO_TEST,
+                                      f"Algorithm 1 found no stage with a support ({m.stages_message})")
+    return Judgement.passed(f"{len(m.rows)} stages: restricted Hessians positive definite, lambda_min = "
+                            f"{min(r['lambda_min'] for r in m.rows):.3g}, largest condition number "
+                            f"{max(r['condition'] for r in m.rows):.3g}"
+                            + (f"; {len(m.unlocated)} not located (Newton step > {NEWTON_TOL:g} |beta|)"
+                               if m.unlocated else ""))
 
 
-def judge_existence(m: Existence) -> tuple[Verdict, str, Reason]:
+def judge_existence(m: Existence) -> Judgement:
     """Part 2: loss falling at every decade while |beta| grows by a steady amount per decade (log t) is a
     divergence (fail); otherwise inconclusive (a failed probe, or no located point and no divergence)."""
     diverged = []
@@ -293,21 +293,21 @@ def judge_existence(m: Existence) -> tuple[Verdict, str, Reason]:
                 f"grows {norm[0]:.3g} -> {norm[-1]:.3g}, {growth[-1]:.3g} in the last decade "
                 f"(|beta| ~ log t), and |g| t stays {gt[-1]:.3g}: the gradient never vanishes at a finite point")
     if diverged:
-        return Verdict.FAIL, "; ".join(diverged), Reason.WEIGHTS_DIVERGE
+        return Judgement.failed(Reason.WEIGHTS_DIVERGE, "; ".join(diverged))
     if m.failed:
-        return Verdict.INCONCLUSIVE, f"the existence probe did not finish ({m.failed[0]})", Reason.SOLVER_FAILED
-    return Verdict.INCONCLUSIVE, ("; ".join(m.labels) + ": no located stationary point "
-                                  f"({m.stages_message}), but no log-growth divergence either"), Reason.NOT_LOCATED
+        return Judgement.inconclusive(Reason.SOLVER_FAILED, f"the existence probe did not finish ({m.failed[0]})")
+    return Judgement.inconclusive(Reason.NOT_LOCATED, "; ".join(m.labels) + ": no located stationary point "
+                                  f"({m.stages_message}), but no log-growth divergence either")
 
 
-def judge_figure9(m: Figure9) -> tuple[Verdict, str, Reason | None]:
+def judge_figure9(m: Figure9) -> Judgement:
     """Part 3: fail when a run's support has a non-strict Hessian or a run stalls (the distance at the end more
     than half of that at mid-time) above RETURN_RATIO; inconclusive without a lasting plateau or while still
     returning; pass when every run returns to RETURN_RATIO."""
     if m.unavailable:
         return m.unavailable
     if m.failed:
-        return Verdict.INCONCLUSIVE, f"Figure 9: a perturbed run did not finish ({m.failed[0]})", Reason.SOLVER_FAILED
+        return Judgement.inconclusive(Reason.SOLVER_FAILED, f"Figure 9: a perturbed run did not finish ({m.failed[0]})")
     cfg, T = m.config, m.perturb_time
     bad, slow, flat = [], [], False
     for r, d_mid, direction in zip(m.runs, m.d_mid, m.directions):
@@ -322,29 +322,27 @@ def judge_figure9(m: Figure9) -> tuple[Verdict, str, Reason | None]:
                 f"{where}: distance {r['d0']:.3g} -> {r['d_end']:.3g} (ratio {r['return_ratio']:.3g})"
                 + (", stalled: the run does not return" if stalled else ", still returning"))
     if bad:
-        return (Verdict.FAIL, "Figure 9: " + "; ".join(bad),
-                Reason.NOT_STRICT_MINIMUM if flat else Reason.PERTURBED_RUN_LEFT)
+        return Judgement.failed(Reason.NOT_STRICT_MINIMUM if flat else Reason.PERTURBED_RUN_LEFT,
+                                "Figure 9: " + "; ".join(bad))
     if not m.lasting:
-        return (Verdict.INCONCLUSIVE, (
+        return Judgement.inconclusive(Reason.NO_LASTING_PLATEAU, (
             f"Figure 9: no plateau of the run at alpha={m.alpha} lasts {PLATEAU_ROOM:g} x the perturbed runs' "
             f"time {T:g} before the next transition, so their return was not judged (the Hessians on the runs' "
-            "supports were: strict); raise --horizon, lower --perturb-epochs or the smallest alpha"),
-            Reason.NO_LASTING_PLATEAU)
+            "supports were: strict); raise --horizon, lower --perturb-epochs or the smallest alpha"))
     if slow:
-        return Verdict.INCONCLUSIVE, ("Figure 9: " + "; ".join(slow) + f" after {cfg.perturb_epochs} epochs "
-                                      "(raise --perturb-epochs)"), Reason.STILL_RETURNING
-    return Verdict.PASS, (f"Figure 9 at alpha={m.alpha}: {len(m.runs)} perturbed plateau runs return, distance "
-                          f"ratio <= {max(m.ratios):.3g} after {cfg.perturb_epochs} epochs"), None
+        return Judgement.inconclusive(Reason.STILL_RETURNING, "Figure 9: " + "; ".join(slow)
+                                      + f" after {cfg.perturb_epochs} epochs (raise --perturb-epochs)")
+    return Judgement.passed(f"Figure 9 at alpha={m.alpha}: {len(m.runs)} perturbed plateau runs return, distance "
+                            f"ratio <= {max(m.ratios):.3g} after {cfg.perturb_epochs} epochs")
 
 
-def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
-    """The three parts' verdicts combined (results.decide)."""
+def judge(m: Measurement) -> Judgement:
+    """The three parts' judgements composed (Judgement.compose)."""
     parts = [judge_stages(m.stages)]
     if m.existence is not None:
         parts.append(judge_existence(m.existence))
     parts.append(judge_figure9(m.figure9))
-    verdict, message, reason = decide(parts)
-    return verdict, reason, message
+    return Judgement.compose(parts)
 
 
 def declare_stages(m: StageHessians) -> dict[str, Metric]:
@@ -402,12 +400,22 @@ def figures(m: Measurement) -> list[Figure]:
     return out
 
 
-@register(ID, CLAIM, reasons=Reason, order=30, reads=("stages", "reference-run"))
-def check(ctx) -> CheckResult:
+def hunt_hessians(ctx) -> CheckResult:
+    """What a hunt measures (verifier.survey.hunt): part 1 alone, the restricted Hessians at Algorithm 1's
+    stationary points (judged by :func:`judge_stages`; ``min_rel_eig`` below REL_EIG fails the whole check)."""
+    stages = measure_stages(ctx, ctx.model.coordinate_names())
+    metrics = declare_stages(stages)
+    return CheckResult.judged(ID, CLAIM, judge_stages(stages), metrics=metrics,
+                              key_metric="min_rel_eig" if "min_rel_eig" in metrics else None)
+
+
+@register(ID, CLAIM, reasons=Reason, order=30, reads=("stages", "reference-run"), options=P.PROTOCOL_OPTIONS,
+          hunt=Hunt("min_rel_eig", hunt_hessians))
+def check_assumption_43(ctx) -> CheckResult:
     m = measure(ctx)
-    verdict, reason, message = judge(m)
     metrics = declare(m)
     settings = {"negligible": ctx.config.negligible, "noise": ctx.config.noise,
                 "perturb_time": P.perturb_time(ctx.config), "newton_tol": NEWTON_TOL, "log_growth": LOG_GROWTH}
     key = next((k for k in ("min_rel_eig", "max_return_ratio") if k in metrics), None)
-    return CheckResult(ID, CLAIM, verdict, message, metrics, key, settings, {"figures": figures(m)}, reason=reason)
+    return CheckResult.judged(ID, CLAIM, judge(m), metrics=metrics, key_metric=key, settings=settings,
+                              evidence={"figures": figures(m)})

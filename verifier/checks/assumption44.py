@@ -34,7 +34,7 @@ from .. import seeds
 from ..figures import Figure, Mark, Series
 from ..limit.incremental import STAGE_B_EPS
 from ..results import CheckResult, CommonReason, Gate, Metric, Verdict, decide
-from .registry import register
+from .registry import Hunt, register
 
 ID = "assumption-4.4"
 CLAIM = "Assumption 4.4: stage B ends at the same beta^{k+1} from any small eps and small perturbations"
@@ -340,8 +340,9 @@ def figures(m: Measurement) -> list[Figure]:
     return out
 
 
-@register(ID, CLAIM, reasons=Reason, order=40, reads=("stages", "reference-run"))
-def check(ctx) -> CheckResult:
+@register(ID, CLAIM, reasons=Reason, order=40, reads=("stages", "reference-run"), options=P.PROTOCOL_OPTIONS,
+          hunt=Hunt("max_spread"))
+def check_assumption_44(ctx) -> CheckResult:
     m = measure(ctx)
     verdict, reason, message = judge(m)
     metrics = declare(m)

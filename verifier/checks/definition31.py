@@ -27,7 +27,7 @@ from torch.func import grad, jvp
 
 from .. import seeds
 from ..figures import Figure, Series
-from ..results import CheckResult, CommonReason, Gate, Metric, Verdict
+from ..results import CheckResult, CommonReason, Gate, Judgement, Metric, Verdict
 from .registry import register
 
 ID = "definition-3.1"
@@ -120,43 +120,43 @@ def measure(model, seed: int) -> Measurement:
     return Measurement(p, tuple(mismatches), None, tuple(orders), tuple(map(tuple, remainders)), tuple(grad_norms))
 
 
-def judge(m: Measurement) -> tuple[Verdict, Reason | None, str]:
+def judge(m: Measurement) -> Judgement:
     """pass: mismatch <= MISMATCH_TOL and every Taylor order in [MIN_ORDER, MAX_ORDER] (or infinite); fail:
     not a product, or not C^2 (the first problem's reason); inconclusive: p = 0, a non-finite loss, gradient
     or remainder, or a gradient of exactly 0 at every probe (nothing to test)."""
     if m.p == 0:
-        return Verdict.INCONCLUSIVE, Reason.NOTHING_TO_TEST, "the model has no coordinates (p = 0): there is nothing to test"
+        return Judgement.inconclusive(Reason.NOTHING_TO_TEST, "the model has no coordinates (p = 0): there is nothing to test")
     if m.nonfinite_loss is not None:
         lp, lb = m.nonfinite_loss
-        return Verdict.INCONCLUSIVE, Reason.OVERFLOW, (
+        return Judgement.inconclusive(Reason.OVERFLOW, (
             f"the loss is not finite at the probes (network {lp:.3g}, Lb(u*v) {lb:.3g}): the data's scale "
-            "overflows float64")
+            "overflows float64"))
     if not all(math.isfinite(r) for rs in m.remainders for r in rs) or not all(map(math.isfinite, m.grad_norms)):
-        return Verdict.INCONCLUSIVE, Reason.OVERFLOW, (
+        return Judgement.inconclusive(Reason.OVERFLOW, (
             "the gradient or its Taylor remainder overflowed float64 at the probes (largest "
-            f"|gradient| {max(m.grad_norms):.3g}): the data's scale is too large to measure")
+            f"|gradient| {max(m.grad_norms):.3g}): the data's scale is too large to measure"))
     if max(m.grad_norms) == 0.0:
-        return Verdict.INCONCLUSIVE, Reason.NOTHING_TO_TEST, (
+        return Judgement.inconclusive(Reason.NOTHING_TO_TEST, (
             "the gradient of Lb is exactly zero at every probe (a constant loss, e.g. X = 0): there is no "
-            "dependence on beta to test")
+            "dependence on beta to test"))
     mismatch, order, top = m.mismatch, m.order, m.top_order
-    problems, reasons = [], []
+    problems = []
     if not mismatch <= MISMATCH_TOL:
-        reasons.append(Reason.NOT_A_PRODUCT)
-        problems.append(f"the network's loss differs from Lb(u*v) by {mismatch:.1e} (relative): it does not "
-                        "depend on (u, v) only through u*v")
+        problems.append(Judgement.failed(Reason.NOT_A_PRODUCT, (
+            f"the network's loss differs from Lb(u*v) by {mismatch:.1e} (relative): it does not depend on (u, v) "
+            "only through u*v")))
     if not order >= MIN_ORDER:
-        reasons.append(Reason.NOT_C2)
-        problems.append(f"the gradient's Taylor remainder shrinks like eps^{order:.2f}, not eps^2: the loss is not "
-                        "twice continuously differentiable in beta (a ReLU or another kink?)")
+        problems.append(Judgement.failed(Reason.NOT_C2, (
+            f"the gradient's Taylor remainder shrinks like eps^{order:.2f}, not eps^2: the loss is not twice "
+            "continuously differentiable in beta (a ReLU or another kink?)")))
     if top is not None and not top <= MAX_ORDER:
-        reasons.append(Reason.NOT_C2)
-        problems.append(f"the gradient's Taylor remainder falls like eps^{top:.2f} from eps = {EPSILONS[0]:g} to "
-                        f"{EPSILONS[1]:g}, faster than the eps^2 of a C^2 loss: a kink lies between the two probe "
-                        "sizes (a ReLU?)")
+        problems.append(Judgement.failed(Reason.NOT_C2, (
+            f"the gradient's Taylor remainder falls like eps^{top:.2f} from eps = {EPSILONS[0]:g} to "
+            f"{EPSILONS[1]:g}, faster than the eps^2 of a C^2 loss: a kink lies between the two probe sizes "
+            "(a ReLU?)")))
     if problems:
-        return Verdict.FAIL, reasons[0], "; ".join(problems)
-    return Verdict.PASS, None, (
+        return Judgement.compose(problems, "; ")
+    return Judgement.passed(
         f"the loss is a function of u*v (mismatch {mismatch:.1e}) and C^2 in beta (Taylor orders of the gradient "
         f"in [{order:.2f}, {top if top is not None else math.inf:.2f}])")
 
@@ -176,11 +176,12 @@ def figures(m: Measurement) -> list[Figure]:
                    caption="Slope 2 on log axes: C^2. Slope 1: kinks (not covered by Definition 3.1).")]
 
 
-@register(ID, CLAIM, reasons=Reason, order=5)
+@register(ID, CLAIM, reasons=Reason, order=5, flow=False)
 def check_definition_31(ctx) -> CheckResult:
     m = measure(ctx.model, ctx.config.seed + seeds.DEFINITION_31)
-    verdict, reason, message = judge(m)
-    if verdict is Verdict.INCONCLUSIVE:  # nothing complete to declare
-        return CheckResult(ID, CLAIM, verdict, message, reason=reason)
-    return CheckResult(ID, CLAIM, verdict, message, declare(m), "taylor_order",
-                       {"epsilons": list(EPSILONS), "probes": N_PROBES}, {"figures": figures(m)}, reason=reason)
+    judgement = judge(m)
+    if judgement.verdict is Verdict.INCONCLUSIVE:  # nothing complete to declare
+        return CheckResult.judged(ID, CLAIM, judgement)
+    return CheckResult.judged(ID, CLAIM, judgement, metrics=declare(m), key_metric="taylor_order",
+                              settings={"epsilons": list(EPSILONS), "probes": N_PROBES},
+                              evidence={"figures": figures(m)})

@@ -27,7 +27,7 @@ from ..config import OptimizerConfig, format_alpha
 from ..dynamics import param_flow
 from ..dynamics.optimizers import train
 from ..figures import Figure, Mark, Series
-from ..results import CheckResult, CommonReason, Gate, Metric, Verdict
+from ..results import CheckResult, CommonReason, Gate, Judgement, Metric, Verdict
 from .registry import register
 
 ID = "lemma-4.1"
@@ -169,41 +169,41 @@ def measure(ctx) -> FlowMeasurement | DiscreteMeasurement:
     return measure_flow(ctx, (FLOW_MAX_LOG_INV_ALPHA,), note)
 
 
-def judge(m: FlowMeasurement | DiscreteMeasurement) -> tuple[Verdict, Reason | None, str]:
+def judge(m: FlowMeasurement | DiscreteMeasurement) -> Judgement:
     """pass: the largest drift (flow) or law error (gd/sgd/adam) is at most the threshold; fail
     (``conservation-broken``) when above; inconclusive when nothing moves, the integrator failed, the optimizer
     diverged or the scale underflowed."""
     if isinstance(m, FlowMeasurement):
         if not m.rate > 0:
-            return Verdict.INCONCLUSIVE, Reason.NOTHING_TO_TEST, (
-                "the gradient vanishes at zero: nothing moves, so there is no flow to test (is the teacher zero?)")
+            return Judgement.inconclusive(Reason.NOTHING_TO_TEST, (
+                "the gradient vanishes at zero: nothing moves, so there is no flow to test (is the teacher zero?)"))
         if m.failed is not None:
-            return Verdict.INCONCLUSIVE, Reason.SOLVER_FAILED, f"scipy DOP853 failed at {m.failed}"
+            return Judgement.inconclusive(Reason.SOLVER_FAILED, f"scipy DOP853 failed at {m.failed}")
         worst = max(m.drifts)
         ok = worst <= m.threshold
         msg = (f"{m.note}gradient flow of the network's own parameters: max relative drift of the conserved "
                f"quantities {worst:.2e} {'<=' if ok else '>'} {m.threshold:.0e} (integrator rtol {FLOW_RTOL:.0e})")
         if not ok:
             msg += ": the loss does not depend on the weights only through the products u*v (Definition 3.1)"
-        return (Verdict.PASS, None, msg) if ok else (Verdict.FAIL, Reason.CONSERVATION_BROKEN, msg)
+        return Judgement.passed(msg) if ok else Judgement.failed(Reason.CONSERVATION_BROKEN, msg)
     opt = m.optimizer
     if m.diverged:
-        return Verdict.INCONCLUSIVE, Reason.OPTIMIZER_DIVERGED, f"{opt.name} diverged (non-finite weights): lower --lr"
+        return Judgement.inconclusive(Reason.OPTIMIZER_DIVERGED, f"{opt.name} diverged (non-finite weights): lower --lr")
     if m.underflow:
-        return Verdict.INCONCLUSIVE, Reason.UNDERFLOW, (
+        return Judgement.inconclusive(Reason.UNDERFLOW, (
             f"{opt.name}: u^2 + v^2 underflows float64 at alpha={format_alpha(max(m.log_inv_alphas))}: the "
-            "conservation law cannot be measured (use a larger alpha)")
+            "conservation law cannot be measured (use a larger alpha)"))
     worst = max(m.law_error)
     if worst <= m.threshold:
-        return Verdict.PASS, None, (
+        return Judgement.passed(
             f"{opt.name}: C(theta_T) equals C(theta_0) + eta^2 sum_t C(grad_t), i.e. the product of "
             f"(1 - eta^2 g_i^2), to {worst:.1e} <= {m.threshold:.1e} (rounding)")
     plain = opt.name in ("gd", "sgd") and opt.momentum == 0 and opt.weight_decay == 0
     why = ("its update is not a plain gradient step" if not plain else
            "the loss does not depend on the weights only through the products u*v")
-    return Verdict.FAIL, Reason.CONSERVATION_BROKEN, (
+    return Judgement.failed(Reason.CONSERVATION_BROKEN, (
         f"{opt.name}: the conservation law is broken: C(theta_T) differs from the Lemma 4.1 prediction by "
-        f"{worst:.2e} > {m.threshold:.1e} relative to the weights' scale ({why})")
+        f"{worst:.2e} > {m.threshold:.1e} relative to the weights' scale ({why})"))
 
 
 def declare(m: FlowMeasurement | DiscreteMeasurement) -> dict[str, Metric]:
@@ -227,18 +227,24 @@ def figures(m: FlowMeasurement | DiscreteMeasurement) -> list[Figure]:
                    caption="Lemma 4.1: C = u^2 - v^2 (or Wq^T Wq - Wk^T Wk) relative to u^2 + v^2.")]
 
 
-@register(ID, CLAIM, reasons=Reason, diagonal_only=False, order=10)
+def integrates_flow(config) -> bool:
+    """Only the flow test integrates a gradient flow; gd/sgd/adam take discrete steps."""
+    return config.optimizer.name == "flow"
+
+
+@register(ID, CLAIM, reasons=Reason, diagonal_only=False, order=10, options=("alphas",), flow=integrates_flow)
 def check_lemma_41(ctx) -> CheckResult:
     m = measure(ctx)
-    verdict, reason, message = judge(m)
+    judgement = judge(m)
     flow = isinstance(m, FlowMeasurement)
     if flow:
         settings = {"optimizer": "flow", "integrator": "DOP853", "integrator_rtol": FLOW_RTOL}
     else:
         settings = {"optimizer": m.optimizer.name, "lr": m.optimizer.lr}
-    if verdict is Verdict.INCONCLUSIVE:  # nothing complete to declare
-        return CheckResult(ID, CLAIM, verdict, message, settings={} if flow else settings, reason=reason)
+    if judgement.verdict is Verdict.INCONCLUSIVE:  # nothing complete to declare
+        return CheckResult.judged(ID, CLAIM, judgement, settings={} if flow else settings)
     if not flow:
         settings["steps"] = m.optimizer.steps
-    return CheckResult(ID, CLAIM, verdict, message, declare(m), "max_drift" if flow else "max_law_error", settings,
-                       {"figures": figures(m)}, reason=reason)
+    return CheckResult.judged(ID, CLAIM, judgement, metrics=declare(m),
+                              key_metric="max_drift" if flow else "max_law_error", settings=settings,
+                              evidence={"figures": figures(m)})

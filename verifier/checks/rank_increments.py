@@ -375,7 +375,7 @@ def declare(m: RankMeasurement) -> dict[str, Metric]:
     }
 
 
-@register(ID, CLAIM, reasons=Reason, diagonal_only=False, full_only=True, order=60)
+@register(ID, CLAIM, reasons=Reason, diagonal_only=False, full_only=True, order=60, options=("alphas", "horizon"))
 def check_rank_increments(ctx) -> CheckResult:
     m = measure(ctx.model, ctx.theta0(1)[0], ctx.config.log_inv_alphas or LADDER, ctx.config.horizon)
     verdict, reason, message = judge(m)

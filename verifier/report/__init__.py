@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..results import RunResults, atomic_write_text
+from ..paths import atomic_write_text
+from ..results import RunResults
 from .html import render_html
 from .summary import summary_table
 

@@ -18,20 +18,6 @@ MEANING = {
     Verdict.INCONCLUSIVE: "The run could not decide the claim (solver failure, crash, or not applicable).",
 }
 MAX_TEXT = 120
-# Failure kinds a reader must not confuse with a plain violation: (check, reason) -> (what the corner is, the
-# check whose verdict on the same run the report shows beside it, and the metric where the check recorded it).
-CORNERS = {
-    ("assumption-4.2", "zero-loss-last-stage"): (
-        "The zero-loss last stage (docs/THEORY.md §5.3): the teacher is realisable, the last stage reaches loss 0, "
-        "and a coordinate that entered earlier is no longer needed and shrinks back to 0. At a zero-loss minimum "
-        "every gradient vanishes, so its gradient cannot point inward and Assumption 4.2(c) fails as written. "
-        "This is not a degenerate tie: the leaver decays like 1/t (its gradient times t tends to 1/2) instead "
-        "of exponentially, so the flow approaches the limit only like 1/log(1/alpha). Whether the flow still "
-        "follows Algorithm 1 is Theorem 4.5's question; its verdict on the same run:",
-        "theorem-4.5", "theorem_45_on_this_run"),
-}
-
-
 def fmt(value: Any, limit: int = MAX_TEXT) -> str:
     """A metric value as short text: 3 significant digits, long lists elided, never longer than ``limit``."""
     if value is None:

@@ -16,7 +16,7 @@ from markupsafe import Markup
 from ..figures import Figure
 from ..results import RunResults
 from .figures import render_figure
-from .format import CORNERS, MEANING, fmt, key_metric, normalized, verdict_counts
+from .format import MEANING, fmt, key_metric, normalized, verdict_counts
 
 MAX_FIGURE_RESULTS = 3  # results of one check id beyond this are listed without their figures
 MAX_EVIDENCE_CHARS = 4000
@@ -64,20 +64,33 @@ def _evidence_text(evidence: dict) -> str:
     return text if len(text) <= MAX_EVIDENCE_CHARS else text[:MAX_EVIDENCE_CHARS] + f"\n... ({len(text)} characters)"
 
 
-def _corner(c, results: RunResults) -> dict | None:
-    """The explanation of a corner-case failure kind (``CORNERS``) and the companion check's verdict on the same
-    run: from this run's results if it ran, else as the check recorded it."""
-    corner = CORNERS.get((c.id, c.reason))
-    if corner is None:
+def report_note(check_id: str, reason: str | None):
+    """The :class:`~verifier.checks.registry.ReportNote` check ``check_id`` declares for ``reason`` (None if
+    none). The registry is read only for a result with a reason, so a report of passes imports no torch."""
+    if reason is None:
         return None
-    text, companion_id, metric = corner
-    ran = next((r for r in results.checks if r.id == companion_id), None)
+    from ..checks import REGISTRY  # the check modules declare their notes (@register(..., notes=...))
+
+    spec = REGISTRY.get(check_id)
+    return spec.note(reason) if spec is not None else None
+
+
+def _corner(c, results: RunResults) -> dict | None:
+    """The explanation of a corner-case failure kind (the check's ``ReportNote``) and the companion check's
+    verdict on the same run: from this run's results if it ran, else as the check recorded it."""
+    note = report_note(c.id, c.reason)
+    if note is None:
+        return None
+    if note.companion is None:
+        return {"text": note.text, "check": "", "verdict": "", "reason": "", "message": ""}
+    ran = next((r for r in results.checks if r.id == note.companion), None)
     if ran is not None:
         verdict, reason, message = ran.verdict.value, ran.reason, ran.message
     else:
+        metric = note.recorded_in
         rec = c.metrics[metric].value if metric in c.metrics and isinstance(c.metrics[metric].value, dict) else {}
         verdict, reason, message = str(rec.get("verdict", "not run")), rec.get("reason"), str(rec.get("message", ""))
-    return {"text": text, "check": companion_id, "verdict": verdict, "reason": reason or "", "message": message}
+    return {"text": note.text, "check": note.companion, "verdict": verdict, "reason": reason or "", "message": message}
 
 
 def _section(k: int, c, anchor: str, draw: bool, run_prov: dict, run_config: dict) -> dict:

@@ -12,7 +12,7 @@ import hashlib
 import shlex
 from dataclasses import dataclass
 
-from ..config import DEVICES, SEED_MAX, SEED_MIN, Allowed, RunConfig, check_choice, validate_fields
+from ..config import DEVICES, SEED_MAX, SEED_MIN, Allowed, RunConfig, check_choice, resolve_device, validate_fields
 from ..errors import InputError
 
 DRAW_SEED_BITS = 32  # derived seeds lie in [0, 2^32): inside every seed range, short to type, exact in JSON
@@ -40,7 +40,8 @@ class SurveyConfig:
 
     ``batch``: draws whose flows share one batched solve (``ladder`` of every draw in one Rodas4 call);
     None chooses: 1 on a CPU (a draw re-run alone then reproduces bit for bit; a stacked draw only to the
-    solver tolerance), 16 on an accelerator (docs/SURVEYS.md).
+    solver tolerance), 16 on an accelerator (docs/SURVEYS.md). ``device`` is resolved once, here:
+    ``torch_device`` (``auto``: cuda when available).
     """
 
     preset: str | None = None  # None: toy-attention, unless model_file is given
@@ -65,6 +66,7 @@ class SurveyConfig:
             object.__setattr__(self, "preset", self.preset or DEFAULT_PRESET)
             check_choice("--preset", self.preset, tuple(PRESETS))
         check_choice("--device", self.device, DEVICES)
+        object.__setattr__(self, "torch_device", resolve_device(self.device))  # not a field: not in as_dict()
         validate_fields(self, RULES | ({"batch": BATCH} if self.batch is not None else {}))
         if self.checks is not None:
             if not self.checks:

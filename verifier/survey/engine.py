@@ -21,7 +21,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..checks import REGISTRY, resolve_ids
-from ..config import resolve_device
 from ..context import Context, git_sha, versions
 from ..errors import InputError
 from ..results import CheckResult, Metric, Verdict
@@ -61,7 +60,7 @@ def metric_outcome(verdict: Verdict, message: str, name: str | None, metric: Met
 def batch_size(config: SurveyConfig) -> int:
     if config.batch is not None:
         return config.batch
-    return 1 if resolve_device(config.device).type == "cpu" else ACCELERATOR_BATCH
+    return 1 if config.torch_device.type == "cpu" else ACCELERATOR_BATCH
 
 
 def check_ids_for(config: SurveyConfig, ctx: Context) -> list[str]:
@@ -259,7 +258,7 @@ def run_survey(config: SurveyConfig, executor: cf.Executor | None = None, progre
     saying so."""
     start, started = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
     sha = git_sha()  # the code that runs: taken now, a long survey may outlive the checkout's HEAD
-    device = resolve_device(config.device)
+    device = config.torch_device
     size = batch_size(config)
     ids = checks if checks is not None else survey_checks(config)
     have = {d.index for d in done}

@@ -7,11 +7,13 @@ it, lets hypothesis shrink the problem and returns it as a :class:`Counterexampl
 the full check on it: ``verifier run --model FAMILY --data FILE.npz --seed S --checks ID`` (the data and
 teacher travel in the .npz, the initialisation in the seed).
 
-Measured per check (the check's own numbers): ``assumption-4.2`` the smallest argmin margin of Algorithm 1's
-stages (``min_stage_margin``), ``assumption-4.3`` the smallest relative eigenvalue of the restricted
-Hessians at Algorithm 1's stationary points (``min_rel_eig``), both from Algorithm 1 alone (a crossing of
-either makes the full check fail); ``assumption-4.4`` the whole check: a violation is its verdict, the search
-is steered by its key metric ``max_spread`` (its Figure 10 part can fail with ``max_spread`` passing).
+What is measured per check is declared on its CheckSpec (``hunt=Hunt(metric, measure)``, checks/registry.py):
+the key metric the search is steered by, and a cheaper measurement that declares and judges it (None: the whole
+check). ``assumption-4.2``: the smallest argmin margin of Algorithm 1's stages (``min_stage_margin``);
+``assumption-4.3``: the smallest relative eigenvalue of the restricted Hessians at Algorithm 1's stationary
+points (``min_rel_eig``), both from Algorithm 1 alone (a crossing of either makes the full check fail);
+``assumption-4.4``: the whole check, steered by its key metric ``max_spread`` (its Figure 10 part can fail with
+``max_spread`` passing). A violation is a ``fail`` of that measurement.
 """
 
 from __future__ import annotations
@@ -31,15 +33,16 @@ import torch
 from hypothesis import given, settings as Settings, strategies as st, target
 
 from .. import testing as T
-from ..checks import assumption42, assumption43, run_check
+from ..checks import REGISTRY, run_check
+from ..checks.registry import hunted
 from ..config import RunConfig
 from ..context import Context
 from ..models import DiagAttention
 from ..results import Verdict
-from .engine import metric_outcome, outcome
+from .engine import metric_outcome
 from .results import Outcome
 
-HUNTED = ("assumption-4.2", "assumption-4.3", "assumption-4.4")
+HUNTED = tuple(hunted())  # the checks that declare a Hunt
 # Sizes per hypothesis profile: `ci` small (seconds per example), `thorough` the paper's scale (the toy at
 # N in the hundreds, d in the tens).
 SIZES = {
@@ -94,20 +97,13 @@ class Counterexample:
 
 
 def measure(check: str, ctx: Context) -> Outcome:
-    """The check's key metric on ``ctx`` (module docstring), as an :class:`Outcome` (verdict: the metric's side)."""
-    if check == "assumption-4.2":
-        margins = [r["margin"] for r in assumption42.stage_margins(ctx.stages) if r["margin"] is not None]
-        value, threshold = float(min(margins, default=math.inf)), assumption42.MARGIN_TOL
-        ok = value >= threshold
-        return Outcome(Verdict.PASS if ok else Verdict.FAIL, f"smallest argmin margin of Algorithm 1's stages {value:.3g}"
-                       + (f" >= {threshold:g}" if ok else f" < {threshold:g} (a near tie)"), "min_stage_margin",
-                       value, threshold, "higher")
-    if check == "assumption-4.3":
-        stages = assumption43.measure_stages(ctx, ctx.model.coordinate_names())
-        verdict, _reason, message = assumption43.judge_stages(stages)
-        return metric_outcome(Verdict.FAIL if verdict is Verdict.FAIL else Verdict.PASS, message, "min_rel_eig",
-                              assumption43.declare_stages(stages).get("min_rel_eig"))
-    return outcome(run_check(check, ctx))
+    """What the check's :class:`~verifier.checks.registry.Hunt` measures on ``ctx`` (module docstring), as an
+    :class:`Outcome` carrying its verdict, reason and message and the hunt's metric."""
+    hunt_spec = REGISTRY[check].hunt
+    result = run_check(check, ctx) if hunt_spec.measure is None else hunt_spec.measure(ctx)
+    return metric_outcome(verdict=result.verdict, message=result.message, reason=result.reason,
+                          name=hunt_spec.metric, metric=result.metrics.get(hunt_spec.metric),
+                          duration_s=result.duration_s)
 
 
 def score(o: Outcome) -> float:
@@ -166,8 +162,8 @@ def hunt(check: str, strategy: st.SearchStrategy[Problem], settings: Settings | 
     """Search ``strategy`` for a problem on which ``check``'s key metric crosses its threshold; hypothesis
     shrinks what it finds. Returns the shrunk :class:`Counterexample` (its data saved in ``folder``, default
     ``COUNTEREXAMPLES``) or None when the budget of ``settings`` (default: the current profile) finds none."""
-    if check not in HUNTED:
-        raise ValueError(f"hunts exist for {', '.join(HUNTED)}, not {check!r}")
+    if check not in REGISTRY or REGISTRY[check].hunt is None:
+        raise ValueError(f"hunts exist for {', '.join(hunted())}, not {check!r}")
     folder = Path(folder) if folder is not None else COUNTEREXAMPLES
     work = Path(tempfile.mkdtemp(prefix="verifier-hunt-"))  # each example's .npz, removed at the end
 

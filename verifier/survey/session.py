@@ -54,7 +54,7 @@ def survey_session(config: SurveyConfig, output: OutputSet, workers="1", schedul
     if scheduler is not None and str(workers) != "1":
         raise InputError("--workers", "give either --workers (local processes) or --scheduler (a Dask cluster)",
                          "--scheduler alone: the cluster's workers run the draws")
-    count, gpus = local_workers(workers, config.device) if scheduler is None else (1, None)
+    count, gpus = local_workers(workers, config.torch_device) if scheduler is None else (1, None)
     if resume and output.target is None:
         raise InputError("--resume", "needs --out DIR, the folder of the survey to finish")
     if not resume:

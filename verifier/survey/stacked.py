@@ -20,12 +20,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from ..checks.registry import REGISTRY
 from ..config import SolverConfig
 from ..dynamics import rosenbrock
 from ..dynamics.flow import ReducedFlow, trajectory
 from ..dynamics.trajectory import Trajectory
-
-LADDER_CHECKS = ("assumption-4.2", "theorem-4.5")  # the checks that read ctx.ladder
 
 
 @dataclass(frozen=True)
@@ -94,11 +93,11 @@ def solve_stacked(flows: list[ReducedFlow], horizons: list[float], solver: Solve
 
 
 def prefill_ladders(contexts: list, ids: list[str]) -> None:
-    """When the checks ``ids`` read ``ctx.ladder`` (the flow for every alpha of the ladder), compute it for
-    every context in one batched solve and leave it in the contexts' caches; each equals what the context
-    computes alone up to rounding (module docstring). Contexts with full weights, or whose Algorithm 1 (which
-    sets the horizon) raises, are left to compute their own, so the error is reported by their check."""
-    if not any(i in LADDER_CHECKS for i in ids):
+    """When a check of ``ids`` reads ``ctx.ladder`` (the flow for every alpha of the ladder, ``CheckSpec.reads``),
+    compute it for every context in one batched solve and leave it in the contexts' caches; each equals what the
+    context computes alone up to rounding (module docstring). Contexts with full weights, or whose Algorithm 1
+    (which sets the horizon) raises, are left to compute their own, so the error is reported by their check."""
+    if not any("ladder" in REGISTRY[i].reads for i in ids):  # declared with @register(..., reads=...)
         return
     eligible = []
     for c in contexts:

@@ -143,10 +143,11 @@ class LocalPool(cf.Executor):
         self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def local_workers(workers: str | int, device: str) -> tuple[int, list[int] | None]:
-    """``--workers N|auto`` -> (number of processes, the GPU of each or None). ``auto``: one per GPU when the
-    survey runs on CUDA (one GPU: one worker, whose batched solves use it; processes sharing a GPU would
-    compete for it), else one per CPU core."""
+def local_workers(workers: str | int, device) -> tuple[int, list[int] | None]:
+    """``--workers N|auto`` -> (number of processes, the GPU of each or None) on ``device`` (a resolved
+    torch.device: ``SurveyConfig.torch_device``). ``auto``: one per GPU when the survey runs on CUDA (one GPU:
+    one worker, whose batched solves use it; processes sharing a GPU would compete for it), else one per CPU
+    core."""
     if workers != "auto":
         try:
             n = int(workers)
@@ -157,9 +158,7 @@ def local_workers(workers: str | int, device: str) -> tuple[int, list[int] | Non
         return n, None
     import torch
 
-    from ..config import resolve_device
-
-    if resolve_device(device).type == "cuda":
+    if torch.device(device).type == "cuda":
         count = max(1, torch.cuda.device_count())
         return count, list(range(count))
     return max(1, os.cpu_count() or 1), None

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 
-from ...config import resolve_device
 from ...context import git_sha
 from ...results import RunResults
 from ..output_set import provenance, tracking_results
@@ -17,7 +16,7 @@ from .vit_training import load_digits, train
 
 
 def run_track(config: TrackConfig, argv: list[str] | None = None, progress: bool = True) -> RunResults:
-    device = resolve_device(config.device)
+    device = config.torch_device
     start = time.perf_counter()
     runs, library = _train_runs(config, device, progress)
     wall = time.perf_counter() - start

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ... import seeds
-from ...config import COUNT, DEVICES, POSITIVE, SEED_MAX, Allowed, check_choice, validate_fields
+from ...config import COUNT, DEVICES, POSITIVE, SEED_MAX, Allowed, check_choice, resolve_device, validate_fields
 from ...errors import InputError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -67,7 +67,8 @@ def parse_scales(text: str | None) -> tuple[float, ...] | None:
 @dataclass(frozen=True)
 class TrackConfig:
     """One ``verifier track`` run: a preset trained once per init scale with the same seed (data split,
-    initial weights before scaling, batch order). ``None`` fields take the preset's value."""
+    initial weights before scaling, batch order). ``None`` fields take the preset's value. ``device`` is
+    resolved once, here: ``torch_device``."""
 
     preset: str = "vit-digits"
     init_scales: tuple[float, ...] | None = None
@@ -93,7 +94,7 @@ class TrackConfig:
             if len(set(scales)) != len(scales):
                 raise InputError("--init-scales", f"{scales!r} repeats a value", "distinct positive floats")
         check_choice("--optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("--device", self.device, DEVICES)
+        object.__setattr__(self, "torch_device", resolve_device(self.device))  # resolved once; not in as_dict()
         validate_fields(self, {k: r for k, r in self.RULES.items() if getattr(self, k) is not None})
 
     @property
