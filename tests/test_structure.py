@@ -191,7 +191,7 @@ def test_registered_functions_are_named_after_their_claim():
 # Where a device name may become a torch.device: the three configs (RunConfig, SurveyConfig, TrackConfig: once
 # each, `torch_device`), presets.py (the library boundary, `build_model`/`place` given a name) and the pytest
 # plugin's --verifier-device (checked when the session starts).
-RESOLVES_DEVICES = {"config.py", "survey/config.py", "tracking/config.py", "presets.py", "pytest_plugin.py"}
+RESOLVES_DEVICES = {"config.py", "survey/config.py", "tracking/demo/track_config.py", "presets.py", "pytest_plugin.py"}
 
 
 def test_the_device_is_resolved_once_on_the_config():
