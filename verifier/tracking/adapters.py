@@ -69,7 +69,7 @@ def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module | None:
     return model.get_base_model() if isinstance(model, PeftModel) else None
 
 
-def _kind(layer) -> str:
+def _kind(layer, where: str = "") -> str:
     """The adapter family of a tuner layer: "LoRA" or a name in ADDITIVE; an InputError for anything else."""
     package = type(layer).__module__.split(".")
     family = package[2] if len(package) > 2 and package[:2] == ["peft", "tuners"] else ""
@@ -77,8 +77,8 @@ def _kind(layer) -> str:
         return ADDITIVE[family]
     if family == "lora" and all(isinstance(getattr(layer, n, None), torch.nn.ModuleDict) for n in ("lora_A", "lora_B")):
         return "LoRA"
-    raise InputError("module", f"a PEFT {type(layer).__module__}.{type(layer).__qualname__} adapter is not a weight "
-                     "delta the tracker can read", SUPPORTED)
+    raise InputError("module", f"{where}a PEFT {type(layer).__module__}.{type(layer).__qualname__} adapter is not a "
+                     "weight delta the tracker can read", SUPPORTED)
 
 
 def _adapters(layer) -> list[str]:
@@ -87,26 +87,28 @@ def _adapters(layer) -> list[str]:
     return [a for a in layer.active_adapters if a in held]
 
 
-def _variant(layer, adapter: str) -> str:
+def _variant(layer, adapter: str, where: str = "") -> str:
     """"LoRA" or "DoRA" for an adapter of a LoRA layer; other LoRA variants are refused by name."""
     variant = getattr(layer, "lora_variant", {}).get(adapter)
     if variant is None:
         return "LoRA"
     if type(variant).__name__ == "DoraLinearVariant":
         return "DoRA"
-    raise InputError("module", f"PEFT LoRA adapter {adapter!r} uses the {type(variant).__name__}: not a weight delta "
-                     "the tracker can read", SUPPORTED)
+    raise InputError("module", f"{where}PEFT LoRA adapter {adapter!r} uses the {type(variant).__name__}: not a weight "
+                     "delta the tracker can read", SUPPORTED)
 
 
-def check(layer) -> None:
-    """Refuse, by name, a tuner layer or adapter the tracker cannot read (at construction and at each read)."""
-    kind = _kind(layer)
+def check(layer, where: str = "") -> None:
+    """Refuse, by name, a tuner layer or adapter the tracker cannot read (at construction and at each read);
+    ``where``: the weight's path, for the message."""
+    where = f"{where}: " if where else ""
+    kind = _kind(layer, where)
     for adapter in _adapters(layer) + list(layer.merged_adapters):
         if kind == "LoRA":
-            _variant(layer, adapter)
+            _variant(layer, adapter, where)
             if not isinstance(layer.lora_A[adapter], torch.nn.Linear):
-                raise InputError("module", f"PEFT LoRA adapter {adapter!r} of a {type(layer.lora_A[adapter]).__name__}",
-                                 "LoRA on a linear (or GPT-2 Conv1D) projection")
+                raise InputError("module", f"{where}PEFT LoRA adapter {adapter!r} of a "
+                                 f"{type(layer.lora_A[adapter]).__name__}", "LoRA on a linear (or GPT-2 Conv1D) projection")
 
 
 def describe(layer) -> str:

@@ -229,8 +229,8 @@ class RankTracker:
             raise InputError("module", f"the weights of {meta[0].name} ({meta[1]!r}) are on the meta device: "
                              "there are no values to measure", "a model whose weights hold values (materialise "
                              "it with model.to_empty(device=...) and load its weights first)")
-        for _, m, p, _ in weights:
-            self._reader.tuner(m, p)  # an adapter the tracker cannot read is refused now, by name
+        for t, m, p, _ in weights:  # an adapter the tracker cannot read is refused now, by name
+            self._reader.tuner(m, p, f"{t.module}.{p}" if t.module else p)
         self.module, self.every, self._tracked = module, every, tracked
         self.device = _device(device, weights[0][3].device)
         self.records_here = distributed.rank() == 0

@@ -57,17 +57,18 @@ class WeightReader:
                              "the attribute path of a weight that exists")
         return w
 
-    def tuner(self, module: torch.nn.Module, path: str):
+    def tuner(self, module: torch.nn.Module, path: str, where: str | None = None):
         """The PEFT tuner layer whose forward computes with the weight at ``path`` (None when there is none);
-        an InputError when the adapter is one the tracker cannot read."""
+        an InputError when the adapter is one the tracker cannot read (``where``: the weight's name in it)."""
         owner, leaf = self._locate(module, path)
         layer = owner if adapters.is_tuner(owner) else self._tuners.get(id(owner))
         if layer is None:
             return None
         if leaf != "weight":
-            raise InputError("module", f"a PEFT adapter ({type(layer).__qualname__}) wraps the module holding "
-                             f"{path!r}, which is not its 'weight'", "adapters on linear (or Conv1D) projections")
-        adapters.check(layer)
+            raise InputError("module", f"{where or path}: a PEFT adapter ({type(layer).__module__}."
+                             f"{type(layer).__qualname__}) wraps the module holding it, and it is not that module's "
+                             "'weight'", "adapters on linear (or Conv1D) projections")
+        adapters.check(layer, where or path)
         return layer
 
     def read(self, module: torch.nn.Module, path: str) -> torch.Tensor:
