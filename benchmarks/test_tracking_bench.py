@@ -122,3 +122,98 @@ def test_record_cost_gpt2_small(benchmark, machine_info, device):
     thin = tracker.history().delta_spectra[1, :24]
     r = thin.shape[-1]
     assert np.abs(full[:, :r].numpy() - thin).max() <= 1e-4 * full[:, 0].max().item()
+
+
+# --- record()'s own thread count (issue 26): in a process that did not set OMP_NUM_THREADS / OMP_WAIT_POLICY ------
+
+THREAD_ROUNDS = 3
+
+
+def _thread_rounds(rounds: int) -> dict:
+    """In this process, at its torch default thread count: one GPT-2-small training step, then record() at the
+    tracker's default (1 thread) and at the process's count (what record() did before it chose its own), the
+    order alternating from round to round. Wall and CPU seconds per round, the load, and the spectra of both."""
+    import os
+
+    import transformers
+
+    default = torch.get_num_threads()
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=GPT2_TOKENS))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, model.config.vocab_size, (GPT2_BATCH, GPT2_TOKENS))
+    trackers = {"own": RankTracker(model), "process": RankTracker(model, threads=default)}
+    for t in trackers.values():
+        t.record(0)
+
+    def step():
+        loss = model(input_ids=tokens, labels=tokens).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    def clock():
+        return time.perf_counter(), time.process_time()
+
+    step()  # warm-up: allocations, Adam state
+    rows = []
+    for r in range(1, rounds + 1):
+        load = os.getloadavg()[0]
+        w0, c0 = clock()
+        loss = step()
+        w1, c1 = clock()
+        row = {"load_1min": load, "step_wall_s": w1 - w0, "step_cpu_s": c1 - c0}
+        for name in (("own", "process") if r % 2 else ("process", "own")):
+            a = clock()
+            trackers[name].record(r, loss)
+            b = clock()
+            row[f"record_{name}_wall_s"], row[f"record_{name}_cpu_s"] = b[0] - a[0], b[1] - a[1]
+            assert torch.get_num_threads() == default  # restored
+        rows.append(row)
+    spectra = {name: t.history().delta_spectra[-1].tolist() for name, t in trackers.items()}
+    return {"torch_threads": default, "omp_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
+            "rounds": rows, "spectra": spectra}
+
+
+@pytest.mark.parametrize("wait_policy", [None, "PASSIVE"], ids=["torch-default", "passive"])
+def test_record_threads_gpt2_small(benchmark, machine_info, wait_policy):
+    """The thread policy measured where it matters: a fresh process with neither OMP_NUM_THREADS nor
+    OMP_WAIT_POLICY set (torch's default: one spinning thread per core), and one that set only
+    OMP_WAIT_POLICY=PASSIVE (a team with passive waits, which a library cannot choose once OpenMP started).
+    Each runs ``_thread_rounds`` side by side; asserted: both thread counts give the same spectra."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    out = {}
+
+    def child():
+        proc = subprocess.run([sys.executable, __file__, str(THREAD_ROUNDS)], env=env, capture_output=True,
+                              text=True, timeout=3600, check=True)
+        out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    benchmark.pedantic(child, rounds=1, iterations=1)
+    rows = out.pop("rounds")
+    own, process = (np.array(out.pop("spectra")[k]) for k in ("own", "process"))
+    np.testing.assert_allclose(own, process, rtol=1e-4, atol=1e-4 * process.max())
+    for clock in ("wall", "cpu"):
+        step = np.array([r[f"step_{clock}_s"] for r in rows])
+        for name in ("own", "process"):
+            out[f"record_{name}_over_step_{clock}"] = [round(x, 4) for x in
+                                                       np.array([r[f"record_{name}_{clock}_s"] for r in rows]) / step]
+    out["rounds"] = rows
+    machine_info.update(out)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":  # the child process of test_record_threads_gpt2_small
+    import json
+    import sys
+
+    print(json.dumps(_thread_rounds(int(sys.argv[1]))))

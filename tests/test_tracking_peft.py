@@ -154,6 +154,8 @@ def _rslora_patterns():
 ADAPTERS = {
     "lora-conv1d": lambda: (_gpt2, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"],
                                                    fan_in_fan_out=True)),
+    "lora-modules-to-save": lambda: (_gpt2, peft.LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True,
+                                                            modules_to_save=["c_proj"])),
     "dora-conv1d": lambda: (_gpt2, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"],
                                                    fan_in_fan_out=True, use_dora=True)),
     "rslora-patterns": _rslora_patterns,

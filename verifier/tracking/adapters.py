@@ -89,9 +89,9 @@ def _adapters(layer) -> list[str]:
 
 def _variant(layer, adapter: str, where: str = "") -> str:
     """"LoRA" or "DoRA" for an adapter of a LoRA layer; other LoRA variants are refused by name."""
-    variant = getattr(layer, "lora_variant", {}).get(adapter)
+    variant = getattr(layer, "lora_variant", {}).get(adapter)  # PEFT >= 0.16; before, DoRA was use_dora alone
     if variant is None:
-        return "LoRA"
+        return "DoRA" if getattr(layer, "use_dora", {}).get(adapter) else "LoRA"
     if type(variant).__name__ == "DoraLinearVariant":
         return "DoRA"
     raise InputError("module", f"{where}PEFT LoRA adapter {adapter!r} uses the {type(variant).__name__}: not a weight "
@@ -166,7 +166,8 @@ def _delta(layer, kind: str, adapter: str, w0: torch.Tensor, read, merged: bool 
             raise InputError("module", f"PEFT DoRA adapter {adapter!r} merged while adapters are disabled",
                              "enabled adapters, or unmerged ones")
         w = w0.T if fan_in_fan_out else w0
-        magnitude = read(layer.lora_magnitude_vector[adapter].weight).to(w0.dtype)
+        magnitude = layer.lora_magnitude_vector[adapter]
+        magnitude = read(magnitude.weight if isinstance(magnitude, torch.nn.Module) else magnitude).to(w0.dtype)
         merged_w = (magnitude / torch.linalg.vector_norm(w + delta, dim=1))[:, None] * (w + delta)
         delta = merged_w - w
     return delta.T if fan_in_fan_out else delta
