@@ -195,13 +195,13 @@ def test_record_threads_gpt2_small(benchmark, machine_info, wait_policy):
 
     def child():
         proc = subprocess.run([sys.executable, __file__, str(THREAD_ROUNDS)], env=env, capture_output=True,
-                              text=True, timeout=3600, check=True)
+                              text=True, timeout=3600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
         out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
 
     benchmark.pedantic(child, rounds=1, iterations=1)
     rows = out.pop("rounds")
     own, process = (np.array(out.pop("spectra")[k]) for k in ("own", "process"))
-    np.testing.assert_allclose(own, process, rtol=1e-4, atol=1e-4 * process.max())
     for clock in ("wall", "cpu"):
         step = np.array([r[f"step_{clock}_s"] for r in rows])
         for name in ("own", "process"):
@@ -210,6 +210,8 @@ def test_record_threads_gpt2_small(benchmark, machine_info, wait_policy):
     out["rounds"] = rows
     machine_info.update(out)
     print(json.dumps(out, indent=1))
+    scale = process[:, 0].max()  # float32 at two thread counts: equal to rounding
+    assert np.abs(own - process).max() <= 1e-4 * scale, np.abs(own - process).max() / scale
 
 
 if __name__ == "__main__":  # the child process of test_record_threads_gpt2_small

@@ -1,6 +1,7 @@
 """RankTracker under distributed training (issue 26), two CPU processes on gloo: DDP and FSDP2 (``fully_shard``;
 FSDP1 needs an accelerator in this torch) give the history of one process on the whole batch, recorded once, on
-rank 0; DDP without a single collective call from the tracker. FSDP1 and DeepSpeed ZeRO-3 are refused by name."""
+rank 0; DDP without a single collective call from the tracker; FSDP2 with a PEFT LoRA fine-tune too (slow). FSDP1
+and DeepSpeed ZeRO-3 are refused by name."""
 
 import datetime
 import sys
@@ -37,15 +38,47 @@ class Tiny(torch.nn.Module):
         return self.head(h)
 
 
-def _train(rank: int, world: int, mode: str, store: str, out: str) -> None:
+class Attention(torch.nn.Module):
+    """q_proj/k_proj/v_proj/o_proj (the LLaMA-style layout), 2 heads of width 4, for LoRA to adapt."""
+
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, d // heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (torch.nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = (p(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.head_dim**0.5, dim=-1)
+        return x + self.o_proj((a @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class TinyLinear(Tiny):
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(Attention() for _ in range(2))
+
+
+def _model(lora: bool) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if not lora:
+        return Tiny().double()
+    import peft
+
+    return peft.get_peft_model(TinyLinear().double(), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj",
+                                                                                                       "v_proj"]))
+
+
+def _train(rank: int, world: int, mode: str, store: str, out: str, lora: bool = False) -> None:
     """Adam on the whole batch (one process) or on this rank's half of it; the mean loss over the whole batch is
-    recorded (all-reduced by the training code, as a user's loop would log it)."""
+    recorded (all-reduced by the training code, as a user's loop would log it). ``lora``: a PEFT LoRA fine-tune
+    of q_proj and v_proj (the base frozen) instead of full training."""
     torch.set_num_threads(1)
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                                              timeout=TIMEOUT)
-    torch.manual_seed(0)
-    model = Tiny().double()
+    model = _model(lora)
     tokens = torch.randint(0, 11, (8, 6), generator=torch.Generator().manual_seed(1))
     tokens = tokens.chunk(world)[rank]
     if mode == "ddp":
@@ -55,13 +88,13 @@ def _train(rank: int, world: int, mode: str, store: str, out: str) -> None:
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh("cpu", (world,))
-        for layer in model.layers:
+        for layer in (model.get_base_model() if lora else model).layers:
             fully_shard(layer, mesh=mesh)
         wrapped = fully_shard(model, mesh=mesh)
     else:
         wrapped = model
     tracker = RankTracker(wrapped)
-    opt = torch.optim.Adam(wrapped.parameters(), lr=1e-2)
+    opt = torch.optim.Adam([p for p in wrapped.parameters() if p.requires_grad], lr=1e-2)
     for step in range(STEPS + 1):
         loss = None
         if step:
@@ -88,12 +121,12 @@ def _train(rank: int, world: int, mode: str, store: str, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _spawn(mode: str, tmp_path) -> list[dict]:
+def _spawn(mode: str, tmp_path, lora: bool = False) -> list[dict]:
     """Run ``_train`` in WORLD spawned processes; fail (never hang) if they have not finished in minutes."""
     import torch.multiprocessing as mp
 
-    context = mp.start_processes(_train, args=(WORLD, mode, str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD,
-                                 join=False, start_method="spawn")
+    context = mp.start_processes(_train, args=(WORLD, mode, str(tmp_path / "store"), str(tmp_path), lora),
+                                 nprocs=WORLD, join=False, start_method="spawn")
     deadline = time.monotonic() + 600
     try:
         while not context.join(timeout=5):
@@ -108,32 +141,48 @@ def _spawn(mode: str, tmp_path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    _train(0, 1, "single", "", str(out))
-    return torch.load(out / "rank0.pt", weights_only=False)
+    """The single-process history, for each model (``lora``: a PEFT LoRA fine-tune)."""
+    histories = {}
+
+    def run(lora: bool) -> dict:
+        if lora not in histories:
+            out = tmp_path_factory.mktemp("single")
+            _train(0, 1, "single", "", str(out), lora)
+            histories[lora] = torch.load(out / "rank0.pt", weights_only=False)
+        return histories[lora]
+
+    return run
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_two_gloo_processes_record_the_history_of_one_once(mode, tmp_path, one_process):
+def _needs_fsdp2():
+    from torch.distributed import fsdp
+
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no torch.distributed.fsdp.fully_shard (FSDP2)")
+
+
+@pytest.mark.parametrize("mode, lora", [("ddp", False), ("fsdp2", False),
+                                        pytest.param("fsdp2", True, marks=pytest.mark.slow)],  # imports peft x 3
+                         ids=["ddp", "fsdp2", "fsdp2-lora"])
+def test_two_gloo_processes_record_the_history_of_one_once(mode, lora, tmp_path, one_process):
     if mode == "fsdp2":
-        pytest.importorskip("torch.distributed.fsdp", reason="needs FSDP2")
-        from torch.distributed import fsdp
-
-        if not hasattr(fsdp, "fully_shard"):
-            pytest.skip("this torch has no torch.distributed.fsdp.fully_shard (FSDP2)")
-    rank0, rank1 = _spawn(mode, tmp_path)
-    assert rank0["names"] == rank1["names"] == one_process["names"] == [
-        f"layers.{i}.self_attn.{p}" for i in range(2) for p in ("qk", "vo")]
+        _needs_fsdp2()
+    if lora:
+        pytest.importorskip("peft")
+    single = one_process(lora)
+    rank0, rank1 = _spawn(mode, tmp_path, lora)
+    assert rank0["names"] == rank1["names"] == single["names"] == [
+        f"layers.{i}.{'' if lora else 'self_attn.'}{p}" for i in range(2) for p in ("qk", "vo")]
     assert rank0["sharded"] == rank1["sharded"] == (mode == "fsdp2")
     assert (rank0["records_here"], rank1["records_here"]) == (True, False)
     assert (rank0["n_records"], rank1["n_records"]) == (STEPS + 1, 0)  # recorded once: on rank 0
     if mode == "ddp":
         assert rank1["late_record"] is False
-    np.testing.assert_array_equal(rank0["steps"], one_process["steps"])
-    np.testing.assert_allclose(rank0["losses"], one_process["losses"], rtol=1e-10)
-    np.testing.assert_allclose(rank0["initial"], one_process["initial"], rtol=1e-10, atol=1e-12)
-    assert one_process["delta"][-1, :, 0].min() > 1e-3  # the weights did change
-    np.testing.assert_allclose(rank0["delta"], one_process["delta"], rtol=1e-8, atol=1e-10)
+    np.testing.assert_array_equal(rank0["steps"], single["steps"])
+    np.testing.assert_allclose(rank0["losses"], single["losses"], rtol=1e-10)
+    np.testing.assert_allclose(rank0["initial"], single["initial"], rtol=1e-10, atol=1e-12)
+    assert single["delta"][-1, :, 0].min() > 1e-3  # the weights (or, under LoRA, the adapters) did change
+    np.testing.assert_allclose(rank0["delta"], single["delta"], rtol=1e-8, atol=1e-10)
 
 
 def test_history_on_a_rank_that_does_not_record_says_so(monkeypatch):
