@@ -204,6 +204,7 @@ class RankTracker:
     ``DistributedDataParallel``, ``DataParallel``, a DeepSpeed engine (ZeRO 0-2), or sharded with FSDP2's
     ``fully_shard`` (:mod:`.distributed`); names are those of the wrapped model. Under ``torch.distributed``
     rank 0 records (:attr:`records_here`); under FSDP2 every rank must call :meth:`record` alike.
+    ``wrappers``: the class names of the wrappers looked through, outermost first.
     """
 
     def __init__(self, module: torch.nn.Module, products: Mapping | None = None, *, every: int = 1,
