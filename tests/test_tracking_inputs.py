@@ -9,7 +9,7 @@ import torch
 
 from verifier.errors import InputError
 from verifier.tracking import AttentionSpec, RankTracker, Weight
-from verifier.tracking import tracker as tracker_module
+from verifier.tracking.factors import ChangeBasis
 
 
 def _mha(E=8, H=2, seed=0):
@@ -226,8 +226,9 @@ def three_threads():
 
 
 def _spy_threads(monkeypatch, fail=False):
+    """The torch thread count while record() computes the spectra of the change."""
     seen = []
-    real = tracker_module.change_svdvals
+    real = ChangeBasis.svdvals
 
     def spy(*args):
         seen.append(torch.get_num_threads())
@@ -235,7 +236,7 @@ def _spy_threads(monkeypatch, fail=False):
             raise FloatingPointError("raised inside record")
         return real(*args)
 
-    monkeypatch.setattr(tracker_module, "change_svdvals", spy)
+    monkeypatch.setattr(ChangeBasis, "svdvals", spy)
     return seen
 
 

@@ -36,7 +36,7 @@ import torch
 from ..errors import InputError
 from . import adapters, distributed
 from .checks import rank_checks
-from .factors import change_svdvals, product_svdvals
+from .factors import ChangeBasis, product_svdvals
 from .history import RankHistory
 from .layouts import find_attention, per_head, spec_factors
 from .threads import check_threads, cpu_threads
@@ -238,6 +238,7 @@ class RankTracker:
         self._started = False  # a record call measured (or, on another rank, took part): later ones follow every
         self._reference: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._groups: dict[tuple[int, int, int], list[int]] = {}  # (d1, d2, k) -> indices into _tracked
+        self._bases: dict[tuple[int, int, int], ChangeBasis] = {}  # the reference of each group, factored
         self._last_step: int | None = None
         self._steps: list[int] = []
         self._losses: list[torch.Tensor | float] = []
@@ -346,17 +347,25 @@ class RankTracker:
         if self._reference is None:
             self._set_reference([(a.clone(), b.clone()) for a, b in factors])
             self._initial = {shape: product_svdvals(*self._batch(factors, idx)) for shape, idx in self._groups.items()}
-        self._spectra.append({shape: change_svdvals(*self._batch(factors, idx), *self._batch(self._reference, idx))
+        self._spectra.append({shape: self._bases[shape].svdvals(*self._batch(factors, idx))
                               for shape, idx in self._groups.items()})
         self._steps.append(step)
         self._losses.append(float("nan") if loss is None else loss)
         self._loss_given.append(loss is not None)
 
     def _set_reference(self, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self._reference = reference
+        """Group the products by shape; factor each group's reference once (:class:`~.factors.ChangeBasis`); the
+        per-product reference are views into it."""
         self._groups = {}
         for i, (a, b) in enumerate(reference):
             self._groups.setdefault((a.shape[1], b.shape[1], a.shape[2]), []).append(i)
+        self._bases = {shape: ChangeBasis(*self._batch(reference, idx)) for shape, idx in self._groups.items()}
+        self._reference = [None] * len(reference)
+        for shape, idx in self._groups.items():
+            heads = [reference[i][0].shape[0] for i in idx]
+            basis = self._bases[shape]
+            for i, a0, b0 in zip(idx, basis.a0.split(heads), basis.b0.split(heads)):
+                self._reference[i] = (a0, b0)
 
     @staticmethod
     def _batch(factors: list[tuple[torch.Tensor, torch.Tensor]], idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,7 +448,7 @@ class RankTracker:
         self._losses = [float(v) for v in state["losses"]]
         self._loss_given = [bool(g) for g in state["loss_given"]]
         if state["reference"] is None:
-            self._reference, self._groups, self._initial, self._spectra = None, {}, {}, []
+            self._reference, self._groups, self._bases, self._initial, self._spectra = None, {}, {}, {}, []
             return
         self._set_reference([(a.to(self.device), b.to(self.device)) for a, b in state["reference"]])
         keys = list(self._groups)
