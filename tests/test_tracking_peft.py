@@ -232,3 +232,22 @@ def test_adapters_added_after_the_tracker_are_read():
     tracker.record(1)
     assert tracker.history().delta_spectra[1, :, 0].min() > 1e-3
     _assert_same(tracker.products(), RankTracker(tuned).products())
+
+
+def test_named_products_read_through_adapters():
+    """Named products (a user's own layout) name the parameters as the model has them, with or without PEFT
+    (``wq.weight`` or PEFT's ``wq.base_layer.weight``): both read the effective weight."""
+    from verifier.tracking import Product
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"wq": torch.nn.Linear(D, D), "wk": torch.nn.Linear(D, D)}).double()
+    tuned = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["wq"]))
+    _perturb_adapters(tuned)
+    merged = copy.deepcopy(tuned).merge_and_unload()
+    spec = {"qk": Product("wq.weight", "wk.weight", heads=H, a_transposed=True, b_transposed=True)}
+    want = RankTracker(merged, spec).products()
+    _assert_same(RankTracker(tuned, spec).products(), want)
+    base_named = {"qk": Product("wq.base_layer.weight", "wk.weight", heads=H, a_transposed=True, b_transposed=True)}
+    _assert_same(RankTracker(tuned, base_named).products(), want)
+    assert not torch.allclose(RankTracker(model.wq.base_layer, {"w": ("weight", "weight")}).products()["w"],
+                              RankTracker(merged.wq, {"w": ("weight", "weight")}).products()["w"])
