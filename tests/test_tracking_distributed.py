@@ -216,3 +216,10 @@ def test_fsdp1_and_deepspeed_zero3_are_refused_by_name(monkeypatch):
                                          r"'layers.0.self_attn.in_proj_weight' is a partition of a \(24, 8\) weight\)"
                                          r" \(allowed: ZeRO stage 0, 1 or 2"):
         RankTracker(model)
+
+
+def test_data_parallel_is_looked_through():
+    model = Tiny()
+    tracker = RankTracker(torch.nn.DataParallel(model))
+    assert tracker.wrappers == ("DataParallel",)
+    assert [t.name for t in tracker.tracked] == [t.name for t in RankTracker(model).tracked]
