@@ -139,6 +139,12 @@ def test_bad_device_names_the_argument(device, problem):
 
 def test_attention_spec_fields_are_validated_when_built():
     with pytest.raises(InputError, match=_exact(
+            "AttentionSpec(None).q: 123 is not a weight (allowed: a Weight, an attribute path such as 'wq.weight', "
+            "or a tuple of them (candidates))")):
+        AttentionSpec(q=123)
+    with pytest.raises(InputError, match=r"^AttentionSpec\('mine'\)\.k: None is not a weight"):
+        AttentionSpec("mine", q="wq.weight")
+    with pytest.raises(InputError, match=_exact(
             "AttentionSpec('mine').q: 123 is not a weight (allowed: a Weight, an attribute path such as 'wq.weight', "
             "or a tuple of them (candidates))")):
         AttentionSpec("mine", q=123, k="wk.weight", v="wv.weight", o="wo.weight", heads="n_heads")

@@ -92,24 +92,24 @@ class AttentionSpec:
     or a path of an ``nn.Linear`` weight), and attribute paths for the number of query heads (``heads``) or
     the head dimension (``head_dim``); at least one of the two must resolve to a positive integer."""
 
-    name: str
-    q: Weight | str | tuple
-    k: Weight | str | tuple
-    v: Weight | str | tuple
-    o: Weight | str | tuple
+    name: str = None  # every field is checked in __post_init__: a missing one is an InputError naming it
+    q: Weight | str | tuple = None
+    k: Weight | str | tuple = None
+    v: Weight | str | tuple = None
+    o: Weight | str | tuple = None
     heads: str | tuple[str, ...] = ()
     head_dim: str | tuple[str, ...] = ()
 
     def __post_init__(self):
         where = f"AttentionSpec({self.name!r})"
-        if not (isinstance(self.name, str) and self.name):
-            raise InputError("AttentionSpec.name", f"{self.name!r}", "a non-empty name for the layout")
         for role in "qkvo":
             given = _candidates(getattr(self, role))
             if not given or not all(isinstance(w, (Weight, str)) for w in given):
                 raise InputError(f"{where}.{role}", f"{getattr(self, role)!r} is not a weight",
                                  "a Weight, an attribute path such as 'wq.weight', or a tuple of them (candidates)")
             object.__setattr__(self, role, tuple(w if isinstance(w, Weight) else Weight(w) for w in given))
+        if not (isinstance(self.name, str) and self.name):
+            raise InputError("AttentionSpec.name", f"{self.name!r}", "a non-empty name for the layout")
         for field in ("heads", "head_dim"):
             paths = _candidates(getattr(self, field))
             if not all(isinstance(p, str) and p and all(p.split(".")) for p in paths):
