@@ -122,3 +122,115 @@ def test_record_cost_gpt2_small(benchmark, machine_info, device):
     thin = tracker.history().delta_spectra[1, :24]
     r = thin.shape[-1]
     assert np.abs(full[:, :r].numpy() - thin).max() <= 1e-4 * full[:, 0].max().item()
+
+
+# --- record()'s own thread count (issue 26): in a process that did not set OMP_NUM_THREADS / OMP_WAIT_POLICY ------
+
+THREAD_ROUNDS = 3
+
+
+def _todays_record(tracker: RankTracker) -> torch.Tensor:
+    """record() as it was before issue 26, at the process's thread count: the factors batched per shape,
+    the reference batched again, [A - A0, A0] and [B, B - B0] built and QR'd with 2k columns."""
+    from verifier.tracking.factors import product_svdvals
+
+    factors, reference = tracker._factors(), tracker._reference
+    idx = range(len(factors))
+    a, b = torch.cat([factors[i][0] for i in idx]), torch.cat([factors[i][1] for i in idx])
+    a0, b0 = torch.cat([reference[i][0] for i in idx]), torch.cat([reference[i][1] for i in idx])
+    return product_svdvals(torch.cat([a - a0, a0], dim=-1), torch.cat([b, b - b0], dim=-1))
+
+
+def _thread_rounds(rounds: int) -> dict:
+    """In this process, at its torch default thread count: one GPT-2-small training step, then record() at the
+    tracker's default (1 thread), record() at the process's count, and the record() of before issue 26 (at the
+    process's count), the order rotating from round to round. Wall and CPU seconds, the load, and the spectra."""
+    import os
+
+    import transformers
+
+    default = torch.get_num_threads()
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=GPT2_TOKENS))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    tokens = torch.randint(0, model.config.vocab_size, (GPT2_BATCH, GPT2_TOKENS))
+    own, process = RankTracker(model), RankTracker(model, threads=default)
+    own.record(0)
+    process.record(0)
+    spectra = {}
+
+    def step():
+        loss = model(input_ids=tokens, labels=tokens).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+
+    def clock():
+        return time.perf_counter(), time.process_time()
+
+    step()  # warm-up: allocations, Adam state
+    rows = []
+    for r in range(1, rounds + 1):
+        load = os.getloadavg()[0]
+        w0, c0 = clock()
+        loss = step()
+        w1, c1 = clock()
+        row = {"load_1min": load, "step_wall_s": w1 - w0, "step_cpu_s": c1 - c0}
+        work = {"own": lambda: own.record(r, loss), "process": lambda: process.record(r, loss),
+                "today": lambda: spectra.__setitem__("today", _todays_record(process))}
+        names = list(work)
+        for name in names[r % 3:] + names[: r % 3]:
+            a = clock()
+            work[name]()
+            b = clock()
+            row[f"record_{name}_wall_s"], row[f"record_{name}_cpu_s"] = b[0] - a[0], b[1] - a[1]
+            assert torch.get_num_threads() == default  # restored
+        rows.append(row)
+    spectra.update(own=own.history().delta_spectra[-1], process=process.history().delta_spectra[-1])
+    return {"torch_threads": default, "omp_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")},
+            "rounds": rows, "spectra": {k: np.asarray(v, dtype=np.float64).tolist() for k, v in spectra.items()}}
+
+
+@pytest.mark.parametrize("wait_policy", [None, "PASSIVE"], ids=["torch-default", "passive"])
+def test_record_threads_gpt2_small(benchmark, machine_info, wait_policy):
+    """The thread policy measured where it matters: a fresh process with neither OMP_NUM_THREADS nor
+    OMP_WAIT_POLICY set (torch's default: one spinning thread per core), and one that set only
+    OMP_WAIT_POLICY=PASSIVE (a team with passive waits, which a library cannot choose once OpenMP started).
+    Each runs ``_thread_rounds`` side by side; asserted: the three records give the same spectra."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")}
+    if wait_policy:
+        env["OMP_WAIT_POLICY"] = wait_policy
+    out = {}
+
+    def child():
+        proc = subprocess.run([sys.executable, __file__, str(THREAD_ROUNDS)], env=env, capture_output=True,
+                              text=True, timeout=3600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    benchmark.pedantic(child, rounds=1, iterations=1)
+    spectra = {k: np.array(v) for k, v in out.pop("spectra").items()}
+    machine_info.update(out)
+    for clock in ("wall", "cpu"):
+        step = np.array([row[f"step_{clock}_s"] for row in out["rounds"]])
+        for name in ("own", "process", "today"):
+            machine_info[f"record_{name}_over_step_{clock}"] = [
+                round(float(x), 4) for x in np.array([row[f"record_{name}_{clock}_s"] for row in out["rounds"]]) / step]
+    print(json.dumps(dict(machine_info), indent=1))
+    scale = spectra["today"][:, 0].max()  # float32, other thread counts and algorithms: equal to rounding
+    for name in ("own", "process"):
+        assert np.abs(spectra[name] - spectra["today"]).max() <= 1e-4 * scale
+
+
+if __name__ == "__main__":  # the child process of test_record_threads_gpt2_small
+    import json
+    import sys
+
+    print(json.dumps(_thread_rounds(int(sys.argv[1]))))

@@ -285,3 +285,24 @@ def test_factor_spectra_on_cuda_equal_cpu():
     gpu = change_svdvals(*(t.cuda() for t in (a, b, a0, b0)))
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("d1, d2, k", [(12, 9, 3), (3, 10, 6), (64, 48, 16)])
+def test_change_basis_when_the_change_lies_in_the_references_span_or_is_zero(d1, d2, k):
+    """The fixed-reference factorisation (one projection of dA on the reference's Q, ChangeBasis) against full
+    svdvals where it is hardest: dA = A0 X (inside span(A0): its residual after the projection is rounding
+    only) with a tiny dB, and no change at all (exact zeros, not rounding)."""
+    from verifier.tracking.factors import ChangeBasis
+
+    g = torch.Generator().manual_seed(d1 + k)
+    a0 = torch.randn(4, d1, k, generator=g, dtype=torch.float64)
+    b0 = torch.randn(4, d2, k, generator=g, dtype=torch.float64)
+    basis = ChangeBasis(a0, b0)
+    a = a0 @ (torch.eye(k, dtype=torch.float64) + 1e-3 * torch.randn(k, k, generator=g, dtype=torch.float64))
+    b = b0 + 1e-9 * torch.randn(b0.shape, generator=g, dtype=torch.float64)
+    want = torch.linalg.svdvals(a @ b.mT - a0 @ b0.mT)
+    r = min(d1, d2, 2 * k)
+    got = basis.svdvals(a, b)
+    assert got.shape == (4, r)
+    assert ((got - want[:, :r]).abs().amax(1) / want[:, 0]).max() < 1e-12
+    np.testing.assert_array_equal(basis.svdvals(a0.clone(), b0.clone()).numpy(), 0.0)

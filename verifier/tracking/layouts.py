@@ -50,21 +50,36 @@ class Weight:
     parts: int = 1
 
     def __post_init__(self):
+        if not (isinstance(self.path, str) and self.path and all(self.path.split("."))):
+            raise InputError("Weight.path", f"{self.path!r} is not an attribute path",
+                             "a dotted attribute path from the attention module, e.g. 'c_attn.weight'")
         if self.stored not in STORAGE:
             raise InputError("Weight.stored", repr(self.stored), ", ".join(STORAGE))
+        for field in ("part", "parts"):
+            if not _is_int(getattr(self, field)):
+                raise InputError(f"Weight.{field}", f"{getattr(self, field)!r} is not an integer", "an integer")
         if not (0 <= self.part < self.parts):
             raise InputError("Weight.part", f"{self.part} of {self.parts} parts", "0 <= part < parts")
 
-    def resolve(self, module: torch.nn.Module) -> torch.Tensor | None:
-        """The weight as an [out, in] view, or None when the module does not have it."""
+    def shape(self, module: torch.nn.Module) -> tuple[int, int] | None:
+        """The [out, in] shape of this weight in ``module`` (read from the stored tensor, never gathered), or None
+        when the module does not have it."""
         w = _attribute(module, self.path)
         if not (torch.is_tensor(w) and w.ndim == 2):
             return None
+        out, inner = w.shape if self.stored == "out_in" else reversed(w.shape)
+        return None if out % self.parts else (out // self.parts, inner)
+
+    def resolve(self, module: torch.nn.Module, read: Callable[[torch.nn.Module, str], torch.Tensor]) -> torch.Tensor:
+        """The weight as an [out, in] tensor, read with ``read(module, path)`` (adapters added, shards gathered)."""
+        w = read(module, self.path)
         w = w if self.stored == "out_in" else w.T
-        if w.shape[0] % self.parts:
-            return None
         n = w.shape[0] // self.parts
         return w[self.part * n : (self.part + 1) * n]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _candidates(value) -> tuple:
@@ -77,41 +92,52 @@ class AttentionSpec:
     or a path of an ``nn.Linear`` weight), and attribute paths for the number of query heads (``heads``) or
     the head dimension (``head_dim``); at least one of the two must resolve to a positive integer."""
 
-    name: str
-    q: Weight | str | tuple
-    k: Weight | str | tuple
-    v: Weight | str | tuple
-    o: Weight | str | tuple
+    name: str = None  # every field is checked in __post_init__: a missing one is an InputError naming it
+    q: Weight | str | tuple = None
+    k: Weight | str | tuple = None
+    v: Weight | str | tuple = None
+    o: Weight | str | tuple = None
     heads: str | tuple[str, ...] = ()
     head_dim: str | tuple[str, ...] = ()
 
     def __post_init__(self):
+        where = f"AttentionSpec({self.name!r})"
         for role in "qkvo":
-            weights = tuple(w if isinstance(w, Weight) else Weight(w) for w in _candidates(getattr(self, role)))
-            object.__setattr__(self, role, weights)
-        object.__setattr__(self, "heads", _candidates(self.heads))
-        object.__setattr__(self, "head_dim", _candidates(self.head_dim))
+            given = _candidates(getattr(self, role))
+            if not given or not all(isinstance(w, (Weight, str)) for w in given):
+                raise InputError(f"{where}.{role}", f"{getattr(self, role)!r} is not a weight",
+                                 "a Weight, an attribute path such as 'wq.weight', or a tuple of them (candidates)")
+            object.__setattr__(self, role, tuple(w if isinstance(w, Weight) else Weight(w) for w in given))
+        if not (isinstance(self.name, str) and self.name):
+            raise InputError("AttentionSpec.name", f"{self.name!r}", "a non-empty name for the layout")
+        for field in ("heads", "head_dim"):
+            paths = _candidates(getattr(self, field))
+            if not all(isinstance(p, str) and p and all(p.split(".")) for p in paths):
+                raise InputError(f"{where}.{field}", f"{getattr(self, field)!r} is not an attribute path",
+                                 "an attribute path such as 'num_heads' or 'config.head_dim', or a tuple of them")
+            object.__setattr__(self, field, paths)
         if not (self.heads or self.head_dim):
-            raise InputError(f"AttentionSpec({self.name!r})", "neither heads nor head_dim is given",
+            raise InputError(where, "neither heads nor head_dim is given",
                              "attribute paths such as heads='num_heads' or head_dim='config.head_dim'")
 
     def match(self, module: torch.nn.Module) -> "Layout | None":
-        """The layout of ``module`` under this spec, or None when it does not fit."""
-        q, k, v, o = (next((w for w in (c.resolve(module) for c in getattr(self, r)) if w is not None), None)
-                      for r in "qkvo")
-        if any(w is None for w in (q, k, v, o)):
+        """The layout of ``module`` under this spec, or None when it does not fit (shapes only: nothing is
+        read or gathered)."""
+        chosen = [next(((w, s) for w in getattr(self, r) if (s := w.shape(module)) is not None), None) for r in "qkvo"]
+        if any(c is None for c in chosen):
             return None
+        (q, k, v, o) = (s for _, s in chosen)
         heads, head_dim = _count(module, self.heads), _count(module, self.head_dim)
-        if head_dim is None and heads is not None and q.shape[0] % heads == 0:
-            head_dim = q.shape[0] // heads
-        if head_dim is None or q.shape[0] % head_dim or k.shape[0] % head_dim:
+        if head_dim is None and heads is not None and q[0] % heads == 0:
+            head_dim = q[0] // heads
+        if head_dim is None or q[0] % head_dim or k[0] % head_dim:
             return None
-        h, kv = q.shape[0] // head_dim, k.shape[0] // head_dim
-        if (heads is not None and heads != h) or kv == 0 or h % kv or v.shape[0] != k.shape[0]:
+        h, kv = q[0] // head_dim, k[0] // head_dim
+        if (heads is not None and heads != h) or kv == 0 or h % kv or v[0] != k[0]:
             return None
-        if o.shape[1] != q.shape[0]:
+        if o[1] != q[0]:
             return None
-        return Layout(self.name, h, kv, head_dim, q.shape[1], k.shape[1], v.shape[1], o.shape[0])
+        return Layout(self.name, h, kv, head_dim, q[1], k[1], v[1], o[0], tuple(w for w, _ in chosen))
 
 
 def _attribute(obj, path: str):
@@ -137,7 +163,8 @@ def _count(module: torch.nn.Module, paths: tuple[str, ...]) -> int | None:
 @dataclass(frozen=True)
 class Layout:
     """What a spec found in one module: ``heads`` query heads sharing ``kv_heads`` key/value heads of
-    dimension ``head_dim``; d_q, d_k, d_v = widths read by q, k, v; d_out = width written by o."""
+    dimension ``head_dim``; d_q, d_k, d_v = widths read by q, k, v; d_out = width written by o; ``weights``: the
+    q, k, v, o weights it reads."""
 
     spec: str
     heads: int
@@ -147,6 +174,7 @@ class Layout:
     d_k: int
     d_v: int
     d_out: int
+    weights: tuple[Weight, Weight, Weight, Weight]  # the q, k, v, o candidates that fit
 
 
 def per_head(w: torch.Tensor, heads: int, rows: bool) -> torch.Tensor:
@@ -159,23 +187,23 @@ def per_head(w: torch.Tensor, heads: int, rows: bool) -> torch.Tensor:
     return w.reshape(d, heads, inner // heads).permute(1, 0, 2)
 
 
-def spec_factors(spec: AttentionSpec, module: torch.nn.Module, layout: Layout
+def spec_factors(module: torch.nn.Module, layout: Layout, read: Callable[[torch.nn.Module, str], torch.Tensor]
                  ) -> tuple[Callable[[], tuple[torch.Tensor, torch.Tensor]], Callable[[], tuple[torch.Tensor, torch.Tensor]]]:
     """Functions giving the current (A, B) of qk and of vo, each [heads, d, k], key/value heads paired
-    with their query heads (h -> h // (heads / kv_heads))."""
+    with their query heads (h -> h // (heads / kv_heads)); each weight read by name at every call."""
     group = layout.heads // layout.kv_heads
-
-    def weight(role: str) -> torch.Tensor:
-        return next(w for w in (c.resolve(module) for c in getattr(spec, role)) if w is not None)
+    q, k, v, o = layout.weights
 
     def shared(factors: torch.Tensor) -> torch.Tensor:
         return factors if group == 1 else factors.repeat_interleave(group, dim=0)
 
     def qk():
-        return per_head(weight("q"), layout.heads, True), shared(per_head(weight("k"), layout.kv_heads, True))
+        return (per_head(q.resolve(module, read), layout.heads, True),
+                shared(per_head(k.resolve(module, read), layout.kv_heads, True)))
 
     def vo():
-        return shared(per_head(weight("v"), layout.kv_heads, True)), per_head(weight("o"), layout.heads, False)
+        return (shared(per_head(v.resolve(module, read), layout.kv_heads, True)),
+                per_head(o.resolve(module, read), layout.heads, False))
 
     return qk, vo
 
