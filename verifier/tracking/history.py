@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -18,6 +18,12 @@ class RankHistory:
     ``max_rank[i]`` = min(d1, d2, 2k), the largest rank the change (dA) B^T + A0 (dB)^T can have.
     ``losses`` are the losses passed to ``record`` (NaN where none was). ``finite[t]`` is False where
     record t met a non-finite weight (its spectra are then NaN) or a non-finite loss: training diverged.
+
+    Per module (M distinct weights the products read, :mod:`.modules`; empty for a history without them):
+    ``module_names`` as PEFT matches them, ``module_shapes`` (stored shape), ``module_feeds`` (the products
+    each is a factor of, ``"<product>:a"``/``":b"``), and at the Tm records in ``module_steps``:
+    ``module_norms[t, m]`` = ||W_m - W_m0||_F and ``module_spectra[t, m]`` its singular values (descending,
+    zero padded to the widest module).
     """
 
     names: tuple[str, ...]  # product name per matrix, e.g. "blocks.0.attn.qk"
@@ -29,6 +35,12 @@ class RankHistory:
     delta_spectra: np.ndarray  # [T, P, r]
     initial_spectra: np.ndarray  # [P, r]
     finite: np.ndarray  # [T] bool
+    module_names: tuple[str, ...] = ()
+    module_shapes: tuple[tuple[int, int], ...] = ()
+    module_feeds: tuple[tuple[str, ...], ...] = ()
+    module_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [Tm]
+    module_spectra: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))  # [Tm, M, r_m]
+    module_norms: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [Tm, M]
 
     @property
     def diverged_step(self) -> int | None:

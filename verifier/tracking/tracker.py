@@ -36,6 +36,7 @@ from .checks import rank_checks
 from .factors import change_svdvals, product_svdvals
 from .history import RankHistory
 from .layouts import find_attention, per_head, spec_factors
+from .modules import MODULE_EVERY, ModuleSpectra, find_modules
 
 STATE_FORMAT = 1
 
@@ -148,11 +149,13 @@ class RankTracker:
     A_h B_h^T of the named parameters; ``None`` tracks qk and vo of every attention module the layouts
     recognise (see the module docstring; :meth:`describe` lists them). ``every``: ``record(step)`` measures
     only when ``step % every == 0`` (and always at its first call, which fixes the reference weights).
-    ``device``: where to compute (default: the device of the module's parameters).
+    ``device``: where to compute (default: the device of the module's parameters). ``module_every``: the
+    per-module spectra of the weight change (:mod:`.modules`, for ``recommend_lora``) on every N-th record
+    (0: none).
     """
 
     def __init__(self, module: torch.nn.Module, products: Mapping | None = None, *, every: int = 1,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, module_every: int = MODULE_EVERY):
         if isinstance(every, bool) or not (isinstance(every, int) and every >= 1):
             raise InputError("every", f"{every!r} is not a positive integer", "an integer >= 1")
         tracked = _zoo_products(module) if products is None else _named_products(module, products)
@@ -172,6 +175,7 @@ class RankTracker:
         self._loss_given: list[bool] = []
         self._spectra: list[dict[tuple[int, int, int], torch.Tensor]] = []
         self._initial: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._modules = ModuleSpectra(find_modules(module, tracked), module_every, self.device)
 
     @property
     def tracked(self) -> tuple[Tracked, ...]:
@@ -245,6 +249,7 @@ class RankTracker:
         self._steps.append(step)
         self._losses.append(float("nan") if loss is None else loss)
         self._loss_given.append(loss is not None)
+        self._modules.record(step, len(self._steps) - 1)
         return True
 
     def _set_reference(self, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -304,7 +309,8 @@ class RankTracker:
             max_rank=tuple(max_rank[i] for i, t in enumerate(self._tracked) for _ in range(t.heads)),
             product_rank=tuple(product_rank[i] for i, t in enumerate(self._tracked) for _ in range(t.heads)),
             steps=np.array(self._steps[keep]), losses=losses, delta_spectra=delta,
-            initial_spectra=self._host([self._initial])[0], finite=finite)
+            initial_spectra=self._host([self._initial])[0], finite=finite,
+            **self._modules.fields(since=self._steps[keep][0]))
 
     def state_dict(self) -> dict:
         """Reference weights and history on the CPU (for a checkpoint); :meth:`load_state_dict` restores them
@@ -319,6 +325,7 @@ class RankTracker:
             "shapes": keys,
             "initial": [self._initial[k].cpu() for k in keys] if self._initial else [],
             "spectra": [torch.stack([rec[k] for rec in self._spectra]).cpu() for k in keys] if self._spectra else [],
+            "modules": self._modules.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -335,6 +342,7 @@ class RankTracker:
         self._steps = [int(s) for s in state["steps"]]
         self._losses = [float(v) for v in state["losses"]]
         self._loss_given = [bool(g) for g in state["loss_given"]]
+        self._modules.load_state_dict(state.get("modules"))
         if state["reference"] is None:
             self._reference, self._groups, self._initial, self._spectra = None, {}, {}, []
             return
