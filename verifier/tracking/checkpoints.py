@@ -9,7 +9,6 @@ recommendation is inconclusive (``no-trend``); it has no per-head evidence (that
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ import torch
 
 from ..errors import InputError
 from ..results import Judgement
-from .lora import (DEFAULT_ENERGY, DEFAULT_SCALING, LoraRecommendation, Reason, Saturation, _check_energy,
-                   _check_options, _module_ranks)
+from .lora import (DEFAULT_ENERGY, DEFAULT_ALPHA, LoraRecommendation, Reason, Saturation, _check_energy,
+                   _check_options, _module_ranks, target_pattern)
 from .modules import change_spectra, module_name, shared_prefix
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors")
@@ -57,16 +56,13 @@ def load_state(source, field: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def recommend_from_checkpoints(before, after, energy: float = DEFAULT_ENERGY, *, scaling: float = DEFAULT_SCALING,
+def recommend_from_checkpoints(before, after, energy: float = DEFAULT_ENERGY, *, lora_alpha: float = DEFAULT_ALPHA,
                                max_rank: int | None = None, targets: str | None = None) -> LoraRecommendation:
     energy = _check_energy(energy)
-    _check_options(scaling, max_rank, 0.5)
+    _check_options(lora_alpha, max_rank, 0.5)
     if before is None or after is None:
         raise InputError("before/after", "one checkpoint given", "two checkpoints: before and after the fine-tune")
-    try:
-        pattern = re.compile(targets) if targets is not None else None
-    except re.error as exc:
-        raise InputError("targets", f"{targets!r} is not a regular expression ({exc})") from None
+    pattern = target_pattern(targets)
     a, b = load_state(before, "before"), load_state(after, "after")
     keys = [k for k in a if k in b and a[k].ndim == 2 and a[k].shape == b[k].shape and a[k].is_floating_point()]
     strip = shared_prefix(list(a), [module_name(k, "") for k in keys]) if keys else ""
@@ -95,4 +91,4 @@ def recommend_from_checkpoints(before, after, energy: float = DEFAULT_ENERGY, *,
                                        "saturated is not judged (track the run with RankTracker for that)")
     source = {"kind": "checkpoints", "before": str(before) if not isinstance(before, dict) else "state dict",
               "after": str(after) if not isinstance(after, dict) else "state dict", "targets": targets}
-    return LoraRecommendation(energy, float(scaling), modules, Saturation.UNKNOWN, judgement, source)
+    return LoraRecommendation(energy, float(lora_alpha), modules, Saturation.UNKNOWN, judgement, source)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -29,18 +30,27 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..results import Judgement, Verdict
+from ..results import Judgement
 from .history import RankHistory
-from .spectra import NUMERICAL_RANK_RTOL, numerical_rank
+from .judge import SIZE_FLOOR
+from .spectra import numerical_rank
 
 DEFAULT_ENERGY = 0.9
-DEFAULT_SCALING = 2.0  # lora_alpha / r for every module (alpha_pattern): the common lora_alpha = 2 r
+# One lora_alpha for every module, whatever its rank (the LoRA paper's convention, Hu et al. 2021, §4.1: with Adam
+# a fixed alpha keeps adapters of different ranks at a comparable update scale without retuning the learning rate;
+# alpha = scaling * r would make the effective step grow with r). No alpha_pattern.
+DEFAULT_ALPHA = 16.0
 DEFAULT_TAIL = 0.25  # the share of the records the saturation signal reads
 MIN_RECORDS = 10  # head records (the reference included) a recommendation needs
 MIN_TAIL = 3  # records in the tail, at least
 MIN_MODULE_RECORDS = 2  # module measurements (so that a growing module rank can be seen)
 LOSS_FALL = 0.01  # relative fall of the loss over the tail that counts as "the loss still falls"
 HEAD_MOVED = 0.1  # a head moved when ||dM_h||_F >= this share of the largest head's of the same product
+# A head's rank counts the directions of its change whose singular value is >= 10% of its largest. The tracker's
+# numerical rank (1%) is the wrong scale here: Adam's per-step noise fills most of a head's 2k directions above
+# 1% within a short fine-tune (measured on the vit-digits transfer of docs/LORA.md: 26-30 of 32 in every head),
+# so a rank "gained" at 1% is noise; at 10% it is a direction that carries weight (rank-increments' level, §6).
+HEAD_RANK_RTOL = 0.1
 HISTORY_FILE = "rank-history.npz"
 TRACKING_FOLDER = "rank-tracking"
 
@@ -98,7 +108,7 @@ class ModuleRank:
 @dataclass(frozen=True)
 class LoraRecommendation:
     energy: float
-    scaling: float
+    lora_alpha: float
     modules: tuple[ModuleRank, ...]
     saturation: Saturation
     judgement: Judgement
@@ -116,19 +126,26 @@ class LoraRecommendation:
         """Trainable parameters of rank r on the same target modules (for comparison)."""
         return sum(min(r, min(m.shape)) * sum(m.shape) for m in self.targets)
 
+    def peft_ranks(self) -> dict[str, int]:
+        """{PEFT target: rank}. An ``nn.MultiheadAttention`` (a target M beside a target M.out_proj) is adapted by
+        PEFT as one module, in_proj and out_proj at one rank: M gets the larger of the two, M.out_proj none
+        (PEFT ignores an adapter on it: the attention never calls out_proj's forward)."""
+        ranks = {m.name: m.rank for m in self.targets}
+        for name in [n for n in ranks if n + ".out_proj" in ranks]:
+            ranks[name] = max(ranks[name], ranks.pop(name + ".out_proj"))
+        return ranks
+
     def lora_config(self) -> dict:
         """Keyword arguments of ``peft.LoraConfig``: ``target_modules`` (full names: PEFT matches a name or its
-        trailing components), ``r`` and ``lora_alpha`` (the most common rank), ``rank_pattern`` and
-        ``alpha_pattern`` (every target, lora_alpha = scaling * r)."""
-        targets = self.targets
-        ranks = [m.rank for m in targets]
-        r = max(set(ranks), key=lambda v: (ranks.count(v), -v)) if ranks else 1
-        return {"target_modules": [m.name for m in targets], "r": r, "lora_alpha": self.scaling * r,
-                "rank_pattern": {m.name: m.rank for m in targets},
-                "alpha_pattern": {m.name: self.scaling * m.rank for m in targets}}
+        trailing components), ``r`` (the most common rank), ``rank_pattern`` (every target) and ``lora_alpha``
+        (one for every module, ``DEFAULT_ALPHA``)."""
+        ranks = self.peft_ranks()
+        values = list(ranks.values())
+        r = max(set(values), key=lambda v: (values.count(v), -v)) if values else 1
+        return {"target_modules": list(ranks), "r": r, "lora_alpha": self.lora_alpha, "rank_pattern": dict(ranks)}
 
     def to_dict(self) -> dict:
-        return {"energy": self.energy, "scaling": self.scaling, "saturation": self.saturation.value,
+        return {"energy": self.energy, "lora_alpha": self.lora_alpha, "saturation": self.saturation.value,
                 "verdict": self.judgement.verdict.value, "reason": self.judgement.reason,
                 "message": self.judgement.message, "lora_config": self.lora_config(),
                 "lora_parameters": self.lora_parameters, "source": self.source,
@@ -186,9 +203,10 @@ def _check_energy(energy) -> float:
     return float(energy)
 
 
-def _check_options(scaling, max_rank, tail) -> None:
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not (scaling > 0 and math.isfinite(scaling)):
-        raise InputError("scaling", f"{scaling!r}", "lora_alpha / r, a positive number (e.g. 2)")
+def _check_options(lora_alpha, max_rank, tail) -> None:
+    if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not (
+            lora_alpha > 0 and math.isfinite(lora_alpha)):
+        raise InputError("lora_alpha", f"{lora_alpha!r}", "a positive number (e.g. 16)")
     if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
         raise InputError("max_rank", f"{max_rank!r}", "a positive integer or None")
     if isinstance(tail, bool) or not isinstance(tail, (int, float)) or not (0 < tail < 1):
@@ -197,13 +215,17 @@ def _check_options(scaling, max_rank, tail) -> None:
 
 def _saturation(history: RankHistory, tail: float) -> tuple[Saturation, Judgement, dict]:
     """No head gains numerical rank over the last ``tail`` of the records (a rank higher than any it had
-    before the tail), and whether the loss still falls over the tail (its last quarter's mean at least
-    LOSS_FALL below its first quarter's)."""
+    before the tail, counted from the record where its change reached a tenth of its largest size: before
+    that, Adam's first sign-like steps are full rank and tiny, as gradual-rank-increase's SIZE_FLOOR says),
+    and whether the loss still falls over the tail (its last quarter's mean at least LOSS_FALL below its first
+    quarter's)."""
     T = len(history.steps)
     n_tail = max(MIN_TAIL, math.ceil(tail * T))
-    ranks = history.numerical_rank()  # [T, P]; NaN at the reference
-    before = np.nanmax(np.where(np.isnan(ranks[: T - n_tail]), -1, ranks[: T - n_tail]), axis=0)
-    during = np.nanmax(np.where(np.isnan(ranks[T - n_tail:]), -1, ranks[T - n_tail:]), axis=0)
+    ranks = history.numerical_rank(HEAD_RANK_RTOL)  # [T, P]; NaN at the reference
+    size = np.sqrt(np.sum(history.delta_spectra**2, axis=-1))  # [T, P]
+    grown = size >= SIZE_FLOOR * np.max(size, axis=0)
+    ranks = np.where(grown & ~np.isnan(ranks), ranks, -1)
+    before, during = ranks[: T - n_tail].max(axis=0), ranks[T - n_tail:].max(axis=0)
     gained = [label for label, b, d in zip(history.labels, before, during) if d > b]
     losses = history.losses[T - n_tail:]
     q = max(1, n_tail // 4)
@@ -214,7 +236,7 @@ def _saturation(history: RankHistory, tail: float) -> tuple[Saturation, Judgemen
         shown = ", ".join(gained[:4]) + (f" and {len(gained) - 4} more" if len(gained) > 4 else "")
         return Saturation.GROWING, Judgement.inconclusive(
             Reason.RANK_STILL_GROWING, f"{len(gained)} of {len(history.labels)} heads still gained numerical rank "
-            f"over the last {n_tail} records ({shown}): the change is still growing, so these ranks are a lower "
+            f"(singular values >= {HEAD_RANK_RTOL:g} of the largest) over the last {n_tail} records ({shown}): the change is still growing, so these ranks are a lower "
             "bound; track a longer pilot run"), evidence
     if not (np.isfinite(first).all() and np.isfinite(last).all()):
         return Saturation.UNKNOWN, Judgement.inconclusive(
@@ -243,7 +265,7 @@ def _product_evidence(history: RankHistory, feeds: tuple[str, ...], ranks: dict[
         s = last[idx]
         norms = np.sqrt(np.sum(s**2, axis=-1))
         moved = int(np.sum(norms >= HEAD_MOVED * norms.max())) if norms.max() > 0 else 0
-        nr = numerical_rank(s, NUMERICAL_RANK_RTOL)
+        nr = numerical_rank(s, HEAD_RANK_RTOL)
         k = history.product_rank[idx[0]]
         a, b = sides[product].get("a"), sides[product].get("b")
         bound = (min(ranks[a], k) + min(ranks[b], k)) if a in ranks and b in ranks else None
@@ -274,42 +296,52 @@ def _module_ranks(names, shapes, feeds, spectra, norms, energy, max_rank, histor
                  for i, row in enumerate(rows))
 
 
-def _refuse(field: str, problem: str, allowed: str) -> InputError:
-    return InputError(field, problem, allowed)
+def target_pattern(targets: str | None, field: str = "targets"):
+    """``targets`` compiled (None: every module)."""
+    try:
+        return re.compile(targets) if targets is not None else None
+    except (re.error, TypeError) as exc:
+        raise InputError(field, f"{targets!r} is not a regular expression ({exc})",
+                         "a regular expression the module names must contain, e.g. attn") from None
 
 
-def recommend_from_history(history: RankHistory, energy: float = DEFAULT_ENERGY, *, scaling: float = DEFAULT_SCALING,
-                           max_rank: int | None = None, tail: float = DEFAULT_TAIL, field: str = "history",
-                           source: dict | None = None) -> LoraRecommendation:
+def recommend_from_history(history: RankHistory, energy: float = DEFAULT_ENERGY, *, lora_alpha: float = DEFAULT_ALPHA,
+                           max_rank: int | None = None, tail: float = DEFAULT_TAIL, targets: str | None = None,
+                           field: str = "history", source: dict | None = None) -> LoraRecommendation:
     """The recommendation from a RankHistory with module spectra (module docstring); refused with an
     InputError naming ``field`` when the history cannot support it."""
     energy = _check_energy(energy)
-    _check_options(scaling, max_rank, tail)
+    _check_options(lora_alpha, max_rank, tail)
+    pattern = target_pattern(targets)
     names = tuple(getattr(history, "module_names", ()) or ())
     if not names:
-        raise _refuse(field, "the history holds no per-module weight-change spectra (tracked by a verifier without "
+        raise InputError(field, "the history holds no per-module weight-change spectra (tracked by a verifier without "
                       "them, or a run that trained no attention weight directly, e.g. a PEFT adapter run)",
                       "the history of a full fine-tune tracked by RankTracker (module spectra are on by default)")
     T, Tm = len(history.steps), len(history.module_steps)
     if history.diverged_step is not None:
-        raise _refuse(field, f"training diverged at step {history.diverged_step}", "a run whose weights and loss "
+        raise InputError(field, f"training diverged at step {history.diverged_step}", "a run whose weights and loss "
                       "stayed finite")
     if T < MIN_RECORDS:
-        raise _refuse(field, f"{T} records; a recommendation needs at least {MIN_RECORDS} (the saturation signal "
+        raise InputError(field, f"{T} records; a recommendation needs at least {MIN_RECORDS} (the saturation signal "
                       f"reads the last {DEFAULT_TAIL:.0%} of them, at least {MIN_TAIL})",
                       f"a run tracked with >= {MIN_RECORDS} records (a smaller `every`, or more steps)")
     if Tm < MIN_MODULE_RECORDS:
-        raise _refuse(field, f"{Tm} module measurement(s) (at steps {list(map(int, history.module_steps))}); "
+        raise InputError(field, f"{Tm} module measurement(s) (at steps {list(map(int, history.module_steps))}); "
                       f"a recommendation needs at least {MIN_MODULE_RECORDS}",
                       "more records: module spectra are measured every `module_every`-th record")
-    norms, spectra = np.asarray(history.module_norms), np.asarray(history.module_spectra)
+    keep = [i for i, n in enumerate(names) if pattern is None or pattern.search(n)]
+    if not keep:
+        raise InputError("targets", f"{targets!r} matches none of the tracked modules ({', '.join(names[:3])}, ...)",
+                         "a regular expression some module names contain")
+    norms, spectra = np.asarray(history.module_norms)[:, keep], np.asarray(history.module_spectra)[:, keep]
     if not np.all(np.isfinite(norms)):
-        raise _refuse(field, "non-finite module spectra", "a run whose weights stayed finite")
+        raise InputError(field, "non-finite module spectra", "a run whose weights stayed finite")
     if not np.any(norms[-1] > 0):
-        raise _refuse(field, "no tracked module changed between the first record and the last module measurement",
+        raise InputError(field, "no tracked module changed between the first record and the last module measurement",
                       "the history of a run that trained its attention weights")
-    modules = _module_ranks(names, history.module_shapes, history.module_feeds, spectra, norms, energy, max_rank,
-                            history)
+    modules = _module_ranks([names[i] for i in keep], [history.module_shapes[i] for i in keep],
+                            [history.module_feeds[i] for i in keep], spectra, norms, energy, max_rank, history)
     saturation, judgement, evidence = _saturation(history, tail)
     parts = [judgement]
     last, last_module = int(history.steps[-1]), int(history.module_steps[-1])
@@ -321,12 +353,12 @@ def recommend_from_history(history: RankHistory, energy: float = DEFAULT_ENERGY,
     if uncovered:
         parts.append(Judgement.passed(f"the ranks bound {len(set(uncovered))} products' head changes below their "
                                       f"measured numerical rank: {', '.join(sorted(set(uncovered))[:3])}"))
-    src = {"kind": "history", "records": T, "first_step": int(history.steps[0]), "last_step": last,
+    src = {"kind": "history", "records": T, "targets": targets, "first_step": int(history.steps[0]), "last_step": last,
            "module_steps": [int(s) for s in history.module_steps], **evidence, **(source or {})}
-    return LoraRecommendation(energy, float(scaling), modules, saturation, Judgement.compose(parts, "; "), src)
+    return LoraRecommendation(energy, float(lora_alpha), modules, saturation, Judgement.compose(parts, "; "), src)
 
 
-def recommend_lora(history_or_run, energy: float = DEFAULT_ENERGY, *, scaling: float = DEFAULT_SCALING,
+def recommend_lora(history_or_run, energy: float = DEFAULT_ENERGY, *, lora_alpha: float = DEFAULT_ALPHA,
                    max_rank: int | None = None, tail: float = DEFAULT_TAIL, before=None, after=None,
                    targets: str | None = None) -> LoraRecommendation:
     """Per-module LoRA ranks holding a share ``energy`` of each module's ||dW||_F^2 (module docstring).
@@ -335,20 +367,21 @@ def recommend_lora(history_or_run, energy: float = DEFAULT_ENERGY, *, scaling: f
     output folder (it finds ``rank-tracking/rank-history.npz`` in it), or a ``rank-history.npz`` file; or None
     with ``before``/``after``: two checkpoints (state dicts, or files/folders holding them: ``.safetensors``,
     ``.pt``/``.bin``, a Lightning ``.ckpt``, a Hugging Face model folder), every 2-d weight present in both
-    (``targets``: a regular expression the module names must match, e.g. ``"attn"``). ``scaling``: lora_alpha
-    / r of every module; ``max_rank``: the largest rank recommended; ``tail``: the share of the records the
+    (``targets``: a regular expression the module names must match, e.g. ``"attn"``). ``lora_alpha``: the one
+    alpha of every module; ``max_rank``: the largest rank recommended; ``tail``: the share of the records the
     saturation signal reads."""
     if history_or_run is None:
         from .checkpoints import recommend_from_checkpoints
 
-        return recommend_from_checkpoints(before, after, energy, scaling=scaling, max_rank=max_rank, targets=targets)
+        return recommend_from_checkpoints(before, after, energy, lora_alpha=lora_alpha, max_rank=max_rank, targets=targets)
     if before is not None or after is not None:
         raise InputError("before/after", "given with a history or run", "either a history/run or two checkpoints")
     if isinstance(history_or_run, RankHistory):
-        return recommend_from_history(history_or_run, energy, scaling=scaling, max_rank=max_rank, tail=tail)
+        return recommend_from_history(history_or_run, energy, lora_alpha=lora_alpha, max_rank=max_rank, tail=tail,
+                                      targets=targets)
     path = find_history(history_or_run, "history_or_run")
-    return recommend_from_history(load_history(path, "history_or_run"), energy, scaling=scaling, max_rank=max_rank,
-                                  tail=tail, field=str(path), source={"history_file": str(path)})
+    return recommend_from_history(load_history(path, "history_or_run"), energy, lora_alpha=lora_alpha, max_rank=max_rank,
+                                  tail=tail, targets=targets, field=str(path), source={"history_file": str(path)})
 
 
 def find_history(run, field: str) -> Path:
@@ -386,16 +419,21 @@ def load_history(path: Path, field: str) -> RankHistory:
 
 
 def recommendation_json(rec: LoraRecommendation) -> str:
-    return json.dumps(rec.to_dict(), indent=1, allow_nan=False, default=_json_number)
+    """recommendation.json: :meth:`LoraRecommendation.to_dict`, a non-finite number (the stable rank of a
+    module that did not change) as null."""
+    return json.dumps(_plain(rec.to_dict()), indent=1, allow_nan=False)
 
 
-def _json_number(value):
-    if isinstance(value, (np.integer,)):
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
         return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
 
-
-def verdict_exit(rec: LoraRecommendation) -> Verdict:
-    return rec.judgement.verdict

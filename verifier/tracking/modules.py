@@ -2,8 +2,9 @@
 
 The per-head products say *which heads* moved; a LoRA adapter is attached to a *module* (a linear layer:
 GPT-2's fused ``c_attn``, LLaMA's ``q_proj``, ...), whose change dW = W - W0 it replaces by B A of rank r. So
-beside the head spectra, :class:`ModuleSpectra` records, for every distinct weight the tracked products read,
-``||dW||_F`` and the singular values of dW. It is the tracker's one hook for this (``RankTracker.record`` calls
+beside the head spectra, :class:`ModuleSpectra` records, for every distinct weight the tracked products read
+and every other linear layer of the blocks that hold them (the MLP: what PEFT's ``"all-linear"`` adapts inside
+the blocks), ``||dW||_F`` and the singular values of dW. It is the tracker's one hook for this (``RankTracker.record`` calls
 :meth:`ModuleSpectra.record` after each record; ``history()`` takes :meth:`ModuleSpectra.fields`).
 
 Cost. dW of a full fine-tune has no low-rank factorisation to exploit (unlike the head products, whose change
@@ -71,7 +72,10 @@ def shared_prefix(paths: list[str], names: list[str]) -> str:
 
 def find_modules(model: torch.nn.Module, tracked) -> list[TrackedModule]:
     """The distinct trainable 2-d weights the tracked products read (``tracked``: the tracker's ``Tracked``
-    list; zoo products are resolved through their layouts, named products through their parameter names)."""
+    list; zoo products resolved through their layouts, named products through their parameters' storage), then
+    the other linear layers (``nn.Linear``, ``Conv1D``) of each block holding a tracked attention module (the
+    module's parent: a transformer block's MLP; never the embeddings or the output head, which live outside
+    the blocks)."""
     paths = {id(p): n for n, p in model.named_parameters()}
     feeds: dict[int, list[str]] = {}
     params: dict[int, torch.nn.Parameter] = {}
@@ -79,7 +83,9 @@ def find_modules(model: torch.nn.Module, tracked) -> list[TrackedModule]:
     def add(param, feed: str) -> None:
         if isinstance(param, torch.nn.Parameter) and param.ndim == 2 and param.requires_grad and id(param) in paths:
             params[id(param)] = param
-            feeds.setdefault(id(param), []).append(feed)
+            feeds.setdefault(id(param), [])
+            if feed is not None:
+                feeds[id(param)].append(feed)
 
     by_path = {path or "attention": (module, spec) for path, module, spec, _ in find_attention(model)}
     named = dict(model.named_parameters())
@@ -99,12 +105,25 @@ def find_modules(model: torch.nn.Module, tracked) -> list[TrackedModule]:
             weight = next((c for c in getattr(spec, role) if c.resolve(module) is not None), None)
             if weight is not None:
                 add(_attribute(module, weight.path), f"{t.name}:{side}")
+    for path in list(by_path):  # the other linear layers of each block that holds a tracked attention module
+        block = path.rpartition(".")[0]
+        if not block:
+            continue
+        for sub, mod in model.named_modules():
+            if sub.startswith(block + ".") and _linear(mod):
+                add(mod.weight, None)
     ids = list(params)
     raw = [paths[i] for i in ids]
     unstripped = [module_name(p, "") for p in raw]
     strip = shared_prefix(list(paths.values()), unstripped)
     return [TrackedModule(module_name(p, strip), tuple(params[i].shape), tuple(dict.fromkeys(feeds[i])), params[i])
             for i, p in zip(ids, raw)]
+
+
+def _linear(module: torch.nn.Module) -> bool:
+    """A layer PEFT's LoRA adapts as a linear map: ``nn.Linear`` or Hugging Face's ``Conv1D``."""
+    return isinstance(module, torch.nn.Linear) or (type(module).__name__ == "Conv1D" and
+                                                    getattr(module, "weight", None) is not None)
 
 
 def change_spectra(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
