@@ -112,8 +112,8 @@ class Task:
 
 
 TASKS = {
-    "vit-digits": Task("vit-digits", "accuracy", 600, 300, 64, 2e-3, 1e-3, 3e-3, 2, ("head",)),
-    "char-gpt": Task("char-gpt", "loss", 1500, 300, 32, 2e-3, 5e-4, 2e-3, 4, ()),
+    "vit-digits": Task("vit-digits", "accuracy", 400, 200, 64, 2e-3, 1e-3, 3e-3, 2, ("head",)),
+    "char-gpt": Task("char-gpt", "loss", 800, 200, 16, 2e-3, 5e-4, 2e-3, 4, ()),
 }
 CONTEXT = 64
 
@@ -337,7 +337,7 @@ def main(argv=None):
     p.add_argument("--tasks", default="vit-digits,char-gpt")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--ranks", default="1,2,4,8,16")
-    p.add_argument("--energy", default="0.9,0.5")
+    p.add_argument("--energy", default="0.9,0.7,0.5")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)

@@ -128,16 +128,16 @@ def _linear(module: torch.nn.Module) -> bool:
 
 def change_spectra(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``||dW||_F`` [N] and the singular values [N, min(m, n)] (descending) of a batch dW [N, m, n], from the
-    eigenvalues of the Gram matrix of the smaller side in float64 (module docstring)."""
+    eigenvalues of the Gram matrix of the smaller side, in dW's precision (module docstring)."""
     norms = torch.linalg.vector_norm(delta.flatten(1), dim=1)
-    d = delta.double()
+    d = delta
     gram = d @ d.transpose(1, 2) if d.shape[1] <= d.shape[2] else d.transpose(1, 2) @ d
     finite = torch.isfinite(gram).flatten(1).all(1)
     eig = torch.linalg.eigvalsh(torch.where(finite[:, None, None], gram, torch.zeros((), dtype=gram.dtype,
                                                                                      device=gram.device)))
     s = eig.clamp_min(0).sqrt().flip(-1)
     s = torch.where(finite[:, None], s, torch.full((), float("nan"), dtype=s.dtype, device=s.device))
-    return norms.double(), s
+    return norms, s
 
 
 class ModuleSpectra:
@@ -178,7 +178,7 @@ class ModuleSpectra:
         for i, w in enumerate(weights):
             groups.setdefault((tuple(w.shape), w.dtype), []).append(i)
         for (shape, _), idx in groups.items():
-            per_chunk = max(1, CHUNK_BYTES // (8 * shape[0] * shape[1]))
+            per_chunk = max(1, CHUNK_BYTES // (4 * shape[0] * shape[1]))
             for start in range(0, len(idx), per_chunk):
                 chunk = idx[start : start + per_chunk]
                 delta = torch.stack([weights[i] - self._reference[i] for i in chunk])
