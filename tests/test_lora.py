@@ -239,6 +239,11 @@ def test_a_run_that_no_longer_learns_converged_and_no_loss_is_inconclusive():
     none = RankHistory(**{**{f.name: getattr(h, f.name) for f in fields(h)}, "losses": np.full_like(h.losses, np.nan)})
     rec = recommend_lora(none)
     assert rec.judgement.verdict is Verdict.INCONCLUSIVE and rec.judgement.reason == Reason.NO_LOSS.value
+    every_other = h.losses.copy()
+    every_other[1::2] = np.nan  # records at steps the trainer did not log
+    sparse = RankHistory(**{**{f.name: getattr(h, f.name) for f in fields(h)}, "losses": every_other})
+    assert recommend_lora(sparse).saturation is Saturation.SATURATED
+    assert recommend_lora(h, tail=0.99).source["tail_records"] == len(h.steps) - 2
 
 
 @pytest.mark.parametrize("case, match", [
@@ -458,3 +463,24 @@ def test_lightning_run_folder_gives_a_config_peft_applies(tmp_path, capsys):
     # applied to the inner model, as a LightningModule that wraps it with PEFT would
     _, _, got = _apply(run / "lora-recommendation" / "lora-config.json", _tiny_gpt2())
     assert got == {f"transformer.{k}": v for k, v in config["rank_pattern"].items()}
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_module_spectra_on_cuda_match_cpu():
+    cpu, gpu = Net(), Net().cuda()
+    trackers = [RankTracker(m, module_every=1) for m in (cpu, gpu)]
+    for t in trackers:
+        t.record(0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p, q in zip(cpu.parameters(), gpu.parameters()):
+            step = 0.05 * torch.randn(p.shape, generator=g)
+            p.add_(step)
+            q.add_(step.cuda())
+    for t in trackers:
+        t.record(1)
+    a, b = (t.history() for t in trackers)
+    assert a.module_names == b.module_names
+    np.testing.assert_allclose(b.module_norms, a.module_norms, rtol=1e-5)
+    np.testing.assert_allclose(b.module_spectra**2, a.module_spectra**2, atol=1e-5 * a.module_spectra.max() ** 2)

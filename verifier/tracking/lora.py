@@ -220,7 +220,7 @@ def _saturation(history: RankHistory, tail: float) -> tuple[Saturation, Judgemen
     and whether the loss still falls over the tail (its last quarter's mean at least LOSS_FALL below its first
     quarter's)."""
     T = len(history.steps)
-    n_tail = max(MIN_TAIL, math.ceil(tail * T))
+    n_tail = min(max(MIN_TAIL, math.ceil(tail * T)), T - 2)  # at least one record besides the reference before it
     ranks = history.numerical_rank(HEAD_RANK_RTOL)  # [T, P]; NaN at the reference
     size = np.sqrt(np.sum(history.delta_spectra**2, axis=-1))  # [T, P]
     grown = size >= SIZE_FLOOR * np.max(size, axis=0)
@@ -228,28 +228,29 @@ def _saturation(history: RankHistory, tail: float) -> tuple[Saturation, Judgemen
     before, during = ranks[: T - n_tail].max(axis=0), ranks[T - n_tail:].max(axis=0)
     gained = [label for label, b, d in zip(history.labels, before, during) if d > b]
     losses = history.losses[T - n_tail:]
-    q = max(1, n_tail // 4)
+    losses = losses[np.isfinite(losses)]  # records at steps the trainer did not log carry none
+    q = max(1, len(losses) // 4)
     first, last = losses[:q], losses[-q:]
     evidence = {"tail_records": n_tail, "tail_from_step": int(history.steps[T - n_tail]),
                 "heads_gaining_rank": gained}
     if gained:
         shown = ", ".join(gained[:4]) + (f" and {len(gained) - 4} more" if len(gained) > 4 else "")
         return Saturation.GROWING, Judgement.inconclusive(
-            Reason.RANK_STILL_GROWING, f"{len(gained)} of {len(history.labels)} heads still gained numerical rank "
-            f"(singular values >= {HEAD_RANK_RTOL:g} of the largest) over the last {n_tail} records ({shown}): the change is still growing, so these ranks are a lower "
-            "bound; track a longer pilot run"), evidence
-    if not (np.isfinite(first).all() and np.isfinite(last).all()):
+            Reason.RANK_STILL_GROWING, f"{len(gained)} of {len(history.labels)} heads gained a direction (a singular "
+            f"value >= {HEAD_RANK_RTOL:g} of their largest) over the last {n_tail} records ({shown}): the change is "
+            "still growing, so these ranks are a lower bound; track a longer pilot run"), evidence
+    if len(losses) < 2:
         return Saturation.UNKNOWN, Judgement.inconclusive(
-            Reason.NO_LOSS, f"no head gained rank over the last {n_tail} records, but they carry no loss, so a "
+            Reason.NO_LOSS, f"no head gained a direction over the last {n_tail} records, but they carry no loss, so a "
             "saturated rank cannot be told from a finished run (log the loss at every record)"), evidence
     fall = 1 - float(np.mean(last)) / float(np.mean(first)) if np.mean(first) > 0 else 0.0
     evidence["tail_loss_fall"] = fall
     if fall >= LOSS_FALL:
         return Saturation.SATURATED, Judgement.passed(
-            f"rank saturated: no head gained numerical rank over the last {n_tail} records while the loss still "
+            f"rank saturated: no head gained a direction over the last {n_tail} records while the loss still "
             f"fell {100 * fall:.1f}%"), evidence
     return Saturation.CONVERGED, Judgement.passed(
-        f"converged: no head gained numerical rank over the last {n_tail} records and the loss fell "
+        f"converged: no head gained a direction over the last {n_tail} records and the loss fell "
         f"{100 * fall:.1f}% (< {100 * LOSS_FALL:g}%)"), evidence
 
 
