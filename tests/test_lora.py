@@ -3,6 +3,9 @@ lora_command.py; docs/LORA.md): the module spectra against an independent SVD, t
 spectra, planted low-rank changes recovered, the per-head bound r_q + r_k, the refusals and the inconclusive
 cases (each with the counterexample it must flag), the saved history alone, and the CLI."""
 
+import contextlib
+import io
+import itertools
 import json
 from dataclasses import fields
 
@@ -484,3 +487,39 @@ def test_module_spectra_on_cuda_match_cpu():
     assert a.module_names == b.module_names
     np.testing.assert_allclose(b.module_norms, a.module_norms, rtol=1e-5)
     np.testing.assert_allclose(b.module_spectra**2, a.module_spectra**2, atol=1e-5 * a.module_spectra.max() ** 2)
+
+
+def test_cli_fuzz_options_never_crash_and_write_whole_sets(tmp_path_factory):
+    """Random option values: exit 0, 2 or 3 (never 4, the bug code); exit 2 is one line; the output folder
+    holds the whole set or does not exist, and nothing temporary is left beside it."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    base = tmp_path_factory.mktemp("fuzz")
+    run = base / "run" / "rank-tracking"
+    run.mkdir(parents=True)
+    _save(_planted(Net(), PLANTED, 16).history(), run / "rank-history.npz")
+    values = ["0", "-1", "1", "0.5", "0.99", "2", "nan", "inf", "1e400", "", " ", "abc", "3", "1.5", "attn", "(",
+              "^blocks", "\x00", "-"]
+    options = ["--energy", "--lora-alpha", "--max-rank", "--tail", "--targets"]
+
+    fresh = itertools.count()
+
+    @settings(max_examples=25, deadline=None, derandomize=True, database=None)
+    @given(st.lists(st.tuples(st.sampled_from(options), st.sampled_from(values)), max_size=3))
+    def check(pairs):
+        out = base / f"out{next(fresh)}"
+        argv = ["recommend-lora", str(base / "run"), "--out", str(out)]
+        for flag, value in pairs:
+            argv += [f"{flag}={value}"]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = cli.main(argv)
+        assert code in (cli.EXIT_OK, cli.EXIT_USAGE, cli.EXIT_INCONCLUSIVE), err.getvalue()
+        if code == cli.EXIT_USAGE:
+            assert err.getvalue().count("\n") == 1 and not out.exists()
+        else:
+            assert sorted(p.name for p in out.iterdir()) == ["lora-config.json", "recommendation.json", "report.html"]
+        assert not [p for p in base.iterdir() if p.name.startswith(".")]
+
+    check()
