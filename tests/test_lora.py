@@ -225,6 +225,28 @@ def test_planted_ranks_are_recovered():
     assert max(m.rank for m in recommend_lora(h, 0.99, max_rank=1).modules) == 1
 
 
+def test_multihead_attention_is_one_peft_target():
+    """PEFT adapts an nn.MultiheadAttention's in_proj and out_proj at one rank through the attention module:
+    the config names that module with the larger rank, and PEFT applies it."""
+    peft = pytest.importorskip("peft")
+
+    def encoder():
+        torch.manual_seed(0)
+        return nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True), 1,
+                                     enable_nested_tensor=False)
+
+    h = _planted(encoder(), {"layers.0.self_attn.in_proj_weight": 2, "layers.0.self_attn.out_proj.weight": 3,
+                             "layers.0.linear1.weight": 1}, 16).history()
+    # every parameter lives under layers.0 (one layer, nothing else): PEFT matches the trailing components
+    assert h.module_names[:2] == ("self_attn", "self_attn.out_proj")
+    config = recommend_lora(h, 0.99).lora_config()
+    assert config["rank_pattern"] == {"self_attn": 3, "linear1": 1}
+    model = peft.get_peft_model(encoder(), peft.LoraConfig(**config))
+    attn = model.base_model.model.layers[0].self_attn
+    assert attn.r["default"] == 3 and model.base_model.model.layers[0].linear1.r["default"] == 1
+    model(torch.randn(2, 5, 16)).sum().backward()
+
+
 def test_a_change_still_growing_is_inconclusive():
     """The counterexample of the saturation signal: q_proj gains a direction in the last quarter of the run."""
     h = _planted(Net(), PLANTED, 16, grow={"blocks.0.attn.q_proj.weight": 14}).history()

@@ -8,19 +8,20 @@ the blocks), ``||dW||_F`` and the singular values of dW. It is the tracker's one
 :meth:`ModuleSpectra.record` after each record; ``history()`` takes :meth:`ModuleSpectra.fields`).
 
 Cost. dW of a full fine-tune has no low-rank factorisation to exploit (unlike the head products, whose change
-has rank <= 2k), so its spectrum costs an eigen-decomposition of a min(m, n)-square Gram matrix: at GPT-2-small
-width (768 x 2304 and 768 x 768 per layer) about 25x a record of the head spectra. It runs on every
-``module_every``-th record (default ``MODULE_EVERY`` = 10), which keeps its share of a record's cost below the
-head spectra's (benchmarks/test_tracking_bench.py measures both). The singular values come from the Gram matrix
-G = dW dW^T (the smaller side) in float64: its eigenvalues are s_i^2 exactly up to rounding ~1e-16 ||dW||_2^2,
-so the energy shares sum_{i<=r} s_i^2 / ||dW||_F^2 a recommendation reads are exact to ~1e-15 (values below
-~1e-8 s_1 are not resolved; no energy share can see them). ``||dW||_F`` is computed directly.
+has rank <= 2k), so its spectrum costs the eigenvalues of its min(m, n)-square Gram matrix G = dW dW^T (or
+dW^T dW), in dW's precision: 3-10x cheaper than ``svdvals`` of dW on one CPU thread, and all a rank choice
+needs, since G's eigenvalues are s_i^2 up to rounding ~1e-7 s_1^2 in float32, so every energy share
+sum_{i<=r} s_i^2 / ||dW||_F^2 is exact to ~1e-6 (small singular values themselves lose relative accuracy below
+~3e-4 s_1; no energy share can see them). ``||dW||_F`` is computed directly. It runs on every ``module_every``-th
+record (default ``MODULE_EVERY`` = 10); docs/LORA.md gives its measured cost at GPT-2-small width
+(benchmarks/test_module_spectra_bench.py). On a GPU, ``eigvalsh`` may check its result on the host: at most one
+wait for the device per ``module_every`` records.
 
 Names. A module is named as ``model.named_modules()`` names the module owning the weight (``...attn.c_attn``),
 with the leading path components every parameter of the model shares removed (a LightningModule's ``model.``),
 so that PEFT, which matches a target by its trailing components, finds it whether it wraps the inner model or
-the wrapper. A weight that is not a module's ``weight`` (``nn.MultiheadAttention.in_proj_weight``) is named by
-its parameter path. Frozen weights (``requires_grad=False``: a PEFT base model) are not tracked; they cannot change.
+the wrapper. ``nn.MultiheadAttention``'s ``in_proj_weight`` is named by the attention module (PEFT adapts it
+there); another weight that is not a module's ``weight`` by its parameter path. Frozen weights (``requires_grad=False``: a PEFT base model) are not tracked; they cannot change.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ class TrackedModule:
 
 
 def module_name(param_path: str, strip: str) -> str:
-    """The PEFT target name of a parameter: its owning module's path (the parameter's own path unless it is
-    that module's ``weight``), without the leading ``strip`` prefix."""
+    """The PEFT target name of a parameter: its owning module's path (for a ``weight``, and for
+    ``nn.MultiheadAttention``'s ``in_proj_weight``, which PEFT adapts through the attention module; the
+    parameter's own path otherwise), without the leading ``strip`` prefix."""
     owner, _, attr = param_path.rpartition(".")
-    name = owner if attr == "weight" and owner else param_path
+    name = owner if attr in ("weight", "in_proj_weight") and owner else param_path
     return name[len(strip):] if strip and name.startswith(strip) else name
 
 
@@ -105,7 +107,7 @@ def find_modules(model: torch.nn.Module, tracked) -> list[TrackedModule]:
             weight = next((c for c in getattr(spec, role) if c.resolve(module) is not None), None)
             if weight is not None:
                 add(_attribute(module, weight.path), f"{t.name}:{side}")
-    for path in list(by_path):  # the other linear layers of each block that holds a tracked attention module
+    for path in dict.fromkeys(t.module for t in tracked if t.layout != "named"):  # the blocks' other linear layers
         block = path.rpartition(".")[0]
         if not block:
             continue
