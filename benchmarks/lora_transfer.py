@@ -307,8 +307,8 @@ def summarise(task: Task, runs: list[dict]) -> tuple[list[str], dict]:
         ok = bool(reaches(task, float(np.mean(vals)), full)) if name != "full" else True
         summary[name] = {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
                          "trainable": float(np.mean(params)), "adapter": float(np.mean(adapter)), "reaches": ok,
-                         "seeds_reaching": sum(bool(reaches(task, v, r["rows"]["full"]["metric"])
-                                               for v, r in zip(vals, runs)))}
+                         "seeds_reaching": sum(bool(reaches(task, v, r["rows"]["full"]["metric"]))
+                                               for v, r in zip(vals, runs))}
         p = f"{np.mean(params):,.0f}" + ("" if name == "full" else f" ({np.mean(adapter):,.0f})")
         lines.append(f"| {name} | {np.mean(vals):.4f} ± {summary[name]['sd']:.4f} | "
                      f"{', '.join(f'{v:.4f}' for v in vals)} | {p} | "
@@ -355,7 +355,12 @@ def main(argv=None):
              f"load average at start {os.getloadavg()[0]:.1f}", ""]
     for name in args.tasks.split(","):
         task = TASKS[name]
-        runs = [run_seed(task, s, ranks, energies, out / "pretrained", log) for s in seeds]
+        runs = []
+        for s in seeds:  # each seed's rows are kept, so a stopped run resumes where it stopped
+            path = out / f"{name}-seed{s}.json"
+            if not path.is_file():
+                path.write_text(json.dumps(run_seed(task, s, ranks, energies, out / "pretrained", log), indent=1))
+            runs.append(json.loads(path.read_text()))
         lines, summary = summarise(task, runs)
         (out / f"{name}.json").write_text(json.dumps({"task": task.__dict__, "runs": runs, **summary}, indent=1))
         table += lines + [""]
