@@ -216,7 +216,7 @@ def train(model, data: Data, steps: int, lr: float, tracker: RankTracker | None 
         opt.step()
         if tracker is not None:
             tracker.record(step, loss)
-    return data.evaluate(model)
+    return data.evaluate(model) if data.test is not None else float("nan")
 
 
 def build(task: Task, seed: int):
