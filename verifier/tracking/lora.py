@@ -48,7 +48,7 @@ LOSS_FALL = 0.01  # relative fall of the loss over the tail that counts as "the 
 HEAD_MOVED = 0.1  # a head moved when ||dM_h||_F >= this share of the largest head's of the same product
 # A head's rank counts the directions of its change whose singular value is >= 10% of its largest. The tracker's
 # numerical rank (1%) is the wrong scale here: Adam's per-step noise fills most of a head's 2k directions above
-# 1% within a short fine-tune (measured on the vit-digits transfer of docs/LORA.md: 26-30 of 32 in every head),
+# 1% within a short fine-tune (measured in a 150-step fine-tune of docs/LORA.md's digits task: 26-30 of 32),
 # so a rank "gained" at 1% is noise; at 10% it is a direction that carries weight (rank-increments' level, §6).
 HEAD_RANK_RTOL = 0.1
 HISTORY_FILE = "rank-history.npz"
