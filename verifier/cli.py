@@ -131,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
                                   "reports/<timestamp>, with reports/latest linking to it)")
 
+    rl = sub.add_parser("recommend-lora", help="LoRA ranks per module from a tracked full fine-tune (or two "
+                                               "checkpoints): DIR/lora-config.json, recommendation.json, report.html")
+    rl.add_argument("run", nargs="?", metavar="RUN", help="a run's output folder (holding rank-tracking/"
+                                                           "rank-history.npz) or a rank-history.npz")
+    rl.add_argument("--before", help="checkpoint before the fine-tune (with --after, instead of RUN)")
+    rl.add_argument("--after", help="checkpoint after the fine-tune")
+    rl.add_argument("--energy", help="share of each module's ||dW||_F^2 the rank must hold (default 0.9)")
+    rl.add_argument("--lora-alpha", help="lora_alpha of every module (default 16)")
+    rl.add_argument("--max-rank", help="the largest rank recommended (default: none)")
+    rl.add_argument("--tail", help="share of the records the saturation signal reads (default 0.25)")
+    rl.add_argument("--targets", help="a regular expression the module names must contain (default: every module)")
+    rl.add_argument("--out", help="output folder (default RUN/lora-recommendation; required with --before/--after)")
+
     sub.add_parser("presets", help="list presets and every default")
     sub.add_parser("checks", help="list check ids and the claims they test")
 
@@ -293,6 +306,15 @@ def _track_compare(args, argv) -> int:
             shown_matrices(history, heads, "--heads")  # an unknown label: exit 2, before any work
     output = OutputSet.for_out(args.out)
     return _write(output, lambda: compare_runs(runs, sources, heads, argv=["verifier", *argv]))
+
+
+def _recommend_lora(args) -> int:
+    from .results import Verdict
+    from .tracking.lora_command import run_recommend_lora
+
+    rec, paths = run_recommend_lora(args)
+    _say(rec.table(), f"wrote {', '.join(str(p) for p in paths)}")
+    return EXIT_OK if rec.judgement.verdict is Verdict.PASS else EXIT_INCONCLUSIVE
 
 
 def _write(output, compute) -> int:
@@ -518,7 +540,7 @@ def _main(argv: list[str]) -> int:
                     "track": lambda: _track(args, argv), "track-compare": lambda: _track_compare(args, argv),
                     "presets": _presets,
                     "checks": _checks, "limit": lambda: _limit(args), "report": lambda: _report(args),
-                    "gate": lambda: _gate(args)}
+                    "gate": lambda: _gate(args), "recommend-lora": lambda: _recommend_lora(args)}
         return commands[args.command]()
     except InputError as exc:
         print(f"verifier: error: {_one_line(exc)}", file=sys.stderr)

@@ -36,6 +36,12 @@ class RankHistory:
     ``max_rank[i]`` = min(d1, d2, 2k), the largest rank the change (dA) B^T + A0 (dB)^T can have.
     ``losses`` are the losses passed to ``record`` (NaN where none was). ``finite[t]`` is False where
     record t met a non-finite weight (its spectra are then NaN) or a non-finite loss: training diverged.
+
+    Per module (M distinct weights the products read, :mod:`.modules`; empty for a history without them):
+    ``module_names`` as PEFT matches them, ``module_shapes`` (stored shape), ``module_feeds`` (the products
+    each is a factor of, ``"<product>:a"``/``":b"``), and at the Tm records in ``module_steps``:
+    ``module_norms[t, m]`` = ||W_m - W_m0||_F and ``module_spectra[t, m]`` its singular values (descending,
+    zero padded to the widest module).
     """
 
     names: tuple[str, ...]  # product name per matrix, e.g. "blocks.0.attn.qk"
@@ -49,6 +55,12 @@ class RankHistory:
     finite: np.ndarray  # [T] bool
     # What produced it, JSON-able (set by the callbacks: model, framework, init_scale, every, tracked, record_s)
     info: Mapping[str, Any] = field(default_factory=dict)
+    module_names: tuple[str, ...] = ()
+    module_shapes: tuple[tuple[int, int], ...] = ()
+    module_feeds: tuple[tuple[str, ...], ...] = ()
+    module_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # [Tm]
+    module_spectra: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))  # [Tm, M, r_m]
+    module_norms: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [Tm, M]
 
     @property
     def diverged_step(self) -> int | None:
@@ -74,8 +86,6 @@ class RankHistory:
         """[P] stable rank of each product at the first record."""
         return stable_rank(self.initial_spectra)
 
-
-
     def save(self, path: str | os.PathLike) -> Path:
         """Write one ``.npz`` (no pickle) atomically: a temporary file beside ``path``, renamed into place."""
         path = Path(path)
@@ -99,6 +109,8 @@ class RankHistory:
                 kinds[f.name] = "none"
             elif isinstance(value, Mapping):
                 kinds[f.name], values[f.name] = "json", dict(value)
+            elif isinstance(value, (tuple, list)) and any(isinstance(v, (tuple, list)) for v in value):
+                kinds[f.name], values[f.name] = "nested-tuple", [list(v) for v in value]  # ragged: JSON lists
             elif isinstance(value, (tuple, list, np.ndarray)):
                 array = np.asarray(value)
                 if array.dtype == object:
@@ -163,8 +175,8 @@ def _load(path: Path) -> RankHistory:
     fields = {}
     for f in dataclasses.fields(RankHistory):
         kind = kinds.get(f.name)
-        if kind is None or (kind not in ("none", "json") and f.name not in arrays) or (
-                kind == "json" and f.name not in values):
+        if kind is None or (kind not in ("none", "json", "nested-tuple") and f.name not in arrays) or (
+                kind in ("json", "nested-tuple") and f.name not in values):
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise _error(path, f.name, "missing", "every field of RankHistory that has no default")
             continue  # a field added after this file was written: its default
@@ -174,10 +186,15 @@ def _load(path: Path) -> RankHistory:
             fields[f.name] = values[f.name]
         elif kind == "tuple":
             fields[f.name] = tuple(arrays[f.name].tolist())
+        elif kind == "nested-tuple":
+            rows = values[f.name]
+            if not (isinstance(rows, list) and all(isinstance(r, list) for r in rows)):
+                raise _error(path, f.name, "not a list of lists", "one list per entry")
+            fields[f.name] = tuple(tuple(r) for r in rows)
         elif kind == "array":
             fields[f.name] = arrays[f.name]
         else:
-            raise _error(path, f.name, f"unknown kind {kind!r:.40}", "array, tuple, json or none")
+            raise _error(path, f.name, f"unknown kind {kind!r:.40}", "array, tuple, nested-tuple, json or none")
     _validate(path, fields)
     return RankHistory(**fields)
 
@@ -219,3 +236,32 @@ def _validate(path: Path, f: dict) -> None:
         need(name, not np.any(f[name] < 0), "a negative singular value", "singular values >= 0 (NaN where diverged)")
     info = f.get("info", {})
     need("info", isinstance(info, dict), f"a {type(info).__name__}", "a JSON object")
+    _validate_modules(path, f, need)
+
+
+def _validate_modules(path: Path, f: dict, need) -> None:
+    """The per-module spectra (docs/LORA.md): M modules measured at Tm steps, each spectrum of width r_m."""
+    names = f.get("module_names", ())
+    m = len(names) if isinstance(names, tuple) else -1
+    need("module_names", m >= 0 and all(isinstance(n, str) for n in names), "not a tuple of strings",
+         "one PEFT module name per measured weight")
+    shapes, feeds = f.get("module_shapes", ()), f.get("module_feeds", ())
+    need("module_shapes", isinstance(shapes, tuple) and len(shapes) == m and all(
+        isinstance(s, tuple) and len(s) == 2 and all(isinstance(v, int) and v >= 1 for v in s) for s in shapes),
+         "not one (rows, columns) pair per module", f"{m} pairs of positive integers")
+    need("module_feeds", isinstance(feeds, tuple) and len(feeds) in (0, m) and all(
+        isinstance(r, tuple) and all(isinstance(v, str) for v in r) for r in feeds),
+         "not one tuple of product names per module", f"{m} tuples of strings")
+    steps = f.get("module_steps", np.zeros(0, dtype=np.int64))
+    need("module_steps", isinstance(steps, np.ndarray) and steps.ndim == 1 and (steps.size == 0 or steps.dtype.kind in "iu")
+         and bool(np.all(np.diff(steps) > 0)), "not increasing integers", "the increasing steps of the measurements")
+    tm = steps.size if isinstance(steps, np.ndarray) else 0
+    spectra = f.get("module_spectra", np.zeros((0, 0, 0)))
+    norms = f.get("module_norms", np.zeros((0, 0)))
+    if m == 0 or tm == 0:
+        return
+    need("module_spectra", isinstance(spectra, np.ndarray) and spectra.ndim == 3 and spectra.shape[:2] == (tm, m)
+         and spectra.dtype.kind in "fiu" and not np.any(spectra < 0), f"shape {getattr(spectra, 'shape', None)}",
+         f"[{tm} measurements, {m} modules, r] of singular values >= 0")
+    need("module_norms", isinstance(norms, np.ndarray) and norms.shape == (tm, m) and norms.dtype.kind in "fiu",
+         f"shape {getattr(norms, 'shape', None)}", f"[{tm} measurements, {m} modules]")

@@ -25,7 +25,6 @@ through PEFT adapters (:mod:`.adapters`), DDP and FSDP2 (:mod:`.distributed`: ra
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -41,6 +40,7 @@ from .history import RankHistory
 from .layouts import find_attention, per_head, spec_factors
 from .threads import check_threads, cpu_threads
 from .weights import WeightReader, unwrap
+from .modules import MODULE_EVERY, ModuleSpectra, find_modules
 
 STATE_FORMAT = 1
 
@@ -199,6 +199,8 @@ class RankTracker:
     only when ``step % every == 0`` (and always at its first call, which fixes the reference weights).
     ``device``: where to compute (default: the device of the model's weights). ``threads``: the torch thread
     count of its linear algebra on a CPU (default 1, :mod:`.threads`; restored afterwards).
+    ``module_every``: the per-module spectra of the weight change (:mod:`.modules`, for
+    ``recommend_lora``) on every N-th record (0: none).
 
     The model may be wrapped: PEFT's ``PeftModel`` (adapters read as the effective weight, :mod:`.adapters`),
     ``DistributedDataParallel``, ``DataParallel``, a DeepSpeed engine (ZeRO 0-2), or sharded with FSDP2's
@@ -208,7 +210,8 @@ class RankTracker:
     """
 
     def __init__(self, module: torch.nn.Module, products: Mapping | None = None, *, every: int = 1,
-                 device: str | torch.device | None = None, threads: int | None = None):
+                 device: str | torch.device | None = None, threads: int | None = None,
+                 module_every: int = MODULE_EVERY):
         if isinstance(every, bool) or not (isinstance(every, int) and every >= 1):
             raise InputError("every", f"{every!r} is not a positive integer", "an integer >= 1")
         if not isinstance(module, torch.nn.Module):
@@ -245,6 +248,7 @@ class RankTracker:
         self._loss_given: list[bool] = []
         self._spectra: list[dict[tuple[int, int, int], torch.Tensor]] = []
         self._initial: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._modules = ModuleSpectra(inner, find_modules(inner, tracked), module_every, self.device)
 
     @property
     def tracked(self) -> tuple[Tracked, ...]:
@@ -352,6 +356,7 @@ class RankTracker:
         self._steps.append(step)
         self._losses.append(float("nan") if loss is None else loss)
         self._loss_given.append(loss is not None)
+        self._modules.record(step, len(self._steps) - 1)
 
     def _set_reference(self, reference: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Group the products by shape; factor each group's reference once (:class:`~.factors.ChangeBasis`); the
@@ -421,7 +426,8 @@ class RankTracker:
             max_rank=tuple(max_rank[i] for i, t in enumerate(self._tracked) for _ in range(t.heads)),
             product_rank=tuple(product_rank[i] for i, t in enumerate(self._tracked) for _ in range(t.heads)),
             steps=np.array(self._steps[keep]), losses=losses, delta_spectra=delta,
-            initial_spectra=self._host([self._initial])[0], finite=finite)
+            initial_spectra=self._host([self._initial])[0], finite=finite,
+            **self._modules.fields(since=self._steps[keep][0]))
 
     def state_dict(self) -> dict:
         """Reference weights and history on the CPU (for a checkpoint); :meth:`load_state_dict` restores them
@@ -436,17 +442,20 @@ class RankTracker:
             "shapes": keys,
             "initial": [self._initial[k].cpu() for k in keys] if self._initial else [],
             "spectra": [torch.stack([rec[k] for rec in self._spectra]).cpu() for k in keys] if self._spectra else [],
+            "modules": self._modules.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from :meth:`state_dict` of a tracker of the same model: every key, length, type and shape is
         checked against this tracker's products first (an InputError naming the key; nothing changes then)."""
         state = self._validated(state)
+        self._modules.check_state(state.get("modules"))
         self._last_step = None if state["last_step"] is None else int(state["last_step"])
         self._started = state["reference"] is not None
         self._steps = [int(s) for s in state["steps"]]
         self._losses = [float(v) for v in state["losses"]]
         self._loss_given = [bool(g) for g in state["loss_given"]]
+        self._modules.load_state_dict(state.get("modules"))
         if state["reference"] is None:
             self._reference, self._groups, self._bases, self._initial, self._spectra = None, {}, {}, {}, []
             return

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ... import seeds
-from ...config import COUNT, DEVICES, POSITIVE, SEED_MAX, Allowed, check_choice, resolve_device, validate_fields
+from ...config import COUNT, POSITIVE, SEED_MAX, Allowed, check_choice, resolve_device, validate_fields
 from ...errors import InputError
 
 OPTIMIZERS = ("adam", "sgd")
