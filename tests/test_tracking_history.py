@@ -73,16 +73,16 @@ def _rewrite(path, drop=(), replace=None, meta=None):
 
 def test_a_field_added_later_is_optional_and_unknown_fields_are_ignored(tmp_path):
     """Files written before a field existed (here: no info) load with its default; a file from a later
-    version's extra fields (i27's module spectra) loads here with them ignored."""
+    version's extra fields loads here with them ignored."""
     path = _history().save(tmp_path / "h.npz")
 
     def older(m):
         del m["kinds"]["info"], m["values"]["info"]
-        m["kinds"]["module_spectra"] = "array"
+        m["kinds"]["a_later_field"] = "array"
 
-    edited = _rewrite(path, replace={"module_spectra": np.ones((3, 2, 4))}, meta=older)
+    edited = _rewrite(path, replace={"a_later_field": np.ones((3, 2, 4))}, meta=older)
     loaded = RankHistory.load(edited)
-    assert loaded.info == {} and not hasattr(loaded, "module_spectra")
+    assert loaded.info == {} and not hasattr(loaded, "a_later_field")
     np.testing.assert_array_equal(loaded.delta_spectra, RankHistory.load(path).delta_spectra)
 
 
