@@ -1,0 +1,203 @@
+"""The Hugging Face and Lightning callbacks under torch.distributed (issue 26 item 4): two CPU processes on gloo,
+joined through a file store (no port is opened). Every rank builds the tracker, restores it and calls record() at
+the same steps; rank 0 alone logs and writes. Each run is compared with the same run in one process: the same
+rank-tracking/ history (float64, to 1e-8), written once.
+
+- Lightning, strategy "ddp": the real Trainer. Rank 1 never reads a weight (no measurement, so no collective
+  call from the tracker); ``trainer.log_dir`` (a broadcast) is read on every rank.
+- Lightning, FSDP2: the real Trainer with ``ModelParallelStrategy`` (data-parallel mesh of 2, ``fully_shard`` in
+  ``configure_model``), which runs on CPU with gloo in this Lightning. Every rank reads (gathers) the weights at
+  every record.
+- Hugging Face, DDP: the real Trainer (accelerate's multi-CPU mode wraps the model in DDP) with
+  ``logging_steps=500``, so the callback itself asks the Trainer to log (and so gather) the loss at each record.
+- Hugging Face, FSDP2: accelerate enables FSDP only on accelerators (on CPU its distributed mode is DDP), so a
+  loop drives the callback's hooks as the Trainer does (on_train_begin, on_step_end, on_log when
+  ``control.should_log``, on_save, on_train_end) around a ``fully_shard`` model, and resumes from the saved state
+  file on both ranks halfway.
+
+Before this, the callbacks built the tracker and recorded on the main process only: under FSDP2 rank 0's gathers
+waited for a rank that never came, Lightning's ``trainer.log_dir`` broadcast waited on rank 0, and the Hugging
+Face Trainer gathered the loss on rank 0 only. Here a process group times out after 3 minutes and the test fails
+after 10: a hang is a failure, not a stuck CI job.
+"""
+
+import csv
+import datetime
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                                reason="needs torch.distributed with gloo")
+
+STEPS, EVERY, SAVE, WORLD, BATCH = 6, 2, 4, 2, 8
+RECORDS = (0, 2, 4, 6)
+TIMEOUT = datetime.timedelta(minutes=3)  # a collective that never meets its partner fails after this
+
+
+def _join(rank: int, world: int, store: str) -> None:
+    """One thread; under ``world`` > 1, the environment a launcher (torchrun) gives and the default process group,
+    joined through the file ``store`` (the frameworks find it initialised and use it)."""
+    torch.set_num_threads(1)
+    if world == 1:
+        return
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")  # read, never connected to
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                                         timeout=TIMEOUT)
+
+
+def _count_reads() -> list:
+    """Count this process's reads of the tracked weights (``RankTracker._factors``: a record's measurement, or
+    under FSDP2 its part in the gathers)."""
+    from verifier.tracking.tracker import RankTracker
+
+    reads, original = [], RankTracker._factors
+
+    def counted(self):
+        reads.append(self.last_step)
+        return original(self)
+
+    RankTracker._factors = counted
+    return reads
+
+
+def _outcome(callback, reads, **extra) -> dict:
+    t = callback.tracker
+    out = {"records_here": t.records_here, "n_records": t.n_records, "record_steps": t.record_steps,
+           "reads": list(reads), "sharded": t._sharded(), "written": callback.written, **extra}
+    if t.records_here:
+        h = callback.history()
+        out.update(steps=h.steps, losses=h.losses, delta=h.delta_spectra, initial=h.initial_spectra)
+    return out
+
+
+# --- Lightning -------------------------------------------------------------------------------------------------
+
+def _lightning_module():
+    import lightning.pytorch as pl
+
+    class Encoder(pl.LightningModule):
+        """Two torch encoder layers (2 heads, width 8) and a linear head, in float64; under ModelParallelStrategy
+        each layer and the whole model are sharded with FSDP2 over the data-parallel mesh."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            layer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+            self.model = torch.nn.Sequential(torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                                             torch.nn.Linear(8, 1)).double()
+            self.losses = []  # the loss training_step returned, per step, on this rank
+
+        def configure_model(self):
+            if self.device_mesh is not None:
+                from torch.distributed.fsdp import fully_shard
+
+                mesh = self.device_mesh["data_parallel"]
+                for block in self.model[0].layers:
+                    fully_shard(block, mesh=mesh)
+                fully_shard(self.model, mesh=mesh)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.model(x).squeeze(-1), y)
+            self.losses.append(loss.item())
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(BATCH, 5, 8, generator=g, dtype=torch.float64)
+    return Encoder(), torch.utils.data.TensorDataset(x, x[..., 0] * x[..., 1])
+
+
+def _lightning(rank: int, world: int, mode: str, store: str, out: str) -> None:
+    """``mode``: "single" (one process), "ddp" or "fsdp2"; the global batch is the whole data set (8 samples), so
+    every step of every mode sees the same samples."""
+    _join(rank, world, store)
+    reads = _count_reads()
+    import lightning.pytorch as pl
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    from verifier.tracking.lightning import RankTrackerCallback
+
+    module, data = _lightning_module()
+    loader = torch.utils.data.DataLoader(data, batch_size=BATCH // world)
+    strategy = {"single": "auto", "ddp": lambda: DDPStrategy(process_group_backend="gloo"),
+                "fsdp2": lambda: ModelParallelStrategy(data_parallel_size=world, tensor_parallel_size=1)}[mode]
+    callback = RankTrackerCallback(every=EVERY)
+    trainer = pl.Trainer(max_steps=STEPS, accelerator="cpu", devices=world,
+                         strategy=strategy if isinstance(strategy, str) else strategy(), default_root_dir=out,
+                         logger=pl.loggers.CSVLogger(out), callbacks=[callback], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(module, loader)
+    torch.save(_outcome(callback, reads, returned=module.losses, log_dir=trainer.log_dir), f"{out}/rank{rank}.pt")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def lightning_single(tmp_path_factory):
+    pytest.importorskip("lightning.pytorch")
+    out = tmp_path_factory.mktemp("single")
+    _lightning(0, 1, "single", "", str(out))
+    return torch.load(out / "rank0.pt", weights_only=False)
+
+
+def _needs_fsdp2():
+    from torch.distributed import fsdp
+
+    if not hasattr(fsdp, "fully_shard"):
+        pytest.skip("this torch has no torch.distributed.fsdp.fully_shard (FSDP2)")
+
+
+def _assert_once_and_alike(rank0: dict, rank1: dict, single: dict, mode: str) -> None:
+    """Recorded once (rank 0), at the same steps on both ranks, with the single process's spectra; under DDP
+    rank 1 read no weight, under FSDP2 it took part in every record's gathers."""
+    assert (rank0["records_here"], rank1["records_here"]) == (True, False)
+    assert (rank0["n_records"], rank1["n_records"]) == (len(RECORDS), 0)
+    assert rank0["record_steps"] == rank1["record_steps"] == single["record_steps"] == RECORDS
+    assert rank0["reads"] == list(RECORDS)
+    assert rank1["reads"] == (list(RECORDS) if mode == "fsdp2" else [])
+    assert rank0["sharded"] == rank1["sharded"] == (mode == "fsdp2")
+    assert rank1["written"] is None
+    np.testing.assert_array_equal(rank0["steps"], RECORDS)
+    np.testing.assert_allclose(rank0["initial"], single["initial"], rtol=1e-10, atol=1e-12)
+    assert single["delta"][-1, :, 0].min() > 1e-3  # the weights did change
+    np.testing.assert_allclose(rank0["delta"], single["delta"], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_lightning_on_two_processes_records_the_history_of_one_once(mode, tmp_path, lightning_single, spawn_ranks):
+    if mode == "fsdp2":
+        _needs_fsdp2()
+    spawn_ranks(_lightning, (WORLD, mode, str(tmp_path / "store"), str(tmp_path)), WORLD)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    single = lightning_single
+    _assert_once_and_alike(rank0, rank1, single, mode)
+
+    # the two ranks together trained as the one process did; each record carries rank 0's own loss (its half of
+    # the batch), the reference the first step's
+    np.testing.assert_allclose((np.array(rank0["returned"]) + rank1["returned"]) / 2, single["returned"], rtol=1e-10)
+    loss_at = [0, *[s - 1 for s in RECORDS[1:]]]  # a loss tensor reaches the host in float32 (RankTracker.history)
+    np.testing.assert_allclose(rank0["losses"], np.array(rank0["returned"])[loss_at], rtol=1e-6)
+    np.testing.assert_allclose(single["losses"], np.array(single["returned"])[loss_at], rtol=1e-6)
+
+    # written once, by rank 0, into the run's log folder; logged once per record step
+    log_dir = Path(rank0["log_dir"])
+    assert rank1["log_dir"] == rank0["log_dir"] and log_dir == tmp_path / "lightning_logs" / "version_0"
+    assert rank0["written"] == log_dir / "rank-tracking"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("rank-tracking")) == [
+        Path("lightning_logs/version_0/rank-tracking")]
+    assert sorted(p.name for p in log_dir.iterdir()) == ["metrics.csv", "rank-tracking"]  # no temporary folder left
+    from verifier.tracking import RankHistory
+
+    saved = RankHistory.load(log_dir / "rank-tracking" / "rank-history.npz")
+    np.testing.assert_array_equal(saved.delta_spectra, rank0["delta"])
+    rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
+    tag = "rank/model.0.layers.0.self_attn.qk"
+    assert [int(r["step"]) for r in rows if r.get(tag)] == list(RECORDS[1:])
