@@ -50,10 +50,14 @@ def _join(rank: int, world: int, store: str) -> None:
                                          timeout=TIMEOUT)
 
 
-def _count_reads() -> list:
-    """Count this process's reads of the tracked weights (``RankTracker._factors``: a record's measurement, or
-    under FSDP2 its part in the gathers)."""
+def _count_reads(world: int) -> list:
+    """The steps at which this spawned process read the tracked weights (``RankTracker._factors``: a record's
+    measurement, or under FSDP2 its part in the gathers); in the test process itself (``world`` 1) nothing is
+    patched."""
     from verifier.tracking.tracker import RankTracker
+
+    if world == 1:
+        return []
 
     reads, original = [], RankTracker._factors
 
@@ -119,7 +123,7 @@ def _lightning(rank: int, world: int, mode: str, store: str, out: str) -> None:
     """``mode``: "single" (one process), "ddp" or "fsdp2"; the global batch is the whole data set (8 samples), so
     every step of every mode sees the same samples."""
     _join(rank, world, store)
-    reads = _count_reads()
+    reads = _count_reads(world)
     import lightning.pytorch as pl
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
@@ -201,3 +205,154 @@ def test_lightning_on_two_processes_records_the_history_of_one_once(mode, tmp_pa
     rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
     tag = "rank/model.0.layers.0.self_attn.qk"
     assert [int(r["step"]) for r in rows if r.get(tag)] == list(RECORDS[1:])
+
+
+# --- Hugging Face ----------------------------------------------------------------------------------------------
+
+def _gpt2():
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=13, n_positions=8, resid_pdrop=0.0,
+                                     embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).double()
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randint(0, 13, (BATCH, 8), generator=torch.Generator().manual_seed(1))
+
+
+def _hf_trainer(rank: int, world: int, store: str, out: str) -> None:
+    """The Trainer on the whole data set (8 sequences) per step: one process, or DDP over ``world`` (accelerate's
+    multi-CPU mode); ``logging_steps=500``, so every record's loss is logged because the callback asks for it."""
+    _join(rank, world, store)
+    reads = _count_reads(world)
+    import transformers
+
+    from verifier.tracking.hf import RankTrackerCallback
+
+    args = transformers.TrainingArguments(output_dir=out, max_steps=STEPS, per_device_train_batch_size=BATCH // world,
+                                          learning_rate=3e-3, logging_steps=500, save_steps=SAVE, report_to=[],
+                                          use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    callback = RankTrackerCallback(every=EVERY)
+    trainer = transformers.Trainer(model=_gpt2(), args=args, train_dataset=[{"input_ids": x, "labels": x}
+                                                                          for x in _tokens()], callbacks=[callback])
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer.train()
+    logged = [e["step"] for e in trainer.state.log_history if any(k.startswith("rank/") for k in e)]
+    torch.save(_outcome(callback, reads, logged=logged, wrapped=type(trainer.model_wrapped).__name__),
+               f"{out}/rank{rank}.pt")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _hf_hooks(rank: int, world: int, store: str, out: str) -> None:
+    """An FSDP2 (``fully_shard``) training loop driving the callback through transformers' own CallbackHandler and
+    DefaultFlowCallback, as the Trainer does: on_train_begin; after each optimizer step on_step_end, then, when
+    ``control.should_log``, the loss averaged over the ranks (the Trainer gathers it) to on_log, when
+    ``control.should_save`` on_save. The job stops after the save at step SAVE; a second callback resumes there,
+    on every rank from the state file rank 0 saved, and runs to the end (on_train_end writes the set)."""
+    _join(rank, world, store)
+    reads = _count_reads(world)
+    import transformers
+    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback, TrainerControl, TrainerState
+
+    from verifier.tracking.hf import RankTrackerCallback
+
+    model = _gpt2()
+    if world > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    tokens = _tokens().chunk(world)[rank]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    args = transformers.TrainingArguments(output_dir=out, max_steps=STEPS, logging_steps=500, save_steps=SAVE,
+                                          report_to=[], use_cpu=True)
+    flags, callbacks = [], []
+
+    def run(first: int, last: int) -> None:
+        callback = RankTrackerCallback(every=EVERY, log=False)
+        callbacks.append(callback)
+        handler = CallbackHandler([DefaultFlowCallback(), callback], model, None, opt, None)
+        state = TrainerState(global_step=first, max_steps=STEPS, logging_steps=500, save_steps=SAVE,
+                             is_world_process_zero=rank == 0, is_local_process_zero=rank == 0)
+        control = handler.on_train_begin(args, state, TrainerControl())
+        while state.global_step < last:
+            loss = model(tokens, labels=tokens).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            state.global_step += 1
+            control = handler.on_step_end(args, state, control)
+            flags.append((state.global_step, control.should_log, control.should_save))
+            if control.should_log:
+                mean = loss.detach().clone()
+                if world > 1:
+                    torch.distributed.all_reduce(mean)
+                control = handler.on_log(args, state, control, {"loss": (mean / world).item()})
+            if control.should_save:
+                control = handler.on_save(args, state, control)
+        if last == STEPS:
+            handler.on_train_end(args, state, control)
+
+    run(0, SAVE)
+    if world > 1:
+        torch.distributed.barrier()  # the next job starts after this one saved
+    run(SAVE, STEPS)
+    torch.save(_outcome(callbacks[-1], reads, flags=flags, first_written=callbacks[0].written), f"{out}/rank{rank}.pt")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def hf_single(tmp_path_factory):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    runs = {}
+
+    def run(fn):
+        if fn not in runs:
+            out = tmp_path_factory.mktemp("single")
+            fn(0, 1, "", str(out))
+            runs[fn] = torch.load(out / "rank0.pt", weights_only=False)
+        return runs[fn]
+
+    return run
+
+
+def test_hf_trainer_ddp_on_two_processes_records_the_history_of_one_once(tmp_path, hf_single, spawn_ranks):
+    """The Trainer logs (and gathers) the loss where the callback asks for it, on every rank alike: asked on rank
+    0 only, as before, rank 0 waited in the gather for a rank that never came."""
+    single = hf_single(_hf_trainer)
+    spawn_ranks(_hf_trainer, (WORLD, str(tmp_path / "store"), str(tmp_path)), WORLD)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    assert rank0["wrapped"] == rank1["wrapped"] == "DistributedDataParallel"
+    _assert_once_and_alike(rank0, rank1, single, "ddp")
+    assert np.isfinite(rank0["losses"]).all()  # every record, the reference too, carries the Trainer's loss
+    np.testing.assert_allclose(rank0["losses"], single["losses"], rtol=1e-4)  # the mean over both ranks
+    assert rank0["logged"] == single["logged"] == list(RECORDS[1:]) and rank1["logged"] == []
+    assert rank0["written"] == tmp_path / "rank-tracking"
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("rank-tracking")] == [Path("rank-tracking")]
+    assert (tmp_path / f"checkpoint-{SAVE}" / "rank_tracker.pt").is_file()
+
+
+def test_hf_callback_hooks_under_fsdp2_on_two_processes_with_a_resume(tmp_path, hf_single, spawn_ranks):
+    """Every rank takes part in each record's gathers, asks the Trainer to log at the same steps, and restores
+    the state file on resume (a rank starting a fresh history there would gather alone)."""
+    _needs_fsdp2()
+    single = hf_single(_hf_hooks)
+    spawn_ranks(_hf_hooks, (WORLD, str(tmp_path / "store"), str(tmp_path)), WORLD)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
+    _assert_once_and_alike(rank0, rank1, single, "fsdp2")
+    assert rank0["flags"] == rank1["flags"] == single["flags"]
+    assert [s for s, log, _ in rank0["flags"]] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, log, _ in rank0["flags"] if log] == [1, 2, 4, 6]  # the reference's loss, then each record's
+    np.testing.assert_allclose(rank0["losses"], single["losses"], rtol=1e-6)  # stored in float32 (the state file)
+    assert rank0["first_written"] is None and rank0["written"] == tmp_path / "rank-tracking"
+    assert [p.relative_to(tmp_path) for p in tmp_path.rglob("rank-tracking")] == [Path("rank-tracking")]
+    assert sorted(p.name for p in (tmp_path / f"checkpoint-{SAVE}").iterdir()) == ["rank-history.npz",
+                                                                                  "rank_tracker.pt"]
