@@ -21,6 +21,7 @@ Face Trainer gathered the loss on rank 0 only. Here a process group times out af
 after 10: a hang is a failure, not a stuck CI job.
 """
 
+import contextlib
 import csv
 import datetime
 import os
@@ -29,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from verifier.errors import InputError
 
 pytestmark = pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
                                 reason="needs torch.distributed with gloo")
@@ -356,3 +359,60 @@ def test_hf_callback_hooks_under_fsdp2_on_two_processes_with_a_resume(tmp_path, 
     assert [p.relative_to(tmp_path) for p in tmp_path.rglob("rank-tracking")] == [Path("rank-tracking")]
     assert sorted(p.name for p in (tmp_path / f"checkpoint-{SAVE}").iterdir()) == ["rank-history.npz",
                                                                                   "rank_tracker.pt"]
+
+
+# --- what a rank that does not record does, in one process (rank 1 simulated) ----------------------------------
+
+def test_a_rank_that_does_not_record_keeps_only_the_steps_of_a_restored_state(monkeypatch):
+    """It measures nothing, so it holds no reference weights; it knows the run's record steps, so a callback on it
+    decides as on rank 0 (a fresh history records a reference, a restored one does not)."""
+    from verifier.tracking import RankTracker, distributed
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(8, 2)
+    main = RankTracker(mha, every=EVERY)
+    for step in range(5):
+        main.record(step)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    other = RankTracker(mha, every=EVERY)
+    other.load_state_dict(main.state_dict())
+    assert other.record_steps == main.record_steps == (0, 2, 4) and other.last_step == main.last_step == 4
+    assert other.n_records == 0 and other._reference is None and other._bases == {}
+    assert other.record(5) is False and other.record(6) is False and main.record(6) is True
+    assert other.record_steps == main.record_steps == (0, 2, 4, 6)
+    with pytest.raises(RuntimeError, match=r"rank 1\) does not record; rank 0 does"):
+        other.history()
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_only_rank_0_checks_the_output_folder_and_writes(tmp_path, monkeypatch, blocked):
+    """The Hugging Face callback's hooks on a rank other than 0: the folder is neither probed nor created (a bad
+    one is rank 0's to refuse), the tracker is built and takes part in the records, nothing is saved or written."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.trainer_callback import TrainerControl, TrainerState
+
+    from verifier.tracking import distributed
+    from verifier.tracking.hf import RankTrackerCallback
+
+    folder = tmp_path / "out"
+    if blocked:
+        folder.write_text("a regular file: refused on rank 0")
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    callback = RankTrackerCallback(every=EVERY, log=False, output_dir=folder)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True,
+                                          logging_steps=500)
+    state, control = TrainerState(is_world_process_zero=False), TrainerControl()
+    callback.on_train_begin(args, state, control, model=_gpt2())
+    for step in range(1, 5):
+        state.global_step = step
+        callback.on_step_end(args, state, control)
+        callback.on_log(args, state, control, logs={"loss": 1.0})
+    callback.on_save(args, state, control)
+    callback.on_train_end(args, state, control)
+    assert callback.tracker.record_steps == RECORDS[:3] and callback.tracker.n_records == 0
+    assert callback.written is None and not (tmp_path / "run").exists()
+    assert folder.is_file() if blocked else not folder.exists()
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    with pytest.raises(InputError, match=r"^output_dir: ") if blocked else contextlib.nullcontext():
+        RankTrackerCallback(every=EVERY, log=False, output_dir=folder).on_train_begin(args, TrainerState(), control,
+                                                                                      model=_gpt2())
