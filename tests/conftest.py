@@ -8,9 +8,12 @@
 * ``zero_loss_context``: a realisable teacher whose first coordinate to activate is not in its support: it
   leaves at the zero-loss last stage (assumption-4.2's ``zero-loss-last-stage``; THEORY.md §5.3), and
   theorem-4.5's beta error on the last plateau converges only like 1/log(1/alpha) (the adaptive ladder).
+* ``spawn_ranks``: runs a function in several spawned processes (torch.distributed tests), failing, never
+  hanging, when they do not finish in minutes.
 """
 
 import os
+import time
 
 import pytest
 import torch
@@ -94,3 +97,27 @@ def valley_context() -> Context:
     ctx = Context(RunConfig(preset=None, model="diag-linear", horizon=3.0), model=model, argv=["test"])
     ctx.__dict__["stages"] = StageSequence(tuple(stages), "complete", "hand-built valley stages", gtol=1e-8)
     return ctx
+
+
+@pytest.fixture
+def spawn_ranks():
+    """``spawn_ranks(fn, args, world, minutes=10)`` runs ``fn(rank, *args)`` in ``world`` processes started with
+    "spawn" (``fn`` at a test module's top level); a process that raises fails the test with its traceback (the
+    others are stopped), and processes still running after ``minutes`` fail it too (stopped, never waited for)."""
+
+    def run(fn, args: tuple, world: int, minutes: float = 10) -> None:
+        import torch.multiprocessing as mp
+
+        context = mp.start_processes(fn, args=args, nprocs=world, join=False, start_method="spawn")
+        deadline = time.monotonic() + 60 * minutes
+        try:
+            while not context.join(timeout=5):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{getattr(fn, '__name__', fn)}: the {world} processes did not finish in "
+                                f"{minutes:g} minutes")
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+
+    return run

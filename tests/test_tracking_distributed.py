@@ -5,7 +5,6 @@ and DeepSpeed ZeRO-3 are refused by name."""
 
 import datetime
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -121,21 +120,9 @@ def _train(rank: int, world: int, mode: str, store: str, out: str, lora: bool = 
         torch.distributed.destroy_process_group()
 
 
-def _spawn(mode: str, tmp_path, lora: bool = False) -> list[dict]:
-    """Run ``_train`` in WORLD spawned processes; fail (never hang) if they have not finished in minutes."""
-    import torch.multiprocessing as mp
-
-    context = mp.start_processes(_train, args=(WORLD, mode, str(tmp_path / "store"), str(tmp_path), lora),
-                                 nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + 600
-    try:
-        while not context.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"{mode}: the {WORLD} processes did not finish in 10 minutes")
-    finally:
-        for p in context.processes:
-            if p.is_alive():
-                p.terminate()
+def _spawn(spawn_ranks, mode: str, tmp_path, lora: bool = False) -> list[dict]:
+    """Run ``_train`` in WORLD spawned processes (failing, never hanging, if they have not finished in minutes)."""
+    spawn_ranks(_train, (WORLD, mode, str(tmp_path / "store"), str(tmp_path), lora), WORLD)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
@@ -164,13 +151,13 @@ def _needs_fsdp2():
 @pytest.mark.parametrize("mode, lora", [("ddp", False), ("fsdp2", False),
                                         pytest.param("fsdp2", True, marks=pytest.mark.slow)],  # imports peft x 3
                          ids=["ddp", "fsdp2", "fsdp2-lora"])
-def test_two_gloo_processes_record_the_history_of_one_once(mode, lora, tmp_path, one_process):
+def test_two_gloo_processes_record_the_history_of_one_once(mode, lora, tmp_path, one_process, spawn_ranks):
     if mode == "fsdp2":
         _needs_fsdp2()
     if lora:
         pytest.importorskip("peft")
     single = one_process(lora)
-    rank0, rank1 = _spawn(mode, tmp_path, lora)
+    rank0, rank1 = _spawn(spawn_ranks, mode, tmp_path, lora)
     assert rank0["names"] == rank1["names"] == single["names"] == [
         f"layers.{i}.{'' if lora else 'self_attn.'}{p}" for i in range(2) for p in ("qk", "vo")]
     assert rank0["sharded"] == rank1["sharded"] == (mode == "fsdp2")

@@ -4,9 +4,9 @@
     trainer = Trainer(model, args, train_dataset=..., callbacks=[RankTrackerCallback(every=10)])
     trainer.train()      # then <output_dir>/rank-tracking/: results.json, report.html, rank-history.npz
 
-On the main process only. When training begins the output folder is checked (an InputError naming
-``output_dir``, or ``TrainingArguments.output_dir`` for the default, before the first step) and the tracker is
-built (the model's attention found as ``RankTracker(model)`` finds it, or ``products=``). It records at the
+When training begins the output folder is checked (an InputError naming ``output_dir``, or
+``TrainingArguments.output_dir`` for the default, before the first step) and the tracker is built (the model's
+attention found as ``RankTracker(model)`` finds it, or ``products=``). It records at the
 end of every ``every``-th optimizer step. Each record takes the training loss the Trainer logs at that step:
 where ``logging_steps`` would not log there, the callback asks the Trainer to (``control.should_log``), so every
 record carries the mean training loss since the previous log, and the reference record (the initial weights)
@@ -18,6 +18,11 @@ get them at the record steps. At each checkpoint the tracker's state is saved ne
 ``trainer.train(resume_from_checkpoint=...)`` continues the history (the file is read with
 ``weights_only=True``; a damaged one is an InputError naming it). At the end both checks are judged and
 written to ``<output_dir>/rank-tracking/`` (``output_dir=`` to change).
+
+Distributed (DDP, FSDP2; :mod:`.session`): every process builds the tracker, restores it from the checkpoint and
+calls ``record()`` at the same steps, and sets ``control.should_log`` alike (the Trainer gathers the loss across
+processes when it logs); the main process (rank 0) alone checks the folder, logs the ranks, saves the state file
+and writes the set.
 """
 
 from __future__ import annotations
@@ -78,8 +83,6 @@ class RankTrackerCallback(TrackingCallback, TrainerCallback):
         self._trainer, self._log_loss = None, True
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
         session = self.session
         if self.write:
             folder, flag = ((self.output_dir, "output_dir") if self.output_dir is not None
@@ -92,9 +95,9 @@ class RankTrackerCallback(TrackingCallback, TrainerCallback):
             saved = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
             if saved.is_file():
                 session.load_file(saved)
-            else:
+            else:  # on every process that misses it: they must all restore the same state
                 session.warn_once("resume", f"resumed at step {state.global_step} without {saved}: the rank history "
-                                  "starts again here, measuring the change from the resumed weights")
+                                  "starts again here, measuring the change from the resumed weights", every_rank=True)
         if self.log is not None:
             self._trainer = _calling_trainer(self)
             if self._trainer is None:
@@ -107,30 +110,30 @@ class RankTrackerCallback(TrackingCallback, TrainerCallback):
         session.start(model, state.global_step, model=model_title(model), framework="transformers")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
         if self._log_loss and self.session.reference_step() == state.global_step - 1:
             control.should_log = True  # the loss of the step after the reference: the initial weights' loss
         if state.global_step % self.session.every:
             return
-        if self.session.record(state.global_step):
-            if self._trainer is not None:
+        if self.session.record(state.global_step):  # on every process alike
+            wanted = control.should_log
+            if self._trainer is not None and self.tracker.records_here:
                 self._trainer.log(self.session.logged_ranks(self.log))  # its on_log resets control.should_log
-            if self._log_loss:  # the Trainer logs its loss at this step; on_log attaches it to the record
-                control.should_log = True
+            # the Trainer logs its loss at this step (on_log attaches it to the record), and on every process: it
+            # gathers the loss, so a flag set on one process only would leave the others waiting
+            control.should_log = wanted or self._log_loss
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.tracker is not None and logs and "loss" in logs:
+        if self.session.records_here and self.tracker is not None and logs and "loss" in logs:
             self.session.set_loss(state.global_step, float(logs["loss"]))
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and self.tracker is not None and self.tracker.n_records:
+        if self.tracker is not None and self.tracker.records_here and self.tracker.n_records:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(self.tracker.state_dict(), folder / STATE_FILE)
             self.history().save(folder / HISTORY_FILE)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.write and state.is_world_process_zero and self.tracker is not None and self.tracker.n_records:
+        if self.write and self.tracker is not None and self.tracker.records_here and self.tracker.n_records:
             self.session.write("transformers")
             self.written = self.session.folder

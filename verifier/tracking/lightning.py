@@ -4,7 +4,7 @@
     trainer = lightning.Trainer(max_steps=1000, callbacks=[RankTrackerCallback(every=10)])
     trainer.fit(module, data)      # then <trainer.log_dir>/rank-tracking/: results.json, report.html, rank-history.npz
 
-On global rank 0 only. When training begins the output folder is checked (an InputError naming
+When training begins the output folder is checked (an InputError naming
 ``output_dir``, or ``Trainer.log_dir`` for the default, before the first step) and the tracker is built on
 the LightningModule. It records in ``on_train_batch_end`` after every ``every``-th optimizer step with the
 step's loss (``training_step``'s returned loss; a warning, once, when there is none), and sends the stable
@@ -15,6 +15,11 @@ ckpt_path=...)`` continues the history. At the end both checks are judged and wr
 ``<trainer.log_dir>/rank-tracking/`` (the logger's version folder; ``default_root_dir`` without a logger;
 ``output_dir=`` to change). The report's title is the model inside the LightningModule that holds every
 tracked attention module (``GPT2LMHeadModel in MyModule``).
+
+Distributed (strategy "ddp", or FSDP2 through ``ModelParallelStrategy``; :mod:`.session`): every process builds
+the tracker, restores it from the checkpoint and calls ``record()`` at the same steps (``trainer.log_dir``, a
+broadcast, is read on every process too); global rank 0 alone checks the folder, logs, and writes the set. The
+loss recorded is the one ``training_step`` returns on rank 0: its share of the batch.
 """
 
 from __future__ import annotations
@@ -62,9 +67,7 @@ class RankTrackerCallback(TrackingCallback, Callback):
         self._restored: dict | None = None  # the tracker state of the checkpoint resumed from, applied at the start
 
     def on_train_start(self, trainer, pl_module):
-        if not trainer.is_global_zero:
-            return
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a broadcast from rank 0: on every process
         folder, flag = ((self.output_dir, "output_dir") if self.output_dir is not None
                         else (log_dir / FOLDER, "Trainer.log_dir"))
         self.session.prepare(folder, flag)
@@ -78,29 +81,32 @@ class RankTrackerCallback(TrackingCallback, Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if not trainer.is_global_zero or self.tracker is None:
+        if self.tracker is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if step % self.session.every:
-            if loss is not None and self.session.reference_step() == step - 1:
+            if loss is not None and self.session.reference_step() == step - 1 and self.tracker.records_here:
                 self.session.set_loss(step, loss)  # the first step's loss, computed on the reference weights
             return
         if loss is None:
             self.session.warn_once("loss", "RankTrackerCallback: training_step returned no loss, so records carry "
                                    "none and runs at several init scales cannot be compared at matched loss; return "
                                    "the loss (or a dict with 'loss')")
-        if self.session.record(step, loss) and self.log is not None:
+        if self.session.record(step, loss) and self.log is not None and self.tracker.records_here:
             metrics = self.session.logged_ranks(self.log)
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
 
     def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero and self.tracker is not None and self.tracker.n_records:
+        if self.tracker is not None and self.tracker.records_here and self.tracker.n_records:
             self.session.write("lightning")
             self.written = self.session.folder
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tracker": None if self.tracker is None else self.tracker.state_dict()}
+        """The tracker's state where it records (rank 0, whose checkpoint is the one written); every rank loads it
+        on resume."""
+        recording = self.tracker is not None and self.tracker.records_here
+        return {"tracker": self.tracker.state_dict() if recording else None}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored = state_dict.get("tracker")

@@ -1,7 +1,14 @@
 """What the training-framework callbacks share (:mod:`.hf`, :mod:`.lightning`): the output folder checked
-when training begins, a tracker built then on the main process (its state restored from a checkpoint, the
-file named on any error), records every N steps, and at the end both checks written to
-``<the run's folder>/rank-tracking/`` (results.json, report.html, rank-history.npz; :mod:`.output_set`)."""
+when training begins, a tracker built then (its state restored from a checkpoint, the file named on any
+error), records every N steps, and at the end both checks written to ``<the run's folder>/rank-tracking/``
+(results.json, report.html, rank-history.npz; :mod:`.output_set`).
+
+Under ``torch.distributed`` (docs/TRACKING.md, "Distributed training") the tracker is built, restored and
+called at the same steps on every rank, since under FSDP2 reading a weight is a collective; every decision a
+callback takes that changes the framework's control flow (the Hugging Face Trainer's ``should_log``, which
+gathers the loss) is taken from what every rank knows alike (:attr:`RankTracker.record_steps`). Only where
+the tracker records (rank 0) is the output folder checked, a loss attached, a logger or TensorBoard written,
+a checkpoint file saved and the output set written."""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..results import RunResults
+from . import distributed
 from .checks import rank_checks
 from .figures import shown_matrices
 from .history import RankHistory
@@ -67,16 +75,23 @@ class TrackingSession:
         self._warned: set[str] = set()
         self.record_s = 0.0  # wall time inside RankTracker.record (host time: on a GPU, launch time)
 
-    def warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
+    @property
+    def records_here(self) -> bool:
+        """Whether this process records (rank 0 of the default process group; the only process without one)."""
+        return self.tracker.records_here if self.tracker is not None else distributed.rank() == 0
+
+    def warn_once(self, key: str, message: str, every_rank: bool = False) -> None:
+        """Warn once, on the recording process (``every_rank``: on each process, for what differs by rank)."""
+        if key not in self._warned and (every_rank or self.records_here):
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
 
     def prepare(self, folder: str | Path | None, flag: str) -> None:
-        """Check the output folder now, when training begins (InputError naming ``flag``), not at its end."""
+        """Check the output folder now, when training begins (InputError naming ``flag``), not at its end; only
+        where the set will be written (rank 0), so that no two processes probe the same folder."""
         # absolute now: a chdir during training cannot move the output
         self.folder, self.flag = (None if folder is None else Path(os.path.abspath(folder))), flag
-        if self.folder is not None:
+        if self.folder is not None and self.records_here:
             check_folder(self.folder, flag)
 
     def load_file(self, path: Path) -> None:
@@ -109,28 +124,30 @@ class TrackingSession:
                              "the state a RankTrackerCallback saved for this model") from None
 
     def start(self, module: torch.nn.Module, step: int, **info: Any) -> None:
-        """Build the tracker (restoring a loaded state) and, on a fresh history, record the reference.
-        ``info``: what the history's ``info`` says about the run (model title, framework)."""
+        """Build the tracker (restoring a loaded state) and, on a fresh history, record the reference (on every
+        rank: under FSDP2 a collective). ``info``: what the history's ``info`` says about the run (model title,
+        framework)."""
         if self.tracker is None:
             self.tracker = RankTracker(module, self.products, every=self.every)
         if self._pending is not None:
             state, source = self._pending
             self._pending = None
             self._apply(state, source)
-        if self.tensorboard is not None and self.sink is None:
+        if self.tensorboard is not None and self.sink is None and self.records_here:
             self.sink = TensorBoardSink(self.tensorboard, scalars=False)
         parameter = next(module.parameters())
         self.info = {**info, "init_scale": self.init_scale, "every": self.every,
                      "tracked": self.tracker.describe().splitlines(), "device": str(self.tracker.device),
                      "dtype": str(parameter.dtype)}
-        if not self.tracker.n_records:
+        if self.tracker.last_step is None:  # a fresh history (a restored one has steps, on every rank alike)
             self.record(step)
-        if self.heads is not None:
+        if self.heads is not None and self.records_here:
             shown_matrices(self.tracker.history(last=1), self.heads)  # an unknown label: InputError now
 
     def record(self, step: int, loss=None) -> bool:
         """Record at ``step`` when it is a new multiple of ``every`` (a repeated step, as under gradient
-        accumulation, is skipped); write the spectra to TensorBoard."""
+        accumulation, is skipped); write the spectra to TensorBoard. Returns whether the run recorded at
+        ``step``, the same on every rank (rank 0 measured; the others took part or returned at once)."""
         t = self.tracker
         if t is None or (t.last_step is not None and step <= t.last_step):
             return False
@@ -139,12 +156,13 @@ class TrackingSession:
         self.record_s += time.perf_counter() - start
         if done and self.sink is not None:
             self.sink.write(t)
-        return done
+        return t.record_steps[-1:] == (step,)
 
     def reference_step(self) -> int | None:
-        """The step of the reference record while it is the only one (its loss not yet known), else None."""
-        t = self.tracker
-        return t.last_step if t is not None and t.n_records == 1 and t.last_step is not None else None
+        """The step of the reference record while it is the only one (its loss not yet known), else None; the
+        same on every rank."""
+        steps = () if self.tracker is None else self.tracker.record_steps
+        return steps[0] if len(steps) == 1 else None
 
     def set_loss(self, step: int, loss) -> None:
         """The training loss logged at ``step``: that record's; or, the step after the reference record, the
@@ -167,7 +185,7 @@ class TrackingSession:
         return {f"rank/{k}": float(v) for k, v in pairs if np.isfinite(v)}
 
     def history(self) -> RankHistory:
-        if self.tracker is None or not self.tracker.n_records:
+        if self.tracker is None or (self.tracker.records_here and not self.tracker.n_records):
             raise RuntimeError("RankTrackerCallback.results(): training has not started (nothing recorded)")
         return replace(self.tracker.history(), info={**self.info, "record_s": round(self.record_s, 6)})
 

@@ -243,7 +243,8 @@ class RankTracker:
         self._groups: dict[tuple[int, int, int], list[int]] = {}  # (d1, d2, k) -> indices into _tracked
         self._bases: dict[tuple[int, int, int], ChangeBasis] = {}  # the reference of each group, factored
         self._last_step: int | None = None
-        self._steps: list[int] = []
+        self._record_steps: list[int] = []  # the run's record steps, on every rank that calls record() alike
+        self._steps: list[int] = []  # the records this process measured (rank 0's: the history)
         self._losses: list[torch.Tensor | float] = []
         self._loss_given: list[bool] = []
         self._spectra: list[dict[tuple[int, int, int], torch.Tensor]] = []
@@ -261,7 +262,15 @@ class RankTracker:
 
     @property
     def n_records(self) -> int:
+        """The records this process measured (0 on a rank that does not record)."""
         return len(self._steps)
+
+    @property
+    def record_steps(self) -> tuple[int, ...]:
+        """The steps at which the run was recorded, the same on every rank that calls :meth:`record` at the same
+        steps and loads the same state (rank 0 measured them; :attr:`n_records` counts only this process's own
+        records): what a training-framework callback decides by, so that every rank acts alike."""
+        return tuple(self._record_steps)
 
     def set_loss(self, step: int, loss) -> bool:
         """Attach the training loss to the record at ``step`` when it is the last one (a loss logged after
@@ -337,6 +346,7 @@ class RankTracker:
         self._last_step = step
         if self._started and step % self.every:
             return False
+        self._record_steps.append(step)
         if not self.records_here:
             if self._sharded():
                 self._factors()  # the gathers are collectives: take part, drop what they gave
@@ -447,12 +457,17 @@ class RankTracker:
 
     def load_state_dict(self, state: Mapping) -> None:
         """Continue from :meth:`state_dict` of a tracker of the same model: every key, length, type and shape is
-        checked against this tracker's products first (an InputError naming the key; nothing changes then)."""
+        checked against this tracker's products first (an InputError naming the key; nothing changes then). On a
+        rank that does not record only the steps are kept (:attr:`record_steps`, :attr:`last_step`): it measures
+        nothing, so it holds no reference weights."""
         state = self._validated(state)
         self._modules.check_state(state.get("modules"))
         self._last_step = None if state["last_step"] is None else int(state["last_step"])
         self._started = state["reference"] is not None
-        self._steps = [int(s) for s in state["steps"]]
+        self._record_steps = [int(s) for s in state["steps"]]
+        if not self.records_here:
+            return
+        self._steps = list(self._record_steps)
         self._losses = [float(v) for v in state["losses"]]
         self._loss_given = [bool(g) for g in state["loss_given"]]
         self._modules.load_state_dict(state.get("modules"))
