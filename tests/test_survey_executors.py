@@ -16,7 +16,7 @@ from verifier.results import Verdict
 from verifier.survey import SurveyConfig, draw_seed, read_survey, run_survey
 from verifier.survey.journal import NAME
 from verifier.survey.results import WORKER_DIED
-from verifier.survey.workers import LocalPool
+from verifier.pool import LocalPool, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = ("definition-3.1", "lemma-4.1")  # seconds a draw on diag-linear
@@ -49,7 +49,7 @@ def test_two_local_workers_give_the_in_process_draws_bit_for_bit(in_process, tmp
     assert [d.index for d in res.draws] == [0, 1, 2]
     assert _key(res) == _key(in_process)
     assert res.survey["executor"] == {"kind": "local-processes", "workers": 2, "gpus": None, "restarts": 0,
-                                      "torch_threads": max(1, os.cpu_count() // 2)}  # the cores shared out
+                                      "torch_threads": max(1, usable_cores() // 2)}  # the cores shared out
     assert in_process.survey["executor"] == {"kind": "in-process", "workers": 1}
     failed = [o for d in res.draws for o in d.outcomes.values() if o.verdict is not Verdict.PASS]
     assert failed and all(o.reason for o in failed)  # every fail carries its check's reason through the worker
@@ -251,14 +251,16 @@ def test_a_factory_that_raises_for_one_seed_is_that_draws_user_code_error(tmp_pa
 
 
 @pytest.mark.parametrize("given,expected", [("1", (1, None)), ("3", (3, None)), (2, (2, None)),
-                                            ("auto", (os.cpu_count(), None))])
+                                            ("auto", (usable_cores(), None)), (None, (usable_cores(), None))])
 def test_workers_option(given, expected):
-    from verifier.survey.workers import local_workers
+    from verifier.pool import parse_workers
+    from verifier.survey.session import _local
 
-    assert local_workers(given, "cpu") == expected
+    assert _local(parse_workers(given, {}), "cpu") == expected
 
 
 @pytest.mark.parametrize("argv", [["--workers", "0"], ["--workers", "two"], ["--workers", "1.5"],
+                                  ["--workers", "2147483647"], ["--workers", "99999999999"],
                                   ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--resume"]])
 def test_bad_executor_options_exit_2_before_work(argv, tmp_path, capsys):
     out = [] if argv == ["--resume"] else ["--out", str(tmp_path / "o")]
@@ -275,10 +277,11 @@ def test_workers_pinned_to_gpus_give_the_in_process_verdicts():
     verdicts equal those of the same survey in this process on the GPU."""
     import torch
 
-    from verifier.survey.workers import local_workers
+    from verifier.pool import parse_workers
+    from verifier.survey.session import _local
 
     config = SurveyConfig(preset="diag-linear", n=2, checks=CHEAP, device="cuda", seed=11, batch=1)
-    count, gpus = local_workers("auto", "cuda")
+    count, gpus = _local(parse_workers("auto", {}), "cuda")
     assert count == torch.cuda.device_count() and gpus == list(range(count))
     pool = LocalPool(count, threads=1, gpus=gpus)  # one GPU: the command runs in-process; here a pinned process
     try:

@@ -36,8 +36,7 @@ from ..config import RunConfig
 from ..context import Context
 from ..models import DiagAttention
 from ..results import Verdict
-from .engine import metric_outcome, outcome
-from .results import Outcome
+from .results import Outcome, metric_outcome, outcome
 
 HUNTED = ("assumption-4.2", "assumption-4.3", "assumption-4.4")
 # Sizes per hypothesis profile: `ci` small (seconds per example), `thorough` the paper's scale (the toy at
