@@ -441,11 +441,30 @@ def console() -> None:
         _standard_streams()
         if "torch" not in sys.modules:
             _set_thread_policy()
+            if set(sys.argv[1:2]) & {"run", "survey", "track", "limit"}:
+                _import_torch()
         code = main()
-    except KeyboardInterrupt:
-        pass
+    except KeyboardInterrupt:  # before main's own handling (main handles its own)
+        print("verifier: interrupted (nothing written)", file=sys.stderr)
     finally:
         _exit(code)
+
+
+def _import_torch() -> None:
+    """Import torch (and numpy under it) with Ctrl-C and SIGTERM held until it is done, then acted on: an
+    interrupt in the middle of those imports can leave half-made modules that torch's C extension swallows
+    the error of, and the command would fail later with a misleading internal error."""
+    held = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        import torch  # noqa: F401
+    except Exception:  # not importable: the command says so where it needs it
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def _exit(code: int) -> None:

@@ -146,6 +146,11 @@ def require_main_guard(field: str, count: int) -> None:
     main = sys.modules.get("__main__")
     if path is None or main is None:
         return
+    if not os.path.isfile(path):  # e.g. `python - < script.py`: spawn would look for a file named <stdin>
+        raise InputError(field, f"{count} worker processes would each import the main script {path!r} again "
+                                "(Python's spawn), and it is not a file they can read",
+                         f"{field}=1 (one process), or the script in a file, the call under "
+                         "`if __name__ == \"__main__\":`")
     frame = sys._getframe(1)
     while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
         frame = frame.f_back

@@ -134,14 +134,17 @@ def _submit(executor: cf.Executor, task: DrawTask) -> cf.Future:
 
 
 def _wait(executor: cf.Executor, futures) -> set:
-    """The futures that finished (at least one), or ExecutorLost when the executor went away meanwhile."""
+    """The futures that finished (at least one), or ExecutorLost when the executor has been gone on two polls
+    in a row (a client that reconnects within :data:`LOST_POLL_S` goes on)."""
+    gone = None
     while True:
         finished, _ = cf.wait(futures, timeout=LOST_POLL_S, return_when=cf.FIRST_COMPLETED)
         if finished:
             return finished
         why = _lost(executor)
-        if why is not None:
+        if why is not None and gone is not None:
             raise ExecutorLost(why)
+        gone = why
 
 
 def _failure(executor: cf.Executor, fut: cf.Future) -> BaseException | None:

@@ -104,7 +104,7 @@ class Contents:
 
     def messages(self, path: Path) -> list[str]:
         """One line each, for stderr: the skipped lines (the first :data:`REPORTED`, then a count)."""
-        out = [f"{path} {s}; skipped (its draw runs again)" for s in self.skipped[:REPORTED]]
+        out = [f"{path} {s}; skipped (a draw it held runs again)" for s in self.skipped[:REPORTED]]
         if len(self.skipped) > REPORTED:
             out.append(f"{path}: {len(self.skipped) - REPORTED} more damaged lines skipped")
         if self.cut_bytes:

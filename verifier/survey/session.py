@@ -143,8 +143,8 @@ def survey_session(config: SurveyConfig, output: OutputSet, workers: Workers | N
                                                 done=list(contents.draws) if contents else [], checks=checks)
         except ExecutorLost as exc:
             raise InputError("--scheduler", f"lost the Dask scheduler at {scheduler} ({exc}) after "
-                                            f"{_kept(journal, config)}, with a scheduler at the address, finishes "
-                                            "the survey") from None
+                                            f"{_kept(journal, config)} finishes the survey (with a running "
+                                            "scheduler, or --workers in place of --scheduler)") from None
         except JournalWriteError as exc:
             raise InputError("--out", f"{exc}; the survey stopped after {_kept(journal, config)}, once the journal "
                                       "can be written again, finishes the survey") from None

@@ -210,6 +210,7 @@ def dask_executor(address: str) -> DaskPool:
         raise InputError("--scheduler", "needs Dask distributed, which is not installed",
                          DISTRIBUTED_EXTRA) from None
     probe_scheduler(address)
+    _quiet_dask_logs()
     try:
         client = Client(address, timeout=f"{SCHEDULER_TIMEOUT_S:g}s")
     except Exception as exc:  # noqa: BLE001 - whatever the client met, the address is what the user gave
@@ -217,6 +218,19 @@ def dask_executor(address: str) -> DaskPool:
                                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
                          SCHEDULER_EXAMPLE) from None
     return DaskPool(client, address)
+
+
+def _quiet_dask_logs() -> None:
+    """Dask's client logs its reconnection attempts, with tracebacks, on this process's stderr; what matters
+    to the user (a scheduler lost, a worker killed) the survey says itself, in one line. The scheduler's and
+    the workers' own logs are untouched."""
+    import logging
+
+    for name in ("distributed", "asyncio", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("distributed.") and isinstance(logger, logging.Logger) and logger.level:
+            logger.setLevel(logging.CRITICAL)
 
 
 def describe_executor(executor) -> dict:
