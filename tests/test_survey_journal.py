@@ -315,3 +315,43 @@ def test_an_interrupt_before_any_draw_leaves_nothing(tmp_path, capsys, monkeypat
     monkeypatch.setattr(E, "run_draws", stop)
     assert main([*ARGS, "--out", str(tmp_path / "s")]) == 130
     assert list(tmp_path.iterdir()) == []  # the journal it made, and the folder, are gone
+
+
+@pytest.fixture
+def read_only():
+    """Make a path read-only for real: chmod for a user, ``chattr +i`` for root (whom modes do not stop);
+    skipped where neither can be done. Undone at the end."""
+    import subprocess
+
+    made = []
+
+    def make(path):
+        if os.geteuid() != 0:
+            os.chmod(path, 0o555 if path.is_dir() else 0o444)
+            made.append(("chmod", path))
+            return
+        try:
+            subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            pytest.skip("root, and chattr +i is not available here: no way to make a path read-only for real")
+        made.append(("chattr", path))
+
+    yield make
+    for how, path in made:
+        if how == "chmod":
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        else:
+            subprocess.run(["chattr", "-i", str(path)], check=False, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("what", ["journal", "folder"])
+def test_a_read_only_journal_or_folder_for_real_is_refused_before_work(what, straight, tmp_path, ran, capsys,
+                                                                        read_only):
+    out = _journal(straight, tmp_path, cut=b'{"index": 3, "se')
+    before = (out / NAME).read_bytes()
+    read_only(out / NAME if what == "journal" else out)
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"verifier: error: --out: cannot ") and str(out / NAME) in err and "\n" not in err, err
+    assert ran == [] and (out / NAME).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"] and sorted(p.name for p in out.iterdir()) == [NAME]

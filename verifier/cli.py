@@ -475,6 +475,11 @@ def _exit(code: int) -> None:
             break
         except KeyboardInterrupt:
             continue
+    if "multiprocessing" in sys.modules:  # its own clean-up (a worker pool's named semaphores), without
+        with contextlib.suppress(Exception):  # joining anyone's child processes
+            import multiprocessing.util
+
+            multiprocessing.util._run_finalizers(0)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a full disk, a closed pipe: what is left is dropped
             stream.flush()
