@@ -1,7 +1,7 @@
 """Worker processes, from one place: the ``--workers`` option (one parser, one default) and the local process
 pool that ``verifier run --workers`` (groups of checks, :mod:`verifier.runner`) and ``verifier survey
---workers`` (draws, :mod:`verifier.survey.workers`) share. Ground floor: the standard library and
-:mod:`verifier.errors` only.
+--workers`` (draws, :mod:`verifier.survey.workers`) share. Ground floor: of verifier it imports
+:mod:`verifier.errors` only (besides the standard library, and torch in a worker, for its thread count).
 
 ``--workers N|auto`` (default ``auto``, or ``$VERIFIER_WORKERS``): ``auto`` is one process per usable CPU core
 (a survey on CUDA: one per GPU); N is 1 to :data:`MAX_WORKERS`; 1 runs everything in the command's own process.
