@@ -854,7 +854,9 @@ def scheduler_lost(case: Case, cdir: Path, ctx: dict) -> Row:
                                        "127.0.0.1"], cwd=cdir, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
         out = cdir / "o"
-        p = subprocess.Popen([ctx["verifier"], *SURVEY_ARGS, "--scheduler", address, "--out", str(out)], cwd=cdir,
+        longer = ["survey", "--preset", "diag-linear", "--n", "12", "--checks", "definition-3.1,lemma-4.1", "--seed",
+                  "0", "--no-progress"]  # draws one at a time on one worker: the scheduler dies mid-survey
+        p = subprocess.Popen([ctx["verifier"], *longer, "--scheduler", address, "--out", str(out)], cwd=cdir,
                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, errors="replace")
         journal = out / "draws.jsonl"
         while p.poll() is None and time.monotonic() < deadline:

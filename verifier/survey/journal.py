@@ -74,8 +74,8 @@ _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 class JournalWriteError(Exception):
     """A finished draw could not be appended (``path``, the OSError ``cause``); nothing of it stays."""
 
-    def __init__(self, path: Path, cause: OSError, kept: int):
-        self.path, self.cause, self.kept = path, cause, kept
+    def __init__(self, path: Path, cause: OSError):
+        self.path, self.cause = path, cause
         super().__init__(f"cannot append to {path} ({cause.strerror or cause})")
 
 
@@ -187,7 +187,7 @@ class Journal:
             if start is not None:
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._fd, start)
-            raise JournalWriteError(self.path, exc, self.draws) from None
+            raise JournalWriteError(self.path, exc) from None
 
     def close(self) -> None:
         if self._fd >= 0:
