@@ -918,9 +918,9 @@ def process_cases() -> list[Case]:
                   need="if __name__", forbid="bootstrapping"))
     C.append(Case(W, "Ctrl-C at 9 moments, run --workers 2", ["run", "--preset", "diag-linear", "--workers", "2",
                                                                "--no-progress"], {0, 1, 3, 130},
-                  custom=interrupts([0.05, 0.1, 0.3, 0.6, 1.0, 1.5, 2.5, 4.0, 6.0])))
-    C.append(Case(W, "Ctrl-C at 7 moments, survey --workers 2", [*SURVEY_ARGS, "--workers", "2"], {0, 1, 3, 130},
-                  custom=interrupts([0.05, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0])))
+                  custom=interrupts([0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5, 4.0, 6.0])))
+    C.append(Case(W, "Ctrl-C at 6 moments, survey --workers 2", [*SURVEY_ARGS, "--workers", "2"], {0, 1, 3, 130},
+                  custom=interrupts([0.25, 0.5, 1.0, 2.0, 4.0, 8.0])))
     S = "signals"
     for w in ("1", "2"):
         C.append(Case(S, f"a factory that forks and terminates its child, --workers {w}", run_pf("forkterm", w), {0},
