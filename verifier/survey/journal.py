@@ -312,7 +312,7 @@ def _header(raw: bytes | None, path: Path, config: SurveyConfig, checks: list[st
         raise _refuse(path, 1, "header", str(exc)) from None
     if not isinstance(header, dict) or header.get("journal") != KIND:
         raise InputError("--resume", f"{path} is not a survey journal (line 1 is not its header)", WRONG)
-    if header.get("version") not in READABLE:
+    if isinstance(header.get("version"), bool) or header.get("version") not in READABLE:
         raise _refuse(path, 1, "version", f"{_short(header.get('version'))!r} (readable: "
                                           f"{', '.join(map(str, READABLE))})")
     options = header.get("options")
