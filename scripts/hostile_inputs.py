@@ -980,6 +980,9 @@ def process_cases() -> list[Case]:
                   custom=read_only("journal")))
     C.append(Case(J, "resume: a read-only survey folder", resume, {2}, field="--out", setup=untouched,
                   custom=read_only("folder")))
+    C.append(Case(J, "run --out a read-only folder holding a previous set", run_lin("--out", "{case}/s"), {2},
+                  field="--out", setup=lambda d: (d / "s").mkdir() or (d / "s" / "results.json").write_text("{}")
+                  or (d / "s" / "report.html").write_text("old"), custom=read_only("folder")))
     C.append(Case(J, "resume: the journal meets its file-size limit (a full disk)", resume, {2}, field="--out",
                   need="--resume", target="{case}/none", setup=tampered(lambda lines: b"\n".join(lines[:-1]) + b"\n"),
                   custom=stays_whole("s", 2.5, draws=2)))

@@ -355,3 +355,22 @@ def test_a_read_only_journal_or_folder_for_real_is_refused_before_work(what, str
     assert err.startswith(f"verifier: error: --out: cannot ") and str(out / NAME) in err and "\n" not in err, err
     assert ran == [] and (out / NAME).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"] and sorted(p.name for p in out.iterdir()) == [NAME]
+
+
+def test_a_run_folder_that_cannot_be_written_is_refused_before_the_checks(tmp_path, capsys, read_only, monkeypatch):
+    """The same rule for `verifier run --out DIR` holding a previous set (swapped out at the end): found when the
+    set is opened, before any check, and no temporary sibling is left."""
+    import verifier.runner as R
+
+    out = tmp_path / "o"
+    run = ["run", "--preset", "diag-linear", "--checks", "definition-3.1", "--no-progress", "--out", str(out)]
+    assert main(run) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    read_only(out)
+    calls = []
+    monkeypatch.setattr(R, "run_check", lambda *a: calls.append(a))
+    assert main(run) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("verifier: error: --out: cannot write") and "\n" not in err, err
+    assert calls == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
