@@ -49,7 +49,7 @@ def test_survey_throughput_one_vs_two_workers(benchmark, machine_info):
     import os
 
     from verifier.survey import run_survey
-    from verifier.survey.workers import LocalPool, threads_per_worker
+    from verifier.pool import LocalPool, threads_per_worker
 
     config = SurveyConfig(preset="diag-linear", n=THROUGHPUT_DRAWS, checks=THROUGHPUT_CHECKS, device="cpu")
     seconds, load, results = {}, {}, {}

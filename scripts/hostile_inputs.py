@@ -575,6 +575,435 @@ def user_cases() -> list[Case]:
     return C
 
 
+# ---- processes: workers, the journal, the scheduler, signals, standard streams (issue 29) ------------------
+
+FACTORY = ("\nX = torch.randn(30, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)\n"
+           "y = X @ torch.tensor([1.0, -0.5, 0.0], dtype=torch.float64)\n\n\n"
+           "def make(seed=0):\n    return verifier.from_loss(lambda b: 0.5 * (X @ b - y).pow(2).mean(), 3)\n")
+PROCESS_FILES = {
+    "thread": "import threading, time, torch, verifier\nthreading.Thread(target=time.sleep, args=(3600,)).start()\n"
+              + FACTORY,
+    "child": "import multiprocessing, time, torch, verifier\nfrom pathlib import Path\n"
+             "CHILD = multiprocessing.get_context('fork').Process(target=time.sleep, args=(3600,))\nCHILD.start()\n"
+             "with open(Path.cwd() / 'children', 'a') as f:\n    f.write(f'{CHILD.pid}\\n')\n" + FACTORY,
+    "forkpool": "import multiprocessing, torch, verifier\n" + FACTORY.replace(
+        "def make(seed=0):\n", "def make(seed=0):\n    with multiprocessing.get_context('fork').Pool(2) as p:\n"
+                               "        p.map(abs, [1, -2])\n"),
+    "forkterm": "import multiprocessing, time, torch, verifier\n" + FACTORY.replace(
+        "def make(seed=0):\n", "def make(seed=0):\n    c = multiprocessing.get_context('fork').Process(target=time.sleep, "
+                               "args=(60,))\n    c.start(); time.sleep(0.5); c.terminate(); c.join()\n"),
+    "killmid": "import multiprocessing, os, signal, torch, verifier\nCALLS = [0]\n" + FACTORY.replace(
+        "def make(seed=0):\n    return verifier.from_loss(lambda b: 0.5 * (X @ b - y).pow(2).mean(), 3)\n",
+        "def loss(b):\n    CALLS[0] += 1\n    if multiprocessing.parent_process() is not None and CALLS[0] == 40:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n    return 0.5 * (X @ b - y).pow(2).mean()\n\n\n"
+        "def make(seed=0):\n    return verifier.from_loss(loss, 3)\n"),
+}
+LIBRARY = ("import sys\nfrom verifier.config import RunConfig\nfrom verifier.errors import InputError\n"
+           "from verifier.runner import run_suite\ntry:\n    run_suite(RunConfig(preset='diag-linear'), "
+           "['definition-3.1', 'lemma-4.1'], progress=False, workers=2)\nexcept InputError as exc:\n"
+           "    print('refused:', exc)\n    sys.exit(0)\nprint('accepted')\nsys.exit(1)\n")
+SURVEY_ARGS = ["survey", "--preset", "diag-linear", "--n", "3", "--checks", "definition-3.1", "--seed", "0",
+               "--no-progress"]
+
+
+def make_process_fixtures(fx: Path, verifier: str, timeout: float) -> None:
+    """Model files of the process cases, and a real journal of this verifier (3 draws) to tamper with."""
+    pf = fx / "pf"
+    pf.mkdir(exist_ok=True)
+    for name, text in PROCESS_FILES.items():
+        (pf / f"{name}.py").write_text(text)
+    (pf / "library.py").write_text(LIBRARY)
+    out = fx / "journal"
+    proc = subprocess.run([verifier, *SURVEY_ARGS, "--workers", "1", "--out", str(out)], capture_output=True,
+                          text=True, timeout=timeout, cwd=fx)
+    if not (out / "draws.jsonl").is_file():
+        sys.exit(f"could not make a survey journal with {verifier}: {proc.stderr[-2000:]}")
+
+
+def tampered(how):
+    """A setup: the fixture journal copied to {case}/s, its lines (bytes, header first) changed by ``how``."""
+    def setup(cdir: Path) -> None:
+        src = cdir.parent.parent / "fx" / "journal" / "draws.jsonl"
+        (cdir / "s").mkdir()
+        lines = src.read_bytes().split(b"\n")[:-1]
+        (cdir / "s" / "draws.jsonl").write_bytes(how(lines))
+    return setup
+
+
+def _replace(k: int, text: bytes):
+    return lambda lines: b"\n".join(lines[:k] + [text] + lines[k + 1:]) + b"\n"
+
+
+def _edit_draw(k: int, edit):
+    def how(lines):
+        d = json.loads(lines[k])
+        edit(d)
+        return _replace(k, json.dumps(d).encode())(lines)
+    return how
+
+
+def _edit_header(edit):
+    def how(lines):
+        h = json.loads(lines[0])
+        edit(h)
+        return _replace(0, json.dumps(h).encode())(lines)
+    return how
+
+
+def _with_streams(case: Case, cdir: Path, ctx: dict, close=(), full=(), files=False, preexec=None) -> Row:
+    """The case with standard streams closed (``close``: fds) or on /dev/full (``full``), or written to files
+    (``files``: a child of the user's code holding pipes open is its own business), ``preexec`` in the child."""
+    argv = subst(case.args, ctx["fx"], cdir)
+    target = target_of(case, argv, cdir)
+    before = fingerprint(target) if target else None
+    parent_before = listing(target.parent) if target else set()
+    opened = []
+
+    def stream(fd):
+        if fd in close:
+            return None
+        if fd in full:
+            opened.append(open("/dev/full", "w"))
+            return opened[-1]
+        if files:
+            opened.append(open(cdir / f"fd{fd}.txt", "w"))
+            return opened[-1]
+        return subprocess.PIPE
+
+    def child():
+        for fd in close:
+            os.close(fd)
+        if preexec:
+            preexec()
+
+    try:
+        proc = subprocess.run([ctx[case.cmd], *argv], cwd=cdir, env=case_env(case, ctx), text=True, errors="replace",
+                              timeout=ctx["timeout"], stdin=subprocess.DEVNULL, stdout=stream(1), stderr=stream(2),
+                              preexec_fn=child)
+        code, out, err = proc.returncode, proc.stdout or "", proc.stderr or ""
+    except subprocess.TimeoutExpired:
+        code, out, err = None, "", ""
+    finally:
+        for f in opened:
+            f.close()
+    if files:
+        out, err = ((cdir / f"fd{fd}.txt").read_text(errors="replace") if (cdir / f"fd{fd}.txt").exists() else ""
+                    for fd in (1, 2))
+    for pid in (cdir / "children").read_text().split() if (cdir / "children").exists() else []:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return judge(case, code, out, err, cdir, target, before, parent_before | {"fd1.txt", "fd2.txt", "children"})
+
+
+def streams(**kw):
+    return lambda case, cdir, ctx: _with_streams(case, cdir, ctx, **kw)
+
+
+def _file_size_limit(size):
+    """A preexec: no file of the process may grow beyond ``size()`` bytes (RLIMIT_FSIZE; Python ignores SIGXFSZ,
+    so a write beyond it fails with EFBIG, as on a full disk)."""
+    def limit():
+        import resource
+
+        n = size()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, n))
+    return limit
+
+
+def _journal_room(fx_journal: Path, draws: float):
+    """A size for :func:`_file_size_limit`: the fixture journal's header and ``draws`` of its draw lines (the
+    cases run the same survey, so their lines are as long, give or take a few digits of a duration)."""
+    def size() -> int:
+        lines = fx_journal.read_bytes().splitlines(keepends=True)
+        whole = int(draws)
+        return len(lines[0]) + sum(len(x) for x in lines[1:1 + whole]) + int((draws - whole) * len(lines[1 + whole]))
+    return size
+
+
+def stays_whole(folder: str, room: float, draws: int):
+    """A custom: the case run with its files limited to the fixture journal's header and ``room`` draw lines (a
+    disk that fills); the journal in {case}/``folder`` must then hold its header and ``draws`` whole draw lines,
+    and the folder nothing else (no half line, no half set)."""
+    def run(case: Case, cdir: Path, ctx: dict) -> Row:
+        size = _journal_room(ctx["fx"] / "journal" / "draws.jsonl", room)
+        row = _with_streams(case, cdir, ctx, preexec=_file_size_limit(size))
+        journal = cdir / folder / "draws.jsonl"
+        lines = journal.read_bytes().splitlines(keepends=True) if journal.exists() else []
+        if len(lines) != 1 + draws or not all(x.endswith(b"\n") and json.loads(x) for x in lines):
+            row.problems.append(f"the journal holds {len(lines)} lines (want {1 + draws} whole ones)")
+        others = sorted(p.name for p in (cdir / folder).iterdir()) if (cdir / folder).is_dir() else []
+        if others != ["draws.jsonl"]:
+            row.problems.append(f"{folder}/ holds {others}")
+        row.state = f"{max(0, len(lines) - 1)} draws kept"
+        return row
+    return run
+
+
+def read_only(what: str):
+    """A custom: {case}/s (what = "folder") or its journal (what = "journal") made read-only for real (chmod
+    for a user, chattr +i for root), the case run, then undone."""
+    def run(case: Case, cdir: Path, ctx: dict) -> Row:
+        path = cdir / "s" / ("draws.jsonl" if what == "journal" else "")
+        path = path if what == "journal" else cdir / "s"
+        if os.geteuid() != 0:
+            os.chmod(path, 0o555 if what == "folder" else 0o444)
+            undo = lambda: os.chmod(path, 0o755 if what == "folder" else 0o644)  # noqa: E731
+        else:
+            subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+            undo = lambda: subprocess.run(["chattr", "-i", str(path)], capture_output=True)  # noqa: E731
+        try:
+            return _with_streams(case, cdir, ctx)
+        finally:
+            undo()
+    return run
+
+
+def interrupts(delays):
+    """A custom: the command started ``len(delays)`` times, as from a terminal (its own process group; SIGINT to
+    the group, as Ctrl-C sends it), interrupted ``delay`` s after its entry point started; each must end 130
+    (or, having finished first, with its verdict and a whole set) without a traceback, leaving nothing half."""
+    def run(case: Case, cdir: Path, ctx: dict) -> Row:
+        started = ("import sys; from verifier.cli import console; sys.argv[0] = 'verifier'; "
+                   "sys.stderr.write('started\\n'); sys.stderr.flush(); console()")
+        problems, codes, tb = [], [], False
+        for k, delay in enumerate(delays):
+            argv = subst(case.args, ctx["fx"], cdir) + ["--out", str(cdir / f"o{k}")]
+            before = listing(cdir)
+            p = subprocess.Popen([ctx["python"], "-c", started, *argv], cwd=cdir, env=ctx["env"], text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, errors="replace")
+            try:
+                if p.stderr.readline() != "started\n":
+                    problems.append(f"{delay}s: did not start")
+                time.sleep(delay)
+                os.killpg(p.pid, signal.SIGINT)
+                _, err = p.communicate(timeout=ctx["timeout"])
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
+                problems.append(f"{delay}s: timeout (hang)")
+            codes.append(p.returncode)
+            if "Traceback (most recent call last)" in err or "KeyboardInterrupt" in err:
+                tb = True
+                problems.append(f"{delay}s: traceback")
+            out = cdir / f"o{k}"
+            if p.returncode not in (130, 0, 1, 3):
+                problems.append(f"{delay}s: exit {p.returncode}")
+            if out.exists() and not complete_set(out) and sorted(x.name for x in out.iterdir()) not in ([],
+                                                                                                ["draws.jsonl"]):
+                problems.append(f"{delay}s: half-written output")
+            problems += [f"{delay}s: leftover {n}" for n in leftovers(cdir, before)]
+        return Row(case, max((c for c in codes if c is not None), default=None), tb,
+                   f"exits {sorted(set(codes))}", problems)
+    return run
+
+
+def _serve(kind: str):
+    """A TCP server on 127.0.0.1 that is not a Dask scheduler, in a thread of this script; its port."""
+    import http.server
+    import socket
+    import threading
+
+    if kind == "http":
+        server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.server_address[1]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    held = []
+
+    def serve():
+        while True:
+            conn, _ = sock.accept()
+            held.append(conn)
+            if kind == "chatty":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return sock.getsockname()[1]
+
+
+def not_dask(kind: str):
+    def run(case: Case, cdir: Path, ctx: dict) -> Row:
+        port = _serve(kind)
+        case.args = [a.replace("{port}", str(port)) for a in case.args]
+        return _with_streams(case, cdir, ctx)
+    return run
+
+
+def scheduler_lost(case: Case, cdir: Path, ctx: dict) -> Row:
+    """A real `dask scheduler` and one worker; the survey started on them; the scheduler SIGKILLed once a draw
+    is journaled: exit 2 naming --scheduler and --resume, no traceback, every journaled line whole."""
+    dask = Path(ctx["python"]).with_name("dask")
+    if not dask.exists():
+        return Row(case, 2, False, "no dask", [])
+    procs = []
+    env = ctx["env"]
+    try:
+        procs.append(subprocess.Popen([str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                       "--scheduler-file", str(cdir / "sched.json")], cwd=cdir, env=env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + ctx["timeout"]
+        while not (cdir / "sched.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        address = json.loads((cdir / "sched.json").read_text())["address"]
+        procs.append(subprocess.Popen([str(dask), "worker", address, "--nthreads", "1", "--no-dashboard", "--host",
+                                       "127.0.0.1"], cwd=cdir, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        out = cdir / "o"
+        longer = ["survey", "--preset", "diag-linear", "--n", "12", "--checks", "definition-3.1,lemma-4.1", "--seed",
+                  "0", "--no-progress"]  # draws one at a time on one worker: the scheduler dies mid-survey
+        p = subprocess.Popen([ctx["verifier"], *longer, "--scheduler", address, "--out", str(out)], cwd=cdir,
+                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, errors="replace")
+        journal = out / "draws.jsonl"
+        while p.poll() is None and time.monotonic() < deadline:
+            if journal.exists() and len(journal.read_bytes().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        procs[0].kill()
+        try:
+            _, err = p.communicate(timeout=ctx["timeout"])
+            code = p.returncode
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+            code = None
+        row = judge(case, code, "", err, cdir, None, None, set())
+        lines = journal.read_bytes().splitlines(keepends=True) if journal.exists() else []
+        if len(lines) < 2 or not all(x.endswith(b"\n") for x in lines):
+            row.problems.append(f"journal holds {len(lines)} lines, not all whole")
+        if code == 2 and "--resume" not in err:
+            row.problems.append("the message does not say --resume finishes it")
+        row.state = f"{max(0, len(lines) - 1)} draws kept"
+        return row
+    finally:
+        for q in procs:
+            q.kill()
+            q.wait()
+
+
+def process_cases() -> list[Case]:
+    C: list[Case] = []
+    PF = "{fx}/pf/"
+    two = ["--checks", "definition-3.1,lemma-4.1", "--no-progress"]
+
+    def run_pf(name, workers, checks=two):
+        return ["run", "--model-file", PF + name + ".py:make", *checks, "--workers", workers, "--out", "{case}/o"]
+
+    def survey_pf(name, workers):
+        return ["survey", "--model-file", PF + name + ".py:make", "--n", "2", "--checks", "definition-3.1",
+                "--no-progress", "--workers", workers, "--out", "{case}/o"]
+
+    W = "workers"
+    for text in ("2147483647", "99999999999", "1025"):
+        C.append(bad(W, f"run --workers {text}", run_lin("--workers", text), "--workers"))
+        C.append(bad(W, f"survey --workers {text}", [*SURVEY_ARGS, "--workers", text, "--out", "{case}/o"],
+                     "--workers"))
+    C.append(bad(W, "survey VERIFIER_WORKERS=99999999999", [*SURVEY_ARGS, "--out", "{case}/o"], "$VERIFIER_WORKERS",
+                 env={"VERIFIER_WORKERS": "99999999999"}))
+    C.append(bad(W, "survey --workers 2 with --scheduler", [*SURVEY_ARGS, "--workers", "2", "--scheduler",
+                                                            "tcp://127.0.0.1:1", "--out", "{case}/o"], "--workers"))
+    C.append(Case(W, "a worker SIGKILLed mid-check (its group runs here)", run_pf("killmid", "2"), {0}))
+    for w in ("1", "2"):
+        C.append(Case(W, f"run, a non-daemon thread at import, --workers {w}", run_pf("thread", w), {0}))
+        C.append(Case(W, f"survey, a non-daemon thread at import, --workers {w}", survey_pf("thread", w), {0}))
+        C.append(Case(W, f"run, a non-daemon child process at import, --workers {w}", run_pf("child", w), {0},
+                      custom=streams(files=True)))
+        C.append(Case(W, f"run, a factory with a fork Pool, --workers {w}", run_pf("forkpool", w), {0},
+                      forbid="KeyboardInterrupt"))
+    C.append(Case(W, "library workers=2 without a main guard", ["{fx}/pf/library.py"], {0}, cmd="python",
+                  need="if __name__", forbid="bootstrapping"))
+    C.append(Case(W, "Ctrl-C at 9 moments, run --workers 2", ["run", "--preset", "diag-linear", "--workers", "2",
+                                                               "--no-progress"], {0, 1, 3, 130},
+                  custom=interrupts([0.25, 0.4, 0.6, 0.8, 1.0, 1.5, 2.5, 4.0, 6.0])))
+    C.append(Case(W, "Ctrl-C at 6 moments, survey --workers 2", [*SURVEY_ARGS, "--workers", "2"], {0, 1, 3, 130},
+                  custom=interrupts([0.25, 0.5, 1.0, 2.0, 4.0, 8.0])))
+    S = "signals"
+    for w in ("1", "2"):
+        C.append(Case(S, f"a factory that forks and terminates its child, --workers {w}", run_pf("forkterm", w), {0},
+                      forbid="KeyboardInterrupt"))
+    ST = "streams"
+    cheap = run_lin("--out", "{case}/o")
+    C.append(Case(ST, "run with stdout closed (>&-)", cheap, {0}, custom=streams(close=(1,))))
+    C.append(Case(ST, "run with stderr closed (2>&-)", cheap, {0}, custom=streams(close=(2,))))
+    C.append(Case(ST, "run with stdin, stdout, stderr closed", cheap, {0}, custom=streams(close=(0, 1, 2))))
+    C.append(Case(ST, "run with stderr on a full disk", cheap, {0}, custom=streams(full=(2,))))
+    C.append(Case(ST, "run --workers 2 with stdout and stderr closed",
+                  run_lin("--out", "{case}/o", "--workers", "2", checks=two), {0}, custom=streams(close=(1, 2))))
+    C.append(Case(ST, "survey with stdout closed", [*SURVEY_ARGS, "--out", "{case}/o"], {0}, custom=streams(close=(1,))))
+    C.append(Case(ST, "checks with stdout closed (its only output)", ["checks"], {2}, field="stdout",
+                  custom=streams(close=(1,))))
+    J = "journal"
+    resume = [*SURVEY_ARGS, "--workers", "1", "--out", "{case}/s", "--resume"]
+    damaged = {
+        "a garbage line": _replace(2, b"this is not a draw"),
+        "a non-UTF-8 line": _replace(2, b'{"index": 1, "seed": "\xff\xfe"}'),
+        "index 1e999": _edit_draw(2, lambda d: d.update(index="@")),
+        "a line nested 100000 deep": _replace(2, b"[" * 100_000 + b"]" * 100_000),
+        "duration_s Infinity": _edit_draw(2, lambda d: d.update(duration_s="@")),
+        "a 2 MiB line": _replace(2, b'{"pad": "' + b"x" * (2 << 20) + b'"}'),
+        "a line cut short at the end": lambda lines: b"\n".join(lines[:-1]) + b"\n" + lines[-1][:30],
+        "a repeated draw": lambda lines: b"\n".join(lines + [lines[1]]) + b"\n",
+    }
+    for name, how in damaged.items():
+        if name == "index 1e999":
+            how = (lambda h: lambda lines: h(lines).replace(b'"index": "@"', b'"index": 1e999'))(how)
+        if name == "duration_s Infinity":
+            how = (lambda h: lambda lines: h(lines).replace(b'"duration_s": "@"', b'"duration_s": Infinity'))(how)
+        C.append(Case(J, f"resume: {name} (skipped, reported)", resume, {0}, need="skipped" if "cut" not in name
+                      else "cut short", setup=tampered(how)))
+    seed1 = lambda d: d.update(seed=d["seed"] + 1)  # noqa: E731
+    foreign = {
+        "another survey's draw (seed)": ("seed", _edit_draw(2, seed1)),
+        "another survey's draw (checks)": ("checks", _edit_draw(2, lambda d: d.update(
+            checks={"lemma-4.1": d["checks"]["definition-3.1"]}))),
+        "a draw beyond --n": ("index", _edit_draw(2, lambda d: d.update(index=7))),
+        "a draw of another preset": ("command", _edit_draw(2, lambda d: d.update(
+            command=d["command"].replace("diag-linear", "toy-attention")))),
+    }
+    for name, (fld, how) in foreign.items():
+        C.append(Case(J, f"resume: {name} (refused)", resume, {2}, field="--resume", need=f"field {fld}",
+                      setup=tampered(how)))
+    header = {
+        "a header without options": ("options", _edit_header(lambda h: h.pop("options"))),
+        "a header with a list for options": ("options", _edit_header(lambda h: h.update(options=[1, 2]))),
+        "a header of another seed rule": ("seed_rule", _edit_header(lambda h: h.update(seed_rule="S + i"))),
+    }
+    for name, (fld, how) in header.items():
+        C.append(Case(J, f"resume: {name} (refused)", resume, {2}, field="--resume", need=f"line 1: field {fld}",
+                      setup=tampered(how)))
+    untouched = tampered(lambda lines: b"\n".join(lines[:-1]) + b"\n" + lines[-1][:30])
+    C.append(Case(J, "resume: a read-only journal", resume, {2}, field="--out", setup=untouched,
+                  custom=read_only("journal")))
+    C.append(Case(J, "resume: a read-only survey folder", resume, {2}, field="--out", setup=untouched,
+                  custom=read_only("folder")))
+    C.append(Case(J, "run --out a read-only folder holding a previous set", run_lin("--out", "{case}/s"), {2},
+                  field="--out", setup=lambda d: (d / "s").mkdir() or (d / "s" / "results.json").write_text("{}")
+                  or (d / "s" / "report.html").write_text("old"), custom=read_only("folder")))
+    C.append(Case(J, "resume: the journal meets its file-size limit (a full disk)", resume, {2}, field="--out",
+                  need="--resume", target="{case}/none", setup=tampered(lambda lines: b"\n".join(lines[:-1]) + b"\n"),
+                  custom=stays_whole("s", 2.5, draws=2)))
+    C.append(Case(J, "new survey: no room for the journal's header", [*SURVEY_ARGS, "--out", "{case}/n"], {2},
+                  field="--out", custom=streams(preexec=_file_size_limit(lambda: 100))))
+    C.append(Case(J, "new survey: the journal meets its file-size limit mid-survey",
+                  [*SURVEY_ARGS, "--workers", "1", "--out", "{case}/n"], {2}, field="--out", need="--resume",
+                  target="{case}/none", custom=stays_whole("n", 1.5, draws=1)))
+    SC = "scheduler"
+    for kind in ("http", "silent", "chatty"):
+        C.append(Case(SC, f"--scheduler at a {kind} TCP server (not Dask)",
+                      [*SURVEY_ARGS, "--scheduler", "tcp://127.0.0.1:{port}", "--out", "{case}/o"], {2},
+                      field="--scheduler", custom=not_dask(kind)))
+    for address in ("tcp://127.0.0.1:1", "nonsense", "tcp://127.0.0.1:99999"):
+        C.append(bad(SC, f"--scheduler {address}", [*SURVEY_ARGS, "--scheduler", address, "--out", "{case}/o"],
+                     "--scheduler"))
+    C.append(Case(SC, "the scheduler SIGKILLed after a draw is journaled", [], {2}, field="--scheduler",
+                  custom=scheduler_lost))
+    return C
+
+
 # ---- running and judging -----------------------------------------------------------------------------------
 
 def fingerprint(path: Path):
@@ -866,12 +1295,14 @@ def main() -> int:
     make_user_fixtures(fx)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "ignore"}
     env.pop("VERIFIER_TRACEBACK", None)
+    env.pop("VERIFIER_WORKERS", None)  # the defaults are what is tested
     python = Path(a.verifier).with_name("python")
     ctx = {"work": work, "fx": fx, "verifier": a.verifier, "timeout": a.timeout, "env": env,
            "python": str(python) if python.exists() else sys.executable}
     valid_results(fx, a.verifier, a.timeout)
     big_int_json(fx)
-    selected = [c for c in cases() + user_cases() if (a.only is None or c.cls == a.only) and (a.k is None or a.k in c.name)]
+    make_process_fixtures(fx, a.verifier, a.timeout)
+    selected = [c for c in cases() + user_cases() + process_cases() if (a.only is None or c.cls == a.only) and (a.k is None or a.k in c.name)]
     rows: list[Row | None] = [None] * len(selected)
     with concurrent.futures.ThreadPoolExecutor(max(1, a.jobs)) as pool:
         futures = {pool.submit(run_case, c, k, ctx): k for k, c in enumerate(selected)}

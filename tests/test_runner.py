@@ -7,10 +7,11 @@ import os
 import pytest
 
 from verifier.checks import resolve_ids
-from verifier.cli import main, run_workers
+from verifier.cli import main
 from verifier.config import RunConfig
 from verifier.context import Context
 from verifier.errors import InputError
+from verifier.pool import MAX_WORKERS, parse_workers
 from verifier.runner import can_split, reads_stages, run_checks, share_groups
 
 PAPER_SUITE = ["definition-3.1", "lemma-4.1", "assumption-4.2", "assumption-4.3", "assumption-4.4", "theorem-4.5"]
@@ -32,20 +33,23 @@ def test_checks_that_share_a_run_are_grouped():
     (None, {"VERIFIER_WORKERS": "3"}, 2, 3),
     ("auto", {"VERIFIER_WORKERS": "1"}, 2, 2),  # the option wins over the variable
     ("4", {}, 2, 4),
+    (" 7 ", {}, 2, 7),
+    (str(MAX_WORKERS), {}, 2, MAX_WORKERS),
 ])
 def test_worker_count(text, env, cores, want):
-    assert run_workers(text, env, cores) == want
+    assert parse_workers(text, env).processes(cores) == want
 
 
-@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5", ""])
+@pytest.mark.parametrize("text", ["0", "-1", "two", "1.5", "", "2147483647", "99999999999", str(MAX_WORKERS + 1),
+                                  "1e3", "\u0663", "+2"])
 def test_bad_worker_count_is_refused(text):
-    with pytest.raises(InputError, match="--workers"):
-        run_workers(text, {}, 2)
+    with pytest.raises(InputError, match=r"^--workers: .* \(allowed: a whole number from 1 to 1024, or auto\)$"):
+        parse_workers(text, {})
 
 
 def test_a_bad_worker_variable_is_named_as_such():
     with pytest.raises(InputError, match=r"^\$VERIFIER_WORKERS: 'two' is not a number of workers"):
-        run_workers(None, {"VERIFIER_WORKERS": "two"}, 2)
+        parse_workers(None, {"VERIFIER_WORKERS": "two"})
 
 
 def test_bad_workers_exit_2_before_any_work(tmp_path, capsys):

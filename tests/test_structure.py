@@ -38,7 +38,7 @@ def test_every_check_module_is_registered_explicitly():
 # is one unit; the package root verifier/__init__.py is the floor (Python runs it before any verifier module).
 LAYERS = (
     ("ground", {"verifier", "verifier.errors", "verifier.seeds", "verifier.paths", "verifier.choices",
-                "verifier.results", "verifier.figures"}),
+                "verifier.results", "verifier.figures", "verifier.pool"}),
     ("models and data", {"verifier.models", "verifier.data"}),
     ("problems", {"verifier.model_file", "verifier.presets", "verifier.config"}),
     ("dynamics", {"verifier.dynamics", "verifier.limit"}),
@@ -49,10 +49,6 @@ LAYERS = (
     ("surveys and tracking", {"verifier.survey", "verifier.tracking"}),
     ("entry points", {"verifier.cli", "verifier.pytest_plugin", "verifier.__main__"}),
 )
-# Known exceptions, owned by issue 29 (i29: one pool module for run --workers and survey --workers, the survey
-# worker's code in the survey worker): runner.py borrows the survey's process pool (survey/workers.py), and the
-# survey worker calls back into survey/engine.py and runner.py. Remove these pairs when that lands.
-KNOWN_UPWARD = {("verifier.runner", "verifier.survey"), ("verifier.survey.engine", "verifier.survey.workers")}
 ROOT_LAZY_EXPORTS = "__getattr__"  # verifier/__init__.py's lazy from_module/from_loss: the public facade
 
 
@@ -134,24 +130,13 @@ def test_every_module_has_a_layer():
 def test_no_import_circles_and_no_arrow_up_a_layer():
     edges = _import_map()
     layer = {unit: k for k, (_, units) in enumerate(LAYERS) for unit in units}
-    known = lambda a, b: (a, b) in KNOWN_UPWARD or (b, a) in KNOWN_UPWARD  # noqa: E731
-    up = sorted({(m, d) for m, ds in edges.items() for d in ds
-                 if layer[_unit(d)] > layer[_unit(m)] and not known(_unit(m), _unit(d))})
+    up = sorted({(m, d) for m, ds in edges.items() for d in ds if layer[_unit(d)] > layer[_unit(m)]})
     assert not up, "imports from a lower layer up to a higher one: " + ", ".join(f"{a} -> {b}" for a, b in up)
     units: dict[str, set[str]] = {}
     for m, ds in edges.items():
-        units.setdefault(_unit(m), set()).update(_unit(d) for d in ds if _unit(d) != _unit(m) and not known(_unit(m), _unit(d)))
+        units.setdefault(_unit(m), set()).update(_unit(d) for d in ds if _unit(d) != _unit(m))
     assert not _cycles(units), _cycles(units)
-    files = {m: {d for d in ds if not known(_unit(m), _unit(d)) and not known(m, d)} for m, ds in edges.items()}
-    assert not _cycles(files), _cycles(files)
-
-
-def test_the_known_exception_is_still_needed():
-    """When issue 29's pool lands and runner and survey stop importing each other, KNOWN_UPWARD must go."""
-    edges = _import_map()
-    for a, b in KNOWN_UPWARD:
-        assert any(m.startswith(a) and any(d.startswith(b) for d in ds) for m, ds in edges.items()), (a, b)
-        assert any(m.startswith(b) and any(d.startswith(a) for d in ds) for m, ds in edges.items()), (b, a)
+    assert not _cycles(edges), _cycles(edges)
 
 
 # -- one judgement type --------------------------------------------------------------------------------------

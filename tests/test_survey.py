@@ -150,10 +150,10 @@ def test_survey_out_must_not_hold_other_files(tmp_path, capsys):
 
 
 def test_interrupted_survey_keeps_the_draws_that_finished(monkeypatch):
-    import verifier.survey.engine as E
+    import verifier.survey.workers as W
 
     calls = []
-    real = E.run_checks
+    real = W.run_checks
 
     def stop_on_second(ctx, ids, progress=True):
         calls.append(ctx.config.seed)
@@ -161,7 +161,7 @@ def test_interrupted_survey_keeps_the_draws_that_finished(monkeypatch):
             raise KeyboardInterrupt
         return real(ctx, ids, progress=progress)
 
-    monkeypatch.setattr(E, "run_checks", stop_on_second)
+    monkeypatch.setattr(W, "run_checks", stop_on_second)
     res = run_survey(SurveyConfig(preset="diag-linear", n=3, checks=("lemma-4.1",)), progress=False)
     assert len(res.draws) == 1 and res.draws[0].seed == calls[0] == draw_seed(0, 0)
     assert res.survey["interrupted"].startswith("interrupted after 1 of 3 draws")

@@ -1,6 +1,7 @@
 """Surveys on executors: in-process, local worker processes and a Dask cluster give the same draws bit for
 bit; the journal and --resume; a worker killed mid-draw; a model file's factory that raises for one seed."""
 
+import concurrent.futures as cf
 import contextlib
 import json
 import os
@@ -16,7 +17,7 @@ from verifier.results import Verdict
 from verifier.survey import SurveyConfig, draw_seed, read_survey, run_survey
 from verifier.survey.journal import NAME
 from verifier.survey.results import WORKER_DIED
-from verifier.survey.workers import LocalPool
+from verifier.pool import LocalPool, usable_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = ("definition-3.1", "lemma-4.1")  # seconds a draw on diag-linear
@@ -49,7 +50,7 @@ def test_two_local_workers_give_the_in_process_draws_bit_for_bit(in_process, tmp
     assert [d.index for d in res.draws] == [0, 1, 2]
     assert _key(res) == _key(in_process)
     assert res.survey["executor"] == {"kind": "local-processes", "workers": 2, "gpus": None, "restarts": 0,
-                                      "torch_threads": max(1, os.cpu_count() // 2)}  # the cores shared out
+                                      "torch_threads": max(1, usable_cores() // 2)}  # the cores shared out
     assert in_process.survey["executor"] == {"kind": "in-process", "workers": 1}
     failed = [o for d in res.draws for o in d.outcomes.values() if o.verdict is not Verdict.PASS]
     assert failed and all(o.reason for o in failed)  # every fail carries its check's reason through the worker
@@ -65,6 +66,9 @@ def _start(argv: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+_CLUSTER: list = []  # the processes of the running dask_cluster (scheduler first)
+
+
 @contextlib.contextmanager
 def dask_cluster(folder: Path, workers: int = 2):
     """``dask scheduler`` and ``workers`` ``dask worker`` processes on 127.0.0.1 (a free port), started here and
@@ -76,6 +80,7 @@ def dask_cluster(folder: Path, workers: int = 2):
     file = folder / "scheduler.json"
     procs = [_start([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
                      str(file)], folder / "scheduler.log")]
+    _CLUSTER[:] = procs
     try:
         deadline = time.monotonic() + 300
         while not file.exists() and time.monotonic() < deadline:
@@ -84,6 +89,7 @@ def dask_cluster(folder: Path, workers: int = 2):
         for k in range(workers):
             procs.append(_start([dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1",
                                  "--name", f"w{k}"], folder / f"worker{k}.log"))
+            _CLUSTER.append(procs[-1])
         with Client(address, timeout="120s") as client:
             client.wait_for_workers(workers, timeout=300)
         yield address
@@ -251,14 +257,16 @@ def test_a_factory_that_raises_for_one_seed_is_that_draws_user_code_error(tmp_pa
 
 
 @pytest.mark.parametrize("given,expected", [("1", (1, None)), ("3", (3, None)), (2, (2, None)),
-                                            ("auto", (os.cpu_count(), None))])
+                                            ("auto", (usable_cores(), None)), (None, (usable_cores(), None))])
 def test_workers_option(given, expected):
-    from verifier.survey.workers import local_workers
+    from verifier.pool import parse_workers
+    from verifier.survey.session import _local
 
-    assert local_workers(given, "cpu") == expected
+    assert _local(parse_workers(given, {}), "cpu") == expected
 
 
 @pytest.mark.parametrize("argv", [["--workers", "0"], ["--workers", "two"], ["--workers", "1.5"],
+                                  ["--workers", "2147483647"], ["--workers", "99999999999"],
                                   ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], ["--resume"]])
 def test_bad_executor_options_exit_2_before_work(argv, tmp_path, capsys):
     out = [] if argv == ["--resume"] else ["--out", str(tmp_path / "o")]
@@ -275,10 +283,11 @@ def test_workers_pinned_to_gpus_give_the_in_process_verdicts():
     verdicts equal those of the same survey in this process on the GPU."""
     import torch
 
-    from verifier.survey.workers import local_workers
+    from verifier.pool import parse_workers
+    from verifier.survey.session import _local
 
     config = SurveyConfig(preset="diag-linear", n=2, checks=CHEAP, device="cuda", seed=11, batch=1)
-    count, gpus = local_workers("auto", "cuda")
+    count, gpus = _local(parse_workers("auto", {}), "cuda")
     assert count == torch.cuda.device_count() and gpus == list(range(count))
     pool = LocalPool(count, threads=1, gpus=gpus)  # one GPU: the command runs in-process; here a pinned process
     try:
@@ -316,3 +325,146 @@ def test_a_dask_worker_killed_mid_draw_does_not_lose_the_survey(tmp_path):
     assert verdicts == [Verdict.PASS, Verdict.PASS, Verdict.INCONCLUSIVE, Verdict.PASS]
     dead = res.draws[2].outcomes["lemma-4.1"]
     assert dead.reason == WORKER_DIED and "KilledWorker" in dead.message
+
+
+# ---- a scheduler that fails cleanly (issue 29, "Scheduler") ------------------------------------------------------
+
+@contextlib.contextmanager
+def _server(kind: str):
+    """A TCP server on 127.0.0.1 that is not a Dask scheduler: ``http`` (an HTTP server: it waits for a
+    request), ``silent`` (accepts, never speaks) or ``chatty`` (speaks first, but not Dask). Yields its
+    address."""
+    import http.server
+    import socket
+    import threading
+
+    if kind == "http":
+        server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"tcp://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+        return
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if kind == "chatty":
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("kind, says", [("http", "sent nothing in 2 s"), ("silent", "sent nothing in 2 s"),
+                                        ("chatty", "is not a Dask scheduler: it answered b'SSH-2.0-")])
+def test_a_server_that_is_not_dask_is_refused_naming_the_scheduler(kind, says, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("distributed")
+    import verifier.survey.workers as W
+
+    monkeypatch.setattr(W, "SCHEDULER_TIMEOUT_S", 2.0)  # the probe's wait, short for the test (30 s by default)
+    with _server(kind) as address:
+        code = main(["survey", "--preset", "diag-linear", "--n", "1", "--checks", "lemma-4.1", "--scheduler", address,
+                     "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("verifier: error: --scheduler: ") and says in err and "\n" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:1", "nonsense", "tcp://127.0.0.1:99999", "tcp://:8786"])
+def test_an_unreachable_or_malformed_scheduler_is_refused(address, tmp_path, capsys):
+    pytest.importorskip("distributed")
+    code = main(["survey", "--preset", "diag-linear", "--n", "1", "--checks", "lemma-4.1", "--scheduler", address,
+                 "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("verifier: error: --scheduler: ") and "\n" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+class _GoneAfter(cf.Executor):
+    """An executor that runs ``k`` tasks (here, at once), then loses its scheduler: the rest never finish and
+    :meth:`lost` says so, as a Dask client's executor does when its scheduler dies."""
+
+    def __init__(self, k: int):
+        self.k, self.gone = k, False
+
+    def submit(self, fn, /, *args, **kwargs):
+        fut = cf.Future()
+        if self.k > 0:
+            self.k -= 1
+            fut.set_result(fn(*args, **kwargs))
+        else:
+            self.gone = True
+        return fut
+
+    def lost(self):
+        return "the client is closed" if self.gone else None
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        pass
+
+
+def test_a_scheduler_lost_mid_survey_stops_it_and_resume_finishes_it(tmp_path, capsys, monkeypatch):
+    import verifier.survey.engine as E
+    import verifier.survey.session as S
+
+    straight = tmp_path / "straight"
+    assert main([*ARGS, "--out", str(straight)]) == 0
+    monkeypatch.setattr(S, "dask_executor", lambda address: _GoneAfter(2))
+    monkeypatch.setattr(E, "LOST_POLL_S", 0.2)
+    out = tmp_path / "lost"
+    capsys.readouterr()
+    assert main([*ARGS, "--scheduler", "tcp://10.0.0.1:8786", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("verifier: error: --scheduler: lost the Dask scheduler at tcp://10.0.0.1:8786 (the client "
+                          f"is closed) after 2 of 4 draws; {out / NAME} keeps them: the same command with --out {out} "
+                          "--resume finishes the survey") and "\n" not in err, err
+    lines = (out / NAME).read_text().splitlines()
+    assert sorted(json.loads(x)["index"] for x in lines[1:]) == [0, 1] and sorted(p.name for p in out.iterdir()) == [NAME]
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    assert _strip(out / "results.json") == _strip(straight / "results.json")
+
+
+@pytest.mark.slow
+def test_a_real_dask_scheduler_killed_mid_survey_keeps_the_journal(tmp_path):
+    """``verifier survey --scheduler`` as a real process; the scheduler SIGKILLed once a draw is journaled: exit 2,
+    one line naming --scheduler and --resume, no traceback, every journaled line whole; --resume then finishes
+    it with the straight survey's draws (in this process)."""
+    args = [*ARGS[:4], "12", *ARGS[5:]]  # 12 draws, one at a time on one worker: the scheduler dies mid-survey
+    straight = tmp_path / "straight"
+    assert main([*args, "--out", str(straight)]) == 0
+    out = tmp_path / "lost"
+    with dask_cluster(tmp_path, workers=1) as address:
+        scheduler = next(p for p in _CLUSTER if "scheduler" in p.args)
+        proc = subprocess.Popen([sys.executable, "-m", "verifier", *args, "--scheduler", address, "--out", str(out)],
+                                cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / NAME).exists() and len((out / NAME).read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.5)
+        scheduler.kill()
+        _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().startswith("verifier: error: --scheduler: lost the Dask scheduler") and "--resume" in err
+    lines = (out / NAME).read_text().splitlines(keepends=True)
+    assert 2 <= len(lines) < 13 and all(x.endswith("\n") and json.loads(x) for x in lines)
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert _strip(out / "results.json") == _strip(straight / "results.json")

@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--perturb-epochs", help=f"training epochs after a perturbation (default {R.perturb_epochs})")
     run.add_argument("--out", help="output folder: new, empty, or holding a previous output set (default "
                                    "reports/<timestamp>, with reports/latest linking to it)")
-    run.add_argument("--workers", help="processes that run groups of checks side by side: N, or auto (default, "
-                                       "or $VERIFIER_WORKERS: one per core)")
+    run.add_argument("--workers", help="processes that run groups of checks side by side: N (1 to 1024; 1: this "
+                                       "process) or auto (default, or $VERIFIER_WORKERS: one per core)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     sv = sub.add_parser("survey", help="draw N problems of a preset, run the checks on each: rates with intervals, "
@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--seed", type=int, default=0, help="survey seed S; draw i uses a seed derived from S and i")
     sv.add_argument("--batch", type=int, help="draws per batched flow solve (default: 1 on a CPU, 16 on a GPU)")
     sv.add_argument("--out", help="output folder (default reports/surveys/<timestamp>, linked from reports/surveys/latest)")
-    sv.add_argument("--workers", default="1", help="local worker processes: N (default 1: in this process) or auto "
-                                                   "(one per core; one per GPU with --device cuda and several GPUs)")
+    sv.add_argument("--workers", help="local worker processes: N (1 to 1024; 1: in this process) or auto (default, "
+                                      "or $VERIFIER_WORKERS: one per core; one per GPU with --device cuda)")
     sv.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT) whose workers run the "
                                         "draws (needs pip install 'verifier[distributed]')")
     sv.add_argument("--resume", action="store_true", help="finish the survey whose journal is in --out DIR "
@@ -213,13 +213,15 @@ def _run(args, argv) -> int:
     from .checks import resolve_ids
     from .context import Context
     from .outputs import OutputSet
+    from .pool import parse_workers, usable_cores
     from . import runner
 
     config = _config(args)
-    workers = run_workers(args.workers, os.environ, machine_load()[0])
+    choice = parse_workers(args.workers)
+    workers = choice.processes(usable_cores())
     output = OutputSet.for_out(args.out)
     ctx = Context(config, argv=["verifier", *argv])
-    if args.workers not in (None, "auto") and workers > 1 and (why := runner.can_split(ctx)) is not None:
+    if args.workers is not None and workers > 1 and (why := runner.can_split(ctx)) is not None:
         raise InputError("--workers", f"{workers} processes asked for, but {why}: the checks run in one process",
                          "leave --workers out, or 1")
     ids = resolve_ids(args.checks, ctx.model)
@@ -257,6 +259,7 @@ def _survey(args, argv) -> int:
     """Exit codes as ``run``, over every draw: 0 all passed, 1 some check failed on some draw, 3 none failed
     but some was inconclusive; 130 when interrupted (Ctrl-C or SIGTERM: the draws that finished are written,
     and DIR/draws.jsonl keeps them for --resume)."""
+    from .pool import parse_workers
     from .survey import SurveyConfig
     from .survey.session import SurveyOutput, survey_session
 
@@ -264,7 +267,8 @@ def _survey(args, argv) -> int:
     config = SurveyConfig(preset=args.preset, n=args.n, checks=checks, device=args.device, seed=args.seed,
                           batch=args.batch, model_file=args.model_file)
     output = SurveyOutput.for_survey(args.out, root=SURVEY_ROOT)
-    results, paths, interrupted = survey_session(config, output, workers=args.workers, scheduler=args.scheduler,
+    results, paths, interrupted = survey_session(config, output, workers=parse_workers(args.workers),
+                                                 scheduler=args.scheduler,
                                                  resume=args.resume, progress=not args.no_progress,
                                                  argv=["verifier", *argv])
     if results is None:
@@ -337,9 +341,11 @@ def _write(output, compute) -> int:
 
 def _say(*lines: str, written: bool = True) -> None:
     """Print to stdout. After a command's files are ``written``, stdout that cannot take the closing lines (a
-    full disk, a closed pipe) is a warning on stderr, never a failure that would hide the finished work; when
-    stdout is the only output, it is an InputError naming stdout."""
+    full disk, a closed pipe, closed) is a warning on stderr, never a failure that would hide the finished
+    work; when stdout is the only output, it is an InputError naming stdout."""
     try:
+        if _STDOUT_CLOSED:
+            raise OSError("closed")
         print(_printable("\n".join(lines), sys.stdout), flush=True)
     except OSError as exc:
         if not written:
@@ -465,60 +471,136 @@ def machine_load() -> tuple[int, float]:
         return cores, float("inf")
 
 
-def run_workers(text: str | None, environ, cores: int) -> int:
-    """``verifier run --workers N|auto`` -> processes (runner.py: at most one per group of checks). Not given:
-    $VERIFIER_WORKERS, else auto: one per core, whatever the load. Single-threaded processes do not spin
-    (each gets cores // N torch threads), so on a busy machine two of them share the cores with the other jobs
-    as two jobs do; only OpenMP teams collapse there (:func:`thread_policy`)."""
-    field = "--workers" if text is not None or "VERIFIER_WORKERS" not in environ else "$VERIFIER_WORKERS"
-    text = environ.get("VERIFIER_WORKERS", "auto") if text is None else text
-    if str(text).strip() == "auto":
-        return max(1, cores)
-    from .survey.workers import local_workers
-
-    try:
-        return local_workers(text, "cpu")[0]
-    except InputError as exc:
-        raise InputError(field, f"{text!r} is not a number of workers", "a positive integer or auto") from exc
-
-
 def _set_thread_policy() -> None:
     os.environ.update(thread_policy(os.environ, *machine_load()))
 
 
 def console() -> None:
-    """The ``verifier`` command: :func:`main`, then exit with its code. An interrupt that lands after main's
-    own handling (its output set is then complete or discarded) exits 130, and one during the interpreter's
-    shutdown is ignored: neither may print a traceback over a finished run. The thread policy
-    (:func:`thread_policy`) is set first, before anything imports torch."""
-    if "torch" not in sys.modules:
-        _set_thread_policy()
+    """The ``verifier`` command: :func:`main`, then exit with its code.
 
-    def settled():  # from here on nothing is left to interrupt
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
+    First, standard streams that are closed get ``/dev/null`` (a file the run opens must never become fd 0-2,
+    where a print or a worker process would write into it) and stderr becomes best-effort (a full or closed
+    stderr drops messages, never changes an exit code); then the thread policy (:func:`thread_policy`),
+    before anything imports torch. An interrupt before main's own handling exits 130; one after it (the
+    output set is then complete or discarded) leaves main's code. The process ends with ``os._exit`` after
+    flushing: threads or child processes the user's code started cannot keep it alive past the verdict, and
+    nothing at the interpreter's shutdown can print over a finished run (docs/TRUST.md)."""
+    code = EXIT_INTERRUPTED
     try:
+        _standard_streams()
+        if "torch" not in sys.modules:
+            _set_thread_policy()
+            if set(sys.argv[1:2]) & {"run", "survey", "track", "limit"}:
+                _import_torch()
         code = main()
-        settled()
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-        settled()
+    except KeyboardInterrupt:  # before main's own handling (main handles its own)
+        print("verifier: interrupted (nothing written)", file=sys.stderr)
+    finally:
+        _exit(code)
+
+
+def _import_torch() -> None:
+    """Import torch (and numpy under it) with Ctrl-C and SIGTERM held until it is done, then acted on: an
+    interrupt in the middle of those imports can leave half-made modules that torch's C extension swallows
+    the error of, and the command would fail later with a misleading internal error."""
+    held = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        sys.stdout.flush()
-    except OSError:  # stdout cannot take what is left (a full disk): drop it rather than exit 120 at shutdown
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(code)
+        import torch  # noqa: F401
+    except Exception:  # not importable: the command says so where it needs it
+        pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        raise KeyboardInterrupt
+
+
+def _exit(code: int) -> None:
+    while True:  # from here on nothing is left to interrupt
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            break
+        except KeyboardInterrupt:
+            continue
+    if "multiprocessing" in sys.modules:  # its own clean-up (a worker pool's named semaphores), without
+        with contextlib.suppress(Exception):  # joining anyone's child processes
+            import multiprocessing.util
+
+            multiprocessing.util._run_finalizers(0)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a full disk, a closed pipe: what is left is dropped
+            stream.flush()
+    os._exit(code)
+
+
+_STDOUT_CLOSED = False  # fd 1 was closed when the command started (`verifier ... >&-`)
+
+
+class _BestEffort:
+    """A text stream whose failures (a full disk, a closed pipe) are dropped: what goes to stderr is a
+    courtesy that must never change an exit code."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _standard_streams() -> None:
+    """fds 0, 1 and 2 open (a closed one gets /dev/null), sys.stdout and sys.stderr streams (Python makes
+    them None for a closed fd), stderr best-effort (:class:`_BestEffort`)."""
+    global _STDOUT_CLOSED
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            _STDOUT_CLOSED = _STDOUT_CLOSED or fd == 1
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(os.devnull, "w")
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")
+    if not isinstance(sys.stderr, _BestEffort):
+        sys.stderr = _BestEffort(sys.stderr)
+
+
+def _default_terminate_in_forked_child() -> None:
+    """After a fork by the user's code (a model file's ``multiprocessing`` pool): the child gets SIGTERM's
+    default back, so that its parent can terminate it without a KeyboardInterrupt traceback."""
+    if signal.getsignal(signal.SIGTERM) is signal.default_int_handler:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_FORK_HOOK = []  # registered once per process (os.register_at_fork cannot unregister)
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """SIGTERM stops a command like Ctrl-C (KeyboardInterrupt): output sets are discarded (a survey keeps
-    the draws that finished) and the exit code is 130. Signal handlers can only be set in the main thread."""
+    the draws that finished) and the exit code is 130. The handler never reaches a process the user's code
+    forks (:func:`_default_terminate_in_forked_child`). Signal handlers can only be set in the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if not _FORK_HOOK and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_default_terminate_in_forked_child)
+        _FORK_HOOK.append(True)
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield

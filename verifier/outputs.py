@@ -115,6 +115,10 @@ class OutputSet:
             if self.target is None:
                 self.target = self._reserve()
             self.target.parent.mkdir(parents=True, exist_ok=True)
+            if self.target.is_dir():  # it is swapped out at the end: found now if it cannot be written
+                fd, probe = tempfile.mkstemp(prefix=temp_prefix(self.target.name), dir=self.target)
+                os.close(fd)
+                os.unlink(probe)
             self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=self.target.parent))
         except OSError as exc:
             self.discard()
@@ -172,7 +176,11 @@ class OutputSet:
         target = self.target
         if target.exists() and any(target.iterdir()):  # a previous set: swap it out, then drop it
             old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".old", dir=target.parent))
-            os.replace(target, old / target.name)
+            try:
+                os.replace(target, old / target.name)
+            except BaseException:
+                old.rmdir()
+                raise
             try:
                 os.replace(self.tmp, target)
             except BaseException:

@@ -12,6 +12,7 @@ meanwhile. The results are the same, value for value, as in one process at the s
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from .checks import run_check
 from .config import RunConfig
 from .context import Context
 from .errors import InputError
+from .pool import LocalPool, threads_per_worker
 from .results import RunResults
 
 
@@ -165,25 +167,45 @@ def _stages(ctx: Context, bar) -> None:
 
 
 def _ready() -> None:
-    """A worker's first task: import what the checks need."""
+    """A worker's first task: import what the checks need (while Algorithm 1 runs here)."""
     from . import checks  # noqa: F401
 
 
+WORKER_DIED = "a worker process died"
+
+
 def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count: int, progress: bool) -> list:
+    """Groups of checks in ``count`` worker processes. A group whose worker died, at whatever moment (before
+    its group was handed over, while Algorithm 1 ran here, mid-check), or whose worker rebuilt another model
+    (:class:`ModelDiffers`) runs here instead, and ``provenance.ran_here`` says why. An interrupt or an
+    error stops every worker at once."""
     import torch
 
     from .checks.registry import notify
-    from .survey.workers import LocalPool, threads_per_worker
 
     bar = tqdm(total=len(ids), desc="verifier", unit="check", file=sys.stderr, disable=not progress, leave=False)
     threads, own = threads_per_worker(count), torch.get_num_threads()
     torch.set_num_threads(threads)  # Algorithm 1 here runs beside a worker: the cores are shared out alike
-    pool = LocalPool(count, threads)
-    for _ in range(count):  # the workers start (and import torch) while Algorithm 1 runs here
-        pool.submit(_ready)
-    bar.set_postfix_str(f"{count} worker processes")
-    done, futures = {}, {}
+    pool = None
+    done: dict = {}
+
+    def take(results) -> None:
+        for result in results:
+            done[result.id] = result
+            notify(result)
+            bar.update(1)
+
+    def here(group: list[str], why: str) -> None:
+        ctx.provenance.setdefault("ran_here", []).append({"checks": list(group), "why": why})
+        take([run_check(check_id, ctx) for check_id in group])
+
     try:
+        pool = LocalPool(count, threads, field="workers")
+        futures, orphans = {}, []
+        for _ in range(count):  # the workers start (and import torch) while Algorithm 1 runs here
+            with contextlib.suppress(cf.BrokenExecutor):
+                pool.submit(_ready)
+        bar.set_postfix_str(f"{count} worker processes")
         probe = fingerprint(ctx.model)
         # Groups that do not read Algorithm 1 start now, beside it; the others once its stages are here.
         tried = False
@@ -193,21 +215,24 @@ def _run_in_workers(ctx: Context, ids: list[str], groups: list[list[str]], count
                 tried = True
                 bar.set_postfix_str(f"{count} worker processes")
             task = GroupTask(ctx.config, ctx.provenance, tuple(g), ctx.__dict__.get("stages"), probe)
-            futures[pool.submit(run_group, task)] = g
+            try:
+                futures[pool.submit(run_group, task)] = g
+            except cf.BrokenExecutor:  # a worker died before this group was handed over
+                orphans.append(g)
         for future in cf.as_completed(futures):
             try:
                 results = future.result()
-            except (cf.BrokenExecutor, ModelDiffers) as exc:  # a worker died (killed, out of memory), or its
-                # model is not this one: the group runs here instead, and the run records why
-                why = "a worker process died" if isinstance(exc, cf.BrokenExecutor) else str(exc)
-                ctx.provenance.setdefault("ran_here", []).append({"checks": list(futures[future]), "why": why})
-                results = [run_check(check_id, ctx) for check_id in futures[future]]
-            for result in results:
-                done[result.id] = result
-                notify(result)
-            bar.update(len(futures[future]))
+            except cf.BrokenExecutor:  # its worker died (killed, out of memory): the group runs here
+                here(futures[future], WORKER_DIED)
+            except ModelDiffers as exc:  # its worker's model is not this one
+                here(futures[future], str(exc))
+            else:
+                take(results)
+        for g in orphans:
+            here(g, WORKER_DIED)
     except BaseException:  # an interrupt, a worker's InputError: stop the others now
-        pool.shutdown(wait=False)
+        if pool is not None:
+            pool.shutdown(wait=False)
         raise
     finally:
         bar.close()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from ..config import DEVICES, SEED_MAX, SEED_MIN, Allowed, RunConfig, check_choice, resolve_device, validate_fields
 from ..errors import InputError
 
+SEED_RULE = ("draw i uses seed int.from_bytes(sha256(f'verifier-survey:{S}:{i}')[:4], 'big'), "
+             "S the survey seed (verifier.survey.config.draw_seed)")
 DRAW_SEED_BITS = 32  # derived seeds lie in [0, 2^32): inside every seed range, short to type, exact in JSON
 MAX_DRAWS = 100_000
 AUTO = "auto"

@@ -23,38 +23,16 @@ from tqdm import tqdm
 from ..checks import REGISTRY, resolve_ids
 from ..context import Context, git_sha, versions
 from ..errors import InputError
-from ..results import CheckResult, Metric, Verdict
-from ..runner import run_checks
-from .config import SurveyConfig
+from ..pool import LocalPool, worker_name
+from ..results import Verdict
+from .config import SEED_RULE, SurveyConfig
 from .journal import Journal
-from .results import USER_CODE_ERROR, WORKER_DIED, Draw, Outcome, SurveyResults
-from .stacked import prefill_ladders
-from .workers import (DrawTask, LocalPool, describe_executor, failed_draw, is_worker_death, run_task, user_code_error,
-                      worker_name)
+from .results import WORKER_DIED, Draw, SurveyResults
+from .workers import (DrawTask, describe_executor, draw_context, failed_draw, is_worker_death, run_draws, run_task,
+                      user_code_error)
 
-SEED_RULE = ("draw i uses seed int.from_bytes(sha256(f'verifier-survey:{S}:{i}')[:4], 'big'), "
-             "S the survey seed (verifier.survey.config.draw_seed)")
 ACCELERATOR_BATCH = 16  # draws per batched flow solve on an accelerator (on a CPU: 1, bit-exact reproduction)
 TRIES = 2  # a task whose worker dies runs once more, then its draws are recorded as worker-died
-
-
-def outcome(result: CheckResult) -> Outcome:
-    """A check result reduced to its verdict, reason, message and declared key metric (value, threshold,
-    direction; a key metric that is not one number, e.g. a list along the ladder, keeps its name only)."""
-    name = result.key_metric
-    return metric_outcome(result.verdict, result.message, name, result.metrics.get(name) if name else None,
-                          result.duration_s, getattr(result, "reason", None))
-
-
-def metric_outcome(verdict: Verdict, message: str, name: str | None, metric: Metric | None,
-                   duration_s: float = 0.0, reason: str | None = None) -> Outcome:
-    def number(x) -> float | None:
-        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-    if metric is None:
-        return Outcome(verdict, message, name, duration_s=duration_s, reason=reason)
-    return Outcome(verdict, message, name, number(metric.value), number(metric.threshold), metric.better, duration_s,
-                   reason)
 
 
 def batch_size(config: SurveyConfig) -> int:
@@ -86,20 +64,16 @@ def _require_seed_parameter(spec: str) -> None:
                          f"a factory with a parameter named seed, e.g. def {name}(seed): ...")
 
 
-def _context(config: SurveyConfig, index: int) -> Context:
-    return Context(config.run_config(index), argv=shlex.split(config.command(index)))
-
-
 def survey_checks(config: SurveyConfig) -> list[str]:
     """The check ids, resolved on the first draw whose problem builds (a model file's factory may raise for
     some seeds: those draws are recorded as user-code errors, not refused). Bad input raises InputError."""
     if config.model_file is None:
-        return check_ids_for(config, _context(config, 0))
+        return check_ids_for(config, draw_context(config, 0))
     _require_seed_parameter(config.model_file)
     first = None
     for i in range(config.n):
         try:
-            return check_ids_for(config, _context(config, i))
+            return check_ids_for(config, draw_context(config, i))
         except InputError as exc:
             if exc.field != "--model-file":
                 raise
@@ -107,37 +81,6 @@ def survey_checks(config: SurveyConfig) -> list[str]:
         except SystemExit as exc:
             first = first or InputError("--model-file", user_code_error(config, i, exc))
     raise InputError("--model-file", f"no draw's problem could be built; the first: {first}")
-
-
-def run_draws(config: SurveyConfig, indices, ids: list[str], worker: str) -> list[Draw]:
-    """Run draws ``indices`` in this process (what a worker does with a task). A draw whose model-file factory
-    raises or calls sys.exit is recorded as inconclusive (reason ``user-code-error``), never a crash of the
-    survey; KeyboardInterrupt still stops it."""
-    contexts, draws = {}, {}
-    for i in indices:
-        t0 = time.perf_counter()
-        try:
-            contexts[i] = _context(config, i)
-        except (InputError, SystemExit) as exc:
-            if config.model_file is None or (isinstance(exc, InputError) and exc.field != "--model-file"):
-                raise
-            draws[i] = failed_draw(config, i, ids, user_code_error(config, i, exc), USER_CODE_ERROR, worker,
-                                   time.perf_counter() - t0)
-    if len(contexts) > 1:
-        prefill_ladders(list(contexts.values()), ids)
-    for i, ctx in contexts.items():
-        t0 = time.perf_counter()
-        try:
-            results = run_checks(ctx, ids, progress=False)
-        except (InputError, SystemExit) as exc:  # the user's code refused or exited while a check ran it
-            if config.model_file is None:
-                raise
-            draws[i] = failed_draw(config, i, ids, user_code_error(config, i, exc), USER_CODE_ERROR, worker,
-                                   time.perf_counter() - t0)
-            continue
-        outcomes = {c.id: outcome(c) for c in results.checks}
-        draws[i] = Draw(i, config.draw_seed(i), config.command(i), outcomes, time.perf_counter() - t0, worker)
-    return [draws[i] for i in indices]
 
 
 class _Collector:
@@ -165,14 +108,68 @@ class _Collector:
         self.bar.set_postfix_str(f"{self.counts[Verdict.FAIL]} fail, {self.counts[Verdict.INCONCLUSIVE]} inconclusive")
 
 
+class ExecutorLost(Exception):
+    """The executor can run nothing more (a Dask scheduler that went away): the survey stops, and the journal
+    keeps every draw that finished."""
+
+
+LOST_POLL_S = 10.0  # how often a wait for results asks whether the executor is still there
+
+
+def _lost(executor) -> str | None:
+    lost = getattr(executor, "lost", None)
+    return lost() if lost is not None else None
+
+
+def _submit(executor: cf.Executor, task: DrawTask) -> cf.Future:
+    """``executor.submit(run_task, task)``; a local pool that broke before it took the task gives a future
+    that failed with that error, handled as any task of a broken pool."""
+    try:
+        return executor.submit(run_task, task)
+    except cf.BrokenExecutor as exc:
+        fut: cf.Future = cf.Future()
+        fut.set_exception(exc)
+        return fut
+
+
+def _wait(executor: cf.Executor, futures) -> set:
+    """The futures that finished (at least one), or ExecutorLost when the executor has been gone on two polls
+    in a row (a client that reconnects within :data:`LOST_POLL_S` goes on)."""
+    gone = None
+    while True:
+        finished, _ = cf.wait(futures, timeout=LOST_POLL_S, return_when=cf.FIRST_COMPLETED)
+        if finished:
+            return finished
+        why = _lost(executor)
+        if why is not None and gone is not None:
+            raise ExecutorLost(why)
+        gone = why
+
+
+def _failure(executor: cf.Executor, fut: cf.Future) -> BaseException | None:
+    """The exception a finished task ended with (None: it returned its draws). A task cancelled or failed
+    because the executor went away is ExecutorLost."""
+    exc = None if not fut.cancelled() else cf.CancelledError()
+    if exc is None:
+        exc = fut.exception()
+    if exc is not None and not is_worker_death(exc):
+        why = _lost(executor)
+        if why is not None:
+            return ExecutorLost(f"{why}; the task ended with {type(exc).__name__}")
+    return exc
+
+
 def _collect(executor: cf.Executor, tasks: list[DrawTask], sink: _Collector) -> None:
     """Submit every task, collect as they complete. A task whose worker died runs once more, alone (so that
     a second death is its own, not a neighbour's); when that worker dies too, its draws are recorded as
-    worker-died. A local pool that broke is restarted (:meth:`LocalPool.restart`): the tasks it was running
-    (their marker files) are the suspects, the others go back as they were. Dask names the task whose worker
-    died (KilledWorker, after the scheduler's own retries)."""
-    pending = {executor.submit(run_task, t): t for t in tasks}
+    worker-died. A local pool that broke (at whatever moment: while taking tasks, or running them) is
+    restarted (:meth:`LocalPool.restart`): the tasks it was running (their marker files) are the suspects,
+    the others go back as they were. Dask names the task whose worker died (KilledWorker, after the
+    scheduler's own retries); a Dask scheduler that goes away stops the survey (ExecutorLost)."""
+    pending: dict = {}
     try:
+        for t in tasks:
+            pending[_submit(executor, t)] = t
         _drain(executor, tasks, pending, sink)
     except BaseException:  # an interrupt or an error: what has not started is not started
         for fut in pending:
@@ -183,11 +180,11 @@ def _collect(executor: cf.Executor, tasks: list[DrawTask], sink: _Collector) -> 
 def _drain(executor: cf.Executor, tasks: list[DrawTask], pending: dict, sink: _Collector) -> None:
     """:func:`_collect`'s loop; ``pending`` (future -> task) is kept current so that the caller can cancel."""
     while pending:
-        finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        finished = _wait(executor, pending)
         suspects, lost, death = [], [], None
         for fut in finished:
             task = pending.pop(fut)
-            exc = fut.exception()
+            exc = _failure(executor, fut)
             if exc is None:
                 sink.add(fut.result())
             elif not is_worker_death(exc):
@@ -208,7 +205,8 @@ def _drain(executor: cf.Executor, tasks: list[DrawTask], pending: dict, sink: _C
         for task in suspects:  # one at a time, alone on a fresh worker: a death now is its own
             again = _run_alone(executor, task)
             sink.add(again if isinstance(again, list) else _died(task, death, again))
-        pending.update({executor.submit(run_task, t): t for t in resubmit})
+        for t in resubmit:
+            pending[_submit(executor, t)] = t
 
 
 def _running(markers: str | None) -> set[int] | None:
@@ -225,9 +223,9 @@ def _running(markers: str | None) -> set[int] | None:
 
 def _run_alone(executor: cf.Executor, task: DrawTask) -> list[Draw] | BaseException:
     """The task's second try, with nothing else submitted: its draws, or the worker death that ended it."""
-    fut = executor.submit(run_task, task)
-    cf.wait([fut])
-    exc = fut.exception()
+    fut = _submit(executor, task)
+    _wait(executor, [fut])
+    exc = _failure(executor, fut)
     if exc is None:
         return fut.result()
     if not is_worker_death(exc):
@@ -250,12 +248,12 @@ def _died(task: DrawTask, first: BaseException, second: BaseException) -> list[D
 
 def run_survey(config: SurveyConfig, executor: cf.Executor | None = None, progress: bool = True,
                argv: list[str] | None = None, journal: Journal | None = None, done: list[Draw] = (),
-               checks: list[str] | None = None, executor_info: dict | None = None) -> SurveyResults:
+               checks: list[str] | None = None) -> SurveyResults:
     """Draw ``config.n`` problems and run the checks on each, on ``executor`` (None: in this process); flows
     of ``batch_size`` draws at a time share one batched solve (:func:`~verifier.survey.stacked.prefill_ladders`).
     ``journal`` receives each finished draw; ``done``: draws already journalled (a resume), not run again.
     Interrupted (KeyboardInterrupt), it returns the draws that finished, with ``survey["interrupted"]``
-    saying so."""
+    saying so; an executor that went away raises :class:`ExecutorLost` (the journal keeps what finished)."""
     start, started = time.perf_counter(), _dt.datetime.now(_dt.timezone.utc)
     sha = git_sha()  # the code that runs: taken now, a long survey may outlive the checkout's HEAD
     device = config.torch_device
@@ -290,7 +288,7 @@ def run_survey(config: SurveyConfig, executor: cf.Executor | None = None, progre
         "device": str(device), "dtype": "float64", "versions": versions(), "git_sha": sha,
         "machine": _machine(device), "started": started.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - start, 1), "checks": ids,
-        "executor": executor_info or describe_executor(executor),
+        "executor": describe_executor(executor),  # at the end: a local pool's restarts counted
     } | ({"resumed": {"journal": str(journal.path) if journal else None, "draws_from_journal": len(have),
                       "draws_run_now": len(sink.draws) - len(have)}} if have else {}) \
       | ({"interrupted": interrupted} if interrupted else {})

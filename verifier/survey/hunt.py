@@ -39,8 +39,7 @@ from ..config import RunConfig
 from ..context import Context
 from ..models import DiagAttention
 from ..results import Verdict
-from .engine import metric_outcome
-from .results import Outcome
+from .results import Outcome, metric_outcome
 
 HUNTED = tuple(hunted())  # the checks that declare a Hunt
 # Sizes per hypothesis profile: `ci` small (seconds per example), `thorough` the paper's scale (the toy at

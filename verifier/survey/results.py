@@ -74,6 +74,27 @@ class Outcome:
                    duration_s=float(d.get("duration_s") or 0.0), reason=d.get("reason"))
 
 
+def outcome(result) -> Outcome:
+    """A check's result (``verifier.results.CheckResult``) reduced to its verdict, reason, message and
+    declared key metric (value, threshold, direction; a key metric that is not one number, e.g. a list along
+    the ladder, keeps its name only)."""
+    name = result.key_metric
+    return metric_outcome(result.verdict, result.message, name, result.metrics.get(name) if name else None,
+                          result.duration_s, getattr(result, "reason", None))
+
+
+def metric_outcome(verdict: Verdict, message: str, name: str | None, metric, duration_s: float = 0.0,
+                   reason: str | None = None) -> Outcome:
+    """An :class:`Outcome` from a verdict and a declared ``verifier.results.Metric`` (or None)."""
+    def number(x) -> float | None:
+        return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
+
+    if metric is None:
+        return Outcome(verdict, message, name, duration_s=duration_s, reason=reason)
+    return Outcome(verdict, message, name, number(metric.value), number(metric.threshold), metric.better, duration_s,
+                   reason)
+
+
 @dataclass(frozen=True)
 class Draw:
     """Draw ``index``: its seed, the command that re-runs it alone, an :class:`Outcome` per check, its wall
