@@ -38,7 +38,7 @@ Two perturbation protocols, from one draw (``_perturb.perturb_both``):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 import torch
@@ -127,7 +127,7 @@ class Crossing:
     algorithm1_stage: int | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "mechanism": self.mechanism.value}
 
     def describe(self) -> str:
         if self.mechanism is Mechanism.UNEXPLAINED:
@@ -170,7 +170,8 @@ class StageBRun:
         return f"eps={self.eps:g}" + ("" if self.protocol is Protocol.UNPERTURBED else f", {self.protocol.value}")
 
     def row(self) -> dict:
-        return {"run": self.label, **asdict(self)}
+        return {"run": self.label, **asdict(self), "protocol": self.protocol.value, "outcome": self.outcome.value,
+                "crossing": None if self.crossing is None else self.crossing.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -501,7 +502,8 @@ def judge_limit_level(m: LimitLevel) -> Judgement:
         return Judgement.failed(Reason.NO_DECAY, "limit level: " + "; ".join(
             f"stage {k}: nothing decays towards beta^{k} (|G| = {G:.3g})" for k, G in m.no_decay))
     if m.failed:
-        return Judgement.inconclusive(Reason.SOLVER_FAILED, f"limit level: a stage-B run did not finish ({m.failed[0]})")
+        return Judgement.inconclusive(Reason.SOLVER_FAILED,
+                                      f"limit level: a stage-B run did not finish ({m.failed[0]})")
 
     def where(r: StageBRun) -> str:
         at = (f"a stationary point {r.limit_distance:.3g} from beta^{r.k} (located to {r.resolution:.3g})"
@@ -570,9 +572,9 @@ def judge(m: Measurement) -> Judgement:
 def protocol_differences(m: Measurement) -> list[dict]:
     """Every independent-noise run that did not return, with its mechanism (both parts)."""
     out = [{"part": "limit level", "k": r.k, "outcome": r.outcome.value, "distance": r.distance,
-            **asdict(r.crossing)} for r in m.limit_level.runs if r.crossing is not None]
+            **r.crossing.to_dict()} for r in m.limit_level.runs if r.crossing is not None]
     out += [{"part": "Figure 10", "tau": r["tau"], "onset": r["coordinate"], "return_ratio": r["return_ratio"],
-             **asdict(r["crossing"])} for r in m.figure10.runs if "crossing" in r]
+             **r["crossing"].to_dict()} for r in m.figure10.runs if "crossing" in r]
     return out
 
 
