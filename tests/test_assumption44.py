@@ -203,3 +203,19 @@ def test_full_attention_is_not_applicable():
     res = run_check("assumption-4.4", Context(RunConfig(preset="full-attention"), model=model, argv=["test"]))
     assert res.verdict is Verdict.INCONCLUSIVE and res.reason == "not-applicable"
     assert res.message.startswith("not applicable")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_pesme_flammarion_on_cuda_gives_the_cpu_result(leaving):
+    """Both protocols, the Newton location and the diagnosis on the GPU: the CPU's verdict and mechanism."""
+    _, cpu = leaving
+    model = pesme_flammarion().to_device("cuda")
+    gpu = run_check("assumption-4.4", Context(RunConfig(preset=None, model="diag-linear", device="cuda"),
+                                              model=model, argv=["test"]))
+    assert "raised" not in gpu.message, gpu.message
+    assert gpu.verdict is cpu.verdict is Verdict.PASS
+    key = [(d["part"], d["mechanism"], d["coordinates"], d["algorithm1_stage"])
+           for d in cpu.values["protocol_differences"]]
+    assert [(d["part"], d["mechanism"], d["coordinates"], d["algorithm1_stage"])
+            for d in gpu.values["protocol_differences"]] == key

@@ -382,7 +382,7 @@ def measure_limit_level(ctx) -> LimitLevel:
         return LimitLevel(cfg, len(seq), ctx.stages.message, no_decay)
     U = torch.stack([s[0] for s in starts]).to(model.device)
     V = torch.stack([s[1] for s in starts]).to(model.device)
-    _, traj = P.run_batch(model, U, V, durations, cfg.solver, progress=ctx.progress)
+    _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2, progress=ctx.progress)
     if failed := P.failed_runs(traj):
         return LimitLevel(cfg, len(seq), ctx.stages.message, failed=failed)
     end = traj.beta[:, -1]
@@ -392,7 +392,7 @@ def measure_limit_level(ctx) -> LimitLevel:
     judged = [_classify(model, stage, end[b], region, gtol, scale, nu[stage.k])
               for b, (stage, region, _, _, _) in enumerate(owners)]
     twin = {(o[0].k, o[3]): b for b, o in enumerate(owners)}
-    runs, paths = [], []
+    runs, crossed = [], []
     for b, (stage, region, eps, protocol, sign) in enumerate(owners):
         crossing = None
         if protocol is Protocol.INDEPENDENT and judged[b]["outcome"] is not Outcome.RETURNED:
@@ -401,11 +401,23 @@ def measure_limit_level(ctx) -> LimitLevel:
             leaving = set(stage.left) | {j for j in region if abs(float(end[t, j])) <= LEAVING * big
                                          and abs(float(stage.beta[j])) == 0.0}
             crossing = _crossing(names, sign, end[b], end[t], region, starts[b], leaving, seq, stage.beta)
-            for name in crossing.coordinates:
-                j = names.index(name)
-                paths.append((stage.k, name, traj.tau * durations[b], traj.beta[t, :, j], traj.beta[b, :, j]))
+            crossed += [(stage.k, names.index(c), b, t) for c in crossing.coordinates]
         runs.append(StageBRun(stage.k, protocol, eps, crossing=crossing, **judged[b]))
-    return LimitLevel(cfg, len(seq), ctx.stages.message, runs=runs, paths=paths)
+    return LimitLevel(cfg, len(seq), ctx.stages.message, runs=runs,
+                      paths=_paths(ctx, crossed, U, V, durations) if crossed else ())
+
+
+def _paths(ctx, crossed, U, V, durations) -> list[tuple[int, str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The runs of the stages where a coordinate crossed zero, again with N_OUT outputs for the figure (the
+    batch above keeps only the endpoints: every output costs a loss evaluation per run): (k, coordinate, elapsed
+    time, beta_j of the balanced twin, beta_j of the independent run)."""
+    rows = sorted({r for _, _, b, t in crossed for r in (b, t)})
+    at = {r: n for n, r in enumerate(rows)}
+    _, traj = P.run_batch(ctx.model, U[rows], V[rows], [durations[r] for r in rows], ctx.config.solver,
+                          progress=ctx.progress)
+    names = ctx.model.coordinate_names()
+    return [(k, names[j], traj.tau * durations[b], traj.beta[at[t], :, j], traj.beta[at[b], :, j])
+            for k, j, b, t in crossed]
 
 
 def _onsets(ctx, ref, events) -> tuple[list, torch.Tensor, torch.Tensor, torch.Tensor]:
