@@ -630,7 +630,7 @@ def figures(m: Measurement) -> list[Figure]:
         others = [r for r in lim.runs if r.located and r.limit_distance > r.resolution]
         if others:
             series.append(Series("another stationary point (located)", [r.k + OFFSET[r.protocol] for r in others],
-                                 [r.limit_distance for r in others], "k_"))
+                                 [r.limit_distance for r in others], "k*"))
         out.append(Figure(
             "stage-b-spread", "Stage B from several eps and perturbations: endpoint distance from beta^k",
             "scatter", "stage k", "|beta_end - beta^k| / |beta^k|", yscale="log", series=tuple(series),
@@ -638,7 +638,7 @@ def figures(m: Measurement) -> list[Figure]:
             caption=f"eps {EPS[1]:g} unperturbed, and eps {EPS[0]:g} with relative noise {cfg.noise:g}: balanced "
                     f"(u^2 - v^2 kept; judged) and independent on u and v (the paper's Figure 10 protocol; "
                     f"diagnosed). Pass needs every judged run below {SPREAD_TOL:g} with its located limit at "
-                    f"beta^k; dashes mark a distinct stationary point a run converged to."))
+                    f"beta^k; stars mark a distinct stationary point a run converged to (located by Newton)."))
     if lim.paths:
         series = []
         for k, name, t, bal, ind in lim.paths:
