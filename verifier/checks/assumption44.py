@@ -38,7 +38,7 @@ Two perturbation protocols, from one draw (``_perturb.perturb_both``):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 
 import torch
@@ -287,9 +287,9 @@ def _support(beta: torch.Tensor, g: torch.Tensor, region: list[int], scale: floa
             or (float(beta[j]) != 0 and abs(float(g[j])) <= CONVERGED_GTOL * scale)]
 
 
-def _classify(model, stage, end: torch.Tensor, region: list[int], gtol: float, scale: float,
-              nu_k: float) -> dict:
-    """Part 1's judgement of one endpoint (module docstring): distance, location, outcome."""
+def _classify(model, stage, protocol: Protocol, eps: float, end: torch.Tensor, region: list[int], gtol: float,
+              scale: float, nu_k: float) -> StageBRun:
+    """Part 1's measurement of one endpoint (module docstring): distance, location, outcome."""
     norm = float(stage.beta.norm().clamp_min(1e-300))
     distance = float((end - stage.beta).norm()) / norm
     g = model.grad_b(end.to(model.device)).cpu()
@@ -299,8 +299,7 @@ def _classify(model, stage, end: torch.Tensor, region: list[int], gtol: float, s
     if found is None:  # Newton cannot locate: a flat direction (Assumption 4.3 fails) or no convergence
         outcome = (Outcome.RETURNED if distance <= SPREAD_TOL else
                    Outcome.ELSEWHERE if grad <= CONVERGED_GTOL * scale else Outcome.NOT_CONVERGED)
-        return dict(distance=distance, grad_support=grad, located=False, limit_distance=None, resolution=None,
-                    to_limit=None, outcome=outcome)
+        return StageBRun(stage.k, protocol, eps, distance, grad, False, None, None, None, outcome)
     limit, nu = found
     limit_distance = float((limit - stage.beta).norm()) / norm
     resolution = RESOLUTION_FACTOR * (nu + nu_k) / norm + RESOLUTION_FLOOR
@@ -309,8 +308,7 @@ def _classify(model, stage, end: torch.Tensor, region: list[int], gtol: float, s
         outcome = Outcome.RETURNED if distance <= SPREAD_TOL else Outcome.NOT_CONVERGED
     else:
         outcome = Outcome.ELSEWHERE if to_limit <= LOCATED_FRACTION * limit_distance else Outcome.NOT_CONVERGED
-    return dict(distance=distance, grad_support=grad, located=True, limit_distance=limit_distance,
-                resolution=resolution, to_limit=to_limit, outcome=outcome)
+    return StageBRun(stage.k, protocol, eps, distance, grad, True, limit_distance, resolution, to_limit, outcome)
 
 
 def _values(names, beta: torch.Tensor, region: list[int]) -> dict[str, float]:
@@ -389,20 +387,20 @@ def measure_limit_level(ctx) -> LimitLevel:
     scale = max(1.0, float(seq[0].grad.abs().max()))
     gtol = ctx.stages.gtol
     nu = {s.k: newton_residual(model, s.beta, list(s.support)) for s in seq[1:]}
-    judged = [_classify(model, stage, end[b], region, gtol, scale, nu[stage.k])
-              for b, (stage, region, _, _, _) in enumerate(owners)]
+    measured = [_classify(model, stage, protocol, eps, end[b], region, gtol, scale, nu[stage.k])
+                for b, (stage, region, eps, protocol, _) in enumerate(owners)]
     twin = {(o[0].k, o[3]): b for b, o in enumerate(owners)}
     runs, crossed = [], []
     for b, (stage, region, eps, protocol, sign) in enumerate(owners):
         crossing = None
-        if protocol is Protocol.INDEPENDENT and judged[b]["outcome"] is not Outcome.RETURNED:
+        if protocol is Protocol.INDEPENDENT and measured[b].outcome is not Outcome.RETURNED:
             t = twin[(stage.k, Protocol.BALANCED)]
             big = max(1.0, float(end[t].abs().max()))
             leaving = set(stage.left) | {j for j in region if abs(float(end[t, j])) <= LEAVING * big
                                          and abs(float(stage.beta[j])) == 0.0}
             crossing = _crossing(names, sign, end[b], end[t], region, starts[b], leaving, seq, stage.beta)
             crossed += [(stage.k, names.index(c), b, t) for c in crossing.coordinates]
-        runs.append(StageBRun(stage.k, protocol, eps, crossing=crossing, **judged[b]))
+        runs.append(replace(measured[b], crossing=crossing))
     return LimitLevel(cfg, len(seq), ctx.stages.message, runs=runs,
                       paths=_paths(ctx, crossed, U, V, durations) if crossed else ())
 
