@@ -342,14 +342,27 @@ def _crossing(names, start_sign: torch.Tensor, end: torch.Tensor, twin: torch.Te
                     _values(names, twin, region), float((end - twin).norm()) / norm, match)
 
 
-def measure_limit_level(ctx) -> LimitLevel:
-    """Part 1: every stage B re-run unperturbed and under both protocols, in one batch (module docstring)."""
+@dataclass(frozen=True)
+class StageBStart:
+    """One run of part 1: its stage, region A_{k-1} + {i_k}, eps, protocol, start weights (u, v) [p], the signs
+    of its unperturbed start, and how long it runs."""
+
+    stage: object
+    region: list[int]
+    eps: float
+    protocol: Protocol
+    uv: tuple[torch.Tensor, torch.Tensor]
+    sign: torch.Tensor
+    duration: float
+
+
+def stage_b_starts(ctx) -> tuple[list[StageBStart], list[tuple[int, float]]]:
+    """Part 1's runs, every stage k >= 1 (module docstring), and the stages where nothing decays towards beta^k,
+    as (k, |G|): from beta^{k-1} with the new coordinate(s) at +-eps; at EPS[0] one draw of noise on the region
+    gives the independent run and its balanced twin, at EPS[1] the run is unperturbed."""
     model, cfg, seq = ctx.model, ctx.config, ctx.stages.stages
-    names = model.coordinate_names()
-    if len(seq) < 2:
-        return LimitLevel(cfg, len(seq), ctx.stages.message)
     gen = torch.Generator().manual_seed(cfg.seed + seeds.STAGE_B_NOISE)
-    starts, durations, owners, no_decay = [], [], [], []
+    starts, no_decay = [], []
     for prev, stage in zip(seq[:-1], seq[1:]):
         new = sorted((set(stage.support) - set(prev.support)) | {stage.coordinate})
         G = min(abs(float(prev.grad[j])) for j in new)
@@ -372,35 +385,41 @@ def measure_limit_level(ctx) -> LimitLevel:
                 runs = [(Protocol.INDEPENDENT, independent), (Protocol.BALANCED, balanced)]
             else:
                 runs = [(Protocol.UNPERTURBED, (u, v))]
-            for protocol, uv in runs:
-                starts.append(uv)
-                durations.append(duration)
-                owners.append((stage, region, eps, protocol, beta.sign()))
+            starts += [StageBStart(stage, region, eps, protocol, uv, beta.sign(), duration) for protocol, uv in runs]
+    return starts, no_decay
+
+
+def measure_limit_level(ctx) -> LimitLevel:
+    """Part 1: every stage B re-run unperturbed and under both protocols, in ONE batch (module docstring)."""
+    model, cfg, seq = ctx.model, ctx.config, ctx.stages.stages
+    names = model.coordinate_names()
+    if len(seq) < 2:
+        return LimitLevel(cfg, len(seq), ctx.stages.message)
+    starts, no_decay = stage_b_starts(ctx)
     if no_decay:
         return LimitLevel(cfg, len(seq), ctx.stages.message, no_decay)
-    U = torch.stack([s[0] for s in starts]).to(model.device)
-    V = torch.stack([s[1] for s in starts]).to(model.device)
+    U = torch.stack([r.uv[0] for r in starts]).to(model.device)
+    V = torch.stack([r.uv[1] for r in starts]).to(model.device)
+    durations = [r.duration for r in starts]
     _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2, progress=ctx.progress)
     if failed := P.failed_runs(traj):
         return LimitLevel(cfg, len(seq), ctx.stages.message, failed=failed)
     end = traj.beta[:, -1]
     scale = max(1.0, float(seq[0].grad.abs().max()))
-    gtol = ctx.stages.gtol
     nu = {s.k: newton_residual(model, s.beta, list(s.support)) for s in seq[1:]}
-    measured = [_classify(model, stage, protocol, eps, end[b], region, gtol, scale, nu[stage.k])
-                for b, (stage, region, eps, protocol, _) in enumerate(owners)]
-    twin = {(o[0].k, o[3]): b for b, o in enumerate(owners)}
+    twin = {(r.stage.k, r.protocol): b for b, r in enumerate(starts)}
     runs, crossed = [], []
-    for b, (stage, region, eps, protocol, sign) in enumerate(owners):
-        crossing = None
-        if protocol is Protocol.INDEPENDENT and measured[b].outcome is not Outcome.RETURNED:
-            t = twin[(stage.k, Protocol.BALANCED)]
+    for b, r in enumerate(starts):
+        run = _classify(model, r.stage, r.protocol, r.eps, end[b], r.region, ctx.stages.gtol, scale, nu[r.stage.k])
+        if r.protocol is Protocol.INDEPENDENT and run.outcome is not Outcome.RETURNED:
+            t = twin[(r.stage.k, Protocol.BALANCED)]
             big = max(1.0, float(end[t].abs().max()))
-            leaving = set(stage.left) | {j for j in region if abs(float(end[t, j])) <= LEAVING * big
-                                         and abs(float(stage.beta[j])) == 0.0}
-            crossing = _crossing(names, sign, end[b], end[t], region, starts[b], leaving, seq, stage.beta)
-            crossed += [(stage.k, names.index(c), b, t) for c in crossing.coordinates]
-        runs.append(replace(measured[b], crossing=crossing))
+            leaving = set(r.stage.left) | {j for j in r.region if abs(float(end[t, j])) <= LEAVING * big
+                                           and float(r.stage.beta[j]) == 0.0}
+            run = replace(run, crossing=_crossing(names, r.sign, end[b], end[t], r.region, r.uv, leaving, seq,
+                                                  r.stage.beta))
+            crossed += [(r.stage.k, names.index(c), b, t) for c in run.crossing.coordinates]
+        runs.append(run)
     return LimitLevel(cfg, len(seq), ctx.stages.message, runs=runs,
                       paths=_paths(ctx, crossed, U, V, durations) if crossed else ())
 
