@@ -149,6 +149,31 @@ def test_a_second_minimum_closer_than_the_convergence_tolerance_is_told_apart():
     assert row["crossing"]["algorithm1_stage"] == 3
 
 
+
+@pytest.mark.slow
+def test_diag_transformer_draw_where_a_coordinate_leaves_at_a_positive_loss():
+    """Example 3.2, ``verifier run --preset diag-transformer --seed 3 --checks assumption-4.4``: failed
+    stage-b-not-robust while both protocols were one. At stage 7 a q*k coordinate leaves at a positive loss; the
+    independent-noise run crosses it through zero and settles at a second minimum beyond SPREAD_TOL, the balanced
+    twin returns to beta^7. The limit level alone (several minutes of Algorithm 1 on 2 cores: slow)."""
+    ctx = Context(RunConfig(preset="diag-transformer", seed=3), argv=["test"])
+    m = A44.measure_limit_level(ctx)
+    j = A44.judge_limit_level(m)
+    assert j.verdict is Verdict.PASS, j.message
+    assert all(r.outcome is A44.Outcome.RETURNED for r in m.runs if r.protocol.judged)
+    diffs = [r for r in m.runs if r.crossing is not None]
+    assert diffs and all(r.crossing.mechanism is A44.Mechanism.LEAVING_CROSSED_ZERO for r in diffs)
+    names, stages = ctx.model.coordinate_names(), ctx.stages.stages
+    for r in diffs:
+        # a distinct located stationary point, beyond the old tolerance: what made the check fail before
+        assert r.outcome is A44.Outcome.ELSEWHERE and r.limit_distance > max(r.resolution, A44.SPREAD_TOL)
+        for c in r.crossing.coordinates:
+            i = names.index(c)
+            assert i in stages[r.k].left and abs(float(stages[r.k].grad[i])) > ctx.stages.gtol  # positive loss
+            assert r.crossing.endpoint[c] * float(stages[r.k - 1].beta[i]) < 0  # the opposite sign
+            assert abs(r.crossing.twin_endpoint[c]) < 1e-6 * float(stages[r.k].beta.norm())  # left
+    assert "leaving-coordinate-crossed-zero" in j.message
+
 def _run(k, protocol, outcome, crossing=None):
     return A44.StageBRun(k, protocol, 1e-4, 0.3 if outcome == A44.Outcome.ELSEWHERE else 1e-8, 1e-8, True,
                          0.3 if outcome == A44.Outcome.ELSEWHERE else 0.0, 1e-9, 1e-8, outcome, crossing)
