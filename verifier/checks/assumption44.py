@@ -251,18 +251,35 @@ def _settle_time(model, stage, gtol: float) -> float:
     return max(times)
 
 
+@dataclass(frozen=True)
+class NewtonModel:
+    """The Newton linearisation of g_A = 0 at a point on ``support``: the restricted Hessian's eigenpairs
+    (eigenvalues within REL_EIG of the largest, flat directions, are left out of every step)."""
+
+    support: list[int]
+    eigs: torch.Tensor
+    vecs: torch.Tensor
+
+    @classmethod
+    def at(cls, model, beta: torch.Tensor, support: list[int]) -> "NewtonModel":
+        idx = torch.as_tensor(support, dtype=torch.long, device=model.device)
+        H = model.hessian_columns(beta.to(model.device)[None], idx)[0][idx] if support else torch.zeros(0, 0)
+        eigs, vecs = torch.linalg.eigh((H + H.T) / 2)
+        return cls(list(support), eigs.cpu(), vecs.cpu())
+
+    def step(self, g: torch.Tensor) -> torch.Tensor:
+        """H_A^+ g_A [len(support)] for a gradient g [p]."""
+        if not self.support:
+            return g[:0]
+        keep = self.eigs.abs() > P.REL_EIG * self.eigs.abs().max()
+        coef = (self.vecs.T @ g[self.support].cpu()) / torch.where(keep, self.eigs, torch.ones_like(self.eigs))
+        return self.vecs @ (coef * keep)
+
+
 def newton_residual(model, beta: torch.Tensor, support: list[int]) -> float:
     """|H_A^+ g_A| at beta on ``support``: how far beta is from the exact root of g_A = 0 that Newton's
-    linearisation sees (eigenvalues within REL_EIG of the largest, flat directions, are left out)."""
-    if not support:
-        return 0.0
-    idx = torch.as_tensor(support, device=model.device)
-    x = beta.to(model.device)
-    H = model.hessian_columns(x[None], idx)[0][idx]
-    eigs, vecs = torch.linalg.eigh((H + H.T) / 2)
-    keep = eigs.abs() > P.REL_EIG * eigs.abs().max()
-    coef = (vecs.T @ model.grad_b(x)[idx]) / torch.where(keep, eigs, torch.ones_like(eigs))
-    return float((vecs @ (coef * keep)).norm())
+    linearisation sees."""
+    return float(NewtonModel.at(model, beta, support).step(model.grad_b(beta.to(model.device)).cpu()).norm())
 
 
 def _locate(model, end: torch.Tensor, region: list[int], gtol: float) -> tuple[torch.Tensor, float] | None:
@@ -287,15 +304,21 @@ def _support(beta: torch.Tensor, g: torch.Tensor, region: list[int], scale: floa
             or (float(beta[j]) != 0 and abs(float(g[j])) <= CONVERGED_GTOL * scale)]
 
 
-def _classify(model, stage, protocol: Protocol, eps: float, end: torch.Tensor, region: list[int], gtol: float,
-              scale: float, nu_k: float) -> StageBRun:
-    """Part 1's measurement of one endpoint (module docstring): distance, location, outcome."""
+def _classify(model, stage, newton: NewtonModel, nu_k: float, protocol: Protocol, eps: float, end: torch.Tensor,
+              g: torch.Tensor, region: list[int], gtol: float, scale: float) -> StageBRun:
+    """Part 1's measurement of one endpoint ``end`` with gradient ``g`` (module docstring): distance, location,
+    outcome. One Newton step with beta^k's Hessian (``newton``) first: when it lands on beta^k to within the
+    resolution, the run's limit is beta^k (quadratic convergence from a run ~1e-7 away); otherwise the
+    active-set Newton polish locates the endpoint's own limit."""
     norm = float(stage.beta.norm().clamp_min(1e-300))
     distance = float((end - stage.beta).norm()) / norm
-    g = model.grad_b(end.to(model.device)).cpu()
     support = _support(end, g, region, scale)
     grad = float(g[support].abs().max()) if support else 0.0
-    found = _locate(model, end, region, gtol)
+    stepped = end.clone()
+    stepped[newton.support] -= newton.step(g)
+    near = float((stepped - stage.beta).norm()) / norm
+    found = (stepped, 0.0) if near <= RESOLUTION_FACTOR * nu_k / norm + RESOLUTION_FLOOR else _locate(
+        model, end, region, gtol)
     if found is None:  # Newton cannot locate: a flat direction (Assumption 4.3 fails) or no convergence
         outcome = (Outcome.RETURNED if distance <= SPREAD_TOL else
                    Outcome.ELSEWHERE if grad <= CONVERGED_GTOL * scale else Outcome.NOT_CONVERGED)
@@ -405,12 +428,16 @@ def measure_limit_level(ctx) -> LimitLevel:
     if failed := P.failed_runs(traj):
         return LimitLevel(cfg, len(seq), ctx.stages.message, failed=failed)
     end = traj.beta[:, -1]
+    g_end = model.grad_b(end.to(model.device)).cpu()
     scale = max(1.0, float(seq[0].grad.abs().max()))
-    nu = {s.k: newton_residual(model, s.beta, list(s.support)) for s in seq[1:]}
+    newton = {s.k: NewtonModel.at(model, s.beta, list(s.support)) for s in seq[1:]}
+    nu = {k: float(n.step(seq[k].grad).norm()) for k, n in newton.items()}
     twin = {(r.stage.k, r.protocol): b for b, r in enumerate(starts)}
     runs, crossed = [], []
     for b, r in enumerate(starts):
-        run = _classify(model, r.stage, r.protocol, r.eps, end[b], r.region, ctx.stages.gtol, scale, nu[r.stage.k])
+        k = r.stage.k
+        run = _classify(model, r.stage, newton[k], nu[k], r.protocol, r.eps, end[b], g_end[b], r.region,
+                        ctx.stages.gtol, scale)
         if r.protocol is Protocol.INDEPENDENT and run.outcome is not Outcome.RETURNED:
             t = twin[(r.stage.k, Protocol.BALANCED)]
             big = max(1.0, float(end[t].abs().max()))
