@@ -19,8 +19,9 @@ Two perturbation protocols, from one draw (``_perturb.perturb_both``):
    with eps = EPS[1], and with eps = EPS[0] under both protocols; Algorithm 1's own beta^k (its eps =
    STAGE_B_EPS = 1e-6) is the reference. Every other coordinate stays exactly 0. Each run lasts
    2 log(1/eps) / (2 |G_{i_k}|) plus the time to settle at beta^k (``_settle_time``): all stages, all runs in
-   ONE batch. Each endpoint e is then *located*: the active-set Newton polish Algorithm 1 uses
-   (``incremental.newton_polish``) gives the stationary point e* the run converges to. A run has returned when
+   ONE batch. Each endpoint e is then *located*: one Newton step with beta^k's Hessian, or where that does not
+   land on beta^k, the active-set Newton polish Algorithm 1 uses (``incremental.newton_polish``), gives the
+   stationary point e* the run converges to. A run has returned when
    e is within SPREAD_TOL of beta^k (it converged) and e* = beta^k to within the resolution with which both
    are located (10 x their Newton residuals |H_A^+ g_A|, + RESOLUTION_FLOOR): two distinct stationary points
    are told apart however close they are, with no assumed separation. It ended at another stationary point
