@@ -222,14 +222,14 @@ def with_products(u: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> tuple
 
 
 def run_batch(model, U: torch.Tensor, V: torch.Tensor, durations, solver,
-              n_out: int = N_OUT, progress=None) -> tuple[ReducedFlow, Trajectory]:
+              n_out: int = N_OUT, progress=None, loss: bool = True) -> tuple[ReducedFlow, Trajectory]:
     """One batched flow from the states (U, V) [B, p], sample b for plain time durations[b] (rescaled
     horizon 1 with L_b = durations[b]); ``Trajectory.tau`` * durations[b] is the elapsed time.
-    ``progress`` is a ``Context.progress``."""
+    ``progress`` is a ``Context.progress``; ``loss=False``: the trajectory's loss is not evaluated (NaN)."""
     solver = protocol_solver(solver)
     flow = ReducedFlow.from_uv(model, U, V, [float(d) for d in durations], solver.atol)
     report = None if progress is None else (lambda f: progress(f"{len(U)} perturbed runs", f))
-    return flow, integrate(flow, 1.0, solver, n_out, progress=report)
+    return flow, integrate(flow, 1.0, solver, n_out, progress=report, loss=loss)
 
 
 def failed_runs(traj: Trajectory) -> list[str]:

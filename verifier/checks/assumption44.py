@@ -425,7 +425,7 @@ def measure_limit_level(ctx) -> LimitLevel:
     U = torch.stack([r.uv[0] for r in starts]).to(model.device)
     V = torch.stack([r.uv[1] for r in starts]).to(model.device)
     durations = [r.duration for r in starts]
-    _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2, progress=ctx.progress)
+    _, traj = P.run_batch(model, U, V, durations, cfg.solver, n_out=2, progress=ctx.progress, loss=False)
     if failed := P.failed_runs(traj):
         return LimitLevel(cfg, len(seq), ctx.stages.message, failed=failed)
     end = traj.beta[:, -1]
@@ -459,7 +459,7 @@ def _paths(ctx, crossed, U, V, durations) -> list[tuple[int, str, torch.Tensor, 
     rows = sorted({r for _, _, b, t in crossed for r in (b, t)})
     at = {r: n for n, r in enumerate(rows)}
     _, traj = P.run_batch(ctx.model, U[rows], V[rows], [durations[r] for r in rows], ctx.config.solver,
-                          progress=ctx.progress)
+                          progress=ctx.progress, loss=False)
     names = ctx.model.coordinate_names()
     return [(k, names[j], traj.tau * durations[b], traj.beta[at[t], :, j], traj.beta[at[b], :, j])
             for k, j, b, t in crossed]
@@ -474,7 +474,7 @@ def _onsets(ctx, ref, events) -> tuple[list, torch.Tensor, torch.Tensor, torch.T
     U0, V0 = torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])
     spans = [float(tau[j] - tau[j - 1]) * ref.L for j, _ in events]
     flow, traj = P.run_batch(ctx.model, U0, V0, spans, ctx.config.solver, n_out=ONSET_RES + 1,
-                             progress=ctx.progress)
+                             progress=ctx.progress, loss=False)
     out, keep = [], []
     for e, (j, i) in enumerate(events):
         above = torch.nonzero(traj.beta[e, :, i].abs() > thr).squeeze(1)
@@ -520,7 +520,7 @@ def measure_figure10(ctx) -> Figure10:
     n = len(kept)
     U = torch.stack([p[0][0] for p in pairs] + [p[1][0] for p in pairs])
     V = torch.stack([p[0][1] for p in pairs] + [p[1][1] for p in pairs])
-    _, traj = P.run_batch(model, U, V, durations * 2, cfg.solver, progress=ctx.progress)
+    _, traj = P.run_batch(model, U, V, durations * 2, cfg.solver, progress=ctx.progress, loss=False)
     if failed := P.failed_runs(traj):
         return Figure10(cfg, None, ref.alpha, failed=failed)
     runs, curves = [], []
