@@ -221,15 +221,21 @@ def with_products(u: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> tuple
     return torch.where(same, u, (a2 + c2) / 2), torch.where(same, v, (a2 - c2) / 2)
 
 
-def run_batch(model, U: torch.Tensor, V: torch.Tensor, durations, solver,
-              n_out: int = N_OUT, progress=None, loss: bool = True) -> tuple[ReducedFlow, Trajectory]:
+def run_batch(model, U: torch.Tensor, V: torch.Tensor, durations, solver, n_out: int = N_OUT, progress=None,
+              loss: bool = True, tolerance=None) -> tuple[ReducedFlow, Trajectory]:
     """One batched flow from the states (U, V) [B, p], sample b for plain time durations[b] (rescaled
     horizon 1 with L_b = durations[b]); ``Trajectory.tau`` * durations[b] is the elapsed time.
-    ``progress`` is a ``Context.progress``; ``loss=False``: the trajectory's loss is not evaluated (NaN)."""
+    ``progress`` is a ``Context.progress``; ``loss=False``: the trajectory's loss is not evaluated (NaN);
+    ``tolerance``: one number per sample, its rtol and atol where looser than :func:`protocol_solver`'s."""
     solver = protocol_solver(solver)
-    flow = ReducedFlow.from_uv(model, U, V, [float(d) for d in durations], solver.atol)
+    tolerances = None
+    if tolerance is not None:
+        t = torch.as_tensor([float(x) for x in tolerance], dtype=torch.float64, device=model.device)
+        tolerances = (t.clamp_min(solver.rtol), t.clamp_min(solver.atol))
+    flow = ReducedFlow.from_uv(model, U, V, [float(d) for d in durations],
+                               solver.atol if tolerances is None else tolerances[1])
     report = None if progress is None else (lambda f: progress(f"{len(U)} perturbed runs", f))
-    return flow, integrate(flow, 1.0, solver, n_out, progress=report, loss=loss)
+    return flow, integrate(flow, 1.0, solver, n_out, progress=report, tolerances=tolerances, loss=loss)
 
 
 def failed_runs(traj: Trajectory) -> list[str]:
