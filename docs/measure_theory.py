@@ -5,6 +5,8 @@ threshold-bias   delay of a fixed threshold on |beta_i| against the crossing rul
 taylor-orders    fitted Taylor order of the gradient (definition-3.1) for smooth and ReLU networks
 discrete-law     Lemma 4.1's discrete law under GD, SGD, momentum, weight decay and Adam (lemma-4.1)
 short-ladder     theorem-4.5 on a one-stage problem the thorough property run found, on a short and a long ladder
+leaving-noise    assumption-4.4 on Pesme-Flammarion's 2-D example, and how long a leaving coordinate with
+                 u^2 - v^2 = lambda stays left (the saddle escape the Figure 10 noise starts)
 """
 
 from __future__ import annotations
@@ -130,8 +132,65 @@ def short_ladder() -> None:
               f"fitted rate {r.values['rate']['beta_error']:.3g}")
 
 
+def pesme_flammarion(beta0: float = -0.2) -> DiagLinear:
+    """X = chol(R diag(1, 25) R^T), R a rotation by 150 degrees, y = X beta*, beta* = (beta0, 2)
+    (tests/test_assumption44.py)."""
+    th = math.radians(150)
+    R = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=F64)
+    X = torch.linalg.cholesky(R @ torch.diag(torch.tensor([1.0, 25.0], dtype=F64)) @ R.T)
+    return DiagLinear(X, X @ torch.tensor([beta0, 2.0], dtype=F64))
+
+
+def leaving_noise() -> None:
+    """The check on the 2-D example (and with beta*_0 = -2e-5, where beta^3 is 2.3e-5 from beta^2); then stage 2
+    from beta^1 with beta[1] at 1e-4, balanced except for u_0^2 - v_0^2 = s beta_0: the time beta[0] crosses 0
+    and how long the run stays within 1e-2 (relative) of beta^2, against log(1/|lambda|) / |G_0|, the plain
+    time of Algorithm 1's re-entry (Delta = 2 / |G_0| in units of log(1/alpha), alpha^2 = |lambda|)."""
+    from verifier.dynamics.flow import integrate
+
+    for beta0 in (-0.2, -2e-5):
+        model = pesme_flammarion(beta0)
+        ctx = Context(RunConfig(preset=None, model="diag-linear"), model=model, argv=["measure"])
+        r = run_check("assumption-4.4", ctx)
+        print(f"beta* = ({beta0:g}, 2): {r.verdict.value}; judged max_spread {r.values['max_spread']:.3g}, "
+              f"Figure 10 balanced ratio {r.values['max_endpoint_ratio']:.3g}, independent "
+              f"{r.values['max_endpoint_ratio_independent']:.3g}")
+        for d in r.values["protocol_differences"]:
+            print(f"  {d['part']}: {d['mechanism']} {d['coordinates']}, imbalance {d['imbalance']}, endpoint "
+                  f"{d['endpoint']} (Algorithm 1 stage {d['algorithm1_stage']}), balanced twin {d['twin_endpoint']}, "
+                  f"{d['endpoints_distance']:.3g} apart")
+    model = pesme_flammarion()
+    seq = algorithm1(model).stages
+    beta = seq[1].beta.clone()
+    beta[1] = 1e-4
+    G0 = abs(float(seq[2].grad[0]))
+    fractions = [1e-1, 1e-2, 1e-3, 1e-4, 1e-6, 1e-8]
+    lam = torch.tensor(fractions, dtype=F64) * beta[0]
+    a = (2 * beta[0] + torch.sqrt(4 * beta[0] ** 2 + lam**2)).sqrt()  # a^2 - c^2 = 4 beta_0, a c = lambda
+    U = torch.stack([torch.stack([(a[n] + lam[n] / a[n]) / 2, beta[1].sqrt()]) for n in range(len(lam))])
+    V = torch.stack([torch.stack([(a[n] - lam[n] / a[n]) / 2, beta[1].sqrt()]) for n in range(len(lam))])
+    T = 60.0 / G0
+    traj = integrate(ReducedFlow.from_uv(model, U, V, [T] * len(lam), 1e-9), 1.0,
+                     SolverConfig(rtol=1e-9, atol=1e-9), n_out=20001)
+    t = traj.tau * T
+    near = (traj.beta - seq[2].beta).norm(dim=-1) / seq[2].beta.norm() <= 1e-2
+    print(f"|G_0| at beta^2 = {G0:.4g}: predicted slope of the residence time against log(1/|lambda|): "
+          f"1/|G_0| = {1 / G0:.4g}")
+    rows = []
+    for n, f in enumerate(fractions):
+        cross = float(t[torch.nonzero(traj.beta[n, :, 0] < 0)[0, 0]])
+        inside = t[near[n]]
+        rows.append((math.log(1 / abs(float(lam[n]))), float(inside[-1] - inside[0])))
+        print(f"  lambda = {float(lam[n]):.3g}: beta[0] crosses 0 at t = {cross:.4g}; within 1e-2 of beta^2 for "
+              f"t in [{float(inside[0]):.4g}, {float(inside[-1]):.4g}], {rows[-1][1]:.4g} long; ends at "
+              f"({float(traj.beta[n, -1, 0]):.4g}, {float(traj.beta[n, -1, 1]):.4g})")
+    x, y = np.array(rows[2:]).T  # |lambda| <= 1e-3 beta_0: the asymptotic regime
+    print(f"fitted slope for |lambda| <= 1e-3 beta_0: {np.polyfit(x, y, 1)[0]:.4g} (predicted {1 / G0:.4g})")
+
+
 SECTIONS = {"flat-cost": flat_cost, "threshold-bias": threshold_bias, "taylor-orders": taylor_orders_table,
-            "discrete-law": discrete_law, "short-ladder": short_ladder}
+            "discrete-law": discrete_law, "short-ladder": short_ladder,
+            "leaving-noise": leaving_noise}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SECTIONS):

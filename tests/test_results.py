@@ -12,7 +12,7 @@ import pytest
 
 from verifier.figures import Figure, Mark, Series
 from verifier.results import (CheckResult, CommonReason, Gate, Judgement, Metric, ResultsFormatError, RunResults,
-                              Verdict, combine, decide, jsonable, parse_results, results_json)
+                              Verdict, jsonable, parse_results, results_json)
 
 
 @pytest.mark.parametrize("module", ["verifier", "verifier.results", "verifier.gate", "verifier.report",
@@ -49,20 +49,9 @@ def test_figures_are_typed_a_typo_fails():
 
 
 def test_verdicts_combine_one_way():
-    P, F, I = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
-    assert combine([(P, "a"), (I, "b"), (F, "c"), (P, "d")]) == (F, "c | b | a | d")
-    assert combine([(P, "a"), (P, "")]) == (P, "a")
-    assert combine([]) == (I, "")  # nothing measured is never a pass
+    P, I = Verdict.PASS, Verdict.INCONCLUSIVE
     assert Verdict.worst([P, P]) is P and Verdict.worst([P, I]) is I
-
-
-def test_decide_gives_the_reason_of_the_first_part_with_the_worst_verdict():
-    P, F, I = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
-    assert decide([(P, "a"), (I, "b", "solver-failed"), (F, "c", "tie"), (F, "d", "other")]) == \
-        (F, "c | d | b | a", "tie")
-    assert decide([(I, "b", "ladder-exhausted"), (P, "a")]) == (I, "b | a", "ladder-exhausted")
-    assert decide([(P, "a", "ignored")]) == (P, "a", None)  # a pass has no reason
-    assert decide([]) == (I, "", None)
+    assert Verdict.worst([]) is I  # nothing measured is never a pass
 
 
 def test_judgements_compose_one_way():

@@ -141,13 +141,13 @@ def test_no_import_circles_and_no_arrow_up_a_layer():
 
 # -- one judgement type --------------------------------------------------------------------------------------
 # Judges being converted on other branches this round (issue 25): their files keep the old tuples until then.
-CONVERTING = {"rank_increments.py": "i25a", "assumption44.py": "i25b"}
+CONVERTING = {"rank_increments.py": "i25a"}
 
 
 def test_every_judge_returns_a_judgement():
     """A function named judge or judge_* (and the hunts' measurements) returns a Judgement (or a list of them),
-    never a positional (verdict, reason, message) tuple; and nothing but results.py's transitional helpers and
-    the files being converted calls decide/combine."""
+    never a positional (verdict, reason, message) tuple; and no tuple-combining helper (the old decide/combine)
+    comes back."""
     wrong, callers = [], []
     for path in sorted(PKG.rglob("*.py")):
         if path.name in CONVERTING and path.parent.name == "checks":
@@ -160,7 +160,7 @@ def test_every_judge_returns_a_judgement():
                 if "Judgement" not in returns:
                     wrong.append(f"{path.relative_to(PKG)}:{node.name} -> {returns or '?'}")
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("decide", "combine")
-                    and path.name != "results.py"):
+                    ):
                 callers.append(f"{path.relative_to(PKG)}:{node.lineno}")
     assert not wrong and not callers, (wrong, callers)
 

@@ -121,25 +121,6 @@ class Judgement:
         return cls(verdict, ordered[0].reason, sep.join(j.message for j in ordered if j.message))
 
 
-def decide(parts: Iterable, sep: str = " | ") -> tuple[Verdict, str, str | None]:
-    """Transitional, for the judges not yet returning a :class:`Judgement` (assumption44.py): combines parts
-    given as ``(verdict, message)``, ``(verdict, message, reason)`` or a :class:`Judgement` as
-    :meth:`Judgement.compose` does, and returns (verdict, message, reason). To be removed with :func:`combine`
-    once every judge returns a Judgement."""
-    parts = [(p.verdict, p.message, p.reason) if isinstance(p, Judgement) else (p[0], p[1], p[2] if len(p) > 2 else None)
-             for p in parts]
-    ordered = sorted(parts, key=lambda p: _SEVERITY[p[0]])
-    verdict = Verdict.worst(v for v, _, _ in parts)
-    reason = None if verdict is Verdict.PASS else next((r for v, _, r in ordered if v is verdict), None)
-    return verdict, sep.join(m for _, m, _ in ordered if m), reason
-
-
-def combine(parts: Iterable[tuple], sep: str = " | ") -> tuple[Verdict, str]:
-    """:func:`decide` without the reason."""
-    verdict, message, _ = decide(parts, sep)
-    return verdict, message
-
-
 @dataclass(frozen=True)
 class Gate:
     """How the regression gate watches a metric: a new value is worse than the baseline's when it moved in

@@ -5,7 +5,11 @@
   horizon; cached per Context so both checks share it.
 * Conventions. A coordinate is *non-negligible* when |beta_i| > ``config.negligible``. A perturbation adds
   relative Gaussian noise to both weights of every non-negligible coordinate:
-  u_i <- u_i (1 + noise z), v_i <- v_i (1 + noise z'), z, z' ~ N(0, 1) (noise = ``config.noise``).
+  u_i <- u_i (1 + noise z), v_i <- v_i (1 + noise z'), z, z' ~ N(0, 1) (noise = ``config.noise``): the
+  paper's protocol (Figures 9, 10), *independent* noise on u and v. It changes the product beta_i by the
+  factor (1 + noise z)(1 + noise z') and also the conserved quantity u_i^2 - v_i^2 (Lemma 4.1), which gradient
+  flow keeps. Its *balanced* twin (:func:`perturb_both`, THEORY.md §5.5) applies the same factor to beta_i and
+  keeps u_i^2 - v_i^2: the two differ by exactly the break of the conservation law.
   For gradient flow one *epoch* is the time ``optimizer.lr`` (one GD step of size lr covers time lr), so
   ``config.perturb_epochs`` epochs are the plain time perturb_epochs * lr.
 * Flows run at :func:`protocol_solver` tolerances (see PROTOCOL_TOL).
@@ -176,23 +180,65 @@ def sample_reference(ctx, figure: str, events_of, empty: str, seed_offset: int):
     return (ref, chosen, gen), None
 
 
-def perturb(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, noise: float,
-            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Relative Gaussian noise on both weights of the coordinates in ``mask`` (module docstring)."""
+def _factors(u: torch.Tensor, mask: torch.Tensor, noise: float,
+             gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The factors (1 + noise z, 1 + noise z') of the coordinates in ``mask`` (1 elsewhere), one draw."""
     z = torch.randn(2, u.shape[-1], generator=gen, dtype=torch.float64).to(u.device)
     m = mask.to(u.dtype).to(u.device)
-    return u * (1 + noise * z[0] * m), v * (1 + noise * z[1] * m)
+    return 1 + noise * z[0] * m, 1 + noise * z[1] * m
 
 
-def run_batch(model, U: torch.Tensor, V: torch.Tensor, durations, solver,
-              n_out: int = N_OUT, progress=None) -> tuple[ReducedFlow, Trajectory]:
+def perturb(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, noise: float,
+            gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Relative Gaussian noise, independent on both weights of the coordinates in ``mask`` (module docstring)."""
+    fu, fv = _factors(u, mask, noise, gen)
+    return u * fu, v * fv
+
+
+def perturb_both(u: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, noise: float, gen: torch.Generator
+                 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """One draw, two perturbations: the independent one of :func:`perturb` (the same draw it would make) and its
+    balanced twin, the same change of every product u_i v_i with u_i^2 - v_i^2 kept (:func:`with_products`)."""
+    fu, fv = _factors(u, mask, noise, gen)
+    return (u * fu, v * fv), with_products(u, v, u * v * fu * fv)
+
+
+def with_products(u: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights (u', v') with products u' v' = ``beta`` and the conserved quantity of Lemma 4.1 kept,
+    u'^2 - v'^2 = u^2 - v^2: in the reduced coordinates a = u + v, c = u - v (THEORY.md §3), a' c' = a c = lambda
+    and a'^2 - c'^2 = 4 beta, so with r = sqrt(4 beta^2 + lambda^2), a'^2 = 2 beta + r and c' = lambda / a' for
+    beta >= 0, c'^2 = r - 2 beta and a' = lambda / c' for beta < 0 (no cancellation either way). a' and c' keep
+    the signs of a and c (of u where those are 0). Where beta = u v already, (u, v) is returned unchanged."""
+    a, c = u + v, u - v
+    lam = a * c
+    r = torch.hypot(2 * beta, lam)
+    side = torch.where(u != 0, u.sign(), torch.ones_like(u))
+    sa = torch.where(a != 0, a.sign(), side)
+    sc = torch.where(c != 0, c.sign(), side)
+    pos = beta >= 0
+    root = torch.where(pos, 2 * beta + r, r - 2 * beta).sqrt()  # |a'| (beta >= 0) or |c'| (beta < 0)
+    safe = torch.where(root > 0, root, torch.ones_like(root))
+    a2 = torch.where(pos, sa * root, torch.where(root > 0, lam / (sc * safe), 0.0))
+    c2 = torch.where(pos, torch.where(root > 0, lam / (sa * safe), 0.0), sc * root)
+    same = beta == u * v
+    return torch.where(same, u, (a2 + c2) / 2), torch.where(same, v, (a2 - c2) / 2)
+
+
+def run_batch(model, U: torch.Tensor, V: torch.Tensor, durations, solver, n_out: int = N_OUT, progress=None,
+              loss: bool = True, tolerance=None) -> tuple[ReducedFlow, Trajectory]:
     """One batched flow from the states (U, V) [B, p], sample b for plain time durations[b] (rescaled
     horizon 1 with L_b = durations[b]); ``Trajectory.tau`` * durations[b] is the elapsed time.
-    ``progress`` is a ``Context.progress``."""
+    ``progress`` is a ``Context.progress``; ``loss=False``: the trajectory's loss is not evaluated (NaN);
+    ``tolerance``: one number per sample, its rtol and atol where looser than :func:`protocol_solver`'s."""
     solver = protocol_solver(solver)
-    flow = ReducedFlow.from_uv(model, U, V, [float(d) for d in durations], solver.atol)
+    tolerances = None
+    if tolerance is not None:
+        t = torch.as_tensor([float(x) for x in tolerance], dtype=torch.float64, device=model.device)
+        tolerances = (t.clamp_min(solver.rtol), t.clamp_min(solver.atol))
+    flow = ReducedFlow.from_uv(model, U, V, [float(d) for d in durations],
+                               solver.atol if tolerances is None else tolerances[1])
     report = None if progress is None else (lambda f: progress(f"{len(U)} perturbed runs", f))
-    return flow, integrate(flow, 1.0, solver, n_out, progress=report)
+    return flow, integrate(flow, 1.0, solver, n_out, progress=report, tolerances=tolerances, loss=loss)
 
 
 def failed_runs(traj: Trajectory) -> list[str]:

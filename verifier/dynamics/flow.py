@@ -180,22 +180,26 @@ def solve_flow(model: DiagonalModel, theta0: torch.Tensor, log_inv_alphas, horiz
 
 
 def integrate(flow: ReducedFlow, horizon: float, solver: SolverConfig = SolverConfig(), n_out: int = 241,
-              progress=None, tolerances: tuple[torch.Tensor, torch.Tensor] | None = None) -> Trajectory:
+              progress=None, tolerances: tuple[torch.Tensor, torch.Tensor] | None = None,
+              loss: bool = True) -> Trajectory:
     """Integrate a :class:`ReducedFlow` (any batch of starting states) to rescaled time ``horizon``;
     ``Trajectory.b`` is then S / L, the log-scale change since the start. ``progress(fraction)`` is
     called now and then with the fraction of the horizon the slowest sample has covered; ``tolerances``
-    as in :func:`solve_flow`."""
+    as in :func:`solve_flow`; ``loss`` as in :func:`trajectory`."""
     S0 = torch.zeros(flow.log_a0.shape, dtype=torch.float64, device=flow.model.device)
     rtol, atol = (solver.rtol, solver.atol) if tolerances is None else tolerances
     sol = rosenbrock.solve(flow.rhs, flow.jac, S0, horizon, rtol=rtol, atol=atol,
                            max_steps=solver.max_steps, progress=progress,
                            max_step=flow.max_step, method=rosenbrock.METHODS[solver.method])
-    return trajectory(flow, sol, horizon, n_out)
+    return trajectory(flow, sol, horizon, n_out, loss)
 
 
-def trajectory(flow: ReducedFlow, sol: rosenbrock.Solution, horizon: float, n_out: int = 241) -> Trajectory:
+def trajectory(flow: ReducedFlow, sol: rosenbrock.Solution, horizon: float, n_out: int = 241,
+               loss: bool = True) -> Trajectory:
     """A solve's accepted steps of ``flow`` (in rescaled time) as a :class:`Trajectory` on ``n_out`` rescaled
-    times from 0 to ``horizon``: states, beta and loss on the grid, crossing times from the steps."""
+    times from 0 to ``horizon``: states, beta and loss on the grid, crossing times from the steps. With
+    ``loss=False`` the loss is not evaluated (NaN): a caller that reads beta only saves B * n_out loss
+    evaluations (on the toy, more than the solve's own gradients for a 401-point grid)."""
     model = flow.model
     B, p = flow.log_a0.shape
     dev = model.device
@@ -204,11 +208,12 @@ def trajectory(flow: ReducedFlow, sol: rosenbrock.Solution, horizon: float, n_ou
     idx = torch.arange(B, device=dev)[:, None].expand(B, n_out).reshape(-1)
     beta, _ = flow.beta(S_grid.reshape(-1, p), idx)
     beta = beta.reshape(B, n_out, p)
-    loss = torch.cat([model.loss_b(chunk) for chunk in beta.reshape(-1, p).split(256)]).reshape(B, n_out)
+    values = (torch.cat([model.loss_b(chunk) for chunk in beta.reshape(-1, p).split(256)]).reshape(B, n_out)
+              if loss else torch.full((B, n_out), float("nan"), dtype=beta.dtype, device=dev))
     crossing_tau, crossing_sign = _crossings(sol, flow.L)
     return Trajectory(
         method="flow", log_inv_alpha=flow.L.cpu(), tau=tau.cpu(), beta=beta.cpu(),
-        b=(S_grid / flow.L[:, None, None]).cpu(), loss=loss.cpu(), nfev=sol.nfev.cpu(), njev=sol.njev.cpu(),
+        b=(S_grid / flow.L[:, None, None]).cpu(), loss=values.cpu(), nfev=sol.nfev.cpu(), njev=sol.njev.cpu(),
         status=sol.status, crossing_tau=crossing_tau.cpu(), crossing_sign=crossing_sign.cpu(),
         rtol=None if sol.rtol is None else sol.rtol.cpu(), atol=None if sol.atol is None else sol.atol.cpu(),
     )
