@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from verifier.cli import main
 from verifier.results import Verdict
@@ -262,7 +263,7 @@ def test_workers_option(given, expected):
     from verifier.pool import parse_workers
     from verifier.survey.session import _local
 
-    assert _local(parse_workers(given, {}), "cpu") == expected
+    assert _local(parse_workers(given, {}), torch.device("cpu")) == expected
 
 
 @pytest.mark.parametrize("argv", [["--workers", "0"], ["--workers", "two"], ["--workers", "1.5"],
