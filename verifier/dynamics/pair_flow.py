@@ -364,9 +364,11 @@ def flow_fill(flow: LiftedFlow, like: torch.Tensor) -> torch.Tensor:
 
 
 def integrate_lifted(flow: LiftedFlow, y0: torch.Tensor, horizon: float, solver: SolverConfig = SolverConfig(),
-                     n_out: int = 401, t0: float = 0.0, progress=None) -> PairTrajectory:
+                     n_out: int = 401, t0: float = 0.0, progress=None
+                     ) -> tuple[PairTrajectory, rosenbrock.Solution]:
     """Integrate the lifted flow from states y0 [B, size] at rescaled time t0 to ``horizon``, sampled on n_out
-    times. Rows past a failed run's last accepted step are NaN."""
+    times (rows past a failed run's last accepted step are NaN); with the solver's accepted steps, whose Hermite
+    interpolant is the dense output (``flow._dense``)."""
     sol = rosenbrock.solve(flow.rhs, flow.jac, y0, horizon - t0, rtol=solver.rtol, atol=solver.atol,
                            max_steps=solver.max_steps, progress=progress, max_step=flow.max_step,
                            method=rosenbrock.METHODS[solver.method])
@@ -374,7 +376,7 @@ def integrate_lifted(flow: LiftedFlow, y0: torch.Tensor, horizon: float, solver:
     states = _dense(sol, tau - t0)
     prods, sv, logs, loss = _grid_values(flow, states)
     return PairTrajectory("lifted", flow.L.cpu(), tau.cpu(), sv, logs, prods, loss, sol.nfev.cpu(),
-                          sol.njev.cpu(), sol.status, states.cpu(), solver.rtol, solver.atol)
+                          sol.njev.cpu(), sol.status, states.cpu(), solver.rtol, solver.atol), sol
 
 
 def solve_lifted(model, theta0: torch.Tensor, log_inv_alphas, horizon: float,
@@ -385,4 +387,4 @@ def solve_lifted(model, theta0: torch.Tensor, log_inv_alphas, horizon: float,
     L = list(log_inv_alphas)
     th = theta0.to(model.device, F64).expand(len(L), -1)
     flow, y0 = LiftedFlow.initial_state(model, model.factors(th), L)
-    return flow, integrate_lifted(flow, y0, horizon, solver, n_out, progress=progress)
+    return flow, integrate_lifted(flow, y0, horizon, solver, n_out, progress=progress)[0]

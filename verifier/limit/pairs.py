@@ -240,7 +240,7 @@ def stage_b(model, Ms, new: int, G: torch.Tensor, scale: float, eps: float = STA
     chunk, total = math.log(1.0 / eps) / sigma, 0.0
     g = grad(model.loss_params)
     while total < STAGE_B_MAX_TIME:
-        traj = integrate_lifted(flow, y0, chunk, STAGE_B_SOLVER, n_out=2)
+        traj = integrate_lifted(flow, y0, chunk, STAGE_B_SOLVER, n_out=2)[0]
         if not traj.ok:
             return Ms, False, f"the flow stopped: {traj.message()}"
         y0 = traj.state[:, -1].to(y0.device)
