@@ -368,14 +368,17 @@ def _grid_hit(tau, s, level) -> float:
     return hits[0] if hits else math.nan
 
 
-def _plateaus(limit, traj: PairTrajectory, horizon: float) -> list[tuple[float, list[float], list[list[list[float]]]]]:
-    """(tau, loss per sample, singular values per sample and product) at the middle of every stage."""
+def _plateaus(limit, traj: PairTrajectory, horizon: float) -> list[tuple[int, float, list[float], list]]:
+    """(k, tau, loss per sample, singular values per sample and product) at the middle of every stage of
+    positive length (a stage between two tied jumps has none: it is not a plateau)."""
     out = []
-    T = [s.T for s in limit.stages] + [horizon]
+    T = [s.T for s in limit.stages] + [max(horizon, limit.last_T)]
     for k in range(len(limit.stages)):
+        if T[k + 1] - T[k] <= TIE_MARGIN * max(T[k + 1], 1e-300):
+            continue
         mid = 0.5 * (T[k] + T[k + 1])
         i = int(torch.argmin((traj.tau - mid).abs()))
-        out.append((float(traj.tau[i]), traj.loss[:, i].tolist(),
+        out.append((k, float(traj.tau[i]), traj.loss[:, i].tolist(),
                     [[s[b, i].tolist() for s in traj.sv] for b in range(traj.loss.shape[0])]))
     return out
 
@@ -451,8 +454,9 @@ def _measured(m: RankMeasurement, dense: list[Dense], offset: int) -> RankMeasur
         before = list(old[j.k].taus) if j.k in old else []
         jumps.append(JumpSeries(j.k, j.product, j.index, j.T, _jump_level(m.limit, j), L, tuple(before[:offset] + row)))
     plats = []
-    for st, (t, loss, sv) in zip(m.limit.stages, _plateaus(m.limit, traj, m.horizon)):
-        plats.append(PlateauValues(st.k, t, st.loss, st.singular_values(), tuple(loss),
+    for k, t, loss, sv in _plateaus(m.limit, traj, m.horizon):
+        st = m.limit.stages[k]
+        plats.append(PlateauValues(k, t, st.loss, st.singular_values(), tuple(loss),
                                    tuple(tuple(tuple(x) for x in per) for per in sv)))
     return replace(m, jumps=tuple(jumps), plateaus=tuple(plats))
 
@@ -588,8 +592,11 @@ class Agreement:
     eps: tuple[float, ...]
     fitted: tuple[float | None, ...]
     tolerance: float
-    plateau_loss_errors: tuple[float, ...]  # at the smallest alpha, per stage
-    plateau_sv_errors: tuple[float, ...]
+    plateau_errors: tuple[tuple[float, ...], ...]  # per plateau, along the ladder: max(loss, singular values)
+    plateau_rates: tuple[float | None, ...]
+
+    def plateau_at(self, b: int) -> float:
+        return max((e[b] for e in self.plateau_errors), default=0.0)
 
 
 def agreement(m: RankMeasurement) -> Agreement:
@@ -605,15 +612,26 @@ def agreement(m: RankMeasurement) -> Agreement:
         C = float(np.mean([x * l for x, l in zip(e, L)]))
         eps.append(max(e[s], C / L[s]))
         fitted.append(j.fitted())
-    loss_err, sv_err = [], []
+    plateau = []
     for p in m.plateaus:
-        loss_err.append(abs(p.measured_loss[s] - p.loss) / max(abs(m.loss0), 1e-300))
-        worst = 0.0
-        for pred, meas in zip(p.sv, p.measured_sv[s]):
-            scale = max(1.0, max(pred) if pred else 1.0)
-            worst = max(worst, max(abs(a - b) for a, b in zip(sorted(pred, reverse=True), meas)) / scale)
-        sv_err.append(worst)
-    return Agreement(tuple(errors), tuple(rates), tuple(eps), tuple(fitted), tol, tuple(loss_err), tuple(sv_err))
+        row = []
+        for b in range(len(L)):
+            worst = abs(p.measured_loss[b] - p.loss) / max(abs(m.loss0), 1e-300)
+            for pred, meas in zip(p.sv, p.measured_sv[b]):
+                scale = max(1.0, max(pred) if pred else 1.0)
+                worst = max(worst, max(abs(x - y) for x, y in zip(sorted(pred, reverse=True), meas)) / scale)
+            row.append(worst if math.isfinite(worst) else math.inf)
+        plateau.append(tuple(row))
+    return Agreement(tuple(errors), tuple(rates), tuple(eps), tuple(fitted), tol, tuple(plateau),
+                     tuple(fitted_rate(L, list(e)) for e in plateau))
+
+
+def _status(e: tuple[float, ...], r: float | None, tol: float, s: int, big: int) -> str:
+    """"ok" (within tolerance at the smallest alpha, not above its largest-alpha value or the tolerance),
+    "shrinking" (above, but smaller than at the largest alpha and fitted at rate >= RATE_MIN), or "departs"."""
+    if e[s] <= tol and e[s] <= max(e[big], tol):
+        return "ok"
+    return "shrinking" if e[s] < e[big] and r is not None and r >= RATE_MIN else "departs"
 
 
 def undecided(m: RankMeasurement) -> str | None:
@@ -624,9 +642,12 @@ def undecided(m: RankMeasurement) -> str | None:
     a = agreement(m)
     s, big = m.smallest, int(np.argmin(m.log_inv_alphas))
     for j, e, r in zip(m.jumps, a.errors, a.rates):
-        if e[s] > a.tolerance and e[s] < e[big] and r is not None and r >= RATE_MIN:
+        if _status(e, r, a.tolerance, s, big) == "shrinking":
             return (f"the time of jump {j.k} ({sigma(m, j)}) is {e[s]:.3g} from the limit's, above the tolerance "
                     f"{a.tolerance:.3g} and still shrinking (rate {r:.2f})")
+    for p, e, r in zip(m.plateaus, a.plateau_errors, a.plateau_rates):
+        if _status(e, r, PLATEAU_TOL, s, big) == "shrinking":
+            return f"plateau {p.k}'s values are {e[s]:.3g} from the limit's, above {PLATEAU_TOL:g} and still shrinking"
     for (j1, e1), (j2, e2) in zip(zip(m.jumps, a.eps), list(zip(m.jumps, a.eps))[1:]):
         gap = j2.T - j1.T
         if gap > TIE_MARGIN * j2.T and e1 + e2 > RESOLUTION_FRACTION * gap:
@@ -664,16 +685,18 @@ def judge_against_limit(m: RankMeasurement) -> Judgement:
     # agreement
     departs, shrinking = [], []
     for j, e, r in zip(m.jumps, a.errors, a.rates):
-        if e[s] <= a.tolerance and e[s] <= max(e[big], a.tolerance):
-            continue
-        rate = "no rate" if r is None else f"rate {r:.2f}"
-        what = (f"jump {j.k} ({sigma(m, j)}): |tau - T| = {', '.join(f'{x:.3g}' for x in e)} along the ladder "
+        status = _status(e, r, a.tolerance, s, big)
+        if status != "ok":
+            rate = "no rate" if r is None else f"rate {r:.2f}"
+            (shrinking if status == "shrinking" else departs).append(
+                f"jump {j.k} ({sigma(m, j)}): |tau - T| = {', '.join(f'{x:.3g}' for x in e)} along the ladder "
                 f"(T = {j.T:.4g}, tolerance {a.tolerance:.3g}, {rate})")
-        (shrinking if e[s] < e[big] and r is not None and r >= RATE_MIN else departs).append(what)
-    for p, le, se in zip(m.plateaus, a.plateau_loss_errors, a.plateau_sv_errors):
-        if le > PLATEAU_TOL or se > PLATEAU_TOL:
-            departs.append(f"plateau {p.k} at tau={p.tau:.3g}: loss error {le:.3g}, singular-value error {se:.3g} "
-                           f"(tolerance {PLATEAU_TOL:g})")
+    for p, e, r in zip(m.plateaus, a.plateau_errors, a.plateau_rates):
+        status = _status(e, r, PLATEAU_TOL, s, big)
+        if status != "ok":
+            (shrinking if status == "shrinking" else departs).append(
+                f"plateau {p.k} at tau={p.tau:.3g}: loss and singular values {', '.join(f'{x:.3g}' for x in e)} "
+                f"from the limit's along the ladder (tolerance {PLATEAU_TOL:g})")
     if departs:
         msg = "the flow departs from " + lim.reference + ": " + "; ".join(departs)
         parts.append(Judgement.failed(Reason.DEPARTS_FROM_LIMIT, msg) if closed else
@@ -693,7 +716,7 @@ def judge_against_limit(m: RankMeasurement) -> Judgement:
             + f"; errors at alpha={format_alpha(Ls[s])} <= {max((e[s] for e in a.errors), default=0):.3g} "
             f"(tolerance {a.tolerance:.3g})"
             + (f", fitted jump times within {worst_fit:.2%} of the limit" if fit else "")
-            + f"; plateau losses and singular values within {max(a.plateau_loss_errors + a.plateau_sv_errors):.2g}"))
+            + f"; plateau losses and singular values within {a.plateau_at(s):.2g}"))
     return Judgement.compose(parts, " | ")
 
 
@@ -829,8 +852,7 @@ def declare(m: RankMeasurement) -> dict[str, Metric]:
              "measured_singular_values": {a_: {n: list(v) for n, v in zip(m.names, per)}
                                           for a_, per in zip(alphas, p.measured_sv)}}
             for p in m.plateaus])
-        out["plateau_error_at_smallest_alpha"] = Metric.at_most(
-            max(a.plateau_loss_errors + a.plateau_sv_errors), PLATEAU_TOL)
+        out["plateau_error_at_smallest_alpha"] = Metric.at_most(a.plateau_at(small), PLATEAU_TOL)
     if m.rungs:
         out["rungs_added"] = Metric.info(list(m.rungs))
     return out
