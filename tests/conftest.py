@@ -8,9 +8,13 @@
 * ``zero_loss_context``: a realisable teacher whose first coordinate to activate is not in its support: it
   leaves at the zero-loss last stage (assumption-4.2's ``zero-loss-last-stage``; THEORY.md §5.3), and
   theorem-4.5's beta error on the last plateau converges only like 1/log(1/alpha) (the adaptive ladder).
+* ``two_layer``: examples/two_layer_linear.py (the two-layer linear network of issue 25 with ``make``, ``tied``,
+  ``near_tie``), imported once.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +98,14 @@ def valley_context() -> Context:
     ctx = Context(RunConfig(preset=None, model="diag-linear", horizon=3.0), model=model, argv=["test"])
     ctx.__dict__["stages"] = StageSequence(tuple(stages), "complete", "hand-built valley stages", gtol=1e-8)
     return ctx
+
+
+@pytest.fixture(scope="session")
+def two_layer():
+    """The module examples/two_layer_linear.py: ``make()`` (target singular values 3, 2, 1, inputs not whitened),
+    ``tied()`` (2, 2, 1, whitened), ``near_tie()`` (2, 1.9, 1, whitened), ``TwoLayer``."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "two_layer_linear.py"
+    spec = importlib.util.spec_from_file_location("two_layer_linear_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -26,7 +26,7 @@ same batched Rosenbrock integrator, with the same step cap on the modes' sizes (
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -34,7 +34,7 @@ from torch.func import grad, jacfwd, vmap
 
 from ..config import SolverConfig
 from . import rosenbrock
-from .flow import ONSET_GROWTH, ONSET_LEVEL, _dense
+from .flow import NEGLIGIBLE_COLUMN, ONSET_GROWTH, ONSET_LEVEL, _dense
 from .trajectory import Status
 
 F64 = torch.float64
@@ -63,18 +63,21 @@ def _upper(k: int, like: torch.Tensor) -> torch.Tensor:
 
 
 def product_mismatch(model, points: int = 3, seed: int = 0) -> float:
-    """max |L(U O, V O) - L(U, V)| / max(|L|, tiny) over random factor points and random orthogonal O (per
-    pair): zero (to rounding) when the loss reads every pair only through U V^T, which the lifted flow needs."""
+    """max |L(U G, V G^-T) - L(U, V)| / |L| over random factor points and random invertible G per pair
+    (G = O1 diag(e^z) O2, z ~ U(-0.7, 0.7)): zero to rounding when the loss reads every pair only through U V^T,
+    which the lifted flow needs (weight decay on one factor, say, is not; it survives an orthogonal G)."""
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for _ in range(points):
         theta = model.init_params(0.5, gen)
-        facs = model.factors(theta)
         turned = []
-        for U, V in facs:
-            O, _ = torch.linalg.qr(torch.randn(U.shape[-1], U.shape[-1], generator=gen, dtype=F64))
-            O = O.to(U.device)
-            turned.append((U @ O, V @ O))
+        for U, V in model.factors(theta):
+            r = U.shape[-1]
+            O1, _ = torch.linalg.qr(torch.randn(r, r, generator=gen, dtype=F64))
+            O2, _ = torch.linalg.qr(torch.randn(r, r, generator=gen, dtype=F64))
+            z = 1.4 * torch.rand(r, generator=gen, dtype=F64) - 0.7
+            G = (O1 * torch.exp(z)) @ O2
+            turned.append((U @ G.to(U.device), V @ torch.linalg.inv(G).T.to(V.device)))
         a, b = float(model.loss_params(theta)), float(model.loss_params(model.join_factors(turned)))
         worst = max(worst, abs(a - b) / max(abs(a), 1e-300))
     return worst
@@ -88,8 +91,8 @@ def exact_path(model) -> str | None:
         return "a vector pair u * v is not the product U V^T of one matrix pair"
     mismatch = product_mismatch(model)
     if not mismatch <= PRODUCT_TOL:
-        return (f"the loss does not read the pairs only through U V^T (L(U O, V O) differs from L(U, V) by "
-                f"{mismatch:.3g} relative for an orthogonal O)")
+        return (f"the loss does not read the pairs only through U V^T (L(U G, V G^-T) differs from L(U, V) by "
+                f"{mismatch:.3g} relative for an invertible G)")
     return None
 
 
@@ -102,6 +105,7 @@ class LiftedFlow:
     model: Any
     ks: tuple[int, ...]
     L: torch.Tensor
+    jac_floor: float = 0.0  # the Jacobian keeps a mode's change of Gamma where L e^{2 l} >= this (``jac``)
 
     @property
     def shapes(self) -> tuple[tuple[int, int, int], ...]:
@@ -229,10 +233,9 @@ class LiftedFlow:
         sides = [(G @ Q[a:], G.T @ Q[:a]) for (Q, _, _), G, (a, _, _) in zip(self.unpack(y), Gs, self.shapes)]
         return self._alg(y, sides, L)
 
-    def _rhs1(self, y: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-        if self.full_gamma:
-            return self._alg_gamma(y, self.gammas(self._products1(y)), L)
-        # Gamma Q_V and Gamma^T Q_U from two factorisations of the same products (module docstring)
+    def sides_from_gradients(self, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(Gamma Q_V, Gamma^T Q_U) per pair from two factorisations of the same products (one run):
+        dL/dU at (Q_U G G^T, Q_V) and dL/dV at (Q_U, Q_V G G^T), G = diag(e^l) R (module docstring)."""
         side_u, side_v = [], []
         for (Q, l, R), (a, _, r) in zip(self.unpack(y), self.shapes):
             G = self._graded(l, R)
@@ -242,8 +245,12 @@ class LiftedFlow:
         g = vmap(grad(self.model.loss_params))(torch.stack([self.model.join_factors(side_u),
                                                              self.model.join_factors(side_v)]))
         gu, gv = self.model.factors(g[0]), self.model.factors(g[1])
-        sides = [(gu[p][0][:, :k], gv[p][1][:, :k]) for p, k in enumerate(self.ks)]
-        return self._alg(y, sides, L)
+        return [(gu[p][0][:, :k], gv[p][1][:, :k]) for p, k in enumerate(self.ks)]
+
+    def _rhs1(self, y: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        if self.full_gamma:
+            return self._alg_gamma(y, self.gammas(self._products1(y)), L)
+        return self._alg(y, self.sides_from_gradients(y), L)
 
     def rhs(self, y: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return vmap(self._rhs1)(y, self.L[idx])
@@ -265,16 +272,15 @@ class LiftedFlow:
         """The matrix of the W-method (THEORY.md §8). With every Gamma_p one gradient away (``full_gamma``):
         the Jacobian of the algebra at fixed Gamma (no model call; it holds the stiff rotation of every mode
         towards its direction), plus, in the columns of the modes whose weight in the products is not small
-        (L e^{2 l_i} >= JAC_ACTIVE), the change of Gamma through them: one forward-over-reverse pass per such
-        column, none for a dormant mode. The columns left out are the small, non-stiff terms L e^{2 l_i}
-        d Gamma / dM of dormant modes; ROS34PW2 keeps its order with any matrix, so they cost accuracy of the
-        step-size prediction, never the result. Otherwise the exact Jacobian by forward mode."""
+        (L e^{2 l_i} >= ``jac_floor``, set by :func:`with_jacobian_for`), the change of Gamma through them: one
+        forward-over-reverse pass per such column, none for a dormant mode. The columns left out are small,
+        non-stiff terms L e^{2 l_i} dGamma/dM of dormant modes. Otherwise the exact Jacobian by forward mode."""
         L = self.L[idx]
         if not self.full_gamma:
             return vmap(jacfwd(self._rhs1))(y, L)
         Gs = vmap(lambda y1: self.gammas(self._products1(y1)))(y)
         J = vmap(jacfwd(self._alg_gamma))(y, Gs, L)
-        keep = torch.exp(2 * self._log_sizes(y)) * L[:, None] >= JAC_ACTIVE
+        keep = torch.exp(2 * self._log_sizes(y)) * L[:, None] >= self.jac_floor
         modes = self._mode_columns()
         sets, group = torch.unique(keep, dim=0, return_inverse=True)
         for g, mask in enumerate(sets):
@@ -363,12 +369,23 @@ def flow_fill(flow: LiftedFlow, like: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+def with_jacobian_for(flow: LiftedFlow, solver: SolverConfig) -> LiftedFlow:
+    """The flow whose ``jac`` suits ``solver.method``: the W-method (ROS34PW2) keeps its order with any matrix,
+    so its matrix leaves out the change of Gamma through modes with L e^{2 l} < JAC_ACTIVE (non-stiff terms);
+    Rodas4 needs the Jacobian, so only the terms below its error tolerance are left out (L e^{2 l} <
+    NEGLIGIBLE_COLUMN atol / L, the reduced flow's rule, THEORY.md §3)."""
+    if solver.method == "ros34pw2":
+        return replace(flow, jac_floor=JAC_ACTIVE)
+    return replace(flow, jac_floor=NEGLIGIBLE_COLUMN * solver.atol / float(flow.L.max()))
+
+
 def integrate_lifted(flow: LiftedFlow, y0: torch.Tensor, horizon: float, solver: SolverConfig = SolverConfig(),
                      n_out: int = 401, t0: float = 0.0, progress=None
                      ) -> tuple[PairTrajectory, rosenbrock.Solution]:
     """Integrate the lifted flow from states y0 [B, size] at rescaled time t0 to ``horizon``, sampled on n_out
     times (rows past a failed run's last accepted step are NaN); with the solver's accepted steps, whose Hermite
     interpolant is the dense output (``flow._dense``)."""
+    flow = with_jacobian_for(flow, solver)
     sol = rosenbrock.solve(flow.rhs, flow.jac, y0, horizon - t0, rtol=solver.rtol, atol=solver.atol,
                            max_steps=solver.max_steps, progress=progress, max_step=flow.max_step,
                            method=rosenbrock.METHODS[solver.method])
