@@ -159,7 +159,8 @@ def test_near_tie_passes_after_extending_the_ladder(two_layer):
     res = _run(two_layer.near_tie())
     assert res.verdict is Verdict.PASS, res.message
     assert [r["alpha"] for r in res.values["rungs_added"]] == ["exp(-2000)"]
-    _fitted_within(res, 1e-3)
+    _fitted_within(res, 1e-2)
+    assert res.values["jump_time_error_at_smallest_alpha"] <= 1e-3  # at exp(-2000): C / L with C ~ 0.2
 
 
 def test_linear_attention_matches_its_closed_form():
