@@ -33,7 +33,7 @@ with no exact path are inconclusive (``below-float64-resolution``), never judged
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from enum import Enum
 
 import numpy as np
@@ -639,6 +639,8 @@ def undecided(m: RankMeasurement) -> str | None:
     separate predicted jumps not yet resolved."""
     if m.limit is None or not m.traj.ok or not m.jumps:
         return None
+    if any(j2.T - j1.T <= TIE_MARGIN * j2.T for j1, j2 in zip(m.jumps, m.jumps[1:])):
+        return None  # the limit itself says two jumps merge: decided (a fail), more ladder changes nothing
     a = agreement(m)
     s, big = m.smallest, int(np.argmin(m.log_inv_alphas))
     for j, e, r in zip(m.jumps, a.errors, a.rates):
