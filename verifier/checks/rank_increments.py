@@ -73,6 +73,7 @@ RATE_MIN = 0.5  # a shrinking error must shrink at least like L^-RATE_MIN
 RESOLUTION_FRACTION = 0.5
 TIE_MARGIN = 1e-6
 HORIZON_FACTOR = 1.5  # default horizon: this times the last predicted jump
+JUDGED_FRACTION = 0.9  # jumps (and plateaus) the limit puts after this fraction of the horizon are not judged
 CHUNK = 2.0  # without a limit the horizon grows in chunks of CHUNK / lambda_max(H(0)) (twice the first stage time)
 MAX_CHUNKS = 24
 SETTLED_LOSS = 1e-2  # a chunk is settled when the loss fell by less than this fraction of the initial loss ...
@@ -342,11 +343,17 @@ def _dense_for(dense: list[Dense], t: float) -> Dense | None:
     return [d for d in dense if d.t0 <= t][-1] if any(d.t0 <= t for d in dense) else dense[0]
 
 
-def _jump_times(limit, traj: PairTrajectory, dense: list[Dense], samples: range) -> list[list[float]]:
-    """[jump][sample] measured times of the limit's jumps for ``samples`` of ``traj`` (their dense outputs are
+def judged_jumps(limit, horizon: float) -> list:
+    """The limit's jumps the run can show: those before JUDGED_FRACTION of the horizon (a jump at finite alpha
+    comes O(1/log(1/alpha)) after its limit time; one past the horizon is not measured, never counted missed)."""
+    return [j for j in limit.jumps() if j.T < JUDGED_FRACTION * horizon]
+
+
+def _jump_times(limit, traj: PairTrajectory, dense: list[Dense], samples: range, horizon: float) -> list[list[float]]:
+    """[jump][sample] measured times of the judged jumps for ``samples`` of ``traj`` (their dense outputs are
     rows b - samples.start of ``dense``)."""
     out = []
-    for j in limit.jumps():
+    for j in judged_jumps(limit, horizon):
         level = _jump_level(limit, j)
         row = []
         for b in samples:
@@ -374,7 +381,7 @@ def _plateaus(limit, traj: PairTrajectory, horizon: float) -> list[tuple[int, fl
     out = []
     T = [s.T for s in limit.stages] + [max(horizon, limit.last_T)]
     for k in range(len(limit.stages)):
-        if T[k + 1] - T[k] <= TIE_MARGIN * max(T[k + 1], 1e-300):
+        if T[k + 1] - T[k] <= TIE_MARGIN * max(T[k + 1], 1e-300) or T[k] >= JUDGED_FRACTION * horizon:
             continue
         mid = 0.5 * (T[k] + T[k + 1])
         i = int(torch.argmin((traj.tau - mid).abs()))
@@ -447,10 +454,10 @@ def _measured(m: RankMeasurement, dense: list[Dense], offset: int) -> RankMeasur
     m = replace(m, levels=levels, events=tuple(evs), log_inv_alphas=L)
     if m.limit is None or not traj.ok:
         return m
-    times = _jump_times(m.limit, traj, dense, range(offset, len(levels)))
+    times = _jump_times(m.limit, traj, dense, range(offset, len(levels)), m.horizon)
     old = {j.k: j for j in m.jumps}
     jumps = []
-    for j, row in zip(m.limit.jumps(), times):
+    for j, row in zip(judged_jumps(m.limit, m.horizon), times):
         before = list(old[j.k].taus) if j.k in old else []
         jumps.append(JumpSeries(j.k, j.product, j.index, j.T, _jump_level(m.limit, j), L, tuple(before[:offset] + row)))
     plats = []
@@ -707,8 +714,6 @@ def judge_against_limit(m: RankMeasurement) -> Judgement:
     elif shrinking:
         parts.append(Judgement.inconclusive(Reason.LADDER_EXHAUSTED, "errors above tolerance, still shrinking: "
                                             + "; ".join(shrinking) + _ladder_note(m)))
-    if lim.status.value != "complete":
-        parts.append(Judgement.passed(f"(the limit stopped early: {lim.message}; judged up to there)"))
     if not any(p.verdict.value != "pass" for p in parts):
         fit = [f for f in a.fitted if f is not None]
         worst_fit = max((abs(f - j.T) / j.T for f, j in zip(a.fitted, m.jumps) if f is not None), default=None)
@@ -717,8 +722,14 @@ def judge_against_limit(m: RankMeasurement) -> Judgement:
             f"({lim.basis}): " + ", ".join(f"{sigma(m, j)} T={j.T:.4g}" for j in m.jumps)
             + f"; errors at alpha={format_alpha(Ls[s])} <= {max((e[s] for e in a.errors), default=0):.3g} "
             f"(tolerance {a.tolerance:.3g})"
-            + (f", fitted jump times within {worst_fit:.2%} of the limit" if fit else "")
+            + (f", fitted jump times within {worst_fit:.2g} (relative) of the limit" if fit else "")
             + f"; plateau losses and singular values within {a.plateau_at(s):.2g}"))
+    if lim.status.value != "complete":
+        parts.append(Judgement.passed(f"(the limit stopped early: {lim.message}; judged up to there)"))
+    later = len(lim.jumps()) - len(m.jumps)
+    if later:
+        parts.append(Judgement.passed(f"({later} predicted jump(s) after {JUDGED_FRACTION:g} x the horizon "
+                                      f"tau = {m.horizon:.3g} not judged: raise --horizon)"))
     return Judgement.compose(parts, " | ")
 
 
