@@ -126,7 +126,8 @@ class PairLimit:
         return out
 
     def ties(self) -> list[int]:
-        """Stages k whose jump ties with the runner-up (margin < TIE_MARGIN): the limit says they merge."""
+        """Stages k whose jump ties with another (margin < TIE_MARGIN: with its runner-up, or a jump of zero
+        length after the previous one, as Algorithm 1 counts a Delta of 0): the limit says they merge."""
         return [s.k for s in self.stages[1:] if s.margin is not None and s.margin < TIE_MARGIN]
 
     @property
@@ -283,7 +284,7 @@ def greedy_limit(model, eps: float = STAGE_B_EPS, max_stages: int | None = None,
         runner = None
         if len(cands) > 1:
             second, q, j = cands[1]
-            margin = (second - delta) / delta if delta > 0 else 0.0
+            margin = (second - delta) / delta if delta > TIE_MARGIN * (T + delta) else 0.0
             runner = f"sigma_{stages[-1].ranks()[q] + j + 1}({names[q]})"
         T += delta
         for d, rt in zip(dormant, rates):
@@ -399,7 +400,7 @@ def linear_network_limit(net: LinearNetwork, width: int, names: tuple[str, ...])
             if k < K and sig[k - 1][1] > gtol:  # the next mode, had this plateau gone on
                 acc2 = sum(sig[i][k - i] * inc[i + 1] for i in range(k - 1))
                 other = max(0.0, (1.0 - acc2) / sig[k - 1][1])
-                margin = (other - inc[k]) / inc[k] if inc[k] > 0 else 0.0
+                margin = (other - inc[k]) / inc[k] if inc[k] > TIE_MARGIN * T else 0.0
                 runner = f"sigma_{k + 1}({names[0]})"
             else:
                 margin = math.inf
