@@ -8,7 +8,8 @@ min(n, r) columns), and integrate its continuous QR factorisation W = Q diag(e^l
 R unit upper triangular (the method Dieci, Russell & Van Vleck use for Lyapunov exponents):
 
     H = Q^T A Q,  T = triu(H) + triu(H, 1)  (T_ii = H_ii, T_ij = 2 H_ij for i < j),
-    Q' = A Q - Q T,   l' = diag(H),   R'_ij = sum_{i < m <= j} T_im e^{l_m - l_i} R_mj.
+    Q' = A Q - Q T - kappa/2 Q (Q^T Q - I),   l' = diag(H),   R'_ij = sum_{i < m <= j} T_im e^{l_m - l_i} R_mj
+    (the kappa term vanishes on orthonormal Q and makes orthonormality attracting).
 
 Every mode keeps its own scale: the i-th mode is a unit column of Q with a log-size l_i, never a number below
 rounding beside an O(1) weight, so alpha = exp(-10^4) is as exact as alpha = 1e-2; alpha enters only through
@@ -226,7 +227,13 @@ class LiftedFlow:
             H = Q.T @ AQ
             H = (H + H.T) / 2
             T = torch.triu(H) + torch.triu(H, 1)
-            dQ = AQ - Q @ T
+            # Orthonormality is invariant, not attracting: E = Q^T Q - I obeys E' = -(E T + T^T E), which grows
+            # at -2 H_ii for a shrinking mode (rates ~ L: full-attention at alpha = exp(-1e4) lost it at tau 1.1).
+            # The term -kappa/2 Q E vanishes on E = 0 (the flow is unchanged) and makes it attracting at rate
+            # kappa = 2 max(0, -min H_ii) + 1 (THEORY.md §8.1; + L instead of + 1 cost 1.6x the steps there).
+            E = Q.T @ Q - torch.eye(k, dtype=Q.dtype, device=Q.device)
+            kappa = 2 * torch.clamp(-torch.diagonal(H).min(), min=0.0) + 1.0
+            dQ = AQ - Q @ T - 0.5 * kappa * (Q @ E)
             scaled = T * torch.exp(l[None, :] - l[:, None])  # T_im e^{l_m - l_i}, m >= i
             dR = torch.triu(scaled, 1) @ R
             iu = torch.triu_indices(k, k, 1, device=y.device)
