@@ -190,3 +190,27 @@ def test_linear_attention_closed_form():
         assert g.T == pytest.approx(c.T, rel=1e-7, abs=1e-12)
         assert g.loss == pytest.approx(c.loss, rel=1e-7)
         assert g.singular_values()[0] == pytest.approx(c.singular_values()[0], abs=1e-6)
+
+
+def test_commuting_network_whose_rates_and_mu_disagree_uses_the_greedy_limit():
+    """Sxx = diag(4, 1) commutes with the target diag(1, 3), but the growth rates |Syx^T u_i| = 4, 3 and the
+    eigenvalues mu_i = 4, 9 order the modes differently: the first plateau learns the faster mode (rate 4, value 1),
+    not the top-mu projection, so the closed form does not apply and the greedy limit (which follows the rates)
+    is used: T = 1/4, 1/3."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.A = nn.Parameter(torch.zeros(2, 2, dtype=F64))
+            self.B = nn.Parameter(torch.zeros(2, 2, dtype=F64))
+
+        def forward(self, x):
+            return x @ self.B @ self.A.T
+
+    X = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=F64) * 2**0.5  # X^T X / 4 = diag(4, 1)
+    Y = X @ torch.diag(torch.tensor([1.0, 3.0], dtype=F64))
+    model = verifier.from_module(Net(), [("A", "B")], lambda m: 0.5 * (m(X) - Y).pow(2).sum() / 4)
+    assert linear_network(model) is not None
+    limit = full_limit(model)
+    assert limit.kind == "greedy"
+    assert [s.T for s in limit.stages] == pytest.approx([0.0, 0.25, 1 / 3], rel=1e-7)
+    assert [v for v in limit.stages[1].singular_values()[0] if v > 1e-6] == pytest.approx([1.0], rel=1e-6)

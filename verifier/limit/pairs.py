@@ -384,6 +384,11 @@ def linear_network_limit(net: LinearNetwork, width: int, names: tuple[str, ...])
     T = 0.0
     commuting = bool(torch.allclose(Sxx @ Syx.T @ Syx, Syx.T @ Syx @ Sxx, atol=1e-10 * max(1.0, float(Sxx.abs().max()))
                                     * max(1.0, float((Syx.T @ Syx).abs().max()))))
+    if commuting:  # modes decouple and grow at |Syx^T u_i|: the closed form's mu-order must be the rate order
+        rates = torch.linalg.vector_norm(Syx.T @ Uo[:, :K], dim=0)
+        if bool((rates[1:] > rates[:-1] * (1 + 1e-9)).any()):
+            raise ValueError("the eigenvalues mu of Syx Sxx^-1 Syx^T and the growth rates |Syx^T u_i| are not in the "
+                             "same order: the plateaus are not the top-mu projections (use the greedy limit)")
     status, message = LimitStatus.COMPLETE, "every eigenvalue of Syx Sxx^-1 Syx^T is learned (or the width is full)"
     for k in range(K + 1):
         M = proj[k] @ ols
@@ -424,5 +429,8 @@ def full_limit(model, progress=None) -> PairLimit:
         return own()
     net = linear_network(model)
     if net is not None:
-        return linear_network_limit(net, model.factor_shapes[0][2], tuple(model.product_names()))
+        try:
+            return linear_network_limit(net, model.factor_shapes[0][2], tuple(model.product_names()))
+        except ValueError:  # a commuting network whose rate order is not its mu order: the greedy limit follows it
+            pass
     return greedy_limit(model, progress=progress)
