@@ -87,6 +87,7 @@ def test_symmetric_tied_teacher_is_flagged():
     res = _run(model)
     assert res.verdict is Verdict.FAIL and res.reason == "jumps-not-separated", res.message
     assert "jumps do not separate" in res.message and "raises the rank of Wv Wo^T by two" in res.message
+    assert res.values["limit"]["kind"] == "greedy" and "the limit puts sigma_1(Wv Wo^T) and sigma_2(Wv Wo^T)" in res.message
     gap = res.values["gaps"][0]
     assert gap["between"] == ["sigma_1(Wv Wo^T)", "sigma_2(Wv Wo^T)"]
     g = gap["gaps"]  # closes like 1 / log(1/alpha): halves each time log(1/alpha) doubles

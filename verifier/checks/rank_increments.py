@@ -849,6 +849,8 @@ def declare(m: RankMeasurement) -> dict[str, Metric]:
     }
     if m.limit is not None:
         out["limit"] = Metric.info(m.limit.to_dict())
+    if m.limit_error is not None:
+        out["limit_error"] = Metric.info(m.limit_error)
     if m.limit is not None and m.jumps and m.traj.ok:
         a = agreement(m)
         out["jump_time_error_at_smallest_alpha"] = Metric.at_most(max(e[small] for e in a.errors), a.tolerance)

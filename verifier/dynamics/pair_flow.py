@@ -232,7 +232,7 @@ class LiftedFlow:
             # The term -kappa/2 Q E vanishes on E = 0 (the flow is unchanged) and makes it attracting at rate
             # kappa = 2 max(0, -min H_ii) + 1 (THEORY.md §8.1; + L instead of + 1 cost 1.6x the steps there).
             E = Q.T @ Q - torch.eye(k, dtype=Q.dtype, device=Q.device)
-            kappa = 2 * torch.clamp(-torch.diagonal(H).min(), min=0.0) + 1.0
+            kappa = 2 * torch.cat([-torch.diagonal(H), H.new_zeros(1)]).max() + 1.0  # (a pair may have no mode)
             dQ = AQ - Q @ T - 0.5 * kappa * (Q @ E)
             scaled = T * torch.exp(l[None, :] - l[:, None])  # T_im e^{l_m - l_i}, m >= i
             dR = torch.triu(scaled, 1) @ R
