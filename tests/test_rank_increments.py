@@ -243,3 +243,16 @@ def test_no_exact_path_above_the_floor_uses_the_model_free_rule(two_layer):
     assert res.values["path"].startswith("theta") and res.values["alphas"] == ["0.01", "0.0001", "1e-08"]
     assert res.verdict is Verdict.PASS and "model-free rule" in res.message, res.message
     assert res.values["jumps"] >= 2 and res.values["min_limit_gap_ratio"] >= R.LIMIT_GAP_FRACTION
+
+
+def test_a_run_whose_modes_lost_their_order_is_inconclusive(two_layer):
+    """The lifted flow's factor R carries e^{l_m - l_i}; a run where a later mode outgrew an earlier one by more
+    than e^MISORDER_LIMIT gets no verdict (never a pass or a fail on digits it may have lost)."""
+    from dataclasses import replace
+
+    m = R.measure(two_layer.make(), two_layer.make().init_params(1.0, torch.Generator().manual_seed(0)),
+                  parse_alphas("1e-4,1e-8"), limit=None)
+    assert float(m.traj.misorder.max()) < 5.0  # graded to O(1) (2.7 here; THEORY.md §8.1)
+    broken = replace(m, traj=replace(m.traj, misorder=torch.full_like(m.traj.misorder, 25.0)))
+    j = R.judge(broken)
+    assert j.verdict is Verdict.INCONCLUSIVE and j.reason == "solver-failed" and "Gram-Schmidt order" in j.message

@@ -42,7 +42,7 @@ import torch
 from ..config import SolverConfig, format_alpha
 from ..dynamics import rosenbrock
 from ..dynamics.flow import _dense
-from ..dynamics.pair_flow import LiftedFlow, PairTrajectory, exact_path, integrate_lifted
+from ..dynamics.pair_flow import MISORDER_LIMIT, LiftedFlow, PairTrajectory, exact_path, integrate_lifted
 from ..dynamics.param_flow import ATOL_FRACTION, ParamTrajectory, growth_rate, solve_param_flow
 from ..dynamics.trajectory import Status
 from ..figures import Figure, Mark, Series
@@ -213,7 +213,8 @@ def _join(parts: list[PairTrajectory]) -> PairTrajectory:
                    log_sv=tuple(cat(lambda p, i=i: p.log_sv[i]) for i in range(n)),
                    products=tuple(cat(lambda p, i=i: p.products[i]) for i in range(n)),
                    loss=cat(lambda p: p.loss), nfev=sum(p.nfev for p in parts), njev=sum(p.njev for p in parts),
-                   state=None if last.state is None else cat(lambda p: p.state))
+                   state=None if last.state is None else cat(lambda p: p.state),
+                   misorder=None if last.misorder is None else torch.stack([p.misorder for p in parts]).amax(0))
 
 
 def _from_theta(model, traj: ParamTrajectory) -> PairTrajectory:
@@ -751,6 +752,11 @@ def judge(m: RankMeasurement) -> Judgement:
                                       "the gradient vanishes at zero: nothing is learned (is the teacher zero?)")
     if not m.traj.ok:
         return Judgement.inconclusive(Reason.SOLVER_FAILED, f"the flow did not reach the horizon: {m.traj.message()}")
+    if m.traj.misorder is not None and float(m.traj.misorder.max()) > MISORDER_LIMIT:
+        return Judgement.inconclusive(Reason.SOLVER_FAILED, (
+            f"the lifted flow's modes lost their Gram-Schmidt order (a later mode e^{float(m.traj.misorder.max()):.3g} "
+            f"times an earlier one; limit e^{MISORDER_LIMIT:g}), so its factor R carries that ratio in rounding "
+            "(THEORY.md §8.1): no verdict on this initialisation (try another --seed)"))
     if m.limit is None or not m.jumps:
         out = judge_model_free(m)
         why = m.limit_error or (m.no_exact and f"no exact path: {m.no_exact}")
@@ -891,7 +897,8 @@ def _extend(ctx, m: RankMeasurement, theta0, solver) -> RankMeasurement:
                          log_sv=tuple(torch.cat([a, b]) for a, b in zip(t.log_sv, part.log_sv)),
                          products=tuple(torch.cat([a, b]) for a, b in zip(t.products, part.products)),
                          loss=torch.cat([t.loss, part.loss]), nfev=torch.cat([t.nfev, part.nfev]),
-                         njev=torch.cat([t.njev, part.njev]), status=t.status + part.status, state=None)
+                         njev=torch.cat([t.njev, part.njev]), status=t.status + part.status, state=None,
+                         misorder=None if t.misorder is None else torch.cat([t.misorder, part.misorder]))
         rungs.append({"alpha": format_alpha(nxt), "log_inv_alpha": nxt, "why": why})
         offset = len(m.log_inv_alphas)
         m = replace(m, traj=joined, log_inv_alphas=m.log_inv_alphas + (nxt,), rungs=tuple(rungs))
