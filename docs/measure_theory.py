@@ -7,6 +7,8 @@ discrete-law     Lemma 4.1's discrete law under GD, SGD, momentum, weight decay 
 short-ladder     theorem-4.5 on a one-stage problem the thorough property run found, on a short and a long ladder
 leaving-noise    assumption-4.4 on Pesme-Flammarion's 2-D example, and how long a leaving coordinate with
                  u^2 - v^2 = lambda stays left (the saddle escape the Figure 10 noise starts)
+theta-floor      issue 25's false fail: the flow of theta against the lifted flow at 1e-32, 1e-64, 1e-128 (§8.1)
+rank-increments  the check on the problems of THEORY.md §8.5's table (minutes)
 """
 
 from __future__ import annotations
@@ -188,9 +190,65 @@ def leaving_noise() -> None:
     print(f"fitted slope for |lambda| <= 1e-3 beta_0: {np.polyfit(x, y, 1)[0]:.4g} (predicted {1 / G0:.4g})")
 
 
+def _two_layer():
+    """examples/two_layer_linear.py, imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "two_layer_linear.py"
+    spec = importlib.util.spec_from_file_location("two_layer_linear_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def theta_floor() -> None:
+    """The same network, the same theta0: jump times (half the plateau value) and the model-free gaps of the
+    flow of theta (DOP853, rtol 1e-8) and of the lifted flow, at alphas past float64's floor."""
+    from verifier.checks import rank_increments as R
+    from verifier.limit.pairs import full_limit
+
+    model = _two_layer().make()
+    limit = full_limit(model)
+    theta0 = model.init_params(1.0, torch.Generator().manual_seed(1000003))
+    L = parse_alphas("1e-32,1e-64,1e-128")
+    print("limit jump times", [round(s.T, 4) for s in limit.stages[1:]])
+    for path in ("theta", "lifted"):
+        if path == "theta":
+            traj = R.theta_run(model, theta0, L, 3.2, 1.5 * limit.last_T)
+            m = R._measured(R.RankMeasurement(model.product_names(), traj, torch.zeros(3), ((),) * 3, 3.2,
+                                              float(traj.tau[-1]), tuple(L), "theta", limit=limit), [], 0)
+        else:
+            m = R.measure(model, theta0, L, limit=limit)
+        jumps = [[round(t, 4) for t in j.taus] for j in m.jumps]
+        gaps = [(round(g.limit, 4) if g.limit is not None else None) for g in R.gaps(m)]
+        print(f"{path}: jump times per jump (1e-32, 1e-64, 1e-128) {jumps}; model-free gaps extrapolated {gaps}; "
+              f"model-free verdict {R.judge_model_free(m).verdict.value}; gradient evaluations {m.traj.nfev.tolist()}")
+
+
+def rank_increments_table() -> None:
+    from verifier.checks import rank_increments as R
+
+    ex = _two_layer()
+    problems = [("issue 25's network", ex.make, None), ("issue 25's network", ex.make, "1e-32,1e-64,1e-128"),
+                ("issue 25's network", ex.make, "1e-4,exp(-100),exp(-1000),exp(-10000)"),
+                ("target 2, 2, 1", ex.tied, None), ("target 2, 1.9, 1", ex.near_tie, None),
+                ("linear-attention", lambda: build_model("linear-attention"), None),
+                ("full-attention", lambda: build_model("full-attention"), None)]
+    for name, make, alphas in problems:
+        r = run_check(R.ID, Context(RunConfig(log_inv_alphas=parse_alphas(alphas)), model=make(), argv=["measure"]))
+        v = r.values
+        print(f"{name} [{alphas or 'default'}]: {r.verdict.value} {r.reason or ''}; alphas {v['alphas']}; "
+              f"error {v.get('jump_time_error_at_smallest_alpha')} (tolerance "
+              f"{r.metrics['jump_time_error_at_smallest_alpha'].threshold if 'jump_time_error_at_smallest_alpha' in r.metrics else None}); "
+              f"fitted {v.get('max_fitted_jump_time_error')}; plateau {v.get('plateau_error_at_smallest_alpha')}; "
+              f"rungs {[x['alpha'] for x in v.get('rungs_added') or []]}; gaps {[g['gaps'] for g in v['gaps']]}; "
+              f"nfev {v['nfev']}; {r.duration_s:.0f} s")
+
+
 SECTIONS = {"flat-cost": flat_cost, "threshold-bias": threshold_bias, "taylor-orders": taylor_orders_table,
-            "discrete-law": discrete_law, "short-ladder": short_ladder,
-            "leaving-noise": leaving_noise}
+            "discrete-law": discrete_law, "short-ladder": short_ladder, "leaving-noise": leaving_noise,
+            "theta-floor": theta_floor, "rank-increments": rank_increments_table}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SECTIONS):

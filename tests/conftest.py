@@ -10,10 +10,14 @@
   theorem-4.5's beta error on the last plateau converges only like 1/log(1/alpha) (the adaptive ladder).
 * ``spawn_ranks``: runs a function in several spawned processes (torch.distributed tests), failing, never
   hanging, when they do not finish in minutes.
+* ``two_layer``: examples/two_layer_linear.py (the two-layer linear network of issue 25 with ``make``, ``tied``,
+  ``near_tie``), imported once.
 """
 
+import importlib.util
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +125,14 @@ def spawn_ranks():
                     process.terminate()
 
     return run
+
+
+@pytest.fixture(scope="session")
+def two_layer():
+    """The module examples/two_layer_linear.py: ``make()`` (target singular values 3, 2, 1, inputs not whitened),
+    ``tied()`` (2, 2, 1, whitened), ``near_tie()`` (2, 1.9, 1, whitened), ``TwoLayer``."""
+    path = Path(__file__).resolve().parent.parent / "examples" / "two_layer_linear.py"
+    spec = importlib.util.spec_from_file_location("two_layer_linear_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -471,6 +471,17 @@ def test_report_never_overwrites_its_input_and_checks_o_first(tmp_path, capsys):
     assert (tmp_path / "r.html").read_text().startswith("<!")
 
 
+def test_limit_prints_the_full_weight_limit(tmp_path, capsys):
+    """`verifier limit` on full weights: the saddle-to-saddle stages (linear attention's closed form), in JSON too."""
+    out = tmp_path / "limit.json"
+    assert main(["limit", "--preset", "linear-attention", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "closed-form (derived)" in text and "s4(K Q^T)" in text and "6.25" in text
+    stages = json.loads(out.read_text())
+    assert stages["kind"] == "closed-form" and [round(s["T"], 4) for s in stages["stages"]] == [0, 0.3906, 0.6944, 1.5625, 6.25]
+    assert stages["stages"][-1]["singular_values"]["K Q^T"] == pytest.approx([1.4815, 0.9091, 0.6557, 0.5128], abs=1e-4)
+
+
 def test_limit_json_is_checked_first(tmp_path, capsys):
     data = _linear(tmp_path)
     (tmp_path / "dir").mkdir()
@@ -479,10 +490,24 @@ def test_limit_json_is_checked_first(tmp_path, capsys):
         assert capsys.readouterr().err.startswith("verifier: error: --json: ")
     assert main(["limit", "--model", "diag-linear", "--data", data, "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())
-    # refused after --json was checked (the model has full weights): none of --json's missing folders is made
+    # refused after --json was checked (full weights whose loss is not a function of the product: weight decay on
+    # one factor has no saddle-to-saddle limit here): none of --json's missing folders is made
+    model_file = tmp_path / "decayed.py"
+    model_file.write_text(
+        "import torch\nimport verifier\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.A = nn.Parameter(torch.ones(3, 2, dtype=torch.float64))\n"
+        "        self.B = nn.Parameter(torch.ones(3, 2, dtype=torch.float64))\n\n"
+        "def make():\n"
+        "    X = torch.eye(3, dtype=torch.float64)\n"
+        "    return verifier.from_module(Net(), [('A', 'B')], lambda m: ((X @ m.B @ m.A.T - X) ** 2).sum()"
+        " + 0.1 * (m.A ** 2).sum())\n")
     nested = tmp_path / "new" / "deeper" / "s.json"
-    assert main(["limit", "--preset", "full-attention", "--json", str(nested)]) == 2
-    assert capsys.readouterr().err.startswith("verifier: error: --model: ")
+    assert main(["limit", "--model-file", f"{model_file}:make", "--json", str(nested)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("verifier: error: --model-file: ") and "only through U V^T" in err
     assert not (tmp_path / "new").exists()
     assert main(["limit", "--model", "diag-linear", "--data", data, "--json", str(nested)]) == 0
     assert json.loads(nested.read_text())

@@ -140,9 +140,6 @@ def test_no_import_circles_and_no_arrow_up_a_layer():
 
 
 # -- one judgement type --------------------------------------------------------------------------------------
-# Judges being converted on other branches this round (issue 25): their files keep the old tuples until then.
-CONVERTING = {"rank_increments.py": "i25a"}
-
 
 def test_every_judge_returns_a_judgement():
     """A function named judge or judge_* (and the hunts' measurements) returns a Judgement (or a list of them),
@@ -150,8 +147,6 @@ def test_every_judge_returns_a_judgement():
     comes back."""
     wrong, callers = [], []
     for path in sorted(PKG.rglob("*.py")):
-        if path.name in CONVERTING and path.parent.name == "checks":
-            continue
         judging = path.parent.name in ("checks", "survey", "tracking")  # dynamics' step-size judge is no verdict
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

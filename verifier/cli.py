@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list presets and every default")
     sub.add_parser("checks", help="list check ids and the claims they test")
 
-    lim = sub.add_parser("limit", help="Algorithm 1 (the alpha -> 0 limit): print the stages")
+    lim = sub.add_parser("limit", help="the alpha -> 0 limit: Algorithm 1 (diagonal weights) or the saddle-to-saddle "
+                                       "limit (full weights): print the stages")
     _add_problem_args(lim)
     lim.add_argument("--json", help="also write the stages as JSON to this file")
 
@@ -387,10 +388,20 @@ def _limit(args) -> int:
     out = check_output_file(args.json, "--json", inputs=(config.data,)) if args.json is not None else None
     model = build_model(config.preset, config.model, config.data, config.loss, config.seed, config.torch_device,
                         config.model_file, keep_unmovable=config.device == "auto")
-    if not model.diagonal:
-        raise InputError("--model-file" if config.model_file else "--model",
-                         f"Algorithm 1 needs diagonal weights; {model.family} has full weights",
-                         "diag-linear, toy-attention, diag-transformer")
+    if not model.diagonal:  # full weights: the saddle-to-saddle limit (THEORY.md §8)
+        from .dynamics.pair_flow import exact_path
+        from .limit.pairs import full_limit
+
+        why = exact_path(model)
+        if why is not None:
+            raise InputError("--model-file" if config.model_file else "--model",
+                             f"the full-weight limit needs a loss that reads its factor pairs only through U V^T: {why}",
+                             "matrix pairs (U, V) whose loss depends on U V^T only")
+        limit = full_limit(model)
+        if out is not None:
+            write_output_file(out, json.dumps(limit.to_dict(), indent=1), "--json")
+        _say(limit.table(), written=out is not None)
+        return EXIT_OK
     require_dense_fits(model, _problem_field(config), "Algorithm 1 (its stage B is a gradient flow)",
                        "a smaller p, or `verifier run --checks definition-3.1`, which needs no flow")
     stages = algorithm1(model)

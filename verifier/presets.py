@@ -14,7 +14,7 @@ import torch
 from . import data as D
 from .choices import LOSSES, resolve_device
 from .errors import InputError
-from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention, Model
+from .models import DiagAttention, DiagLinear, DiagTransformer, FullAttention, LinearAttention, Model
 from .models.attention import attention
 
 FAMILIES = ("diag-linear", "toy-attention", "diag-transformer", "full-attention")
@@ -104,11 +104,23 @@ def _full_attention(c, gen, loss) -> FullAttention:
     return FullAttention(X, Y, loss=loss, temperature=d**-0.5)
 
 
+def _linear_attention(c, gen, loss) -> LinearAttention:
+    """Lambda = R diag(eigenvalues) R^T with R a random rotation (the seed's): the eigenbasis is not the
+    coordinate basis, so nothing about the weights' entries is special."""
+    D = len(c["eigenvalues"])
+    R, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=D_F64))
+    Lam = R @ torch.diag(torch.tensor(c["eigenvalues"], dtype=D_F64)) @ R.T
+    return LinearAttention.build((Lam + Lam.T) / 2, heads=c["heads"], context=c["context"])
+
+
+D_F64 = D.F64
+
 _BUILDERS: dict[str, Callable[..., Model]] = {
     "diag-linear": _linear,
     "toy-attention": _toy_attention,
     "diag-transformer": _transformer,
     "full-attention": _full_attention,
+    "linear-attention": _linear_attention,
 }
 
 PRESETS: dict[str, Preset] = {
@@ -144,6 +156,13 @@ PRESETS: dict[str, Preset] = {
                "One head with full d x d weights (outside the theory), N=200, n=6, d=8, teacher with rank-2 "
                "Wq Wk^T and Wv Wo^T (singular values 1-2).",
                dict(N=200, n=6, d=8, r=2, scale=(1.0, 2.0))),
+        Preset("linear-attention", "linear-attention",
+               "Linear attention on in-context linear regression (Zhang, Singh, Latham & Saxe, ICML 2025): 4 heads, "
+               "each with a rank-one key and query in D=4 (value frozen), context N=16, tokens x ~ N(0, Lambda) "
+               "with Lambda's eigenvalues 1.6, 1.2, 0.8, 0.4 in a random basis, task w ~ N(0, I), population "
+               "loss. The merged key-query product K Q^T gains one singular value per plateau (principal component "
+               "regression in context) at T_i = 1/lambda_i^2; plateau losses and values are closed-form.",
+               dict(eigenvalues=(1.6, 1.2, 0.8, 0.4), heads=4, context=16)),
     ]
 }
 
@@ -178,7 +197,7 @@ def resolve_problem(preset: str | None, family: str | None, data, loss: str,
         if preset not in PRESETS:
             raise InputError("--preset", f"unknown preset {preset!r}", ", ".join(PRESETS))
         family = PRESETS[preset].family
-    if family not in FAMILIES:
+    elif family not in FAMILIES:  # families a data file can hold (linear-attention is a preset only)
         raise InputError("--model", f"unknown model {family!r}", ", ".join(FAMILIES))
     if loss == "logistic" and family != "diag-linear":
         raise InputError("--loss", f"logistic loss is defined for diag-linear only, not {family}", "square")

@@ -286,3 +286,20 @@ class FullAttention(Model):
 
     def product_names(self) -> tuple[str, ...]:
         return ("Wq Wk^T", "Wv Wo^T")
+
+    # -- the factor pairs of the lifted flow (dynamics/pair_flow.py, THEORY.md §8) -------------------------
+    products_only = True  # the loss reads Wq, Wk, Wv, Wo only through Wq Wk^T and Wv Wo^T
+
+    @property
+    def factor_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """(a, b, r) of every product U V^T with U [a, r], V [b, r]: (Wq, Wk) and (Wv, Wo), all d x d."""
+        return ((self.d, self.d, self.d),) * 2
+
+    def factors(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        Wq, Wk, Wv, Wo = self.weights(theta)
+        return [(Wq, Wk), (Wv, Wo)]
+
+    def join_factors(self, factors) -> torch.Tensor:
+        """theta from [(Wq, Wk), (Wv, Wo)] (batched over leading dimensions): the inverse of :meth:`factors`."""
+        (Wq, Wk), (Wv, Wo) = factors
+        return torch.cat([W.flatten(-2) for W in (Wq, Wk, Wv, Wo)], dim=-1)

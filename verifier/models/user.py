@@ -266,6 +266,26 @@ class ModuleMatrixModel(_ModuleLoss, Model):
     def product_names(self) -> tuple[str, ...]:
         return tuple(pr.label for pr in self.pairs)
 
+    # -- the factor pairs of the lifted flow (dynamics/pair_flow.py, THEORY.md §8) -------------------------
+    @property
+    def products_only(self) -> bool:
+        """Whether the lifted flow may apply: every pair is a matrix pair (a vector pair u * v is not U V^T of
+        one matrix pair). That the loss reads the pairs only through U V^T is measured, not assumed
+        (``pair_flow.product_mismatch``)."""
+        return all(pr.matrix for pr in self.pairs)
+
+    @property
+    def factor_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """(a, b, r) of every matrix pair U [a, r], V [b, r]."""
+        return tuple((pr.u_shape[0], pr.v_shape[0], pr.u_shape[1]) for pr in self.pairs)
+
+    def factors(self, theta: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self._split(theta)
+
+    def join_factors(self, factors) -> torch.Tensor:
+        """theta from [(U, V)] per pair (batched over leading dimensions): every U flattened, then every V."""
+        return torch.cat([U.flatten(-2) for U, _ in factors] + [V.flatten(-2) for _, V in factors], dim=-1)
+
     def _balance(self, theta: torch.Tensor, sign: float) -> torch.Tensor:
         out = []
         for pr, (U, V) in zip(self.pairs, self._split(theta)):
