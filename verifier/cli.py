@@ -497,6 +497,10 @@ def console() -> None:
     flushing: threads or child processes the user's code started cannot keep it alive past the verdict, and
     nothing at the interpreter's shutdown can print over a finished run (docs/TRUST.md)."""
     code = EXIT_INTERRUPTED
+    # multiprocessing's resource tracker (a process started with the worker pool, with these warning options)
+    # unlinks the named semaphores of workers stopped by a Ctrl-C, and would warn about each on stderr after
+    # our last line: the clean-up is its job, the warning noise about our own workers.
+    sys.warnoptions.append("ignore::UserWarning:multiprocessing.resource_tracker")
     try:
         _standard_streams()
         if "torch" not in sys.modules:
