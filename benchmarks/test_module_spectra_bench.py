@@ -8,64 +8,39 @@ seconds go to ``extra_info``. A module measurement runs on every ``MODULE_EVERY`
 step is (module / step) / MODULE_EVERY. Asserted: the energy shares agree with svdvals to 1e-5.
 """
 
-import time
 
 import numpy as np
 import pytest
 import torch
 
+from gpt2_small import Gpt2Small, Stopwatch
 from verifier.tracking import RankTracker
 from verifier.tracking.modules import MODULE_EVERY, change_spectra
 
-BATCH, TOKENS = 8, 256
-
-
-def _clocks(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter(), time.process_time()
-
-
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def test_module_spectra_cost_gpt2_small(benchmark, machine_info, device):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     device = torch.device(device)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=TOKENS)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, model.config.vocab_size, (BATCH, TOKENS), device=device)
-    tracker = RankTracker(model, module_every=1)
+    run = Gpt2Small(device)
+    watch = Stopwatch(device)
+    tracker = RankTracker(run.model, module_every=1)
     modules = tracker._modules
     assert len(modules.modules) == 48
     tracker.record(0)
-    times = {}
-
-    def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-
-    def timed(name, fn):
-        w0, c0 = _clocks(device)
-        out = fn()
-        w1, c1 = _clocks(device)
-        times[f"{name}_wall_s"], times[f"{name}_cpu_s"] = w1 - w0, c1 - c0
-        return out
+    times, timed = watch.times, watch.timed
 
     def deltas():
         return [w - w0 for w, w0 in zip(modules._weights(), modules._reference)]
 
     def measure():
-        loss = timed("step", step)
+        loss = timed("step", run.step)
         modules.every = 2  # record 1: the head spectra only
         timed("record", lambda: tracker.record(1, loss))
         modules.every = 1
         timed("modules", lambda: modules.record(1, 1))
         timed("svdvals", lambda: [torch.linalg.svdvals(d) for d in deltas()])
 
-    step()  # warm-up: allocations, Adam state
+    run.step()  # warm-up: allocations, Adam state
     benchmark.pedantic(measure, rounds=1, iterations=1)
     for clock in ("wall", "cpu"):
         times[f"record_over_step_{clock}"] = times[f"record_{clock}_s"] / times[f"step_{clock}_s"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from gpt2_small import Gpt2Small, Stopwatch
 from verifier.tracking import RankTracker
 from verifier.tracking.demo.track_config import TrackConfig
 from verifier.tracking.demo.vit_training import build_vit, load_digits
@@ -51,7 +52,6 @@ def test_record_overhead_per_step(benchmark, machine_info):
 
 # --- record() at GPT-2-small shape (issue 17): 12 layers x 12 heads, d = 768, batch 8 x 256 tokens -------------
 
-GPT2_BATCH, GPT2_TOKENS = 8, 256
 BEFORE_LAYERS = 2  # the d x d svdvals record is measured on this many layers and scaled (its matrices are independent)
 
 
@@ -65,50 +65,28 @@ def _full_svdvals_record(factors, reference):
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def _clocks(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter(), time.process_time()
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_record_cost_gpt2_small(benchmark, machine_info, device):
     """One Adam training step of Hugging Face GPT-2 small (built from its config, random tokens) against
     one record() of all 288 tracked matrices (thin factors) and the previous full-svdvals record, side by
     side in one process (on a GPU, timed between synchronisations). Wall and CPU seconds go to extra_info;
     asserted: the spectra agree."""
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     device = torch.device(device)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=GPT2_TOKENS)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, model.config.vocab_size, (GPT2_BATCH, GPT2_TOKENS), device=device)
+    run = Gpt2Small(device)
+    model, watch = run.model, Stopwatch(device)
     tracker = RankTracker(model)
     assert len(tracker.tracked) == 24 and sum(t.heads for t in tracker.tracked) == 288
     tracker.record(0)
-    times = {}
-
-    def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-
-    def timed(name, fn):
-        w0, c0 = _clocks(device)
-        out = fn()
-        w1, c1 = _clocks(device)
-        times[f"{name}_wall_s"], times[f"{name}_cpu_s"] = w1 - w0, c1 - c0
-        return out
+    times, timed = watch.times, watch.timed
 
     def measure():
-        loss = timed("step", step)
+        loss = timed("step", run.step)
         timed("record", lambda: tracker.record(1, loss))
         factors = tracker._factors()[: 2 * BEFORE_LAYERS]
         timed("full_svdvals", lambda: _full_svdvals_record(factors, tracker._reference[: 2 * BEFORE_LAYERS]))
 
-    step()  # warm-up: allocations, Adam state
+    run.step()  # warm-up: allocations, Adam state
     benchmark.pedantic(measure, rounds=1, iterations=1)
     scale = model.config.n_layer / BEFORE_LAYERS
     for clock in ("wall", "cpu"):
@@ -147,24 +125,13 @@ def _thread_rounds(rounds: int) -> dict:
     process's count), the order rotating from round to round. Wall and CPU seconds, the load, and the spectra."""
     import os
 
-    import transformers
-
     default = torch.get_num_threads()
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_positions=GPT2_TOKENS))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, model.config.vocab_size, (GPT2_BATCH, GPT2_TOKENS))
-    own, process = RankTracker(model), RankTracker(model, threads=default)
+    run = Gpt2Small(torch.device("cpu"))
+    own, process = RankTracker(run.model), RankTracker(run.model, threads=default)
     own.record(0)
     process.record(0)
     spectra = {}
-
-    def step():
-        loss = model(input_ids=tokens, labels=tokens).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
+    step = run.step
 
     def clock():
         return time.perf_counter(), time.process_time()

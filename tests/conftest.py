@@ -8,6 +8,8 @@
 * ``zero_loss_context``: a realisable teacher whose first coordinate to activate is not in its support: it
   leaves at the zero-loss last stage (assumption-4.2's ``zero-loss-last-stage``; THEORY.md §5.3), and
   theorem-4.5's beta error on the last plateau converges only like 1/log(1/alpha) (the adaptive ladder).
+* ``comparable_run``, ``comparable_survey``: a results.json of ``verifier run`` / ``verifier survey`` without what
+  differs between two runs of the same problem (times, the command, workers), to compare runs value for value.
 * ``spawn_ranks``: runs a function in several spawned processes (torch.distributed tests), failing, never
   hanging, when they do not finish in minutes.
 * ``two_layer``: examples/two_layer_linear.py (the two-layer linear network of issue 25 with ``make``, ``tied``,
@@ -15,6 +17,7 @@
 """
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -125,6 +128,38 @@ def spawn_ranks():
                     process.terminate()
 
     return run
+
+
+@pytest.fixture(scope="session")
+def comparable_run():
+    """``comparable_run(path)``: the run's results.json without durations, check provenance and the run's
+    timestamp, command, workers and ran_here."""
+
+    def strip(path) -> dict:
+        d = json.loads(Path(path).read_text())
+        for c in d["checks"]:
+            c.pop("duration_s")
+            c.pop("provenance")
+        for key in ("timestamp", "command", "workers", "ran_here"):
+            d["run"]["provenance"].pop(key, None)
+        return d
+
+    return strip
+
+
+@pytest.fixture(scope="session")
+def comparable_survey():
+    """``comparable_survey(path)``: the survey's summary, draws and claims, without durations and workers."""
+
+    def strip(path) -> dict:
+        raw = json.loads(Path(path).read_text())
+        for d in raw["draws"]:
+            d.pop("duration_s"), d.pop("worker")
+            for o in d["checks"].values():
+                o.pop("duration_s")
+        return {"summary": raw["summary"], "draws": raw["draws"], "claims": raw["claims"]}
+
+    return strip
 
 
 @pytest.fixture(scope="session")

@@ -55,17 +55,6 @@ def _complete(folder: Path) -> bool:
         return False
 
 
-def _comparable(path: Path) -> dict:
-    """results.json without what differs between two runs of the same problem: times, the command, workers."""
-    d = json.loads(path.read_text())
-    for c in d["checks"]:
-        c.pop("duration_s")
-        c.pop("provenance")
-    for key in ("timestamp", "command", "workers", "ran_here"):
-        d["run"]["provenance"].pop(key, None)
-    return d
-
-
 @pytest.fixture
 def one_thread():
     import torch
@@ -95,7 +84,7 @@ def make():
 """
 
 
-def test_a_worker_sigkilled_mid_check_hands_its_group_to_the_parent(tmp_path, one_thread, capsys):
+def test_a_worker_sigkilled_mid_check_hands_its_group_to_the_parent(tmp_path, one_thread, capsys, comparable_run):
     path = tmp_path / "killed.py"
     path.write_text(KILLED_MID_CHECK)
     args = ["run", "--model-file", f"{path}:make", *CHEAP]
@@ -105,10 +94,11 @@ def test_a_worker_sigkilled_mid_check_hands_its_group_to_the_parent(tmp_path, on
     ran_here = json.loads((tmp_path / "two" / "results.json").read_text())["run"]["provenance"]["ran_here"]
     assert sorted(c for r in ran_here for c in r["checks"]) == ["definition-3.1", "lemma-4.1"]
     assert {r["why"] for r in ran_here} == {"a worker process died"}
-    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+    assert comparable_run(tmp_path / "one" / "results.json") == comparable_run(tmp_path / "two" / "results.json")
 
 
-def test_a_worker_that_dies_while_algorithm1_runs_here_hands_its_groups_back(tmp_path, one_thread, monkeypatch):
+def test_a_worker_that_dies_while_algorithm1_runs_here_hands_its_groups_back(tmp_path, one_thread, monkeypatch,
+                                                                             comparable_run):
     """SIGKILL to a worker while the parent computes Algorithm 1: the groups submitted after it (and any the
     broken pool held) run in the parent, with the results of one process."""
     import verifier.runner as runner
@@ -131,7 +121,7 @@ def test_a_worker_that_dies_while_algorithm1_runs_here_hands_its_groups_back(tmp
     ran_here = json.loads((tmp_path / "two" / "results.json").read_text())["run"]["provenance"]["ran_here"]
     assert "assumption-4.2" in [c for r in ran_here for c in r["checks"]]
     assert {r["why"] for r in ran_here} == {"a worker process died"}
-    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+    assert comparable_run(tmp_path / "one" / "results.json") == comparable_run(tmp_path / "two" / "results.json")
 
 
 @pytest.mark.parametrize("argv", [["run", "--workers", "2147483647"], ["run", "--workers", "99999999999"],

@@ -80,28 +80,17 @@ def one_thread():
     torch.set_num_threads(own)
 
 
-def _comparable(path):
-    """results.json without what differs between two runs of the same problem: times and the command."""
-    d = json.loads(path.read_text())
-    for c in d["checks"]:
-        c.pop("duration_s")
-        c.pop("provenance")
-    for key in ("timestamp", "command", "workers", "ran_here"):
-        d["run"]["provenance"].pop(key, None)
-    return d
-
-
-def test_two_workers_give_the_results_of_one_process(tmp_path, one_thread):
+def test_two_workers_give_the_results_of_one_process(tmp_path, one_thread, comparable_run):
     args = ["run", "--preset", "diag-linear", "--seed", "3", "--no-progress"]
     assert main([*args, "--workers", "1", "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--workers", "2", "--out", str(tmp_path / "two")]) == 0
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["run"]["provenance"]["workers"] == 2 and "ran_here" not in two["run"]["provenance"]
     assert [c["id"] for c in two["checks"]] == PAPER_SUITE == resolve_ids(None, _model())
-    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+    assert comparable_run(tmp_path / "one" / "results.json") == comparable_run(tmp_path / "two" / "results.json")
 
 
-def test_a_failing_check_fails_the_same_way_in_a_worker(tmp_path, one_thread):
+def test_a_failing_check_fails_the_same_way_in_a_worker(tmp_path, one_thread, comparable_run):
     # The valley counterexample of Assumptions 4.3/4.4 (duplicated features) fails in a worker as here.
     import numpy as np
     import torch
@@ -117,7 +106,7 @@ def test_a_failing_check_fails_the_same_way_in_a_worker(tmp_path, one_thread):
     one = main([*args, "--workers", "1", "--out", str(tmp_path / "one")])
     two = main([*args, "--workers", "2", "--out", str(tmp_path / "two")])
     assert one == two == 1
-    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+    assert comparable_run(tmp_path / "one" / "results.json") == comparable_run(tmp_path / "two" / "results.json")
 
 
 def _model():
@@ -147,7 +136,7 @@ def _die_in_the_ladder_group(task):
     return run_group(task)
 
 
-def test_a_dead_worker_s_checks_run_here(tmp_path, one_thread, monkeypatch):
+def test_a_dead_worker_s_checks_run_here(tmp_path, one_thread, monkeypatch, comparable_run):
     import verifier.runner as runner
 
     args = ["run", "--preset", "diag-linear", "--seed", "3", "--no-progress"]
@@ -157,7 +146,7 @@ def test_a_dead_worker_s_checks_run_here(tmp_path, one_thread, monkeypatch):
     ran_here = json.loads((tmp_path / "two" / "results.json").read_text())["run"]["provenance"]["ran_here"]
     assert "assumption-4.2" in [c for r in ran_here for c in r["checks"]]  # and any group the broken pool held
     assert {r["why"] for r in ran_here} == {"a worker process died"}
-    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+    assert comparable_run(tmp_path / "one" / "results.json") == comparable_run(tmp_path / "two" / "results.json")
 
 
 UNSEEDED = """
@@ -208,7 +197,8 @@ def _hostile_file(path, case):
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE_IN_WORKERS))
-def test_user_code_that_misbehaves_only_in_a_worker_changes_no_verdict(case, tmp_path, one_thread, monkeypatch):
+def test_user_code_that_misbehaves_only_in_a_worker_changes_no_verdict(case, tmp_path, one_thread, monkeypatch,
+                                                                       comparable_run):
     # sys.exit, an exception or a chdir that happens only in a worker process: the group runs in the parent,
     # the results are those of one process, provenance.ran_here says why, and the directory is unchanged here.
     monkeypatch.chdir(tmp_path)
@@ -218,7 +208,7 @@ def test_user_code_that_misbehaves_only_in_a_worker_changes_no_verdict(case, tmp
     one = main([*args, "--workers", "1", "--out", str(tmp_path / "one")])
     two = main([*args, "--workers", "2", "--out", str(tmp_path / "two")])
     assert one == two and one in (0, 1, 3)
-    assert _comparable(tmp_path / "one" / "results.json") == _comparable(tmp_path / "two" / "results.json")
+    assert comparable_run(tmp_path / "one" / "results.json") == comparable_run(tmp_path / "two" / "results.json")
     ran_here = json.loads((tmp_path / "two" / "results.json").read_text())["run"]["provenance"]["ran_here"]
     assert sorted(c for r in ran_here for c in r["checks"]) == ["definition-3.1", "lemma-4.1"]
     if case != "loss-exits":

@@ -132,17 +132,7 @@ ARGS = ["survey", "--preset", "diag-linear", "--n", "4", "--checks", ",".join(CH
         "--no-progress"]
 
 
-def _strip(path: Path) -> dict:
-    """results.json without what differs between two runs of the same survey (times, workers, provenance)."""
-    raw = json.loads(path.read_text())
-    for d in raw["draws"]:
-        d.pop("duration_s"), d.pop("worker")
-        for o in d["checks"].values():
-            o.pop("duration_s")
-    return {"summary": raw["summary"], "draws": raw["draws"], "claims": raw["claims"]}
-
-
-def test_interrupted_survey_resumes_with_only_the_missing_draws(tmp_path, monkeypatch, capsys):
+def test_interrupted_survey_resumes_with_only_the_missing_draws(tmp_path, monkeypatch, capsys, comparable_survey):
     import verifier.survey.engine as E
 
     straight = tmp_path / "straight"
@@ -173,7 +163,7 @@ def test_interrupted_survey_resumes_with_only_the_missing_draws(tmp_path, monkey
     monkeypatch.setattr(E, "run_draws", lambda c, i, ids, w: (ran.extend(i), real(c, i, ids, w))[1])
     assert main([*ARGS, "--out", str(out), "--resume"]) == 0
     assert ran == [2, 3]  # only the missing draws ran
-    assert _strip(out / "results.json") == _strip(straight / "results.json")
+    assert comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")
     resumed = json.loads((out / "results.json").read_text())["survey"]["resumed"]
     assert resumed["draws_from_journal"] == 2 and resumed["draws_run_now"] == 2
     lines = (out / NAME).read_text().splitlines()
@@ -421,7 +411,7 @@ class _GoneAfter(cf.Executor):
         pass
 
 
-def test_a_scheduler_lost_mid_survey_stops_it_and_resume_finishes_it(tmp_path, capsys, monkeypatch):
+def test_a_scheduler_lost_mid_survey_stops_it_and_resume_finishes_it(tmp_path, capsys, monkeypatch, comparable_survey):
     import verifier.survey.engine as E
     import verifier.survey.session as S
 
@@ -439,11 +429,11 @@ def test_a_scheduler_lost_mid_survey_stops_it_and_resume_finishes_it(tmp_path, c
     lines = (out / NAME).read_text().splitlines()
     assert sorted(json.loads(x)["index"] for x in lines[1:]) == [0, 1] and sorted(p.name for p in out.iterdir()) == [NAME]
     assert main([*ARGS, "--out", str(out), "--resume"]) == 0
-    assert _strip(out / "results.json") == _strip(straight / "results.json")
+    assert comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")
 
 
 @pytest.mark.slow
-def test_a_real_dask_scheduler_killed_mid_survey_keeps_the_journal(tmp_path):
+def test_a_real_dask_scheduler_killed_mid_survey_keeps_the_journal(tmp_path, comparable_survey):
     """``verifier survey --scheduler`` as a real process; the scheduler SIGKILLed once a draw is journaled: exit 2,
     one line naming --scheduler and --resume, no traceback, every journaled line whole; --resume then finishes
     it with the straight survey's draws (in this process)."""
@@ -468,4 +458,4 @@ def test_a_real_dask_scheduler_killed_mid_survey_keeps_the_journal(tmp_path):
     lines = (out / NAME).read_text().splitlines(keepends=True)
     assert 2 <= len(lines) < 13 and all(x.endswith("\n") and json.loads(x) for x in lines)
     assert main([*args, "--out", str(out), "--resume"]) == 0
-    assert _strip(out / "results.json") == _strip(straight / "results.json")
+    assert comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")

@@ -30,16 +30,6 @@ def straight(tmp_path_factory):
     return out
 
 
-def _strip(path) -> dict:
-    """results.json without what differs between two runs of the same survey (times, workers, provenance)."""
-    raw = json.loads(path.read_text())
-    for d in raw["draws"]:
-        d.pop("duration_s"), d.pop("worker")
-        for o in d["checks"].values():
-            o.pop("duration_s")
-    return {"summary": raw["summary"], "draws": raw["draws"], "claims": raw["claims"]}
-
-
 def _journal(straight, tmp_path, line: int | None = None, text: bytes | None = None, insert: bool = False,
              cut: bytes | None = None):
     """A copy of the straight survey's journal alone in a new folder, with line ``line`` (1 = header) replaced
@@ -100,7 +90,8 @@ def _damaged(name: str, real: dict) -> bytes:
 
 
 @pytest.mark.parametrize("name", sorted(DAMAGED))
-def test_a_damaged_line_is_skipped_and_the_lines_after_it_stay(name, straight, tmp_path, ran, capsys):
+def test_a_damaged_line_is_skipped_and_the_lines_after_it_stay(name, straight, tmp_path, ran, capsys,
+                                                               comparable_survey):
     real = _line(straight, 3)
     assert real["index"] == 1
     damaged = _damaged(name, real)
@@ -112,25 +103,25 @@ def test_a_damaged_line_is_skipped_and_the_lines_after_it_stay(name, straight, t
     warnings = [x for x in err.splitlines() if x.startswith("verifier: warning:")]
     assert len(warnings) == 1 and f"{out / NAME} line 3: " in warnings[0] and "skipped" in warnings[0], err
     assert ran == [1]  # only the damaged line's draw runs again; draws 2 and 3, after it, are kept
-    assert _strip(out / "results.json") == _strip(straight / "results.json")
+    assert comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")
     skipped = json.loads((out / "results.json").read_text())["survey"]["resumed"]["skipped_lines"]
     assert len(skipped) == 1 and skipped[0].startswith("line 3: ")
     assert sorted(p.name for p in out.parent.iterdir()) == ["s"]  # no temporary sibling left
 
 
-def test_a_damaged_line_between_whole_draws_costs_nothing(straight, tmp_path, ran, capsys):
+def test_a_damaged_line_between_whole_draws_costs_nothing(straight, tmp_path, ran, capsys, comparable_survey):
     out = _journal(straight, tmp_path, 3, b"\x00\x01 garbage \xff", insert=True)
     assert main([*ARGS, "--out", str(out), "--resume"]) == 0
     assert "line 3: not UTF-8" in capsys.readouterr().err
     assert ran == []  # every draw was in the journal, before and after the damaged line
-    assert _strip(out / "results.json") == _strip(straight / "results.json")
+    assert comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")
 
 
-def test_a_repeated_draw_keeps_the_first_line(straight, tmp_path, ran, capsys):
+def test_a_repeated_draw_keeps_the_first_line(straight, tmp_path, ran, capsys, comparable_survey):
     out = _journal(straight, tmp_path, 4, (straight / NAME).read_bytes().split(b"\n")[1], insert=True)
     assert main([*ARGS, "--out", str(out), "--resume"]) == 0
     assert "line 4: repeats draw 0 of line 2; skipped" in capsys.readouterr().err
-    assert ran == [] and _strip(out / "results.json") == _strip(straight / "results.json")
+    assert ran == [] and comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")
 
 
 def _foreign(kind: str, real: dict) -> bytes:
@@ -256,7 +247,7 @@ def test_a_folder_without_room_is_refused_before_work(tmp_path, ran, capsys, mon
 
 
 def test_a_disk_that_fills_mid_survey_stops_it_with_every_finished_draw_kept(straight, tmp_path, ran, capsys,
-                                                                              monkeypatch):
+                                                                              monkeypatch, comparable_survey):
     """The third draw's line meets a full disk halfway through its write: the half line is cut back, the survey
     stops (exit 2, one line saying how --resume finishes it), and --resume then gives the straight results."""
     out = tmp_path / "s"
@@ -282,11 +273,11 @@ def test_a_disk_that_fills_mid_survey_stops_it_with_every_finished_draw_kept(str
     monkeypatch.setattr(J.os, "write", real)
     ran.clear()
     assert main([*ARGS, "--out", str(out), "--resume"]) == 0
-    assert ran == [2, 3] and _strip(out / "results.json") == _strip(straight / "results.json")
+    assert ran == [2, 3] and comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")
 
 
 def test_a_report_that_cannot_be_written_keeps_the_journal_and_says_how_to_finish(straight, tmp_path, ran, capsys,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, comparable_survey):
     import verifier.outputs as O
 
     out = tmp_path / "s"
@@ -305,7 +296,7 @@ def test_a_report_that_cannot_be_written_keeps_the_journal_and_says_how_to_finis
     monkeypatch.setattr(O.Path, "write_text", real)
     ran.clear()
     assert main([*ARGS, "--out", str(out), "--resume"]) == 0
-    assert ran == [] and _strip(out / "results.json") == _strip(straight / "results.json")
+    assert ran == [] and comparable_survey(out / "results.json") == comparable_survey(straight / "results.json")
 
 
 def test_an_interrupt_before_any_draw_leaves_nothing(tmp_path, capsys, monkeypatch):
@@ -352,7 +343,7 @@ def test_a_read_only_journal_or_folder_for_real_is_refused_before_work(what, str
     read_only(out / NAME if what == "journal" else out)
     assert main([*ARGS, "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"verifier: error: --out: cannot ") and str(out / NAME) in err and "\n" not in err, err
+    assert err.startswith("verifier: error: --out: cannot ") and str(out / NAME) in err and "\n" not in err, err
     assert ran == [] and (out / NAME).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"] and sorted(p.name for p in out.iterdir()) == [NAME]
 

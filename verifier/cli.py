@@ -398,16 +398,13 @@ def _limit(args) -> int:
                              f"the full-weight limit needs a loss that reads its factor pairs only through U V^T: {why}",
                              "matrix pairs (U, V) whose loss depends on U V^T only")
         limit = full_limit(model)
-        if out is not None:
-            write_output_file(out, json.dumps(limit.to_dict(), indent=1), "--json")
-        _say(limit.table(), written=out is not None)
-        return EXIT_OK
-    require_dense_fits(model, _problem_field(config), "Algorithm 1 (its stage B is a gradient flow)",
-                       "a smaller p, or `verifier run --checks definition-3.1`, which needs no flow")
-    stages = algorithm1(model)
+    else:
+        require_dense_fits(model, _problem_field(config), "Algorithm 1 (its stage B is a gradient flow)",
+                           "a smaller p, or `verifier run --checks definition-3.1`, which needs no flow")
+        limit = algorithm1(model)
     if out is not None:
-        write_output_file(out, json.dumps(stages.to_dict(), indent=1), "--json")
-    _say(stages.table(), written=out is not None)
+        write_output_file(out, json.dumps(limit.to_dict(), indent=1), "--json")
+    _say(limit.table(), written=out is not None)
     return EXIT_OK
 
 
