@@ -24,6 +24,7 @@ after 10: a hang is a failure, not a stuck CI job.
 import contextlib
 import csv
 import datetime
+import gc
 import os
 from pathlib import Path
 
@@ -51,6 +52,16 @@ def _join(rank: int, world: int, store: str) -> None:
                       NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500")  # read, never connected to
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                                          timeout=TIMEOUT)
+
+
+def _leave(world: int) -> None:
+    """Under ``world`` > 1: collect what still holds the process group (a DDP wrapper's reducer, sharded
+    parameters) while every peer is alive, meet them, then leave the group; a gloo connection torn down at
+    interpreter exit, after its peer left, can abort the process (SIGABRT) although all its work was done."""
+    if world > 1:
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _count_reads(world: int) -> list:
@@ -143,8 +154,8 @@ def _lightning(rank: int, world: int, mode: str, store: str, out: str) -> None:
                          enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
     trainer.fit(module, loader)
     torch.save(_outcome(callback, reads, returned=module.losses, log_dir=trainer.log_dir), f"{out}/rank{rank}.pt")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    del trainer, module, callback
+    _leave(world)
 
 
 @pytest.fixture(scope="module")
@@ -245,8 +256,8 @@ def _hf_trainer(rank: int, world: int, store: str, out: str) -> None:
     logged = [e["step"] for e in trainer.state.log_history if any(k.startswith("rank/") for k in e)]
     torch.save(_outcome(callback, reads, logged=logged, wrapped=type(trainer.model_wrapped).__name__),
                f"{out}/rank{rank}.pt")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    del trainer, callback
+    _leave(world)
 
 
 def _hf_hooks(rank: int, world: int, store: str, out: str) -> None:
@@ -307,8 +318,9 @@ def _hf_hooks(rank: int, world: int, store: str, out: str) -> None:
         torch.distributed.barrier()  # the next job starts after this one saved
     run(SAVE, STEPS)
     torch.save(_outcome(callbacks[-1], reads, flags=flags, first_written=callbacks[0].written), f"{out}/rank{rank}.pt")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    model = opt = None  # the run() closure holds them
+    callbacks.clear()
+    _leave(world)
 
 
 @pytest.fixture(scope="module")
