@@ -161,6 +161,50 @@ def valid_results(fx: Path, verifier: str, timeout: float) -> None:
 
 # ---- the cases --------------------------------------------------------------------------------------------
 
+def evil_pickle(case_dir: Path) -> None:
+    """A checkpoint whose unpickling would create case_dir/PWNED (torch.load without weights_only runs it)."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {case_dir / 'PWNED'}",))
+
+    (case_dir / "evil.pt").write_bytes(pickle.dumps(Evil()))
+
+
+HISTORY = """
+import sys, torch
+from pathlib import Path
+from verifier.tracking import RankTracker
+fx = Path(sys.argv[1])
+torch.manual_seed(0)
+m = torch.nn.MultiheadAttention(4, 1, dtype=torch.float64)
+opt = torch.optim.SGD(m.parameters(), lr=0.1)
+x = torch.randn(8, 3, 4, dtype=torch.float64)
+t = RankTracker(m)
+t.record(0)
+for step in range(1, 25):
+    loss = m(x, x, x)[0].pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    t.record(step, loss.detach())
+(fx / "run").mkdir()
+t.history().save(fx / "run" / "rank-history.npz")
+torch.save({"w": torch.ones(4, 4)}, fx / "whole.pt")
+(fx / "truncated.pt").write_bytes((fx / "whole.pt").read_bytes()[:200])
+"""
+
+
+def valid_history(fx: Path, python: str, timeout: float) -> None:
+    """fx/run/rank-history.npz: a real RankTracker history (24 records of one attention head), and
+    fx/whole.pt, fx/truncated.pt: a checkpoint and its first 200 bytes (the inputs of recommend-lora and
+    track-compare cases)."""
+    proc = subprocess.run([python, "-c", HISTORY, str(fx)], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        sys.exit(f"could not make a rank history with {python}: {proc.stderr[-2000:]}")
+
+
 def run_lin(*extra, data=LIN, checks=CHEAP):
     return ["run", "--model", "diag-linear", "--data", data, *checks, *extra]
 
@@ -446,6 +490,10 @@ def make_user_fixtures(fx: Path) -> None:
     os.mkfifo(fx / "fifo")
     os.mkfifo(fx / "fifo.npz")
     os.mkfifo(fx / "fifo.py")
+    # the files recommend-lora and track-compare read: rank histories and checkpoints
+    (fx / "garbage.npz").write_bytes(b"garbage")
+    (fx / "garbage_run").mkdir()
+    (fx / "garbage_run" / "rank-history.npz").write_bytes(b"PK\x03\x04 not a zip")
 
 
 def big_int_json(fx: Path) -> None:
@@ -514,6 +562,45 @@ def user_cases() -> list[Case]:
     tr = ["track", "--preset", "vit-digits-tiny", "--epochs", "1", "--no-progress", "--out", "{case}/o"]
     C.append(Case(T, "track --lr 1e6 (diverges)", [*tr, "--lr", "1e6"], {1, 3}))
     C.append(Case(T, "track --init-scales 1e300 (diverges)", [*tr, "--init-scales", "1e300"], {1, 3}))
+    LC = "lora/compare"  # the files these two commands read (rank histories, checkpoints) and their options
+    lora = ["recommend-lora"]
+    C.append(bad(LC, "recommend-lora a garbage .npz", [*lora, "{fx}/garbage.npz"], "RUN"))
+    C.append(bad(LC, "recommend-lora a run with a damaged history", [*lora, "{fx}/garbage_run"], "RUN"))
+    C.append(bad(LC, "recommend-lora a foreign .npz (lin.npz)", [*lora, LIN], "RUN"))
+    C.append(bad(LC, "recommend-lora a FIFO", [*lora, "{fx}/fifo.npz"], "RUN"))
+    C.append(bad(LC, "recommend-lora /dev/zero", [*lora, "/dev/zero"], "RUN"))
+    C.append(bad(LC, "recommend-lora an empty folder", [*lora, "{case}"], "RUN"))
+    ckpt = [*lora, "--out", "{case}/o", "--before"]
+    C.append(bad(LC, "--before a pickle that runs code (weights_only)", [*ckpt, "{case}/evil.pt", "--after",
+                                                                          "{fx}/whole.pt"], "--before",
+                 setup=evil_pickle, target="{case}/PWNED"))
+    C.append(bad(LC, "--before a truncated checkpoint", [*ckpt, "{fx}/truncated.pt", "--after", "{fx}/whole.pt"],
+                 "--before"))
+    C.append(bad(LC, "--after a garbage file", [*ckpt, "{fx}/whole.pt", "--after", "{fx}/garbage.npz"], "--after"))
+    C.append(bad(LC, "--before = --after (nothing changed)", [*ckpt, "{fx}/whole.pt", "--after", "{fx}/whole.pt"],
+                 "--after"))
+    C.append(bad(LC, "--after a FIFO", [*ckpt, "{fx}/whole.pt", "--after", "{fx}/fifo"], "--after"))
+    for text in ["nan", "inf", "1.5", "0", "-0.5", "1e400", ""]:
+        C.append(bad(LC, f"recommend-lora --energy {text!r}", [*lora, "{fx}/run", "--energy", text],
+                     "--energy"))
+    cmp = ["track-compare"]
+    C.append(bad(LC, "track-compare one run", [*cmp, "{fx}/run:1"], None))
+    C.append(bad(LC, "track-compare garbage .npz", [*cmp, "{fx}/run:1", "{fx}/garbage.npz:0.1"], None,
+                 need="garbage.npz"))
+    C.append(bad(LC, "track-compare a foreign .npz", [*cmp, "{fx}/run:1", LIN + ":0.1"], None, need="lin.npz"))
+    C.append(bad(LC, "track-compare /dev/zero", [*cmp, "{fx}/run:1", "/dev/zero:0.1"], None,
+                 need="/dev/zero"))
+    C.append(bad(LC, "track-compare a FIFO", [*cmp, "{fx}/run:1", "{fx}/fifo.npz:0.1"], None,
+                 need="fifo.npz"))
+    for text in ["nan", "inf", "0", "-1", "x", "1e400", ""]:
+        C.append(bad(LC, f"track-compare scale {text!r}", [*cmp, "{fx}/run:1", f"{{fx}}/run:{text}"], None,
+                     need="scale"))
+    C.append(bad(LC, "track-compare the same run twice at one scale", [*cmp, "{fx}/run:1", "{fx}/run:1"], None))
+    C.append(Case(LC, "track-compare a run at two scales (valid)", [*cmp, "{fx}/run:1", "{fx}/run:0.1", "--out",
+                                                                    "{case}/o"], {0, 1, 3}))
+    C.append(Case(LC, "recommend-lora a real history (valid)", [*lora, "{fx}/run", "--out", "{case}/o"], {0, 1, 3}))
+    C.append(Case(LC, "recommend-lora --energy 1 (all of the energy, valid)", [*lora, "{fx}/run", "--energy", "1",
+                                                                             "--out", "{case}/o"], {0, 1, 3}))
     N = "names"
     long = "a" * 300
     C.append(bad(N, "--data 300-char name", run_lin(data="{case}/" + long + ".npz"), "--data"))
@@ -1029,8 +1116,12 @@ def fingerprint(path: Path):
 
 
 def complete_set(folder: Path) -> bool:
+    """A whole output set: results.json and report.html, or recommend-lora's lora-config.json,
+    recommendation.json and report.html."""
+    data = ("lora-config.json", "recommendation.json") if (folder / "lora-config.json").exists() else ("results.json",)
     try:
-        json.loads((folder / "results.json").read_text())
+        for name in data:
+            json.loads((folder / name).read_text())
         return (folder / "report.html").is_file() and (folder / "report.html").stat().st_size > 0
     except (OSError, ValueError):
         return False
@@ -1106,7 +1197,7 @@ def judge(case: Case, code, out: str, err: str, cdir: Path, target: Path | None,
     if target is not None:
         now = fingerprint(target)
         kind = ("reports" if case.target is None and target == cdir / "reports" else
-                "set" if case.target is None and case.args[0] in ("run", "survey", "track") else
+                "set" if case.target is None and case.args[0] in ("run", "survey", "track", "track-compare", "recommend-lora") else
                 "file" if case.target is None else "other")
         if kind == "reports":
             state, probs = describe_reports(target)
@@ -1301,6 +1392,7 @@ def main() -> int:
     ctx = {"work": work, "fx": fx, "verifier": a.verifier, "timeout": a.timeout, "env": env,
            "python": str(python) if python.exists() else sys.executable}
     valid_results(fx, a.verifier, a.timeout)
+    valid_history(fx, ctx["python"], a.timeout)
     big_int_json(fx)
     make_process_fixtures(fx, a.verifier, a.timeout)
     selected = [c for c in cases() + user_cases() + process_cases() if (a.only is None or c.cls == a.only) and (a.k is None or a.k in c.name)]

@@ -2,6 +2,7 @@
 
 * :func:`check_name` — a path the file system can hold, checked before any file-system call.
 * :func:`temp_prefix` — the prefix of a temporary sibling, short enough for any legal target name.
+* :func:`absent` — why a path given as a file or folder is neither: it does not exist, or is something else.
 * :func:`atomic_write_text` — a temporary file in the same folder, renamed into place: readers never see half
   a file.
 
@@ -33,6 +34,12 @@ def check_name(path: str | os.PathLike, flag: str) -> None:
                          f"names of at most {NAME_MAX} bytes")
     if len(raw) > PATH_MAX:
         raise InputError(flag, f"a path of {len(raw)} bytes", f"paths of at most {PATH_MAX} bytes")
+
+
+def absent(path: str | os.PathLike) -> str:
+    """Why ``path``, which is neither a regular file nor a folder, cannot be read: "does not exist", or
+    "is not a regular file or folder" (a device such as /dev/zero, a FIFO, a socket)."""
+    return "is not a regular file or folder" if os.path.exists(path) else "does not exist"
 
 
 def temp_prefix(name: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
+from ..paths import absent
 from ..results import RunResults
 from .history import RankHistory
 from .output_set import FOLDER, HISTORY_FILE, provenance, tracking_results
@@ -35,7 +36,7 @@ def _history_file(path: Path, argument: str) -> Path:
             raise InputError(argument, f"{path} holds {STATE_FILE} but no {HISTORY_FILE} (a checkpoint saved before "
                              "the callback wrote histories beside its state)", ALLOWED)
         raise InputError(argument, f"no {HISTORY_FILE} in {path} or in {path / FOLDER}", ALLOWED)
-    raise InputError(argument, f"{path} does not exist", ALLOWED)
+    raise InputError(argument, f"{path} {absent(path)}", ALLOWED)
 
 
 def _split(text: str) -> tuple[str, float | None]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..paths import absent
 from ..results import Judgement
 from .history import RankHistory
 from .judge import SIZE_FLOOR
@@ -360,13 +361,15 @@ def recommend_from_history(history: RankHistory, energy: float = DEFAULT_ENERGY,
 
 
 def recommend_from_checkpoints(before, after, energy: float = DEFAULT_ENERGY, *, lora_alpha: float = DEFAULT_ALPHA,
-                               max_rank: int | None = None, targets: str | None = None) -> LoraRecommendation:
-    """Ranks from the change between two checkpoints (:mod:`.checkpoints`): inconclusive ``no-trend``."""
+                               max_rank: int | None = None, targets: str | None = None,
+                               flag: str = "") -> LoraRecommendation:
+    """Ranks from the change between two checkpoints (:mod:`.checkpoints`): inconclusive ``no-trend``. Errors
+    name ``before``/``after``/``targets`` after ``flag`` ("--" for ``verifier recommend-lora``)."""
     from .checkpoints import checkpoint_changes
 
     energy = _check_energy(energy)
     _check_options(lora_alpha, max_rank, 0.5)
-    changes = checkpoint_changes(before, after, target_pattern(targets), targets)
+    changes = checkpoint_changes(before, after, target_pattern(targets), targets, flag)
     modules = _module_ranks(list(changes.names), list(changes.shapes), [()] * len(changes.names), changes.spectra,
                             changes.norms, energy, max_rank)
     judgement = Judgement.inconclusive(Reason.NO_TREND, "two checkpoints carry no trend: whether the rank has "
@@ -407,7 +410,7 @@ def find_history(run, field: str) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise InputError(field, f"{run} does not exist", f"a run's output folder or a {HISTORY_FILE}")
+        raise InputError(field, f"{run} {absent(run)}", f"a run's output folder or a {HISTORY_FILE}")
     for candidate in (path / TRACKING_FOLDER / HISTORY_FILE, path / HISTORY_FILE):
         if candidate.is_file():
             return candidate

@@ -145,7 +145,7 @@ def run_recommend_lora(args) -> tuple[LoraRecommendation, list[Path]]:
             raise InputError("--out", "missing", "an output folder (required with --before/--after)")
         out = _check_out(args.out)
         rec = recommend_from_checkpoints(args.before, args.after, energy, lora_alpha=alpha, max_rank=max_rank,
-                                         targets=args.targets)
+                                         targets=args.targets, flag="--")
     else:
         if args.run is None:
             raise InputError("RUN", "missing", "a run's output folder or a rank-history.npz (or --before/--after)")

@@ -26,6 +26,7 @@ import torch
 from ..errors import InputError
 from ..results import RunResults
 from . import distributed
+from .checkpoints import read_torch_file
 from .checks import rank_checks
 from .figures import shown_matrices
 from .history import RankHistory
@@ -97,12 +98,8 @@ class TrackingSession:
     def load_file(self, path: Path) -> None:
         """A tracker state saved by a callback (``rank_tracker.pt``), read without unpickling objects
         (``weights_only=True``); an unreadable file is an InputError naming it."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a damaged file
-            raise InputError(str(path), f"is not a RankTracker state ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:120]})", "the rank_tracker.pt a RankTrackerCallback "
-                             "saved; delete it to start the history again") from None
+        state = read_torch_file(path, str(path), "a RankTracker state", "the rank_tracker.pt a RankTrackerCallback "
+                                "saved; delete it to start the history again")
         self.load(state, str(path))
 
     def load(self, state: dict | None, source: str = "state") -> None:
