@@ -244,3 +244,14 @@ def test_pesme_flammarion_on_cuda_gives_the_cpu_result(leaving):
            for d in cpu.values["protocol_differences"]]
     assert [(d["part"], d["mechanism"], d["coordinates"], d["algorithm1_stage"])
             for d in gpu.values["protocol_differences"]] == key
+
+
+def test_a_reference_run_without_onsets_is_inconclusive_no_plateau_not_a_crash():
+    """--negligible above every coordinate: the Figure-10 part has no onset epoch to perturb, so the check says
+    inconclusive ``no-plateau`` naming the threshold (the limit level is still judged), never check-raised."""
+    ctx = Context(RunConfig(preset=None, model="diag-linear", negligible=100.0), model=pesme_flammarion(),
+                  argv=["test"])
+    res = run_check("assumption-4.4", ctx)
+    assert res.verdict is Verdict.INCONCLUSIVE and res.reason == P.NO_PLATEAU, res.message
+    assert res.message.startswith("Figure 10: no coordinate crosses 100 on the run at alpha=")
+    assert "limit level: 3 stages" in res.message

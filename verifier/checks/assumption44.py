@@ -509,8 +509,7 @@ def measure_figure10(ctx) -> Figure10:
         ctx, "Figure 10", lambda ref: P.onset_events(ref, cfg.negligible),
         f"no coordinate crosses {cfg.negligible:g} on the run at alpha={{alpha}}", seed_offset=seeds.FIGURE_10)
     if unavailable:
-        verdict, message, reason = unavailable
-        return Figure10(cfg, Judgement(verdict, reason, message))
+        return Figure10(cfg, unavailable)
     ref, chosen, gen = sample
     onsets, U0, V0, beta0 = _onsets(ctx, ref, chosen)
     plateaus, tau, T_epochs = P.plateau_epochs(ref, cfg.negligible), ref.traj.tau, P.perturb_time(cfg)
