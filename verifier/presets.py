@@ -107,13 +107,10 @@ def _full_attention(c, gen, loss) -> FullAttention:
 def _linear_attention(c, gen, loss) -> LinearAttention:
     """Lambda = R diag(eigenvalues) R^T with R a random rotation (the seed's): the eigenbasis is not the
     coordinate basis, so nothing about the weights' entries is special."""
-    D = len(c["eigenvalues"])
-    R, _ = torch.linalg.qr(torch.randn(D, D, generator=gen, dtype=D_F64))
-    Lam = R @ torch.diag(torch.tensor(c["eigenvalues"], dtype=D_F64)) @ R.T
+    dim = len(c["eigenvalues"])
+    R, _ = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=D.F64))
+    Lam = R @ torch.diag(torch.tensor(c["eigenvalues"], dtype=D.F64)) @ R.T
     return LinearAttention.build((Lam + Lam.T) / 2, heads=c["heads"], context=c["context"])
-
-
-D_F64 = D.F64
 
 _BUILDERS: dict[str, Callable[..., Model]] = {
     "diag-linear": _linear,

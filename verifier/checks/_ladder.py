@@ -14,9 +14,11 @@ context (cached on it) and shared by every check that asks for it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..config import format_alpha
@@ -24,6 +26,16 @@ from ..dynamics.trajectory import Trajectory
 
 EXTENSION_LOG_INV_ALPHAS = (2000.0, 5000.0, 1e4, 2e4, 5e4, 1e5)
 CAP_LOG_INV_ALPHA = EXTENSION_LOG_INV_ALPHAS[-1]
+
+
+def fit_rate(L: list[float], err: list[float]) -> float | None:
+    """Least-squares slope r of log err = log C - r log L over the finite positive errors (None with fewer than
+    two distinct L): the rate at which an error falls along the ladder (theorem-4.5, rank-increments)."""
+    pts = [(math.log(l), math.log(e)) for l, e in zip(L, err) if e > 0 and math.isfinite(e)]
+    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
+        return None
+    x, y = np.array(pts).T
+    return float(-np.polyfit(x, y, 1)[0])
 
 
 def solve_rung(ctx, log_inv_alpha: float) -> Trajectory:

@@ -269,10 +269,9 @@ class NewtonModel:
 
     @classmethod
     def at(cls, model, beta: torch.Tensor, support: list[int]) -> "NewtonModel":
-        idx = torch.as_tensor(support, dtype=torch.long, device=model.device)
-        H = model.hessian_columns(beta.to(model.device)[None], idx)[0][idx] if support else torch.zeros(0, 0)
-        eigs, vecs = torch.linalg.eigh((H + H.T) / 2)
-        return cls(list(support), eigs.cpu(), vecs.cpu())
+        if not support:
+            return cls([], torch.zeros(0, dtype=beta.dtype), torch.zeros(0, 0, dtype=beta.dtype))
+        return cls(list(support), *P.restricted_hessian(model, beta, support))
 
     def step(self, g: torch.Tensor) -> torch.Tensor:
         """H_A^+ g_A [len(support)] for a gradient g [p]."""

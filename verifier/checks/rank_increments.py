@@ -498,15 +498,6 @@ def fit_limit(L: list[float], gaps: list[float]) -> float | None:
     return float(limit)
 
 
-def fitted_rate(L: list[float], errors: list[float]) -> float | None:
-    """r of errors ~ C L^-r by least squares in log-log (None with fewer than two positive errors)."""
-    pts = [(l, e) for l, e in zip(L, errors) if e > 0 and math.isfinite(e)]
-    if len(set(l for l, _ in pts)) < 2:
-        return None
-    slope = np.polyfit(np.log([l for l, _ in pts]), np.log([e for _, e in pts]), 1)[0]
-    return float(-slope)
-
-
 def gaps(m: RankMeasurement) -> list[Gap]:
     """The gaps of consecutive events of the smallest alpha, followed along the ladder by event key (product,
     index, direction, and occurrence)."""
@@ -616,7 +607,7 @@ def agreement(m: RankMeasurement) -> Agreement:
     for j in m.jumps:
         e = j.errors(m.horizon)
         errors.append(tuple(e))
-        rates.append(fitted_rate(L, e))
+        rates.append(_ladder.fit_rate(L, e))
         C = float(np.mean([x * l for x, l in zip(e, L)]))
         eps.append(max(e[s], C / L[s]))
         fitted.append(j.fitted())
@@ -631,7 +622,7 @@ def agreement(m: RankMeasurement) -> Agreement:
             row.append(worst if math.isfinite(worst) else math.inf)
         plateau.append(tuple(row))
     return Agreement(tuple(errors), tuple(rates), tuple(eps), tuple(fitted), tol, tuple(plateau),
-                     tuple(fitted_rate(L, list(e)) for e in plateau))
+                     tuple(_ladder.fit_rate(L, list(e)) for e in plateau))
 
 
 def _status(e: tuple[float, ...], r: float | None, tol: float, s: int, big: int) -> str:

@@ -40,6 +40,7 @@ from ..figures import Figure, Mark, Series
 from ..limit import StageStatus, symmetry
 from ..results import CheckResult, CommonReason, Judgement, Metric, Verdict
 from . import _ladder
+from ._ladder import fit_rate
 from .assumption42 import MARGIN_TOL
 from .registry import register
 
@@ -210,15 +211,6 @@ def unresolved(seq, traj, errors: dict[str, list[float]]) -> dict[int, float]:
     allowed = {j: RESOLUTION * min(errors[key][j] / unit(j) for key, unit in per_unit.items())
                for j in range(len(L))}
     return {j: a for j, a in allowed.items() if e[j] > a}
-
-
-def fit_rate(L: list[float], err: list[float]) -> float | None:
-    """Least-squares slope r of log err = log C - r log L over the finite positive errors (None if < 2)."""
-    pts = [(math.log(l), math.log(e)) for l, e in zip(L, err) if e > 0 and math.isfinite(e)]
-    if len(pts) < 2 or len({x for x, _ in pts}) < 2:
-        return None
-    x, y = np.array(pts).T
-    return float(-np.polyfit(x, y, 1)[0])
 
 
 def trend_verdict(L: list[float], err: list[float], tol: float) -> Verdict:

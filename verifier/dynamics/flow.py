@@ -31,6 +31,14 @@ ONSET_LEVEL = -20.0
 ONSET_GROWTH = 8.0
 
 
+def onset_cap(q: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """The longest step [k] over the last axis of log-sizes ``q`` growing at ``rate``: none below ONSET_LEVEL
+    passes it, none at or above it grows by more than ONSET_GROWTH; (ONSET_LEVEL - q) / rate or
+    ONSET_GROWTH / rate, whichever is larger, for the growing ones (THEORY.md §3)."""
+    room = torch.clamp(ONSET_LEVEL - q, min=ONSET_GROWTH)
+    return torch.where(rate > 0, room / rate, torch.full_like(rate, float("inf"))).amin(1)
+
+
 @dataclass(frozen=True)
 class ReducedFlow:
     """The reduced ODE for a batch of initialisations: log|a0|, log|c0| and signs per sample [B, p]."""
@@ -102,11 +110,7 @@ class ReducedFlow:
         step (a rejected step, often several). Per coordinate: (ONSET_LEVEL - q) / rate or
         ONSET_GROWTH / rate, whichever is larger."""
         qa, qc = 2 * (self.log_a0[idx] + S), 2 * (self.log_c0[idx] - S)
-        caps = []
-        for q, rate in ((qa, 2 * dS), (qc, -2 * dS)):
-            room = torch.clamp(ONSET_LEVEL - q, min=ONSET_GROWTH)
-            caps.append(torch.where(rate > 0, room / rate, torch.full_like(rate, float("inf"))).amin(1))
-        return torch.minimum(*caps)
+        return torch.minimum(onset_cap(qa, 2 * dS), onset_cap(qc, -2 * dS))
 
     def uv(self, S: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, v) from S: a = sign(a0) exp(log|a0| + S), c = sign(c0) exp(log|c0| - S)."""

@@ -35,7 +35,7 @@ from torch.func import grad, jacfwd, vmap
 
 from ..config import SolverConfig
 from . import rosenbrock
-from .flow import NEGLIGIBLE_COLUMN, ONSET_GROWTH, ONSET_LEVEL, _dense
+from .flow import NEGLIGIBLE_COLUMN, _dense, onset_cap
 from .trajectory import Status
 
 F64 = torch.float64
@@ -330,9 +330,7 @@ class LiftedFlow:
         """The reduced flow's step cap (THEORY.md §3) on the modes' sizes q = 2 l (log of a mode's weight in
         the products): no growing q below ONSET_LEVEL passes it in one step, none above grows by more than
         ONSET_GROWTH."""
-        q, rate = 2 * self._log_sizes(y), 2 * self._log_sizes(f)
-        room = torch.clamp(ONSET_LEVEL - q, min=ONSET_GROWTH)
-        return torch.where(rate > 0, room / rate, torch.full_like(rate, math.inf)).amin(1)
+        return onset_cap(2 * self._log_sizes(y), 2 * self._log_sizes(f))
 
 
 @dataclass(frozen=True)

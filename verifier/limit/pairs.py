@@ -428,7 +428,7 @@ def linear_attention_limit(model: LinearAttention) -> PairLimit:
     ``heads`` modes."""
     lam, E = torch.linalg.eigh(model.X.cpu())
     lam, E = lam.flip(0), E.flip(1)
-    phi = (model.context + 1) / model.context * lam**2 + torch.trace(model.X.cpu()) / model.context * lam
+    phi = (E.T @ model.Y.cpu() @ E).diagonal()  # Phi = Y shares Lambda's eigenvectors (LinearAttention.build)
     m = lam / phi
     K = min(model.heads, model.D)
     T = [0.0] + [1.0 / float(x) ** 2 for x in lam[:K]]
