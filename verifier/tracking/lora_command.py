@@ -18,9 +18,10 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..outputs import OutputSet, _where, check_name
-from .lora import (DEFAULT_ALPHA, DEFAULT_ENERGY, DEFAULT_TAIL, LoraRecommendation, TRACKING_FOLDER, find_history,
+from .lora import (DEFAULT_ALPHA, DEFAULT_ENERGY, DEFAULT_TAIL, LoraRecommendation, find_history,
                    recommend_from_checkpoints,
                    load_history, recommend_from_history, recommendation_json)
+from .output_set import FOLDER
 
 OUTPUT_FILES = ("lora-config.json", "recommendation.json", "report.html")
 DEFAULT_FOLDER = "lora-recommendation"
@@ -108,7 +109,7 @@ def run_recommend_lora(args) -> tuple[LoraRecommendation, list[Path]]:
             raise InputError("RUN", "missing", "a run's output folder or a rank-history.npz (or --before/--after)")
         check_name(args.run, "RUN")
         path = find_history(args.run, "RUN")
-        folder = path.parent.parent if path.parent.name == TRACKING_FOLDER else path.parent
+        folder = path.parent.parent if path.parent.name == FOLDER else path.parent
         out = _check_out(args.out if args.out is not None else str(folder / DEFAULT_FOLDER))
         rec = recommend_from_history(load_history(path, "RUN"), energy, lora_alpha=alpha, max_rank=max_rank,
                                      tail=tail, targets=args.targets, field=f"RUN {path}",
