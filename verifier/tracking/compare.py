@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError
-from ..paths import absent
 from ..results import RunResults
 from .history import RankHistory
-from .output_set import FOLDER, HISTORY_FILE, provenance, tracking_results
+from .output_set import FOLDER, HISTORY_FILE, locate_history, provenance, tracking_results
 
 STATE_FILE = "rank_tracker.pt"  # the tracker state a Hugging Face checkpoint holds (hf.STATE_FILE)
 ALLOWED = (f"RUN[:SCALE]: a callback's output folder ({FOLDER}/), the folder holding it, a checkpoint folder with "
@@ -26,17 +25,13 @@ ALLOWED = (f"RUN[:SCALE]: a callback's output folder ({FOLDER}/), the folder hol
 
 
 def _history_file(path: Path, argument: str) -> Path:
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for candidate in (path / HISTORY_FILE, path / FOLDER / HISTORY_FILE):
-            if candidate.is_file():
-                return candidate
-        if (path / STATE_FILE).is_file():
-            raise InputError(argument, f"{path} holds {STATE_FILE} but no {HISTORY_FILE} (a checkpoint saved before "
-                             "the callback wrote histories beside its state)", ALLOWED)
-        raise InputError(argument, f"no {HISTORY_FILE} in {path} or in {path / FOLDER}", ALLOWED)
-    raise InputError(argument, f"{path} {absent(path)}", ALLOWED)
+    found = locate_history(path, argument, ALLOWED)
+    if found is not None:
+        return found
+    if (path / STATE_FILE).is_file():
+        raise InputError(argument, f"{path} holds {STATE_FILE} but no {HISTORY_FILE} (a checkpoint saved before "
+                         "the callback wrote histories beside its state)", ALLOWED)
+    raise InputError(argument, f"no {HISTORY_FILE} in {path} or in {path / FOLDER}", ALLOWED)
 
 
 def _split(text: str) -> tuple[str, float | None]:

@@ -127,13 +127,13 @@ class RankTrackerCallback(TrackingCallback, TrainerCallback):
             self.session.set_loss(state.global_step, float(logs["loss"]))
 
     def on_save(self, args, state, control, **kwargs):
-        if self.tracker is not None and self.tracker.records_here and self.tracker.n_records:
+        if self.session.recorded:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             folder.mkdir(parents=True, exist_ok=True)
             torch.save(self.tracker.state_dict(), folder / STATE_FILE)
             self.history().save(folder / HISTORY_FILE)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.write and self.tracker is not None and self.tracker.records_here and self.tracker.n_records:
+        if self.write and self.session.recorded:
             self.session.write("transformers")
             self.written = self.session.folder

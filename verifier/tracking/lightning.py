@@ -98,7 +98,7 @@ class RankTrackerCallback(TrackingCallback, Callback):
                 logger.log_metrics(metrics, step=step)
 
     def on_train_end(self, trainer, pl_module):
-        if self.tracker is not None and self.tracker.records_here and self.tracker.n_records:
+        if self.session.recorded:
             self.session.write("lightning")
             self.written = self.session.folder
 

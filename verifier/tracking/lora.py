@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..paths import absent
 from ..results import Judgement
 from .history import RankHistory
 from .judge import SIZE_FLOOR
+from .output_set import FOLDER, HISTORY_FILE, locate_history
 from .spectra import numerical_rank
 
 DEFAULT_ENERGY = 0.9
@@ -52,8 +52,6 @@ HEAD_MOVED = 0.1  # a head moved when ||dM_h||_F >= this share of the largest he
 # 1% within a short fine-tune (measured in a 150-step fine-tune of docs/LORA.md's digits task: 26-30 of 32),
 # so a rank "gained" at 1% is noise; at 10% it is a direction that carries weight (rank-increments' level, §6).
 HEAD_RANK_RTOL = 0.1
-HISTORY_FILE = "rank-history.npz"
-TRACKING_FOLDER = "rank-tracking"
 
 
 class Reason(str, Enum):
@@ -406,31 +404,18 @@ def recommend_lora(history_or_run, energy: float = DEFAULT_ENERGY, *, lora_alpha
 def find_history(run, field: str) -> Path:
     """The rank-history.npz of a run: the file itself, ``RUN/rank-tracking/rank-history.npz``,
     ``RUN/rank-history.npz``, or the one ``rank-tracking/rank-history.npz`` up to three folders below RUN."""
-    path = Path(run)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise InputError(field, f"{run} {absent(run)}", f"a run's output folder or a {HISTORY_FILE}")
-    for candidate in (path / TRACKING_FOLDER / HISTORY_FILE, path / HISTORY_FILE):
-        if candidate.is_file():
-            return candidate
-    found = sorted(p for depth in ("*", "*/*", "*/*/*") for p in path.glob(f"{depth}/{TRACKING_FOLDER}/{HISTORY_FILE}"))
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise InputError(field, f"{run} holds {len(found)} histories ({', '.join(str(p) for p in found[:3])})",
-                         "one of them")
-    raise InputError(field, f"no {TRACKING_FOLDER}/{HISTORY_FILE} in {run}",
-                     f"the output folder of a run tracked with RankTrackerCallback, or a {HISTORY_FILE}")
+    path = locate_history(run, field, f"a run's output folder or a {HISTORY_FILE}",
+                          names=(f"{FOLDER}/{HISTORY_FILE}", HISTORY_FILE), depth=3)
+    if path is None:
+        raise InputError(field, f"no {FOLDER}/{HISTORY_FILE} in {run}",
+                         f"the output folder of a run tracked with RankTrackerCallback, or a {HISTORY_FILE}")
+    return path
 
 
 def load_history(path: Path, field: str) -> RankHistory:
     """``RankHistory.load`` (no model needed), its errors as one InputError naming ``field``."""
-    loader = getattr(RankHistory, "load", None)
-    if loader is None:  # pragma: no cover - RankHistory.save/load come with issue 26
-        raise InputError(field, "this verifier cannot read saved histories (RankHistory.load is missing)")
     try:
-        return loader(path)
+        return RankHistory.load(path)
     except InputError as exc:
         raise InputError(field, str(exc)) from None
     except (OSError, ValueError, KeyError) as exc:

@@ -3,9 +3,9 @@ written whole (docs/LORA.md, docs/CLI.md).
 
 The folder (``--out``; default ``<run>/lora-recommendation`` beside the run's ``rank-tracking/``) holds
 ``lora-config.json`` (keyword arguments of ``peft.LoraConfig``), ``recommendation.json`` (every measured value,
-the judgement, the settings and the input) and ``report.html`` (the table). It is written into a temporary
-folder beside the target and renamed into place (a previous set is swapped out), as :mod:`verifier.outputs` does
-for a run; a target holding other files is refused.
+the judgement, the settings and the input) and ``report.html`` (the table), written whole by an
+:class:`~verifier.outputs.OutputSet` (a temporary folder beside the target renamed into place, a previous set
+swapped out); a target holding other files is refused.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ import html
 import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import InputError
-from ..outputs import _blocked_signals, check_name, temp_prefix
-from .lora import (DEFAULT_ALPHA, DEFAULT_ENERGY, DEFAULT_TAIL, LoraRecommendation, TRACKING_FOLDER, find_history,
+from ..outputs import OutputSet, _where, check_name
+from .lora import (DEFAULT_ALPHA, DEFAULT_ENERGY, DEFAULT_TAIL, LoraRecommendation, find_history,
                    recommend_from_checkpoints,
                    load_history, recommend_from_history, recommendation_json)
+from .output_set import FOLDER
 
 OUTPUT_FILES = ("lora-config.json", "recommendation.json", "report.html")
 DEFAULT_FOLDER = "lora-recommendation"
@@ -40,55 +39,14 @@ def _number(text: str | None, flag: str, default, kind, allowed: str, ok):
     return value
 
 
-def _check_out(out: str, flag: str = "--out") -> Path:
-    """A folder we may write the set into: new, empty, or holding only a previous set (plain files)."""
-    check_name(out, flag)
-    where = f"a new folder, an empty one, or one holding only {', '.join(OUTPUT_FILES)}"
-    target = Path(out)
-    if target.is_symlink():
-        raise InputError(flag, f"{target} is a symbolic link", where)
-    if target.exists():
-        if not target.is_dir():
-            raise InputError(flag, f"{target} exists and is not a folder", where)
-        if not all(e.name in OUTPUT_FILES and e.is_file() and not e.is_symlink() for e in target.iterdir()):
-            raise InputError(flag, f"{target} holds other files; refusing to replace them", where)
-    for parent in target.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(flag, f"{parent} is not a folder, so {target} cannot be created", where)
-            if not os.access(parent, os.W_OK):
-                raise InputError(flag, f"cannot write in {parent}", where)
-            break
-    return Path(os.path.abspath(target))
-
-
-def write_set(target: Path, texts: dict[str, str]) -> list[Path]:
-    """Write ``texts`` into a temporary folder beside ``target``, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent))
-    try:
-        for name, text in texts.items():
-            (tmp / name).write_text(text, encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        with _blocked_signals():
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".old", dir=target.parent))
-                os.replace(target, old / target.name)
-                try:
-                    os.replace(tmp, target)
-                except BaseException:
-                    os.replace(old / target.name, target)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise InputError("--out", f"cannot write {target} ({exc.strerror or exc})", "a writable folder") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return [target / name for name in texts]
+def _check_out(out: str) -> OutputSet:
+    """The set's folder checked before any work (:meth:`OutputSet.for_out`: new, empty, or holding only a
+    previous set), and the folder it will be created in writable; opened only once the recommendation is made."""
+    output = OutputSet.for_out(out, flag="--out", files=OUTPUT_FILES)
+    parent = next(p for p in output.target.parents if p.exists())
+    if not os.access(parent, os.W_OK):
+        raise InputError("--out", f"cannot write in {parent}", _where(OUTPUT_FILES))
+    return output
 
 
 def render_report(rec: LoraRecommendation) -> str:
@@ -151,11 +109,16 @@ def run_recommend_lora(args) -> tuple[LoraRecommendation, list[Path]]:
             raise InputError("RUN", "missing", "a run's output folder or a rank-history.npz (or --before/--after)")
         check_name(args.run, "RUN")
         path = find_history(args.run, "RUN")
-        folder = path.parent.parent if path.parent.name == TRACKING_FOLDER else path.parent
+        folder = path.parent.parent if path.parent.name == FOLDER else path.parent
         out = _check_out(args.out if args.out is not None else str(folder / DEFAULT_FOLDER))
         rec = recommend_from_history(load_history(path, "RUN"), energy, lora_alpha=alpha, max_rank=max_rank,
                                      tail=tail, targets=args.targets, field=f"RUN {path}",
                                      source={"history_file": str(path)})
-    paths = write_set(out, {"lora-config.json": json.dumps(rec.lora_config(), indent=1) + "\n",
-                            "recommendation.json": recommendation_json(rec) + "\n", "report.html": render_report(rec)})
+    texts = {"lora-config.json": json.dumps(rec.lora_config(), indent=1) + "\n",
+             "recommendation.json": recommendation_json(rec) + "\n", "report.html": render_report(rec)}
+    out.open()
+    try:
+        paths = out.commit_texts(texts)
+    finally:
+        out.discard()
     return rec, paths

@@ -18,7 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..context import versions
+from ..errors import InputError
 from ..outputs import SET_FILES, OutputSet
+from ..paths import absent
 from ..results import RunResults
 from .checks import rank_checks
 from .history import RankHistory
@@ -26,6 +28,27 @@ from .history import RankHistory
 FOLDER = "rank-tracking"
 HISTORY_FILE = "rank-history.npz"
 FILES = (*SET_FILES, HISTORY_FILE)
+
+
+def locate_history(run: str | Path, field: str, allowed: str, *,
+                   names: Sequence[str] = (HISTORY_FILE, f"{FOLDER}/{HISTORY_FILE}"), depth: int = 0) -> Path | None:
+    """The rank-history.npz of ``run``: the file itself, the first of ``names`` in the folder, or the one
+    ``FOLDER/HISTORY_FILE`` up to ``depth`` folders below it; None when the folder holds none (the caller says
+    what it expected). ``run`` neither a file nor a folder, or more than one history below it: an InputError
+    naming ``field`` (``allowed``: what it may be)."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise InputError(field, f"{run} {absent(run)}", allowed)
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    found = sorted(p for d in range(1, depth + 1) for p in path.glob("/".join(["*"] * d) + f"/{FOLDER}/{HISTORY_FILE}"))
+    if len(found) > 1:
+        raise InputError(field, f"{run} holds {len(found)} histories ({', '.join(str(p) for p in found[:3])})",
+                         "one of them")
+    return found[0] if found else None
 
 
 def provenance(extra_versions: Mapping[str, str] | None = None, **fields: Any) -> dict[str, Any]:

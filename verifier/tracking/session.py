@@ -81,6 +81,11 @@ class TrackingSession:
         """Whether this process records (rank 0 of the default process group; the only process without one)."""
         return self.tracker.records_here if self.tracker is not None else distributed.rank() == 0
 
+    @property
+    def recorded(self) -> bool:
+        """Whether this process records and has recorded something (what a checkpoint saves, what is written)."""
+        return self.tracker is not None and self.tracker.records_here and bool(self.tracker.n_records)
+
     def warn_once(self, key: str, message: str, every_rank: bool = False) -> None:
         """Warn once, on the recording process (``every_rank``: on each process, for what differs by rank)."""
         if key not in self._warned and (every_rank or self.records_here):
