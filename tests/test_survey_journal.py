@@ -157,6 +157,7 @@ HEADERS = {  # field named -> header (line 1) text
     "version": lambda h: h | {"version": 99},
     "seed_rule": lambda h: h | {"seed_rule": "draw i uses seed S + i"},
     "checks": lambda h: h | {"checks": "definition-3.1"},
+    "options.device": lambda h: h | {"options": h["options"] | {"device": "tpu"}},
     "header": None,
 }
 
@@ -176,6 +177,33 @@ def test_a_damaged_header_is_refused_naming_the_field(field, straight, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"verifier: error: --resume: {out / NAME} line 1: field {field}: ") and "\n" not in err, err
     assert (out / NAME).read_bytes() == before and sorted(p.name for p in out.iterdir()) == [NAME]
+
+
+def test_a_journal_written_on_a_gpu_resumes_on_a_cpu_only_machine(straight, tmp_path, ran, capsys, monkeypatch,
+                                                                   comparable_survey):
+    """--device may differ on resume: a journal whose header (and draws' commands) say --device cuda is resumed
+    with --device cpu where there is no GPU, its draws kept; the header's device is a name, not resolved."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = _journal(straight, tmp_path)
+    lines = (out / NAME).read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["options"]["device"] == "cpu"
+    header["options"]["device"] = "cuda"
+    draws = [json.loads(x) for x in lines[1:]]
+    for d in draws:
+        assert d["command"].endswith(" --device cpu")
+        d["command"] = d["command"].removesuffix(" --device cpu") + " --device cuda"
+    (out / NAME).write_text("".join(json.dumps(x) + "\n" for x in [header, *draws]))
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "error" not in err and "warning" not in err, err
+    assert ran == [] and len(draws) == N  # every draw kept, none run again
+    kept = json.loads((out / "results.json").read_text())["draws"]
+    assert [d["command"] for d in kept] == [d["command"] for d in draws]  # as they ran: --device cuda
+    same = json.dumps(comparable_survey(out / "results.json")).replace("--device cuda", "--device cpu")
+    assert same == json.dumps(comparable_survey(straight / "results.json"))
 
 
 def _fail_when(monkeypatch, module, name: str, when, error: int):
