@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+import verifier.paths as P
 import verifier.survey.engine as E
 import verifier.survey.journal as J
 from verifier.cli import main
@@ -233,14 +234,14 @@ def test_a_journal_that_cannot_be_appended_to_is_refused_before_work(straight, t
 def test_a_read_only_survey_folder_is_refused_before_work(straight, tmp_path, ran, capsys, monkeypatch):
     out = _journal(straight, tmp_path, cut=b'{"index": 3, "se')
     before = (out / NAME).read_bytes()
-    real = J.tempfile.mkstemp
+    real = P.tempfile.mkstemp
 
     def read_only(*args, dir=None, **kwargs):
         if dir is not None and str(dir) == str(out):
             raise PermissionError(errno.EROFS, "Read-only file system")
         return real(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(J.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(P.tempfile, "mkstemp", read_only)
     assert main([*ARGS, "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"verifier: error: --out: cannot write the journal {out / NAME} (Read-only file system)"), err

@@ -39,12 +39,12 @@ import math
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..choices import DEVICES
 from ..errors import InputError
+from ..paths import probe_writable
 from .config import SEED_RULE, SurveyConfig
 from .results import Draw
 
@@ -67,6 +67,7 @@ OUTCOME_OPTIONAL = {"message": (str,), "reason": (str, type(None)), "metric": (s
                     "better": (str, type(None)), "duration_s": (int, float)}
 VERDICT_NAMES = ("pass", "fail", "inconclusive")
 NON_FINITE_TEXT = ("inf", "-inf", "nan")  # how a key metric's inf/nan travel in JSON (survey/results.py)
+PROBE = ".verifier-probe."  # the prefix of the file made (and removed) to find a folder that cannot be written
 REPORTED = 20  # skipped lines reported one by one; the rest as a count
 WRONG = "a draws.jsonl written by verifier survey for this command, or a new --out for a new survey"
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -159,7 +160,7 @@ class Journal:
             raise InputError("--out", f"cannot append to the journal {path} ({exc.strerror or exc})",
                              "a journal and a folder you can write") from None
         try:
-            probe_writable(folder)
+            probe_writable(folder, PROBE)
             if contents.cut_bytes:
                 os.ftruncate(fd, contents.whole_bytes)
         except BaseException as exc:
@@ -194,13 +195,6 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def probe_writable(folder: Path) -> None:
-    """A file can be made (and removed) in ``folder``: OSError if not (read-only, a read-only file system)."""
-    fd, name = tempfile.mkstemp(prefix=".verifier-probe.", dir=folder)
-    os.close(fd)
-    os.unlink(name)
 
 
 def _text(value) -> str:
