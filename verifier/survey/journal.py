@@ -45,8 +45,9 @@ from pathlib import Path
 from ..choices import DEVICES
 from ..errors import InputError
 from ..paths import probe_writable
+from ..results import HIGHER, LOWER, Verdict
 from .config import SEED_RULE, SurveyConfig
-from .results import Draw
+from .results import NON_FINITE_TEXT, Draw
 
 NAME = "draws.jsonl"
 KIND = "verifier-survey-journal"
@@ -65,8 +66,7 @@ OUTCOME_KEYS = {"verdict": (str,)}
 OUTCOME_OPTIONAL = {"message": (str,), "reason": (str, type(None)), "metric": (str, type(None)),
                     "value": (int, float, str, type(None)), "threshold": (int, float, str, type(None)),
                     "better": (str, type(None)), "duration_s": (int, float)}
-VERDICT_NAMES = ("pass", "fail", "inconclusive")
-NON_FINITE_TEXT = ("inf", "-inf", "nan")  # how a key metric's inf/nan travel in JSON (survey/results.py)
+VERDICT_NAMES = tuple(v.value for v in Verdict)
 PROBE = ".verifier-probe."  # the prefix of the file made (and removed) to find a folder that cannot be written
 REPORTED = 20  # skipped lines reported one by one; the rest as a count
 WRONG = "a draws.jsonl written by verifier survey for this command, or a new --out for a new survey"
@@ -275,7 +275,7 @@ def _draw(record, header_checks: list[str], config: SurveyConfig, device: str) -
         for key in ("value", "threshold"):
             if isinstance(o.get(key), str) and o[key] not in NON_FINITE_TEXT:
                 raise _Damaged(f"check {_short(check)!r}'s {key} is the text {_short(o[key])!r}")
-        if o.get("better") not in (None, "lower", "higher"):
+        if o.get("better") not in (None, LOWER, HIGHER):
             raise _Damaged(f"check {_short(check)!r}'s better is {_short(o['better'])!r}")
         if o.get("duration_s", 0) < 0:
             raise _Damaged(f"check {_short(check)!r}'s duration_s is negative")
