@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+import verifier.paths as P
 import verifier.survey.engine as E
 import verifier.survey.journal as J
 from verifier.cli import main
@@ -157,6 +158,7 @@ HEADERS = {  # field named -> header (line 1) text
     "version": lambda h: h | {"version": 99},
     "seed_rule": lambda h: h | {"seed_rule": "draw i uses seed S + i"},
     "checks": lambda h: h | {"checks": "definition-3.1"},
+    "options.device": lambda h: h | {"options": h["options"] | {"device": "tpu"}},
     "header": None,
 }
 
@@ -176,6 +178,33 @@ def test_a_damaged_header_is_refused_naming_the_field(field, straight, tmp_path,
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"verifier: error: --resume: {out / NAME} line 1: field {field}: ") and "\n" not in err, err
     assert (out / NAME).read_bytes() == before and sorted(p.name for p in out.iterdir()) == [NAME]
+
+
+def test_a_journal_written_on_a_gpu_resumes_on_a_cpu_only_machine(straight, tmp_path, ran, capsys, monkeypatch,
+                                                                   comparable_survey):
+    """--device may differ on resume: a journal whose header (and draws' commands) say --device cuda is resumed
+    with --device cpu where there is no GPU, its draws kept; the header's device is a name, not resolved."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = _journal(straight, tmp_path)
+    lines = (out / NAME).read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["options"]["device"] == "cpu"
+    header["options"]["device"] = "cuda"
+    draws = [json.loads(x) for x in lines[1:]]
+    for d in draws:
+        assert d["command"].endswith(" --device cpu")
+        d["command"] = d["command"].removesuffix(" --device cpu") + " --device cuda"
+    (out / NAME).write_text("".join(json.dumps(x) + "\n" for x in [header, *draws]))
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "error" not in err and "warning" not in err, err
+    assert ran == [] and len(draws) == N  # every draw kept, none run again
+    kept = json.loads((out / "results.json").read_text())["draws"]
+    assert [d["command"] for d in kept] == [d["command"] for d in draws]  # as they ran: --device cuda
+    same = json.dumps(comparable_survey(out / "results.json")).replace("--device cuda", "--device cpu")
+    assert same == json.dumps(comparable_survey(straight / "results.json"))
 
 
 def _fail_when(monkeypatch, module, name: str, when, error: int):
@@ -205,14 +234,14 @@ def test_a_journal_that_cannot_be_appended_to_is_refused_before_work(straight, t
 def test_a_read_only_survey_folder_is_refused_before_work(straight, tmp_path, ran, capsys, monkeypatch):
     out = _journal(straight, tmp_path, cut=b'{"index": 3, "se')
     before = (out / NAME).read_bytes()
-    real = J.tempfile.mkstemp
+    real = P.tempfile.mkstemp
 
     def read_only(*args, dir=None, **kwargs):
         if dir is not None and str(dir) == str(out):
             raise PermissionError(errno.EROFS, "Read-only file system")
         return real(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(J.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(P.tempfile, "mkstemp", read_only)
     assert main([*ARGS, "--out", str(out), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"verifier: error: --out: cannot write the journal {out / NAME} (Read-only file system)"), err

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .paths import NAME_MAX, PATH_MAX, atomic_write_text, check_name, temp_prefix  # noqa: F401  (re-exported)
+from .paths import probe_writable
 
 SET_FILES = ("results.json", "report.html")
 WHERE = "a new folder, an empty one, or one holding only a previous results.json and report.html"
@@ -116,9 +117,7 @@ class OutputSet:
                 self.target = self._reserve()
             self.target.parent.mkdir(parents=True, exist_ok=True)
             if self.target.is_dir():  # it is swapped out at the end: found now if it cannot be written
-                fd, probe = tempfile.mkstemp(prefix=temp_prefix(self.target.name), dir=self.target)
-                os.close(fd)
-                os.unlink(probe)
+                probe_writable(self.target, temp_prefix(self.target.name))
             self.tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(self.target.name), suffix=".tmp", dir=self.target.parent))
         except OSError as exc:
             self.discard()
@@ -242,9 +241,7 @@ def check_output_file(path: str, flag: str, inputs: tuple[str, ...] = ()) -> Pat
     where = next(p for p in out.absolute().parents if p.exists())
     try:
         if where == out.absolute().parent:
-            fd, probe = tempfile.mkstemp(prefix=temp_prefix(out.name), dir=where)
-            os.close(fd)
-            os.unlink(probe)
+            probe_writable(where, temp_prefix(out.name))
         else:
             probe = Path(tempfile.mkdtemp(prefix=".verifier-probe.", dir=where))
             probe.rmdir()

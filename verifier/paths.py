@@ -3,6 +3,7 @@
 * :func:`check_name` — a path the file system can hold, checked before any file-system call.
 * :func:`temp_prefix` — the prefix of a temporary sibling, short enough for any legal target name.
 * :func:`absent` — why a path given as a file or folder is neither: it does not exist, or is something else.
+* :func:`probe_writable` — a file can be made (and removed) in a folder, found before any work.
 * :func:`atomic_write_text` — a temporary file in the same folder, renamed into place: readers never see half
   a file.
 
@@ -46,6 +47,14 @@ def temp_prefix(name: str) -> str:
     """'.NAME.' for a temporary sibling of NAME, cut to TEMP_NAME_ROOM bytes so that the temporary name stays
     within NAME_MAX even when NAME itself is near it (a legal 250-byte --out)."""
     return "." + os.fsdecode(os.fsencode(name)[:TEMP_NAME_ROOM]) + "."
+
+
+def probe_writable(folder: str | os.PathLike, prefix: str) -> None:
+    """A file named ``prefix``... can be made (and removed) in ``folder``: OSError if not (read-only, a read-only
+    file system, no room for an inode). Nothing is left behind either way."""
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
+    os.close(fd)
+    os.unlink(name)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -90,11 +90,14 @@ class SurveyConfig:
         return RunConfig(preset=self.preset, model_file=self.model_file, seed=self.draw_seed(index),
                          device=self.device)
 
-    def command(self, index: int) -> str:
-        """The command that re-runs draw ``index`` alone (every check; results add ``--checks ID``)."""
+    def command(self, index: int, device: str | None = None) -> str:
+        """The command that re-runs draw ``index`` alone (every check; results add ``--checks ID``). ``device``:
+        another --device to name (a resumed journal's draws carry the device they ran on), taken as given: a
+        known name, not resolved, so it need not exist on this machine; None: this survey's."""
+        device = self.device if device is None else device
         problem = ["--preset", self.preset] if self.model_file is None else ["--model-file", self.model_file]
         argv = ["verifier", "run", *problem, "--seed", str(self.draw_seed(index))]
-        argv += ["--device", self.device] if self.device != AUTO else []
+        argv += ["--device", device] if device != AUTO else []
         return shlex.join(argv)
 
     def as_dict(self) -> dict:

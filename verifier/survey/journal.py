@@ -39,13 +39,15 @@ import math
 import os
 import re
 import stat
-import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..choices import DEVICES
 from ..errors import InputError
+from ..paths import probe_writable
+from ..results import HIGHER, LOWER, Verdict
 from .config import SEED_RULE, SurveyConfig
-from .results import Draw
+from .results import NON_FINITE_TEXT, Draw
 
 NAME = "draws.jsonl"
 KIND = "verifier-survey-journal"
@@ -64,8 +66,8 @@ OUTCOME_KEYS = {"verdict": (str,)}
 OUTCOME_OPTIONAL = {"message": (str,), "reason": (str, type(None)), "metric": (str, type(None)),
                     "value": (int, float, str, type(None)), "threshold": (int, float, str, type(None)),
                     "better": (str, type(None)), "duration_s": (int, float)}
-VERDICT_NAMES = ("pass", "fail", "inconclusive")
-NON_FINITE_TEXT = ("inf", "-inf", "nan")  # how a key metric's inf/nan travel in JSON (survey/results.py)
+VERDICT_NAMES = tuple(v.value for v in Verdict)
+PROBE = ".verifier-probe."  # the prefix of the file made (and removed) to find a folder that cannot be written
 REPORTED = 20  # skipped lines reported one by one; the rest as a count
 WRONG = "a draws.jsonl written by verifier survey for this command, or a new --out for a new survey"
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -158,7 +160,7 @@ class Journal:
             raise InputError("--out", f"cannot append to the journal {path} ({exc.strerror or exc})",
                              "a journal and a folder you can write") from None
         try:
-            probe_writable(folder)
+            probe_writable(folder, PROBE)
             if contents.cut_bytes:
                 os.ftruncate(fd, contents.whole_bytes)
         except BaseException as exc:
@@ -193,13 +195,6 @@ class Journal:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-
-def probe_writable(folder: Path) -> None:
-    """A file can be made (and removed) in ``folder``: OSError if not (read-only, a read-only file system)."""
-    fd, name = tempfile.mkstemp(prefix=".verifier-probe.", dir=folder)
-    os.close(fd)
-    os.unlink(name)
 
 
 def _text(value) -> str:
@@ -269,8 +264,9 @@ def _typed(record, required: dict, optional: dict, what: str) -> None:
             raise _Damaged(f"{what}'s field {key!r} is {type(value).__name__}")
 
 
-def _draw(record, header_checks: list[str], config: SurveyConfig, commands: SurveyConfig) -> Draw:
-    """A draw record checked for damage (_Damaged) and for belonging to this survey (_Foreign)."""
+def _draw(record, header_checks: list[str], config: SurveyConfig, device: str) -> Draw:
+    """A draw record checked for damage (_Damaged) and for belonging to this survey (_Foreign); its command
+    names the header's ``device``."""
     _typed(record, DRAW_KEYS, DRAW_OPTIONAL, "the draw")
     for check, o in record["checks"].items():
         _typed(o, OUTCOME_KEYS, OUTCOME_OPTIONAL, f"check {_short(check)!r}")
@@ -279,7 +275,7 @@ def _draw(record, header_checks: list[str], config: SurveyConfig, commands: Surv
         for key in ("value", "threshold"):
             if isinstance(o.get(key), str) and o[key] not in NON_FINITE_TEXT:
                 raise _Damaged(f"check {_short(check)!r}'s {key} is the text {_short(o[key])!r}")
-        if o.get("better") not in (None, "lower", "higher"):
+        if o.get("better") not in (None, LOWER, HIGHER):
             raise _Damaged(f"check {_short(check)!r}'s better is {_short(o['better'])!r}")
         if o.get("duration_s", 0) < 0:
             raise _Damaged(f"check {_short(check)!r}'s duration_s is negative")
@@ -292,18 +288,18 @@ def _draw(record, header_checks: list[str], config: SurveyConfig, commands: Surv
     if record["seed"] != config.draw_seed(index):
         raise _Foreign("seed", f"{_short(record['seed'])} is not draw {index}'s seed under this survey's seed rule "
                                f"({config.draw_seed(index)}, --seed {config.seed}): another survey's draw")
-    if record["command"] != commands.command(index):
+    if record["command"] != config.command(index, device):
         raise _Foreign("command", f"{_short(record['command'])!r} is not draw {index}'s command "
-                                  f"({commands.command(index)!r}): another survey's draw")
+                                  f"({config.command(index, device)!r}): another survey's draw")
     if sorted(record["checks"]) != sorted(header_checks):
         raise _Foreign("checks", f"{_text(sorted(record['checks']))} are not this survey's checks "
                                  f"({_text(header_checks)}): another survey's draw")
     return Draw.from_dict(record)
 
 
-def _header(raw: bytes | None, path: Path, config: SurveyConfig, checks: list[str]) -> tuple[dict, SurveyConfig]:
-    """Line 1 checked (refused, naming the field, when it is not this survey's header) and the config whose
-    commands its draws carry (the header's --device)."""
+def _header(raw: bytes | None, path: Path, config: SurveyConfig, checks: list[str]) -> tuple[dict, str]:
+    """Line 1 checked (refused, naming the field, when it is not this survey's header) and the --device its
+    draws' commands name: a known choice, not resolved (a journal written on a GPU resumes on a CPU)."""
     if raw is None:
         raise InputError("--resume", f"{path} is empty: no header, nothing to resume", WRONG)
     try:
@@ -334,11 +330,10 @@ def _header(raw: bytes | None, path: Path, config: SurveyConfig, checks: list[st
             raise InputError(option, f"the journal {path} was written with {option} {_text(theirs)}, "
                                      f"this command gives {option} {_text(ours)}",
                              f"{option} {_text(theirs)} to resume it, or a new --out for a new survey")
-    try:
-        commands = replace(config, device=options["device"])
-    except InputError as exc:
-        raise _refuse(path, 1, "options.device", str(exc)) from None
-    return header, commands
+    if options["device"] not in DEVICES:
+        raise _refuse(path, 1, "options.device", f"unknown device {_short(options['device'])!r} (known: "
+                                                 f"{', '.join(DEVICES)})")
+    return header, options["device"]
 
 
 def _lines(f, limit: int):
@@ -378,7 +373,7 @@ def read_journal(path: Path, config: SurveyConfig, checks: list[str]) -> Content
         raise InputError("--resume", f"cannot read {path} ({exc.strerror or exc})") from None
     if not stat.S_ISREG(info.st_mode):
         raise InputError("--resume", f"{path} is not a regular file", WRONG)
-    header, commands, draws, skipped, first = None, None, {}, [], {}
+    header, device, draws, skipped, first = None, None, {}, [], {}
     whole = cut = 0
     try:
         with open(path, "rb") as f:
@@ -390,14 +385,14 @@ def read_journal(path: Path, config: SurveyConfig, checks: list[str]) -> Content
                 if number == 1:
                     if raw is None:
                         raise _refuse(path, 1, "header", f"longer than {MAX_LINE_BYTES} bytes")
-                    header, commands = _header(raw, path, config, checks)
+                    header, device = _header(raw, path, config, checks)
                     continue
                 try:
                     if raw is None:
                         raise _Damaged(f"longer than {MAX_LINE_BYTES} bytes")
                     if not raw.strip():
                         raise _Damaged("empty")
-                    draw = _draw(_parse(raw), header["checks"], config, commands)
+                    draw = _draw(_parse(raw), header["checks"], config, device)
                 except _Damaged as exc:
                     skipped.append(f"line {number}: {exc}")
                     continue

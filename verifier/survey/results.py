@@ -228,11 +228,15 @@ def _with_check(command: str, check: str) -> str:
     return f"{command} --checks {check}"
 
 
+NON_FINITE_TEXT = ("inf", "-inf", "nan")  # JSON has no inf/nan: the strings _num writes them as (as in results.json)
+_INF, _NEG_INF, _NAN = NON_FINITE_TEXT
+
+
 def _num(x: float | None) -> float | str | None:
-    """JSON has no inf/nan: they travel as the strings "inf", "-inf", "nan" (as in results.json)."""
+    """JSON has no inf/nan: they travel as the strings of :data:`NON_FINITE_TEXT` (as in results.json)."""
     if x is None or math.isfinite(x):
         return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return _NAN if math.isnan(x) else (_INF if x > 0 else _NEG_INF)
 
 
 def _float(x: Any) -> float | None:
